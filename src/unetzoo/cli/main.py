@@ -1,0 +1,71 @@
+"""``unetzoo <command> ...``: the dispatcher.
+
+Each subcommand lives in ``unetzoo/cli/<command>.py`` and exposes
+``register(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``.
+User-fixable errors (:class:`unetzoo.errors.UnetzooError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from unetzoo.errors import UnetzooError
+
+# Module names under unetzoo.cli, in the order `unetzoo --help` lists them.
+COMMAND_MODULES = (
+    "list_models",
+    "train",
+    "test",
+    "predict",
+    "prepare",
+    "ablate",
+    "bench",
+    "export",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unetzoo import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unetzoo",
+        description="Train, test, compare and deploy U-Net family models for medical "
+        "image segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"unetzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in COMMAND_MODULES:
+        full = f"unetzoo.cli.{mod_name}"
+        try:
+            module = importlib.import_module(full)
+        except ModuleNotFoundError as exc:  # subcommand not written yet
+            if exc.name != full:
+                raise
+            continue
+        p = module.register(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except UnetzooError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
