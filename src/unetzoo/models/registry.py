@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetzoo.errors import ModelError
+from unetzoo.errors import ModelError, UnetzooError
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def create_model(
     )
     try:
         model = entry.builder(**merged)
-    except ModelError:
+    except UnetzooError:  # already one clear line (e.g. CheckpointError for weights)
         raise
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build {entry.name!r} with {options}: {exc}") from exc
