@@ -1,0 +1,48 @@
+"""Segmentation metrics: plain functions on numpy masks plus a per-case aggregation layer.
+
+Binary metrics take two masks of one shape (2-D or 3-D, nonzero = foreground) and a
+``protocol`` for empty masks (``"strict"`` default, ``"transunet"`` to reproduce
+TransUNet's tables): :func:`dice`, :func:`iou`, :func:`sensitivity`, :func:`specificity`,
+:func:`auc` (scores against a mask), and the medpy-exact surface metrics :func:`hd95`,
+:func:`hd`, :func:`assd` (with ``spacing``). :func:`surface_distances` computes the
+distances once for all three. :func:`evaluate_case` and :func:`summarize` build the
+per-class tables.
+"""
+
+from unetzoo.metrics._common import PROTOCOLS
+from unetzoo.metrics.aggregate import (
+    METRICS,
+    PROTOCOL_NOTES,
+    SummaryTable,
+    evaluate_case,
+    format_table,
+    summarize,
+    write_case_csv,
+    write_summary_csv,
+)
+from unetzoo.metrics.overlap import Confusion, auc, confusion, dice, iou, sensitivity, specificity
+from unetzoo.metrics.surface import SurfaceDistances, assd, hd, hd95, surface_distances
+
+__all__ = [
+    "METRICS",
+    "PROTOCOLS",
+    "PROTOCOL_NOTES",
+    "Confusion",
+    "SummaryTable",
+    "SurfaceDistances",
+    "assd",
+    "auc",
+    "confusion",
+    "dice",
+    "evaluate_case",
+    "format_table",
+    "hd",
+    "hd95",
+    "iou",
+    "sensitivity",
+    "specificity",
+    "summarize",
+    "surface_distances",
+    "write_case_csv",
+    "write_summary_csv",
+]
