@@ -1,0 +1,140 @@
+"""``unetzoo train``: train a model (the embedded phantom when no dataset is named).
+
+Every flag can also live in a YAML file (``--config``); flags given on the command line
+win over the file, the file over the dataset's recipe. ``torchrun --nproc-per-node N -m
+unetzoo train ...`` trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unetzoo.errors import ConfigError
+
+# Flags whose value maps 1:1 onto a config key (dest == key).
+_KEYS = (
+    "model", "dataset", "data_root", "max_cases", "max_epochs", "batch_size", "base_lr",
+    "img_size", "eval_interval", "seed", "num_workers", "output", "loss", "loss_weights",
+    "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "deep_supervision",
+    "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
+    "test_max_cases", "protocol", "device",
+)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model; with no --dataset, the embedded phantom demo",
+        description="Train a segmentation model, keep the best checkpoint on a validation "
+        "split carved from the training cases, then test it and write the report.",
+    )
+    a = p.add_argument
+    a("--model", help="registered model name (`unetzoo list-models`); default: the recipe's")
+    a("--dataset", help="dataset name (default: the embedded phantom)")
+    a("--data-root", help="dataset folder")
+    a("--config", help="YAML file with any of these options (flag names, - or _)")
+    a("--max-epochs", type=int)
+    a("--batch-size", type=int)
+    a("--base-lr", type=float, help="initial learning rate (poly decay per iteration)")
+    a("--img-size", type=int, help="training and inference slice size in pixels")
+    a("--eval-interval", type=int, help="validate every N epochs (and after the last)")
+    a("--seed", type=int)
+    a("--num-workers", type=int, help="DataLoader worker processes")
+    a("--output", help="run folder (default runs/<model>-<dataset>)")
+    a("--loss", help="ce_dice, bce_dice, ce or dice")
+    a("--loss-weights", type=float, nargs="+", metavar="W", help="weights of the loss terms")
+    a("--optimizer", help="sgd, adam or adamw")
+    a("--momentum", type=float)
+    a("--weight-decay", type=float)
+    a("--lr-schedule", choices=("poly", "constant"))
+    a("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
+    a("--resume", nargs="?", const="latest", metavar="CKPT",
+      help="continue a run exactly; bare --resume uses <output>/checkpoints/latest.pt")
+    a("--deep-supervision", action="store_true", default=None,
+      help="train every decoder head (UNet++, UNet3+) with weighted losses")
+    a("--deep-supervision-weights", type=float, nargs="+", metavar="W")
+    a("--distill", type=float, nargs="?", const=0.015, metavar="LAMBDA",
+      help="SelfReg feature distillation; LAMBDA weights both terms (default 0.015)")
+    a("--distill-ifd", type=float, metavar="L", help="weight of internal feature distillation")
+    a("--distill-scr", type=float, metavar="L", help="weight of semantic consistency")
+    a("--max-cases", type=int, help="use only the first N training cases")
+    a("--val-fraction", type=float, help="share of training cases held out (default 0.1)")
+    a("--val-cases", type=int, help="evaluate at most N validation cases per epoch")
+    a("--model-option", action="append", default=None, metavar="KEY=VALUE",
+      help="architecture option (repeatable), e.g. base_channels=16")
+    a("--no-test", dest="test", action="store_false", default=None,
+      help="skip the test run after training")
+    a("--test-max-cases", type=int)
+    a("--protocol", choices=("strict", "transunet"), help="empty-mask metric protocol")
+    a("--device", help="cpu or cuda (default: cuda when available)")
+    a("--no-progress", dest="progress", action="store_false", default=None)
+    return p
+
+
+def _model_options(items: list[str] | None) -> dict[str, Any] | None:
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-option {item!r} must look like KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keys given explicitly on the command line."""
+    flags = {k: getattr(args, k) for k in _KEYS if getattr(args, k, None) is not None}
+    for key in ("test", "progress"):
+        if getattr(args, key, None) is not None:
+            flags[key] = getattr(args, key)
+    opts = _model_options(getattr(args, "model_option", None))
+    if opts:
+        flags["model_options"] = opts
+    if getattr(args, "distill", None) is not None:
+        flags.setdefault("distill_ifd", args.distill)
+        flags.setdefault("distill_scr", args.distill)
+    return flags
+
+
+def run(args: argparse.Namespace) -> int:
+    from unetzoo.data import get_dataset
+    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.config import load_yaml, resolve_config
+    from unetzoo.engine.trainer import train
+    from unetzoo.models import get_entry
+
+    file_values = load_yaml(args.config) if args.config else {}
+    flags = flag_values(args)
+    resume = None
+    if args.resume:
+        if args.resume == "latest":
+            out = flags.get("output") or file_values.get("output")
+            if not out:
+                raise ConfigError("bare --resume needs --output (the run folder to continue)")
+            resume = Path(out) / "checkpoints" / "latest.pt"
+        else:
+            resume = Path(args.resume)
+        ck = load_checkpoint(resume)
+        file_values = {**ck.get("config", {}), **file_values}
+    if "model" in flags or "model" in file_values:
+        get_entry(flags.get("model") or file_values["model"])  # unknown model: fail fast
+    name = flags.get("dataset", file_values.get("dataset"))
+    root = flags.get("data_root", file_values.get("data_root"))
+    ds = get_dataset(name, root)
+    cfg = resolve_config(ds.recipe, file_values, flags)
+    summary = train(cfg, dataset=ds, resume=resume)
+    if summary.get("test"):
+        t = summary["test"]
+        print(
+            f"done: test mean Dice {t['mean_dice']:.4f}, mean HD95 {t['mean_hd95']:.2f} "
+            f"{t['hd95_unit']} ({t['cases']} cases); run folder {summary['run_dir']}"
+        )
+    else:
+        print(f"done: run folder {summary['run_dir']}")
+    return 0

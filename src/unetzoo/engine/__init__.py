@@ -1,0 +1,1 @@
+"""Training loop, evaluation, volume and sliding-window inference, checkpoints."""

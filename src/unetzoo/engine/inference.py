@@ -1,0 +1,199 @@
+"""Batched slice inference (TransUNet protocol) and sliding-window inference.
+
+The TransUNet test protocol resizes every slice to ``img_size`` with
+``scipy.ndimage.zoom(order=3)``, runs the network, takes the argmax and resizes the label
+map back with ``zoom(order=0)``. Both zooms are separable linear maps, so here they are
+precomputed once per (input size, output size) as 1-D matrices (cubic) or index vectors
+(nearest) *taken from scipy itself* and applied to whole batches of slices on the model's
+device. Results equal the per-slice scipy reference (see tests/engine/test_inference.py:
+images to float32 rounding, label maps exactly).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+
+@functools.lru_cache(maxsize=64)
+def cubic_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` float64 matrix ``M`` with ``M @ x == zoom(x, n_out / n_in, order=3)``.
+
+    Built by zooming the identity along one axis (factor 1 on the other axis leaves it
+    untouched), so it reproduces scipy's spline prefilter and boundary handling.
+    """
+    eye = np.eye(n_in, dtype=np.float64)
+    m = ndimage.zoom(eye, (n_out / n_in, 1.0), order=3)
+    if m.shape[0] != n_out:  # pragma: no cover - scipy rounds n_in * (n_out / n_in) to n_out
+        raise RuntimeError(f"zoom from {n_in} to {n_out} gave {m.shape[0]} rows")
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_zoom_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source indices (length ``n_out``) that ``zoom(x, n_out / n_in, order=0)`` picks."""
+    idx = ndimage.zoom(np.arange(n_in, dtype=np.float64), n_out / n_in, order=0)
+    return np.rint(idx).astype(np.int64)
+
+
+def resize_cubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``(..., H, W)`` to ``(..., h, w)`` like ``scipy.ndimage.zoom(order=3)`` per slice."""
+    h_in, w_in = x.shape[-2:]
+    h, w = size
+    if (h_in, w_in) == (h, w):
+        return x
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    my = torch.as_tensor(cubic_zoom_matrix(h_in, h), dtype=dtype, device=x.device)
+    mx = torch.as_tensor(cubic_zoom_matrix(w_in, w), dtype=dtype, device=x.device)
+    return my @ x.to(dtype) @ mx.T
+
+
+def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``(..., H, W)`` to ``(..., h, w)`` like ``scipy.ndimage.zoom(order=0)`` per slice."""
+    h_in, w_in = x.shape[-2:]
+    h, w = size
+    if (h_in, w_in) == (h, w):
+        return x
+    iy = torch.as_tensor(nearest_zoom_index(h_in, h), device=x.device)
+    ix = torch.as_tensor(nearest_zoom_index(w_in, w), device=x.device)
+    return x.index_select(-2, iy).index_select(-1, ix)
+
+
+def _flips(tta: bool) -> list[tuple[int, ...]]:
+    # Identity plus horizontal, vertical and both flips (dims of (N, C, H, W)).
+    return [(), (3,), (2,), (2, 3)] if tta else [()]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module, x: torch.Tensor, tta: bool = False, amp: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities ``(N, K, H, W)`` for a batch ``x`` ``(N, C, H, W)``.
+
+    With ``tta`` the probabilities of the four flips (none, W, H, both) are averaged.
+    Binary models with one output channel get ``K = 2`` (background = 1 - sigmoid).
+    """
+    total = None
+    flips = _flips(tta)
+    for dims in flips:
+        xin = torch.flip(x, dims) if dims else x
+        with torch.autocast(x.device.type, enabled=amp and x.device.type == "cuda"):
+            out = model(xin)
+        if isinstance(out, (list, tuple)):
+            out = out[-1]
+        out = out.float()
+        if out.shape[1] == 1:
+            fg = torch.sigmoid(out)
+            prob = torch.cat([1 - fg, fg], dim=1)
+        else:
+            prob = torch.softmax(out, dim=1)
+        if dims:
+            prob = torch.flip(prob, dims)
+        total = prob if total is None else total + prob
+    return total / len(flips)
+
+
+@torch.no_grad()
+def predict_volume(
+    model: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    img_size: int,
+    batch_size: int = 16,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Label map of a volume, slice by slice, in the TransUNet protocol.
+
+    Args:
+        model: a segmentation model in eval mode.
+        image: ``(C, D, H, W)`` normalised intensities (``D = 1`` for 2-D images).
+        img_size: the training size; slices are resized to ``img_size`` x ``img_size``
+            (cubic) and the predicted labels back to ``H x W`` (nearest).
+        batch_size: slices per forward pass.
+        tta: average the softmax over flips.
+
+    Returns:
+        ``(D, H, W)`` int64 labels.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    vol = torch.as_tensor(np.asarray(image, dtype=np.float32) if not torch.is_tensor(image) else image)
+    vol = vol.float()
+    c, d, h, w = vol.shape
+    out = torch.empty((d, h, w), dtype=torch.int64)
+    for start in range(0, d, batch_size):
+        x = vol[:, start : start + batch_size].permute(1, 0, 2, 3).to(device)  # (b, C, H, W)
+        x = resize_cubic(x, (img_size, img_size))
+        if channels_last and x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = predict_probs(model, x, tta=tta, amp=amp).argmax(1)
+        out[start : start + x.shape[0]] = resize_nearest(labels, (h, w)).cpu()
+    return out.numpy()
+
+
+def gaussian_importance(size: tuple[int, int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """``(h, w)`` Gaussian weights peaking at the window centre (sigma = size / 8), min > 0."""
+    axes = []
+    for n in size:
+        coords = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        sigma = max(n * sigma_scale, 1e-3)
+        axes.append(torch.exp(-0.5 * (coords / sigma) ** 2))
+    g = axes[0][:, None] * axes[1][None, :]
+    g = g / g.max()
+    # Floor the corners so pixels covered by a single window never divide by ~0.
+    return g.clamp_min(1e-4)
+
+
+def _starts(length: int, window: int, step: int) -> list[int]:
+    if length <= window:
+        return [0]
+    n = math.ceil((length - window) / step) + 1
+    return sorted({min(i * step, length - window) for i in range(n)})
+
+
+@torch.no_grad()
+def sliding_window_probs(
+    model: nn.Module,
+    image: torch.Tensor,
+    window: int | Sequence[int],
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    tta: bool = False,
+    amp: bool = False,
+) -> torch.Tensor:
+    """Probabilities ``(K, H, W)`` of a 2-D image ``(C, H, W)`` by overlapping windows.
+
+    Windows of ``window`` pixels step by ``window * (1 - overlap)``; each window's softmax
+    is weighted by :func:`gaussian_importance` and the weighted sum is normalised by the
+    summed weights. Images smaller than a window are zero-padded (bottom/right) and
+    cropped back.
+    """
+    wh, ww = (window, window) if isinstance(window, int) else tuple(window)
+    c, h, w = image.shape
+    ph, pw = max(wh - h, 0), max(ww - w, 0)
+    x = torch.nn.functional.pad(image, (0, pw, 0, ph)) if (ph or pw) else image
+    H, W = x.shape[-2:]
+    step_h = max(1, int(round(wh * (1 - overlap))))
+    step_w = max(1, int(round(ww * (1 - overlap))))
+    positions = [(y, z) for y in _starts(H, wh, step_h) for z in _starts(W, ww, step_w)]
+    weight = gaussian_importance((wh, ww)).to(x.device)
+    acc = None
+    norm = torch.zeros((H, W), device=x.device)
+    for i in range(0, len(positions), batch_size):
+        chunk = positions[i : i + batch_size]
+        batch = torch.stack([x[:, y : y + wh, z : z + ww] for y, z in chunk])
+        probs = predict_probs(model, batch, tta=tta, amp=amp)
+        if acc is None:
+            acc = torch.zeros((probs.shape[1], H, W), device=x.device)
+        for (y, z), p in zip(chunk, probs):
+            acc[:, y : y + wh, z : z + ww] += p * weight
+            norm[y : y + wh, z : z + ww] += weight
+    return (acc / norm)[:, :h, :w]

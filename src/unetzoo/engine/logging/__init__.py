@@ -1,0 +1,11 @@
+"""Run logs: metrics.csv, TensorBoard scalars, PNG plots and overlays."""
+
+from unetzoo.engine.logging.plots import (
+    MetricsLog,
+    class_colors,
+    overlay_png,
+    pick_slices,
+    plot_history,
+)
+
+__all__ = ["MetricsLog", "class_colors", "overlay_png", "pick_slices", "plot_history"]
