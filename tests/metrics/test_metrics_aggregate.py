@@ -1,0 +1,142 @@
+"""evaluate_case / summarize / tables and CSV against the per-mask functions."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from unetzoo.errors import ConfigError, DataError
+from unetzoo.metrics import (
+    METRICS,
+    auc,
+    dice,
+    evaluate_case,
+    format_table,
+    hd95,
+    summarize,
+    surface_distances,
+    write_case_csv,
+    write_summary_csv,
+)
+from unetzoo.metrics.overlap import sensitivity, specificity
+
+NAMES = ["background", "liver", "kidney", "spleen", "tumour"]
+
+
+def _case(seed: int, shape=(8, 40, 36)):
+    rng = np.random.default_rng(seed)
+    gt = np.zeros(shape, np.int64)
+    gt[2:6, 5:20, 4:18] = 1
+    gt[1:7, 22:35, 20:30] = 2
+    gt[3:5, 8:12, 25:33] = 3  # class 4 absent from gt
+    pred = gt.copy()
+    pred[:, :, 1:] = gt[:, :, :-1]  # shifted by one voxel
+    pred[rng.random(shape) < 0.01] = 4  # scattered false positives of class 4
+    pred[0:2][pred[0:2] == 2] = 0  # missed slices
+    return pred, gt
+
+
+@pytest.mark.parametrize("protocol", ["strict", "transunet"])
+def test_evaluate_case_equals_per_class_functions(protocol):
+    pred, gt = _case(0)
+    spacing = (3.0, 0.8, 0.7)
+    metrics = ("dice", "iou", "sensitivity", "specificity", "hd95", "hd", "assd")
+    res = evaluate_case(pred, gt, 5, spacing=spacing, protocol=protocol, metrics=metrics)
+    assert sorted(res) == [1, 2, 3, 4]
+    for c in range(1, 5):
+        p, g = pred == c, gt == c
+        sd = surface_distances(p, g, spacing)
+        assert res[c]["dice"] == pytest.approx(dice(p, g, protocol=protocol))
+        assert res[c]["sensitivity"] == pytest.approx(sensitivity(p, g))
+        assert res[c]["specificity"] == pytest.approx(specificity(p, g))
+        assert res[c]["hd95"] == pytest.approx(sd.hd95(protocol), abs=1e-9)
+        assert res[c]["hd"] == pytest.approx(sd.hd(protocol), abs=1e-9)
+        assert res[c]["assd"] == pytest.approx(sd.assd(protocol), abs=1e-9)
+        assert all(np.isfinite(v) for v in res[c].values())
+    # class 4: predicted but absent from the ground truth
+    if protocol == "transunet":
+        assert res[4]["dice"] == 1.0 and res[4]["hd95"] == 0.0
+    else:
+        diagonal = np.sqrt((8 * 3.0) ** 2 + (40 * 0.8) ** 2 + (36 * 0.7) ** 2)
+        assert res[4]["dice"] == 0.0 and res[4]["hd95"] == pytest.approx(diagonal)
+
+
+def test_evaluate_case_matches_medpy_hd95():
+    mb = pytest.importorskip("medpy.metric.binary")
+    pred, gt = _case(1)
+    res = evaluate_case(pred, gt, 4, spacing=(2.0, 1.0, 1.0))
+    for c in (1, 2, 3):
+        ref = mb.hd95(pred == c, gt == c, voxelspacing=(2.0, 1.0, 1.0))
+        assert res[c]["hd95"] == pytest.approx(ref, abs=1e-6)
+        assert res[c]["dice"] == pytest.approx(mb.dc(pred == c, gt == c))
+
+
+def test_roi_and_auc():
+    pred, gt = _case(2, shape=(1, 30, 30))
+    pred, gt = pred[0], gt[0]
+    roi = np.zeros(gt.shape, bool)
+    roi[2:28, 3:27] = True
+    rng = np.random.default_rng(0)
+    prob = rng.random((5, *gt.shape))
+    res = evaluate_case(pred, gt, 5, roi=roi, prob=prob,
+                        metrics=("dice", "specificity", "auc"))
+    for c in (1, 2, 3):
+        p, g = (pred == c)[roi], (gt == c)[roi]
+        assert res[c]["dice"] == pytest.approx(dice(p, g))
+        assert res[c]["specificity"] == pytest.approx(specificity(p, g))
+        assert res[c]["auc"] == pytest.approx(auc(prob[c][roi], g))
+    with pytest.raises(ConfigError, match="prob"):
+        evaluate_case(pred, gt, 5, metrics=("auc",))
+
+
+def test_empty_classes_both_protocols():
+    z = np.zeros((4, 6, 6), np.int64)
+    strict = evaluate_case(z, z, 3, metrics=("dice", "hd95", "assd"))
+    assert strict == {c: {"dice": 1.0, "hd95": 0.0, "assd": 0.0} for c in (1, 2)}
+    tu = evaluate_case(z, z, 3, protocol="transunet")
+    assert tu == {c: {"dice": 0.0, "hd95": 0.0} for c in (1, 2)}
+    g = z.copy()
+    g[1, 2:4, 2:4] = 2
+    tu = evaluate_case(z, g, 3, protocol="transunet")
+    assert tu[2] == {"dice": 0.0, "hd95": 0.0}
+    strict = evaluate_case(z, g, 3, spacing=(1.0, 1.0, 1.0))
+    assert strict[2] == {"dice": 0.0, "hd95": pytest.approx(np.sqrt(16 + 36 + 36))}
+
+
+def test_summarize_and_tables(tmp_path):
+    per_case = {f"case{i:02d}": evaluate_case(*_case(i), 5, spacing=(3.0, 0.8, 0.8),
+                                               protocol="transunet") for i in range(3)}
+    table = summarize(per_case, NAMES, protocol="transunet")
+    assert table.class_names == NAMES[1:]
+    assert table.num_cases == 3
+    for k, c in enumerate(table.class_indices):
+        expect = np.mean([per_case[cid][c]["dice"] for cid in per_case])
+        assert table.per_class["dice"][k] == pytest.approx(expect)
+    assert table.mean["hd95"] == pytest.approx(np.mean(table.per_class["hd95"]))
+    md = format_table(table, model="resunet")
+    assert "| resunet |" in md and "transunet" in md and "liver" in md
+    assert f"{100 * table.mean['dice']:.2f}" in md
+    rows = list(csv.DictReader(open(write_case_csv(per_case, tmp_path / "cases.csv", NAMES,
+                                                   "transunet"))))
+    assert len(rows) == 3 * 4
+    assert rows[0]["class_name"] == "liver" and rows[0]["protocol"] == "transunet"
+    assert float(rows[1]["hd95"]) == per_case["case00"][2]["hd95"]
+    summary = list(csv.reader(open(write_summary_csv(table, tmp_path / "s" / "summary.csv"))))
+    assert summary[0][4:] == NAMES[1:] and float(summary[1][3]) == table.mean["dice"]
+    assert table.to_dict()["protocol"] == "transunet"
+
+
+def test_bad_inputs():
+    z = np.zeros((4, 4), np.int64)
+    with pytest.raises(ConfigError, match="choose from"):
+        evaluate_case(z, z, 2, metrics=("dsc",))
+    with pytest.raises(DataError, match="integer"):
+        evaluate_case(z.astype(float), z, 2)
+    with pytest.raises(DataError, match="shape"):
+        evaluate_case(z, np.zeros((4, 5), np.int64), 2)
+    with pytest.raises(DataError, match="same"):
+        summarize({"a": {1: {"dice": 1.0}}, "b": {1: {"hd95": 1.0}}})
+    assert set(METRICS) >= {"dice", "iou", "hd95", "hd", "assd", "sensitivity", "auc"}
+    assert hd95(z, z) == 0.0
