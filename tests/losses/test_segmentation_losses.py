@@ -1,0 +1,133 @@
+"""build_loss: names, weights, hand-computed values, gradients, ignore_index, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unetzoo.errors import ConfigError, DataError
+from unetzoo.losses import build_loss, deep_supervision_loss, list_losses
+
+
+def _hand_dice_loss(logits, target, c, include_background=True):
+    """TransUNet DiceLoss by hand: per class over the whole batch, squared denominators."""
+    p = torch.softmax(logits, 1)
+    losses = []
+    for k in range(0 if include_background else 1, c):
+        t = (target == k).float()
+        inter = (p[:, k] * t).sum()
+        d = (2 * inter + 1e-5) / ((p[:, k] ** 2).sum() + (t**2).sum() + 1e-5)
+        losses.append(1 - d)
+    return torch.stack(losses).mean()
+
+
+def _data(n=2, c=4, h=6, w=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, h, w, generator=g), torch.randint(0, c, (n, h, w), generator=g)
+
+
+def test_names_and_unknown_name():
+    assert list_losses() == ["bce_dice", "ce", "ce_dice", "dice"]
+    with pytest.raises(ConfigError, match="valid names: bce_dice, ce, ce_dice, dice"):
+        build_loss("focal", 3)
+
+
+def test_ce_dice_values_match_hand_computation():
+    logits, target = _data()
+    total, terms = build_loss("ce_dice", 4)(logits, target)
+    ce = F.cross_entropy(logits, target)
+    dl = _hand_dice_loss(logits, target, 4)
+    assert terms["ce"] == pytest.approx(ce.item(), rel=1e-6)
+    assert terms["dice"] == pytest.approx(dl.item(), rel=1e-6)
+    assert total.item() == pytest.approx(0.4 * ce.item() + 0.6 * dl.item(), rel=1e-6)
+    total, _ = build_loss("ce_dice", 4, weights=(0.3, 0.7))(logits, target)
+    assert total.item() == pytest.approx(0.3 * ce.item() + 0.7 * dl.item(), rel=1e-6)
+    total, _ = build_loss("ce_dice", 4, weights={"ce": 1.0, "dice": 0.0})(logits, target)
+    assert total.item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def test_dice_without_background():
+    logits, target = _data(seed=1)
+    _, terms = build_loss("dice", 4, include_background=False)(logits, target)
+    hand = _hand_dice_loss(logits, target, 4, include_background=False)
+    assert terms == {"dice": pytest.approx(hand.item(), rel=1e-6)}
+    _, ce_terms = build_loss("ce", 4)(logits, target)
+    assert set(ce_terms) == {"ce"}
+
+
+@pytest.mark.parametrize("name", ["ce_dice", "dice", "ce"])
+def test_gradient_flows_through_every_term(name):
+    logits, target = _data(seed=2)
+    logits.requires_grad_(True)
+    total, _ = build_loss(name, 4)(logits, target)
+    total.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    if name == "dice":  # the Dice term alone carries a gradient (soft, not thresholded)
+        assert torch.isfinite(logits.grad).all()
+
+
+def test_perfect_prediction_gives_zero_dice_loss():
+    _, target = _data(seed=3)
+    logits = 50.0 * F.one_hot(target, 4).permute(0, 3, 1, 2).float()
+    _, terms = build_loss("ce_dice", 4)(logits, target)
+    assert terms["dice"] < 1e-6 and terms["ce"] < 1e-6
+    _, terms = build_loss("ce_dice", 4)(-logits, target)
+    assert terms["dice"] > 0.9
+
+
+def test_ignore_index_excludes_pixels():
+    logits, target = _data(seed=4)
+    masked = target.clone()
+    masked[:, :2] = 255
+    _, t1 = build_loss("ce_dice", 4, ignore_index=255)(logits, masked)
+    _, t2 = build_loss("ce_dice", 4)(logits[:, :, 2:], target[:, 2:])
+    assert t1["ce"] == pytest.approx(t2["ce"], rel=1e-6)
+    assert t1["dice"] == pytest.approx(t2["dice"], rel=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_bce_dice_one_or_two_channels(channels):
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, channels, 7, 6, generator=g, requires_grad=True)
+    target = torch.randint(0, 2, (2, 7, 6), generator=g)
+    total, terms = build_loss("bce_dice", channels)(logits, target)
+    fg = logits[:, 0] if channels == 1 else logits[:, 1] - logits[:, 0]
+    bce = F.binary_cross_entropy_with_logits(fg, target.float())
+    p, t = torch.sigmoid(fg), target.float()
+    dice = 1 - (2 * (p * t).sum() + 1e-5) / ((p * p).sum() + (t * t).sum() + 1e-5)
+    assert terms["bce"] == pytest.approx(bce.item(), rel=1e-6)
+    assert terms["dice"] == pytest.approx(dice.item(), rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * bce.item() + 0.5 * dice.item(), rel=1e-6)
+    total.backward()
+    assert logits.grad.abs().sum() > 0
+    if channels == 2:  # BCE on l1 - l0 is 2-class cross-entropy
+        assert terms["bce"] == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-5)
+
+
+def test_target_with_channel_dim_and_deep_supervision():
+    logits, target = _data(seed=6)
+    loss = build_loss("ce_dice", 4)
+    a, _ = loss(logits, target)
+    b, _ = loss(logits, target.unsqueeze(1))
+    assert a.item() == pytest.approx(b.item())
+    total, terms = deep_supervision_loss(loss, [logits, logits * 2], target, weights=[1, 3])
+    c, tc = loss(logits * 2, target)
+    assert total.item() == pytest.approx(0.25 * a.item() + 0.75 * c.item(), rel=1e-6)
+    assert set(terms) == set(tc)
+
+
+def test_bad_inputs_raise_one_line_errors():
+    logits, target = _data()
+    with pytest.raises(ConfigError, match="2 weight"):
+        build_loss("ce_dice", 4, weights=(1.0,))
+    with pytest.raises(ConfigError, match=">= 0"):
+        build_loss("ce_dice", 4, weights=(-1.0, 1.0))
+    with pytest.raises(ConfigError, match="binary"):
+        build_loss("bce_dice", 4)
+    with pytest.raises(DataError, match="channels"):
+        build_loss("ce_dice", 3)(logits, target)
+    with pytest.raises(DataError, match="outside"):
+        build_loss("ce_dice", 4)(logits, target + 4)
+    with pytest.raises(DataError, match="shape"):
+        build_loss("ce_dice", 4)(logits, target[:, :3])
