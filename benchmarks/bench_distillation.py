@@ -1,0 +1,294 @@
+"""Cost and effect of SelfReg feature distillation (``train --distill``).
+
+1. **Overhead**: training-step time (forward, loss, backward, SGD step) and memory with
+   and without distillation, per model. Both sides run in one process, alternating
+   within every repeat after a warm-up; the figure is the median. Memory is the size of
+   the tensors autograd saves for backward (unique storages; the activation memory that
+   distillation could add) and, on CUDA, the peak allocated memory of a step.
+2. **A/B on the phantom**: the training pipeline (``unetzoo.engine.trainer.train``) with
+   the same seed and budget, with and without distillation, for several seeds; mean and
+   spread of the Dice it reports.
+
+    python benchmarks/bench_distillation.py                    # target row + A/B
+    python benchmarks/bench_distillation.py --models all --size 128 --batch 2
+    python benchmarks/bench_distillation.py --tiny --json out.json   # CI smoke
+
+The target (issue 6): <= 10% step-time overhead for resnet34_unet at 224 px, batch 8.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks._common import base_parser, compare, emit, machine_info, markdown_table
+
+TARGET = {"model": "resnet34_unet", "size": 224, "batch": 8, "options": {}}
+TINY = {"model": "unet", "size": 32, "batch": 2, "options": {"base_channels": 4}}
+
+
+# ------------------------------------------------------------------ overhead
+def saved_activation_bytes(fn) -> int:
+    """Bytes of the unique storages autograd saves while ``fn()`` builds its graph."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def overhead_row(
+    name: str, size: int, batch: int, options: dict[str, Any], repeats: int, warmup: int,
+    lambda_: float = 0.015, device: str = "cpu",
+) -> dict[str, Any]:
+    """Median step time and memory of one model with and without distillation."""
+    from unetzoo.losses.distillation import FeatureDistillationLoss, FeatureTapper
+    from unetzoo.models import count_parameters, create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, num_classes=9, **options).to(device).train()
+    fixed = getattr(model, "fixed_input_size", None)
+    size = int(fixed) if fixed else size
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = torch.randint(0, 9, (batch, size, size), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    tapper = FeatureTapper(model)
+    distill = FeatureDistillationLoss(
+        lambda_, lambda_, generator=torch.Generator().manual_seed(0)
+    )
+
+    def seg_loss(out):
+        out = out[-1] if isinstance(out, (list, tuple)) else out
+        return F.cross_entropy(out, y)
+
+    def loss_plain():
+        return seg_loss(model(x))
+
+    def loss_distill():
+        with tapper:
+            out = model(x)
+        total, _ = distill(tapper.features)
+        return seg_loss(out) + total
+
+    def step(loss_fn):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            loss_fn().backward()
+            opt.step()
+
+        return run
+
+    times = compare(
+        {"plain": step(loss_plain), "distill": step(loss_distill)},
+        repeats=repeats, warmup=warmup,
+    )
+    mem = {k: saved_activation_bytes(f) / 2**20 for k, f in
+           (("plain", loss_plain), ("distill", loss_distill))}
+    row: dict[str, Any] = {
+        "model": name,
+        "options": ",".join(f"{k}={v}" for k, v in options.items()) or "-",
+        "params_M": round(count_parameters(model) / 1e6, 2),
+        "input": f"{batch}x1x{size}x{size}",
+        "step_s_plain": round(times["plain"], 4),
+        "step_s_distill": round(times["distill"], 4),
+        "time_overhead_%": round(100.0 * (times["distill"] / times["plain"] - 1.0), 1),
+        "saved_MiB_plain": round(mem["plain"], 1),
+        "saved_MiB_distill": round(mem["distill"], 1),
+        "mem_overhead_%": round(100.0 * (mem["distill"] / mem["plain"] - 1.0), 1),
+    }
+    if device == "cuda":
+        peaks = {}
+        for k, fn in (("plain", step(loss_plain)), ("distill", step(loss_distill))):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            peaks[k] = torch.cuda.max_memory_allocated() / 2**20
+        row["cuda_peak_MiB_plain"] = round(peaks["plain"], 1)
+        row["cuda_peak_MiB_distill"] = round(peaks["distill"], 1)
+    return row
+
+
+def model_list(spec: str) -> list[str]:
+    from unetzoo.models import list_models
+
+    if spec == "all":
+        return list_models()
+    return [m.strip() for m in spec.split(",") if m.strip()]
+
+
+# ------------------------------------------------------------------ A/B on the phantom
+def ab_runs(
+    seeds: list[int], model: str, options: dict[str, Any], epochs: int, img_size: int,
+    batch: int, lambda_: float, max_cases: int | None, workdir: Path, device: str,
+) -> list[dict[str, Any]]:
+    """One training run per (seed, distill on/off) through the pipeline's ``train``."""
+    from unetzoo.data import get_dataset
+    from unetzoo.engine.config import resolve_config
+    from unetzoo.engine.trainer import train
+
+    ds = get_dataset("phantom", root=workdir / "phantom")
+    runs = []
+    for seed in seeds:
+        for distill in (False, True):  # alternate so drift in machine load hits both
+            flags = {
+                "model": model, "model_options": options, "seed": seed,
+                "max_epochs": epochs, "img_size": img_size, "batch_size": batch,
+                "max_cases": max_cases, "eval_interval": epochs, "progress": False,
+                "distill_ifd": lambda_ if distill else 0.0,
+                "distill_scr": lambda_ if distill else 0.0,
+                "output": str(workdir / f"run-s{seed}-{'kd' if distill else 'plain'}"),
+                "device": device,
+            }
+            cfg = resolve_config(ds.recipe, None, flags)
+            t0 = time.perf_counter()
+            summary = train(cfg, dataset=ds)
+            runs.append({
+                "seed": seed, "distill": distill, "wall_s": round(time.perf_counter() - t0, 1),
+                "val_dice": _as_float(summary.get("best_metric")),
+                "test_dice": _test_dice(summary.get("test")),
+            })
+            print(f"  seed {seed} distill={distill}: {runs[-1]}", flush=True)
+    return runs
+
+
+def _as_float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _test_dice(test: Any) -> float | None:
+    """Mean foreground Dice from the pipeline's test summary, whatever its nesting."""
+    if isinstance(test, (int, float)):
+        return float(test)
+    if not isinstance(test, dict):
+        return None
+    for key in ("mean_dice", "dice", "mean"):
+        if key in test:
+            got = _test_dice(test[key])
+            if got is not None:
+                return got
+    return None
+
+
+def ab_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for distill in (False, True):
+        sel = [r for r in runs if r["distill"] is distill]
+        row: dict[str, Any] = {"distill": "on" if distill else "off", "runs": len(sel)}
+        for key in ("val_dice", "test_dice"):
+            vals = [r[key] for r in sel if r[key] is not None]
+            row[f"{key}_mean"] = round(statistics.fmean(vals), 4) if vals else "n/a"
+            row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else "n/a"
+            row[f"{key}_min..max"] = (
+                f"{min(vals):.4f}..{max(vals):.4f}" if vals else "n/a"
+            )
+        row["wall_s_mean"] = round(statistics.fmean(r["wall_s"] for r in sel), 1)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = base_parser(__doc__)
+    p.add_argument("--models", default=None,
+                   help="comma list or 'all' (default: the target row only)")
+    p.add_argument("--size", type=int, default=None, help="image size for --models rows")
+    p.add_argument("--batch", type=int, default=None, help="batch for --models rows")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-target", action="store_true", help="skip the resnet34_unet row")
+    p.add_argument("--no-ab", action="store_true", help="skip the phantom A/B")
+    p.add_argument("--ab-seeds", default="0,1,2")
+    p.add_argument("--ab-model", default="unet")
+    p.add_argument("--ab-width", type=int, default=16, help="base_channels of the A/B U-Net")
+    p.add_argument("--ab-epochs", type=int, default=6)
+    p.add_argument("--ab-size", type=int, default=64)
+    p.add_argument("--ab-batch", type=int, default=8)
+    p.add_argument("--ab-max-cases", type=int, default=None)
+    p.add_argument("--lambda", dest="lambda_", type=float, default=0.015)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+
+    result: dict[str, Any] = {"machine": machine_info()}
+    rows: list[dict[str, Any]] = []
+    if args.tiny:
+        args.repeats, args.warmup = 1, 1
+        rows.append(overhead_row(TINY["model"], TINY["size"], TINY["batch"], TINY["options"],
+                                 1, 1, args.lambda_, args.device))
+    else:
+        if not args.no_target:
+            rows.append(overhead_row(TARGET["model"], TARGET["size"], TARGET["batch"],
+                                     TARGET["options"], args.repeats, args.warmup,
+                                     args.lambda_, args.device))
+            print(markdown_table(rows[-1:]), flush=True)
+        for name in model_list(args.models or ""):
+            try:
+                rows.append(overhead_row(name, args.size or 128, args.batch or 2, {},
+                                         args.repeats, args.warmup, args.lambda_,
+                                         args.device))
+            except Exception as exc:  # report and continue: one broken model
+                rows.append({"model": name, "options": f"failed: {exc}"})
+            print(markdown_table(rows[-1:]), flush=True)
+    notes = (
+        f"lambda_ifd = lambda_scr = {args.lambda_}; SGD step; 9 classes; median of "
+        f"{args.repeats} alternating repeats after {args.warmup} warm-up steps. "
+        "saved_MiB: tensors autograd keeps for backward (unique storages)."
+    )
+    emit("Feature distillation overhead (step time, saved activations)", rows, args,
+         extra={"notes": notes})
+    result["overhead"] = rows
+
+    if not args.no_ab:
+        seeds = [0] if args.tiny else [int(s) for s in args.ab_seeds.split(",")]
+        opts = {"base_channels": 4 if args.tiny else args.ab_width}
+        epochs = 1 if args.tiny else args.ab_epochs
+        size = 32 if args.tiny else args.ab_size
+        max_cases = 2 if args.tiny else args.ab_max_cases
+        runs = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
+                runs = ab_runs(seeds, args.ab_model, opts, epochs, size, args.ab_batch,
+                               args.lambda_, max_cases, Path(tmp), args.device)
+        except ImportError as exc:  # the pipeline (engine, data) is not installed
+            result["ab"] = {"status": f"not run: training pipeline unavailable ({exc})"}
+            print(result["ab"]["status"])
+        if runs is not None:
+            table = ab_table(runs)
+            setup = (
+                f"{args.ab_model} {opts}, phantom, {epochs} epochs, {size} px, batch "
+                f"{args.ab_batch}, max_cases {max_cases}, seeds {seeds}, lambda "
+                f"{args.lambda_} (both terms); Dice = the pipeline's mean foreground Dice."
+            )
+            print(f"## A/B on the phantom\n\n{setup}\n\n{markdown_table(table)}\n")
+            result["ab"] = {"setup": setup, "runs": runs, "table": table}
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps({"title": "bench_distillation", **result},
+                                        indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
