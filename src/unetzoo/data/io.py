@@ -1,0 +1,188 @@
+"""File readers that turn low-level failures into one-line :class:`DataError` messages
+naming the file and the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetzoo.errors import DataError
+
+
+def require_file(path: Path, what: str, fix: str = "") -> Path:
+    """Return ``path`` if it is a file, else raise ``DataError`` naming it."""
+    if not path.is_file():
+        raise DataError(f"missing {what}: {path}" + (f"; {fix}" if fix else ""))
+    return path
+
+
+def read_list(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read list file {path}: {exc.strerror or exc}") from exc
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Arrays ``keys`` of an ``.npz`` file (unreadable file or missing key -> DataError)."""
+    require_file(path, "npz file", "check the list file and the data folder")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing key(s) {missing} (file has {data.files}); "
+                    f"expected keys {list(keys)}"
+                )
+            return {k: np.asarray(data[k]) for k in keys}
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
+        raise DataError(
+            f"{path}: unreadable or truncated npz file ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
+
+
+def open_h5(path: Path):
+    """Open an HDF5 file read-only (unreadable -> DataError)."""
+    import h5py
+
+    require_file(path, "HDF5 volume", "check the list file and the data folder")
+    try:
+        return h5py.File(path, "r")
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated HDF5 file ({exc}); re-create or re-download it"
+        ) from exc
+
+
+def h5_dataset(handle: Any, key: str, path: Path):
+    """``handle[key]`` or a DataError naming the file and the keys it has."""
+    if key not in handle:
+        raise DataError(
+            f"{path}: missing key {key!r} (file has {sorted(handle.keys())})"
+        )
+    return handle[key]
+
+
+def load_h5(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Whole arrays ``keys`` of an HDF5 file."""
+    with open_h5(path) as f:
+        try:
+            return {k: np.asarray(h5_dataset(f, k, path)[()]) for k in keys}
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read data ({exc}); the file may be truncated") from exc
+
+
+def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """``(array, affine, zooms)`` of a NIfTI file, array in file (x, y, z[, c]) order."""
+    import nibabel as nib
+
+    require_file(path, "NIfTI file", "check the dataset folder and dataset.json")
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated NIfTI file ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
+    return arr, affine, zooms
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -> None:
+    """Write ``array`` (any axis order) with ``affine`` (identity when None)."""
+    import nibabel as nib
+
+    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(np.asarray(array), aff)
+    img.header.set_qform(aff, code=1)
+    img.header.set_sform(aff, code=1)
+    nib.save(img, str(path))
+
+
+def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
+    """Pixel array of a png/jpg/bmp/gif/tif file: ``(H, W)`` or ``(H, W, C)``.
+
+    ``mode`` converts with PIL (``"L"``, ``"RGB"``); ``"P"`` palette images are returned
+    as their palette indices (class indices of palette masks).
+    """
+    require_file(path, "image file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff") and mode is None:
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(str(path)))
+            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+                arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) tif
+            return arr
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if mode is not None and im.mode != mode:
+                im = im.convert(mode)
+            return np.asarray(im)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    require_file(path, "JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); fix the file") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (``.npy``) via a temp file + rename (safe for workers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cache_root() -> Path:
+    """``$UNETZOO_CACHE`` or ``~/.cache/unetzoo``."""
+    env = os.environ.get("UNETZOO_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "unetzoo"
