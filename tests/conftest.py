@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+# Models whose default is ImageNet weights (resunet_v0_2+) build without downloading.
+os.environ.setdefault("UNETZOO_NO_PRETRAINED", "1")
 
 
 @pytest.fixture(autouse=True)
