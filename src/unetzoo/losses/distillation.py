@@ -115,6 +115,7 @@ def scr_loss(
     f_t: torch.Tensor,
     channel_selection: str = "random",
     generator: torch.Generator | None = None,
+    _pooled_teacher: dict[tuple[int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Semantic consistency term of one tap: MSE(student, detached teacher).
 
@@ -128,13 +129,22 @@ def scr_loss(
         a scalar: mean squared error over ``N x k x h x w`` elements, ``k = min(C_s, C_t)``,
         ``(h, w)`` the smaller spatial size (see :func:`pool_to_common`).
     """
-    f_t = f_t.detach()
+    size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
+    # Pool, then select channels: the same numbers (pooling is per channel), and the
+    # student's pooling reads a map autograd keeps anyway instead of a fresh copy.
+    s = f_s if tuple(f_s.shape[-2:]) == size else F.adaptive_avg_pool2d(f_s, size)
+    cache = _pooled_teacher if _pooled_teacher is not None else {}
+    t = cache.get(size)
+    if t is None:
+        with torch.no_grad():
+            t = f_t.detach()
+            t = t if tuple(t.shape[-2:]) == size else F.adaptive_avg_pool2d(t, size)
+        cache[size] = t
     idx_s, idx_t = select_channels(
         f_s.shape[1], f_t.shape[1], channel_selection, generator, f_s.device
     )
-    # Selecting before pooling gives the same numbers (pooling is per channel), cheaper.
-    s, t = pool_to_common(f_s.index_select(1, idx_s), f_t.index_select(1, idx_t))
-    return F.mse_loss(_f32(s), _f32(t))
+    d = _f32(s.index_select(1, idx_s)) - _f32(t.index_select(1, idx_t))
+    return d.pow(2).mean()  # keeps one difference map for backward, not both inputs
 
 
 def ifd_loss(f: torch.Tensor) -> torch.Tensor | None:
@@ -155,9 +165,8 @@ def ifd_loss(f: torch.Tensor) -> torch.Tensor | None:
         score = (x.sum(dim=(2, 3)) / norms).mean(0) / (x.shape[2] * x.shape[3])
         order = torch.argsort(score, descending=True)
     half = c // 2
-    top = f.index_select(1, order[:half])
-    rest = f.index_select(1, order[half : 2 * half])
-    return F.mse_loss(_f32(top), _f32(rest))
+    d = _f32(f.index_select(1, order[:half])) - _f32(f.index_select(1, order[half : 2 * half]))
+    return d.pow(2).mean()  # MSE; keeps only the difference map for backward
 
 
 def _mean(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -236,6 +245,7 @@ class FeatureDistillationLoss(nn.Module):
             )
         zero = ref.new_zeros((), dtype=torch.float32)
         genc, gdec = _groups(len(enc), ke), _groups(len(dec), kd)
+        pooled: dict[tuple[int, int], torch.Tensor] = {}  # teacher pooled once per size
         ifd, scr = zero, zero
         for g in range(max(len(genc), len(gdec))):
             e = [enc[i] for i in genc[g]] if g < len(genc) else []
@@ -246,9 +256,10 @@ class FeatureDistillationLoss(nn.Module):
                 if m is not None:
                     ifd = ifd + m
             if final is not None:
-                m = _mean(
-                    [scr_loss(f, final, self.channel_selection, self.generator) for f in e + d]
-                )
+                m = _mean([
+                    scr_loss(f, final, self.channel_selection, self.generator, pooled)
+                    for f in e + d
+                ])
                 if m is not None:
                     scr = scr + m
         return ifd, scr
