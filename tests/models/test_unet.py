@@ -87,3 +87,14 @@ def test_unet_taps_name_real_modules():
     assert len(taps.encoder) == 4 and len(taps.decoder) == 3
     for name in (*taps.encoder, *taps.decoder, taps.final):
         model.get_submodule(name)
+
+
+def test_valid_bilinear_variant_matches_output_size():
+    model = create_model("unet_selfreg", 1, 2, padding="valid", base_channels=2).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 1, 188, 190))
+    assert tuple(y.shape[-2:]) == model.output_size((188, 190)) == (4, 4)
+
+
+def test_any_input_size_is_accepted():
+    assert create_model("unet", base_channels=2).fixed_input_size is None

@@ -55,6 +55,8 @@ class ResNetUNet(SegmentationModel):
         freeze_encoder: set ``requires_grad=False`` on every encoder parameter.
     """
 
+    fixed_input_size: int | None = None  # any size; padded to size_multiple
+
     def __init__(
         self,
         in_channels: int = 1,

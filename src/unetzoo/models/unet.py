@@ -55,6 +55,8 @@ class UNet(SegmentationModel):
             and each up block narrows ``in -> in/2 -> out`` (the milesial/SelfReg layout).
     """
 
+    fixed_input_size: int | None = None  # any size; padded to size_multiple
+
     def __init__(
         self,
         in_channels: int = 1,

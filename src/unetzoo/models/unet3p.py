@@ -102,6 +102,8 @@ class UNet3Plus(SegmentationModel):
         cgm: classification-guided module (see above).
     """
 
+    fixed_input_size: int | None = None  # any size; padded to size_multiple
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -85,6 +85,8 @@ class UNetPlusPlus(SegmentationModel):
         deep_supervision: heads on every ``X(0, j)`` (see above).
     """
 
+    fixed_input_size: int | None = None  # any size; padded to size_multiple
+
     def __init__(
         self,
         in_channels: int = 1,
