@@ -35,6 +35,16 @@ def test_local_file_loads_every_weight(resnet18_file, resnet18_state):
     assert torch.equal(enc.layer4[1].conv2.weight, resnet18_state["layer4.1.conv2.weight"])
 
 
+def test_release_files_without_num_batches_tracked_load(tmp_path, resnet18_state):
+    # torchvision's published resnet*.pth files have no BatchNorm num_batches_tracked.
+    old_style = {k: v for k, v in resnet18_state.items() if "num_batches_tracked" not in k}
+    assert len(old_style) < len(resnet18_state)
+    path = tmp_path / "resnet18-old.pth"
+    torch.save(old_style, path)
+    enc = ResNetEncoder(18, 3, weights=path)
+    assert torch.equal(enc.layer2[0].bn1.weight, resnet18_state["layer2.0.bn1.weight"])
+
+
 def test_one_channel_sums_rgb_filters(resnet18_file, resnet18_state):
     model = create_model("resnet18_unet", in_channels=1, encoder_weights=str(resnet18_file))
     rgb = resnet18_state["conv1.weight"]

@@ -20,7 +20,8 @@ from unetzoo.models import create_model, get_entry, list_models, model_info, par
 from unetzoo.models.registry import ModelEntry, PublishedParams
 
 
-def register(subparsers) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``list-models`` subcommand to ``subparsers``."""
     p = subparsers.add_parser(
         "list-models",
         help="list registered models with parameter counts",
@@ -104,6 +105,7 @@ def format_info(entry: ModelEntry) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the table (or one model's info); 0 on success, errors raise ModelError."""
     if args.info:
         print(format_info(model_info(args.info)))
         return 0

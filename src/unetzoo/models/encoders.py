@@ -167,6 +167,10 @@ class ResNetEncoder(nn.Module):
                 key = "stem.1." + key[len("bn1.") :]
             mapped[key] = value
         own = self.state_dict()
+        # The released torchvision .pth files predate BatchNorm's num_batches_tracked.
+        for key in own:
+            if key.endswith("num_batches_tracked") and key not in mapped:
+                mapped[key] = own[key]
         missing = [k for k in own if k not in mapped]
         unexpected = [k for k in mapped if k not in own]
         bad_shape = [k for k in own if k in mapped and mapped[k].shape != own[k].shape]
