@@ -110,19 +110,19 @@ def _nnunet(root, **options):
 
 
 def _synapse(root, **options):
-    from unetzoo.data.synapse import SynapseDataset
+    from unetzoo.data.listed import SynapseDataset
 
     return SynapseDataset(root, **options)
 
 
 def _avt(root, **options):
-    from unetzoo.data.synapse import AVTDataset
+    from unetzoo.data.listed import AVTDataset
 
     return AVTDataset(root, **options)
 
 
 def _acdc(root, **options):
-    from unetzoo.data.acdc import ACDCDataset
+    from unetzoo.data.listed import ACDCDataset
 
     return ACDCDataset(root, **options)
 

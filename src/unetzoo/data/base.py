@@ -10,6 +10,7 @@ memory-mapped cache so no volume is re-read per sample).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ class Case:
     or None, ``spacing`` ``(sz, sy, sx)`` mm (1.0 where unknown), ``affine`` 4x4 float64
     mapping ``(d, h, w, 1)`` voxel indices of these arrays to world mm (None for formats
     without one), ``roi`` bool ``(D, H, W)`` or None (DRIVE field of view). 2-D datasets
-    have ``D == 1``.
+    have ``D == 1``. ``axes``: for NIfTI sources, the file axis (0, 1, 2 = i, j, k) that
+    each of ``(D, H, W)`` came from, so :func:`unetzoo.data.io.save_case_nifti` can write
+    a prediction back in the file's own voxel order.
     """
 
     id: str
@@ -42,6 +45,7 @@ class Case:
     affine: np.ndarray | None = None
     roi: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
+    axes: tuple[int, int, int] | None = None
 
 
 def check_image(image: np.ndarray, where: str) -> None:
@@ -216,9 +220,15 @@ class SliceDataset(Dataset):
         self.transform = transform
         self.rng = np.random.default_rng(seed)
         self._store: dict[str, Any] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_store"] = {}  # open HDF5 handles / memory maps are per process
+        return state
 
     @property
     def case_ids(self) -> list[str]:
@@ -226,6 +236,8 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         case_id, z = self.index[i]
+        if self._pid != os.getpid():  # new worker: never share open files or maps
+            self._store, self._pid = {}, os.getpid()
         image, label = self.source._read_slice(self.split, case_id, z, self._store)
         image = np.asarray(image, dtype=np.float32)
         label = np.asarray(label, dtype=np.int64)

@@ -120,10 +120,10 @@ class DriveDataset(SegDataset):
         image = normalize(np.moveaxis(raw, -1, 0), self.preprocessing)[:, None]
         label = None
         if entry["label"] is not None:
-            lab = binary_mask(io.load_image(entry["label"]), str(entry["label"]))
+            lab = binary_mask(io.load_image(entry["label"], mode="L"), str(entry["label"]))
             check_shapes(raw.shape[:2], lab.shape, f"{entry['label']} vs {entry['image']}")
             label = lab[None].astype(np.int64)
-        roi = binary_mask(io.load_image(entry["roi"]), str(entry["roi"]))
+        roi = binary_mask(io.load_image(entry["roi"], mode="L"), str(entry["roi"]))
         check_shapes(raw.shape[:2], roi.shape, f"{entry['roi']} vs {entry['image']}")
         return Case(
             id=case_id,

@@ -114,6 +114,28 @@ def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -
     nib.save(img, str(path))
 
 
+def save_case_nifti(
+    array: np.ndarray,
+    affine: np.ndarray | None,
+    path: str | Path,
+    axes: tuple[int, int, int] | None = None,
+) -> None:
+    """Write a ``(D, H, W)`` array (e.g. a prediction) of a :class:`Case` as NIfTI.
+
+    With ``axes`` (``Case.axes``) the array is put back in the source file's voxel order
+    and the affine un-permuted, so the file overlays the original image exactly in any
+    viewer; without it the ``(D, H, W)`` order is written with ``affine`` as is.
+    """
+    arr = np.asarray(array)
+    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if axes is not None:
+        inv = np.argsort(axes)
+        arr = np.transpose(arr, tuple(inv) + tuple(range(3, arr.ndim)))
+        aff = aff.copy()
+        aff[:, :3] = np.asarray(affine, dtype=np.float64)[:, inv]
+    save_nifti(arr, aff, path)
+
+
 def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
     """Pixel array of a png/jpg/bmp/gif/tif file: ``(H, W)`` or ``(H, W, C)``.
 

@@ -41,7 +41,7 @@ from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, normalize, spec_for_channel
 from unetzoo.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def _is_writable_dir(path: Path) -> bool:
@@ -324,6 +324,7 @@ class NnUNetDataset(SegDataset):
             "spacing": list(case.spacing),
             "affine": np.asarray(case.affine).tolist(),
             "has_label": case.label is not None,
+            "axes": list(case.axes),
         }
         io.atomic_write_text(meta_p, json.dumps(meta))
         return meta
@@ -361,7 +362,7 @@ class NnUNetDataset(SegDataset):
         """Read a case from the NIfTI files (no cache)."""
         entry = self._entry(cid, split)
         chans: list[np.ndarray] = []
-        affine = spacing = None
+        affine = spacing = order = None
         ref_shape = None
         for p in entry["images"]:
             arr, aff, zooms = io.load_nifti(p)
@@ -381,7 +382,7 @@ class NnUNetDataset(SegDataset):
                     f"{p}: shape {arr.shape[:3]} differs from the first channel {ref_shape}"
                 )
             for part in parts:
-                vol, affine, spacing, _ = reorient(part, aff, zooms, self.slice_axis)
+                vol, affine, spacing, order = reorient(part, aff, zooms, self.slice_axis)
                 chans.append(vol)
         if len(chans) != self.in_channels:
             raise DataError(
@@ -406,6 +407,7 @@ class NnUNetDataset(SegDataset):
             spacing=spacing,
             affine=affine,
             class_names=list(self.class_names),
+            axes=order,
         )
 
     def load_case(self, case_id: str, split: str) -> Case:
@@ -420,6 +422,7 @@ class NnUNetDataset(SegDataset):
             spacing=tuple(float(s) for s in meta["spacing"]),
             affine=np.asarray(meta["affine"], dtype=np.float64),
             class_names=list(self.class_names),
+            axes=tuple(int(a) for a in meta["axes"]),
         )
 
     def _slice_index(self, split: str, cases: Sequence[str]) -> list[tuple[str, int]]:

@@ -30,12 +30,9 @@ import numpy as np
 from scipy import ndimage
 
 from unetzoo.data import io
+from unetzoo.data.listed import SYNAPSE_CLASSES
 from unetzoo.errors import DataError
 
-SYNAPSE_CLASSES = [
-    "background", "aorta", "gallbladder", "left kidney", "right kidney",
-    "liver", "pancreas", "spleen", "stomach",
-]
 CT_SHAPE = (24, 128, 128)
 CT_SPACING = (5.0, 2.5, 2.5)  # (sz, sy, sx) mm: slices are the through-plane axis
 FUNDUS_SHAPE = (128, 128)
