@@ -21,8 +21,18 @@ from unetzoo.models import create_model, get_entry
 
 # Options that set a model's width; scaled by 1/8 (ints, or each element of a tuple).
 WIDTH_OPTIONS = (
-    "base_channels", "base_width", "width", "filters", "features", "channels",
-    "decoder_channels", "embed_dim", "hidden_size", "dims", "widths", "num_filters",
+    "base_channels",
+    "base_width",
+    "width",
+    "filters",
+    "features",
+    "channels",
+    "decoder_channels",
+    "embed_dim",
+    "hidden_size",
+    "dims",
+    "widths",
+    "num_filters",
 )
 NON_SQUARE = (64, 96)
 
@@ -32,8 +42,10 @@ def _shrink(value: Any) -> Any:
         return value
     if isinstance(value, int):
         return max(4, value // 8)
-    if isinstance(value, (tuple, list)) and value and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return type(value)(max(4, v // 8) for v in value)
     return value
@@ -97,12 +109,24 @@ def test_hooks_collect_declared_taps(name: str):
 
     logits = out[-1] if isinstance(out, (list, tuple)) else out
     assert logits.shape[-2:] == (h_in, w_in)
-    total, terms = FeatureDistillationLoss(
-        generator=torch.Generator().manual_seed(0)
-    )(feats)
+    total, terms = FeatureDistillationLoss(generator=torch.Generator().manual_seed(0))(feats)
     assert torch.isfinite(total) and set(terms) == {"ifd", "scr"}
     (total + 0.0 * logits.sum()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads), f"{name}: no gradient reached"
     # Hooks are gone after the with-block: a second forward collects nothing.
     assert not any(m._forward_hooks for m in tapper.modules.values())
+
+
+@pytest.mark.parametrize(
+    "name, n_enc, n_dec, per_stage",
+    [("unet_selfreg", 4, 3, (1, 1)), ("unet", 4, 3, (1, 1)), ("swin_unet", 8, 6, (2, 2))],
+)
+def test_reference_groupings(name: str, n_enc: int, n_dec: int, per_stage: tuple[int, int]):
+    """U-Net: 4 encoder + 3 decoder taps, one group; Swin-UNet: (first, last) per stage."""
+    if name not in unetzoo.list_models():
+        pytest.skip(f"{name} is not registered")
+    model, _ = small_model(name)
+    tapper = FeatureTapper(model)
+    assert (len(tapper.taps.encoder), len(tapper.taps.decoder)) == (n_enc, n_dec)
+    assert tapper.taps_per_stage == per_stage
