@@ -37,7 +37,7 @@ CT_SHAPE = (24, 128, 128)
 CT_SPACING = (5.0, 2.5, 2.5)  # (sz, sy, sx) mm: slices are the through-plane axis
 FUNDUS_SHAPE = (128, 128)
 STAMP = "phantom.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Mean HU per structure (portal-venous phase). Organs differ by >= 35 HU inside the
 # [-125, 275] window so intensity and shape together identify them.
@@ -67,15 +67,16 @@ def _smooth_field(
     rng: np.random.Generator, shape: Sequence[int], max_cycles: float = 1.5, waves: int = 6
 ) -> np.ndarray:
     """Smooth random field of unit-order amplitude: a sum of ``waves`` random plane waves
-    with at most ``max_cycles`` periods across the field (cheap, unlike blurring noise)."""
-    axes = np.meshgrid(*[np.linspace(0, 1, int(s), dtype=np.float32) for s in shape],
-                       indexing="ij", sparse=True)
+    with at most ``max_cycles`` periods across the field. Each wave is the real part of a
+    product of per-axis complex exponentials (separable, no full-size ``cos``)."""
     field = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
     for _ in range(waves):
         freq = rng.uniform(-max_cycles, max_cycles, size=len(shape)) * 2 * np.pi
-        phase = rng.uniform(0, 2 * np.pi)
-        arg = sum(f * a for f, a in zip(freq, axes)) + phase
-        field += np.cos(arg).astype(np.float32)
+        wave = np.exp(1j * rng.uniform(0, 2 * np.pi)).astype(np.complex64)
+        for ax, (n, f) in enumerate(zip(shape, freq)):
+            e = np.exp(1j * f * np.linspace(0, 1, int(n))).astype(np.complex64)
+            wave = wave * e.reshape([-1 if i == ax else 1 for i in range(len(shape))])
+        field += wave.real
     return field * np.float32(np.sqrt(2.0 / waves))
 
 
@@ -85,13 +86,14 @@ def make_ct_case(
     """One phantom volume: HU ``int16 (D, H, W)`` and label ``uint8 (D, H, W)``."""
     d, h, w = (int(s) for s in shape)
     zz, yy, xx = np.meshgrid(
-        np.linspace(-1, 1, d), np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij"
+        np.linspace(-1, 1, d, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32),
+        np.linspace(-1, 1, w, dtype=np.float32), indexing="ij", sparse=True,
     )
     # Global pose: scale, in-plane rotation, shift.
-    scale = rng.uniform(0.9, 1.05)
+    scale = np.float32(rng.uniform(0.9, 1.05))
     theta = np.deg2rad(rng.uniform(-8, 8))
-    shift = rng.uniform(-0.05, 0.05, size=2)
-    c, s = np.cos(theta), np.sin(theta)
+    shift = rng.uniform(-0.05, 0.05, size=2).astype(np.float32)
+    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
     x0, y0 = xx - shift[0], yy - shift[1]
     x = (c * x0 + s * y0) / scale
     y = (-s * x0 + c * y0) / scale
