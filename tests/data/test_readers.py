@@ -56,10 +56,10 @@ def test_avt_layout(tmp_path):
 
 def test_acdc_layout(tmp_path):
     ds = get_dataset("acdc", write_acdc(tmp_path / "ACDC"))
-    assert ds.splits() == ["train", "valid", "test"] and ds.modality == "MRI"
+    assert ds.splits() == ["train", "val", "test"] and ds.modality == "MRI"
     assert ds.class_names == ["background", "right ventricle", "myocardium", "left ventricle"]
     assert ds.cases("train") == ["case_001", "case_002"]
-    assert len(ds.slice_dataset("valid")) == 4
+    assert len(ds.slice_dataset("val")) == 4
     vol = ds.load_case("case_003_volume_ED", "test")
     assert vol.image.shape == (1, 5, 12, 12)
     assert len(ds.slice_dataset("test")) == 5
@@ -91,9 +91,9 @@ def test_folder_layout(tmp_path, kind, n_classes):
 
 
 def test_folder_splits_and_grey_conversion(tmp_path):
-    root = write_folder(tmp_path / "F", splits=("train", "test"))
+    root = write_folder(tmp_path / "F", splits=("train", "valid", "test"))
     ds = get_dataset("folder", root, channels=1, class_names=["bg", "polyp"])
-    assert ds.splits() == ["train", "test"] and ds.in_channels == 1
+    assert ds.splits() == ["train", "val", "test"] and ds.in_channels == 1
     assert ds.class_names == ["bg", "polyp"]
     assert ds.load_case("img0", "test").image.shape == (1, 1, 10, 12)
 

@@ -1,7 +1,7 @@
 """Generic 2-D image/mask folders::
 
     ROOT/images/*.png|jpg|tif|bmp   ROOT/masks/*      (one split, "train")
-    ROOT/train/images, ROOT/train/masks, ROOT/val/..., ROOT/test/...   (several splits)
+    ROOT/train/images, ROOT/train/masks, ROOT/val/ (or valid/), ROOT/test/...   (splits)
 
 Folder names accepted: ``images``/``image``/``imgs``; ``masks``/``mask``/``labels``/
 ``label``/``gt``. A mask matches an image with the same stem, or the stem plus ``_mask``,
@@ -32,7 +32,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 IMAGE_DIRS = ("images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt")
 MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt")
-SPLITS = ("train", "val", "valid", "test")
+SPLITS = ("train", "val", "test")
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
 def _first_dir(parent: Path, names: Sequence[str]) -> Path | None:
@@ -67,8 +68,9 @@ class FolderDataset(SegDataset):
             self._files["train"] = self._pair_up(self.root)
         else:
             for split in SPLITS:
-                if (self.root / split).is_dir():
-                    self._files[split] = self._pair_up(self.root / split)
+                sub = _first_dir(self.root, SPLIT_DIRS[split])
+                if sub is not None:
+                    self._files[split] = self._pair_up(sub)
         if not self._files:
             raise DataError(
                 f"{self.root}: no images/ and masks/ folders (directly or under "

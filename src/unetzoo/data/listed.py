@@ -273,6 +273,7 @@ class ACDCDataset(ListedDataset):
     """ACDC in the SelfReg-UNet / EMCAD npz layout: ``train/``, ``valid/``, ``test/`` with
     ``img`` / ``label`` arrays (train and valid: 2-D slices; test: volumes), lists
     ``train.txt``, ``valid.txt``, ``test.txt`` in ROOT, ROOT/lists_ACDC or ROOT/lists;
+    the ``valid`` folder is the ``"val"`` split;
     4 classes (background, right ventricle, myocardium, left ventricle)."""
 
     name = "acdc"
@@ -281,7 +282,7 @@ class ACDCDataset(ListedDataset):
     spatial_dims = 3
     image_key = "img"
     class_list = ["background", "right ventricle", "myocardium", "left ventricle"]
-    split_dirs = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
-    list_files = {"train": ("train.txt",), "valid": ("valid.txt", "val.txt"),
+    split_dirs = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
+    list_files = {"train": ("train.txt",), "val": ("valid.txt", "val.txt"),
                   "test": ("test.txt",)}
     list_dir_names = ("lists_ACDC", "lists")
