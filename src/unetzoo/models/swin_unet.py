@@ -133,7 +133,8 @@ class SwinUNet(nn.Module):
         img_size: input side (224); must be a multiple of ``patch_size * 2**(stages-1)``.
         patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio: Swin-T
             (4, 96, (2, 2, 2, 2), (3, 6, 12, 24), 7, 4.0).
-        drop_rate, attn_drop_rate, drop_path_rate: 0.0, 0.0, 0.1 (SwinTransformerSys).
+        drop_rate, attn_drop_rate, drop_path_rate: 0.0, 0.0, 0.2 (DROP_PATH_RATE of the
+            official configs/swin_tiny_patch4_window7_224_lite.yaml).
         encoder_weights: path to ``swin_tiny_patch4_window7_224.pth`` or None.
     """
 
@@ -150,7 +151,7 @@ class SwinUNet(nn.Module):
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.1,
+        drop_path_rate: float = 0.2,
         encoder_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -310,7 +311,7 @@ def swin_unet(
     mlp_ratio: float = 4.0,
     drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
-    drop_path_rate: float = 0.1,
+    drop_path_rate: float = 0.2,
     encoder_weights: str | None = None,
 ) -> SwinUNet:
     """Swin-UNet with a Swin-T encoder (see :class:`SwinUNet` for the options)."""
