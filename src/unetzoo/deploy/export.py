@@ -1,0 +1,487 @@
+"""Export a model (or a checkpoint) to ONNX, or to a ``torch.export`` program as fallback.
+
+ONNX files come from the ``torch.export``-based (dynamo) exporter, which keeps the
+padding of H and W up to the model's size multiple *inside* the graph as symbolic shape
+arithmetic, so one file takes any batch size and any height and width (models with a
+fixed input size, the Transformers, keep H and W fixed and only the batch dynamic). Every
+file is checked with ``onnx.checker`` and, by default, run once through ONNX Runtime
+against PyTorch.
+
+The checkpoint's metadata travels in the file: ONNX ``metadata_props`` key ``"unetzoo"``
+holds a JSON object (see :func:`build_metadata`), plus a few plain keys for viewers
+such as Netron. ``torch.export`` programs (``.pt2``) carry the same JSON as the extra
+file ``unetzoo.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetzoo.errors import CheckpointError, ConfigError, ModelError
+
+FORMATS = ("onnx", "torch-export", "auto")
+DEFAULT_OPSET = 18
+METADATA_KEY = "unetzoo"
+METADATA_FORMAT = "unetzoo-export"
+PT2_EXTRA_FILE = "unetzoo.json"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+_AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+
+
+class ExportError(ModelError):
+    """A model that the requested export format cannot express (message names a fallback)."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote.
+
+    Attributes:
+        path: the written file.
+        format: ``"onnx"`` or ``"torch-export"``.
+        dynamic_axes: input axis index -> name, for the axes that stayed dynamic.
+        example_shape: the ``(N, C, H, W)`` shape used to capture the graph.
+        max_abs_diff: largest |runtime - PyTorch| logit difference over the verification
+            inputs (None when not verified).
+        fallback_reason: why ONNX was not used (``format="auto"`` only), else None.
+        metadata: the JSON metadata stored in the file.
+    """
+
+    path: Path
+    format: str
+    dynamic_axes: dict[int, str]
+    example_shape: tuple[int, ...]
+    max_abs_diff: float | None = None
+    fallback_reason: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class _Logits(nn.Module):
+    """Forward ``image -> logits`` only: deep-supervision lists collapse to the last head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.model(image)
+        if isinstance(out, (list, tuple)):
+            out = out[-1]
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    # Options may hold tuples or enums; JSON keeps lists, numbers, strings, None.
+    return json.loads(json.dumps(value, default=str))
+
+
+def build_metadata(
+    model: nn.Module,
+    *,
+    class_names: list[str] | None = None,
+    in_channels: int | None = None,
+    img_size: int | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """The JSON object stored in an exported file.
+
+    Keys: ``format`` ("unetzoo-export"), ``version``, ``model`` (``name``, ``options``),
+    ``class_names``, ``num_classes``, ``in_channels``, ``img_size``, ``preprocessing``,
+    ``dataset``, ``size_multiple``, ``fixed_input_size``, ``torch_version``. Missing
+    values default to what the model itself records (``unetzoo_name`` / ``unetzoo_options``).
+    """
+    name = getattr(model, "unetzoo_name", None) or type(model).__name__
+    options = dict(getattr(model, "unetzoo_options", {}) or {})
+    in_ch = int(in_channels or options.get("in_channels") or getattr(model, "in_channels", 1))
+    n_cls = int(options.get("num_classes") or getattr(model, "num_classes", 0) or 0)
+    if class_names is None:
+        class_names = ["background"] + [f"class {i}" for i in range(1, max(n_cls, 2))]
+    return _jsonable(
+        {
+            "format": METADATA_FORMAT,
+            "version": 1,
+            "model": {"name": name, "options": options},
+            "class_names": list(class_names),
+            "num_classes": n_cls or len(class_names),
+            "in_channels": in_ch,
+            "img_size": int(img_size) if img_size else None,
+            "preprocessing": preprocessing or {"kind": "none"},
+            "dataset": dataset,
+            "size_multiple": int(getattr(model, "size_multiple", 1) or 1),
+            "fixed_input_size": getattr(model, "fixed_input_size", None),
+            "torch_version": torch.__version__,
+        }
+    )
+
+
+def metadata_from_checkpoint(ckpt: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """:func:`build_metadata` filled from a loaded checkpoint dict (``load_checkpoint``)."""
+    spec = ckpt.get("model")
+    if not isinstance(spec, dict) or not spec.get("name"):
+        raise CheckpointError(
+            "checkpoint has no model metadata ('model': {'name', 'options'}); export needs "
+            "a checkpoint written by `unetzoo train`"
+        )
+    meta = build_metadata(
+        model,
+        class_names=list(ckpt["class_names"]),
+        in_channels=int(ckpt["in_channels"]),
+        img_size=int(ckpt["img_size"]),
+        preprocessing=ckpt.get("preprocessing") or {"kind": "none"},
+        dataset=ckpt.get("dataset"),
+    )
+    meta["model"] = _jsonable({"name": spec["name"], "options": dict(spec.get("options") or {})})
+    return meta
+
+
+def _example_sizes(model: nn.Module, img_size: int | None) -> tuple[list[int], bool]:
+    """Candidate example sizes and whether H/W may be dynamic.
+
+    An odd size is tried first: it is not a multiple of any even size multiple, so the
+    capture records the padding branch and the graph pads every other size correctly.
+    """
+    fixed = getattr(model, "fixed_input_size", None)
+    if fixed:
+        return [int(fixed)], False
+    s = int(img_size or 64)
+    odd = s + 1 if s % 2 == 0 else s
+    return [odd, s], True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # torch.onnx wraps the cause; its summary line is the most telling.
+    for i, ln in enumerate(lines):
+        if ln.startswith("## Exception summary") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _rename_dims(onnx_model: Any) -> dict[int, str]:
+    """Give the input's symbolic dims readable names; return the dynamic input axes."""
+    graph = onnx_model.graph
+    inp = graph.input[0]
+    mapping: dict[str, str] = {}
+    dynamic: dict[int, str] = {}
+    for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
+        if dim.dim_param and axis in _AXIS_NAMES:
+            mapping[dim.dim_param] = _AXIS_NAMES[axis]
+            dynamic[axis] = _AXIS_NAMES[axis]
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+    return dynamic
+
+
+def _export_onnx(
+    wrapper: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, dyn_hw: bool, opset: int
+) -> None:
+    dims = torch.export.Dim.DYNAMIC
+    shapes = None
+    if dynamic:
+        axes = {0: dims}
+        if dyn_hw:
+            axes.update({2: dims, 3: dims})
+        shapes = {INPUT_NAME: axes}
+    # The exporter prints progress lines and warns about its own internals; the CLI
+    # reports the outcome itself.
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (x,),
+            str(out),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def _finish_onnx(out: Path, metadata: dict[str, Any]) -> dict[int, str]:
+    import onnx
+
+    model = onnx.load(str(out))
+    dynamic = _rename_dims(model)
+    meta = dict(metadata)
+    meta["dynamic_axes"] = {str(k): v for k, v in dynamic.items()}
+    del model.metadata_props[:]
+    props = {
+        METADATA_KEY: json.dumps(meta),
+        "model_name": str(meta["model"]["name"]),
+        "class_names": json.dumps(meta["class_names"]),
+        "img_size": str(meta.get("img_size")),
+    }
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "unetzoo"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
+    metadata.update(meta)
+    return dynamic
+
+
+def _export_pt2(
+    wrapper: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, dyn_hw: bool,
+    metadata: dict[str, Any],
+) -> dict[int, str]:
+    dims = torch.export.Dim.DYNAMIC
+    shapes = None
+    axes_req = {}
+    if dynamic:
+        axes_req = {0: "batch"} | ({2: "height", 3: "width"} if dyn_hw else {})
+        shapes = {INPUT_NAME: {a: dims for a in axes_req}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ep = torch.export.export(wrapper, (x,), dynamic_shapes=shapes)
+        except Exception as exc:  # noqa: BLE001 - any capture failure is one message
+            raise ExportError(
+                f"model {metadata['model']['name']!r} cannot be captured by torch.export "
+                f"either ({_first_line(exc)}); use the checkpoint with `unetzoo predict` "
+                "instead"
+            ) from exc
+    # Which requested axes stayed symbolic in the captured program.
+    placeholder = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == INPUT_NAME)
+    shape = placeholder.meta["val"].shape
+    dynamic_axes = {a: n for a, n in axes_req.items() if not isinstance(shape[a], int)}
+    metadata["dynamic_axes"] = {str(k): v for k, v in dynamic_axes.items()}
+    torch.export.save(ep, str(out), extra_files={PT2_EXTRA_FILE: json.dumps(metadata)})
+    return dynamic_axes
+
+
+def _verify(
+    wrapper: nn.Module, path: Path, fmt: str, shapes: list[tuple[int, ...]]
+) -> float:
+    """Max |runtime - PyTorch| over random inputs of the given shapes."""
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    else:
+        prog = torch.export.load(str(path)).module()
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            ref = wrapper(x).float().numpy()
+            if fmt == "onnx":
+                got = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            else:
+                got = prog(x).float().numpy()
+        if got.shape != ref.shape:
+            raise ExportError(
+                f"exported {fmt} gives shape {got.shape} for input {shape}, PyTorch "
+                f"{ref.shape}; export without --dynamic"
+            )
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, Any] | None = None,
+    img_size: int | None = None,
+    verify: bool = True,
+) -> ExportResult:
+    """Export ``model`` (``(N, C, H, W)`` -> logits ``(N, K, H, W)``) to ``out``.
+
+    Args:
+        model: a segmentation model; switched to eval mode (deep supervision returns the
+            final head only).
+        out: the file to write (``.onnx`` or ``.pt2``).
+        fmt: ``"onnx"``, ``"torch-export"`` or ``"auto"`` (ONNX, else ``torch.export``).
+        dynamic: dynamic batch, height and width (height/width stay fixed for models with
+            ``fixed_input_size``). False fixes the example shape.
+        opset: ONNX opset (default 18).
+        metadata: from :func:`build_metadata`; default built from the model.
+        img_size: example H = W for the capture (default metadata ``img_size`` or 64).
+        verify: run the file once (ONNX Runtime or the loaded program) against PyTorch
+            at two sizes (the example and a smaller odd one) and record the max abs diff.
+
+    Raises:
+        ExportError: the format cannot express the model; the message names the fallback.
+        ConfigError: an unknown format or an unwritable output path.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {out.parent}: {exc.strerror}") from exc
+    model = model.eval()
+    meta = dict(metadata or build_metadata(model, img_size=img_size))
+    name = meta["model"]["name"]
+    in_ch = int(meta["in_channels"])
+    sizes, dyn_hw = _example_sizes(model, img_size or meta.get("img_size"))
+    if not dynamic:  # a static file takes exactly the training size
+        sizes = sizes[-1:]
+    wrapper = _Logits(model).eval()
+    # Batch 2: torch.export specialises sizes 0 and 1.
+    n = 2 if dynamic else 1
+
+    fallback = None
+    target = fmt
+    s = sizes[0]
+    if fmt in ("onnx", "auto"):
+        errors = []
+        for s in sizes:
+            x = torch.randn(n, in_ch, s, s)
+            try:
+                _export_onnx(wrapper, x, out, dynamic, dyn_hw, opset)
+                break
+            except Exception as exc:  # noqa: BLE001 - reported as one line below
+                errors.append(_first_line(exc))
+        else:
+            reason = errors[0]
+            if fmt == "onnx":
+                raise ExportError(
+                    f"model {name!r} cannot be exported to ONNX ({reason}); use "
+                    "`--format torch-export` for a torch.export program instead"
+                )
+            fallback, target = reason, "torch-export"
+            if out.suffix == ".onnx":
+                out = out.with_suffix(".pt2")
+    example_shape = (n, in_ch, s, s)
+    if target == "onnx":
+        try:
+            dyn_axes = _finish_onnx(out, meta)
+        except Exception as exc:  # noqa: BLE001 - the checker's verdict, one line
+            raise ExportError(
+                f"the ONNX file for {name!r} fails onnx.checker ({_first_line(exc)}); use "
+                "`--format torch-export` instead"
+            ) from exc
+    else:
+        x = torch.randn(n, in_ch, sizes[0], sizes[0])
+        example_shape = tuple(x.shape)
+        dyn_axes = _export_pt2(wrapper, x, out, dynamic, dyn_hw, meta)
+
+    diff = None
+    if verify:
+        shapes = [example_shape]
+        if dyn_axes:
+            other = list(example_shape)
+            if 0 in dyn_axes:
+                other[0] = 3
+            if 2 in dyn_axes:
+                other[2] = max(example_shape[2] // 2 + 1, 17) | 1
+            if 3 in dyn_axes:
+                other[3] = max(example_shape[3] // 2 + 3, 19) | 1
+            shapes.append(tuple(other))
+        diff = _verify(wrapper, out, target, shapes)
+    return ExportResult(
+        path=out,
+        format=target,
+        dynamic_axes=dyn_axes,
+        example_shape=tuple(example_shape),
+        max_abs_diff=diff,
+        fallback_reason=fallback,
+        metadata=meta,
+    )
+
+
+def default_output_path(checkpoint: str | Path, fmt: str) -> Path:
+    """``CKPT.onnx`` (or ``CKPT.pt2``) next to the checkpoint."""
+    suffix = ".pt2" if fmt == "torch-export" else ".onnx"
+    return Path(checkpoint).with_suffix(suffix)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    *,
+    fmt: str = "onnx",
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> ExportResult:
+    """Load a unetzoo checkpoint and export its model with its metadata.
+
+    The example capture size is the checkpoint's ``img_size``. See :func:`export_model`.
+    """
+    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if not isinstance(ckpt.get("model"), dict) or not ckpt["model"].get("name"):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} has no model metadata ('model': name, options); "
+            "export needs a checkpoint written by `unetzoo train`"
+        )
+    model = model_from_checkpoint(ckpt)
+    meta = metadata_from_checkpoint(ckpt, model)
+    out = Path(out) if out else default_output_path(checkpoint, fmt)
+    return export_model(
+        model, out, fmt=fmt, dynamic=dynamic, opset=opset, metadata=meta,
+        img_size=int(ckpt["img_size"]), verify=verify,
+    )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The unetzoo metadata of an exported ``.onnx`` or ``.pt2`` file.
+
+    Raises:
+        CheckpointError: unreadable file, or a file without unetzoo metadata.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"exported model {p} does not exist")
+    raw = None
+    try:
+        if p.read_bytes()[:2] == b"PK":  # torch.export programs are zip archives
+            extra = {PT2_EXTRA_FILE: ""}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.export.load(str(p), extra_files=extra)
+            raw = extra[PT2_EXTRA_FILE] or None
+        else:
+            import onnx
+
+            model = onnx.load(str(p), load_external_data=False)
+            raw = next((e.value for e in model.metadata_props if e.key == METADATA_KEY), None)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model file"
+        raise CheckpointError(
+            f"cannot read {p} as an ONNX model or torch.export program ({_first_line(exc)})"
+        ) from exc
+    if not raw:
+        raise CheckpointError(
+            f"{p} has no unetzoo metadata (class names, img_size, preprocessing); export "
+            "it with `unetzoo export --checkpoint CKPT`"
+        )
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p} has corrupt unetzoo metadata ({exc.msg})") from exc
+    if meta.get("format") != METADATA_FORMAT:
+        raise CheckpointError(f"{p} has metadata of an unknown format {meta.get('format')!r}")
+    return meta

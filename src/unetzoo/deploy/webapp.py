@@ -1,0 +1,383 @@
+"""The ``unetzoo demo`` web app (Gradio): upload, segment, look, measure, download.
+
+:class:`DemoBackend` holds everything that is not UI (model loading, validation,
+inference, rendering, metrics) so tests can call it directly; :func:`build_app` wires it
+to Gradio components with stable ``elem_id`` s that the browser test drives:
+``upload``, ``gt-upload``, ``model-choice``, ``slice``, ``run-btn``, ``overlay``,
+``legend``, ``status``, ``download``, ``train-btn``, ``train-log``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetzoo.deploy import uploads
+from unetzoo.errors import DataError, UnetzooError
+
+DEMO_CHOICE = "phantom demo model"
+# Distinct colours for classes 1..N (background is not painted); tab10 then tab20b.
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (127, 127, 127),
+    (57, 59, 121), (82, 84, 163), (140, 162, 82), (189, 158, 57), (173, 73, 74),
+]
+ALPHA = 0.45
+CSS = """
+#legend table {border-collapse: collapse; font-size: 0.9em}
+#legend td, #legend th {padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: left}
+#legend .swatch {display: inline-block; width: 14px; height: 14px; border-radius: 3px}
+"""
+
+
+def class_color(k: int) -> tuple[int, int, int]:
+    """RGB colour of class ``k >= 1``."""
+    return PALETTE[(k - 1) % len(PALETTE)]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict, with the metadata the app needs."""
+
+    label: str
+    model: Any
+    class_names: list[str]
+    img_size: int
+    in_channels: int
+    preprocessing: dict[str, Any]
+
+
+@dataclass
+class Segmentation:
+    """One segmented upload: display image, labels, measurements, download file."""
+
+    display: np.ndarray  # (D, H, W) uint8 grey
+    labels: np.ndarray  # (D, H, W) int64
+    class_names: list[str]
+    spacing: tuple[float, float, float]
+    is_volume: bool
+    download: Path
+    gt: np.ndarray | None = None
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """``(D, H, W)`` floats -> uint8 grey, 1st..99th percentile stretched over the volume."""
+    lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = float(image.min(initial=0)), float(image.max(initial=1))
+        hi = hi if hi > lo else lo + 1.0
+    return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def render_overlay(grey: np.ndarray, labels: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8: ``grey`` ``(H, W)`` with labels > 0 blended in their colours."""
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    for k in np.unique(labels):
+        if k == 0:
+            continue
+        m = labels == k
+        rgb[m] = (1 - alpha) * rgb[m] + alpha * np.array(class_color(int(k)), np.float32)
+    return rgb.round().astype(np.uint8)
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def legend_html(seg: Segmentation, z: int) -> str:
+    """The class legend with per-class areas (2-D) or volumes (3-D) and, with a ground
+    truth, Dice and HD95 per class."""
+    sz, sy, sx = seg.spacing
+    px_area = sy * sx
+    head = ["", "class"]
+    if seg.is_volume:
+        head += ["voxels", "volume (mL)", f"area in slice {z} (mm²)"]
+    else:
+        head += ["pixels", "area (mm²)" if px_area != 1.0 else "area (px²)"]
+    if seg.metrics:
+        head += ["Dice", "HD95 (mm)" if seg.is_volume or px_area != 1.0 else "HD95 (px)"]
+    rows = []
+    for k, name in enumerate(seg.class_names):
+        if k == 0:
+            continue
+        r, g, b = class_color(k)
+        n = int((seg.labels == k).sum())
+        cells = [f'<span class="swatch" style="background:rgb({r},{g},{b})"></span>',
+                 html.escape(str(name))]
+        if seg.is_volume:
+            n_slice = int((seg.labels[z] == k).sum())
+            cells += [str(n), f"{n * sz * px_area / 1000.0:.2f}", f"{n_slice * px_area:.1f}"]
+        else:
+            cells += [str(n), f"{n * px_area:.1f}"]
+        if seg.metrics:
+            m = seg.metrics.get(k, {})
+            cells += [_fmt(m.get("dice")), _fmt(m.get("hd95"), 2)]
+        cells_html = "".join(f"<td>{c}</td>" for c in cells)
+        rows.append(f'<tr class="legend-row" data-class="{html.escape(str(name))}">{cells_html}</tr>')
+    head_html = "".join(f"<th>{h}</th>" for h in head)
+    note = ""
+    if seg.metrics:
+        mean_d = np.mean([m["dice"] for m in seg.metrics.values()])
+        note = f"<p>mean Dice over classes: {mean_d:.3f} (empty-mask protocol: strict)</p>"
+    return (
+        f'<div class="unetzoo-legend"><table><tr>{head_html}</tr>{"".join(rows)}</table>'
+        f"{note}</div>"
+    )
+
+
+class DemoBackend:
+    """Everything the demo does, without the UI.
+
+    Args:
+        checkpoints: checkpoint (``.pt``) or exported ``.onnx`` files offered in the
+            model list; the phantom demo model is always offered too.
+        max_bytes: upload size limit.
+        device: torch device for checkpoints (default CPU: the demo is for laptops).
+    """
+
+    def __init__(
+        self,
+        checkpoints: list[str | Path] | None = None,
+        max_bytes: int = uploads.MAX_UPLOAD_BYTES,
+        device: str = "cpu",
+    ) -> None:
+        self.paths: dict[str, Path] = {}
+        for p in checkpoints or []:
+            p = Path(p)
+            if not p.is_file():
+                raise DataError(f"checkpoint {p} does not exist")
+            self.paths[f"{p.parent.name}/{p.name}" if p.parent.name else p.name] = p
+        self.max_bytes = int(max_bytes)
+        self.device = device
+        self._cache: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self.download_root = uploads.download_dir()
+
+    # ------------------------------------------------------------------ models
+    def choices(self) -> list[str]:
+        """Labels of the offered models (user checkpoints first, then the demo model)."""
+        return [*self.paths, DEMO_CHOICE]
+
+    def demo_checkpoint(self) -> Path | None:
+        from unetzoo.deploy.demo_model import find_demo_checkpoint
+
+        return find_demo_checkpoint()
+
+    def load(self, label: str) -> LoadedModel:
+        """Load (once) the model behind a choice label; one clear error otherwise."""
+        with self._lock:
+            if label in self._cache:
+                return self._cache[label]
+            if label == DEMO_CHOICE:
+                path = self.demo_checkpoint()
+                if path is None:
+                    raise DataError(
+                        "the phantom demo model is not trained yet: press 'Train demo "
+                        "model' (about a minute) or run `make demo`"
+                    )
+            elif label in self.paths:
+                path = self.paths[label]
+            else:  # only server-side paths are ever loaded, never one sent by the client
+                raise DataError(f"unknown model {label!r}; pick one from the list")
+            loaded = self._load_path(label, path)
+            self._cache[label] = loaded
+            return loaded
+
+    def _load_path(self, label: str, path: Path) -> LoadedModel:
+        if path.suffix == ".onnx":
+            from unetzoo.deploy.onnx_runtime import OnnxPredictor
+
+            pred = OnnxPredictor(path)
+            return LoadedModel(label, pred.model, pred.class_names, pred.img_size or 224,
+                               pred.in_channels, pred.preprocessing)
+        from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, device=self.device)
+        return LoadedModel(
+            label, model, list(ckpt["class_names"]), int(ckpt["img_size"]),
+            int(ckpt["in_channels"]), ckpt.get("preprocessing") or {"kind": "none"},
+        )
+
+    # ------------------------------------------------------------------ inference
+    def segment(
+        self,
+        upload_path: str | Path,
+        choice: str,
+        gt_path: str | Path | None = None,
+        pixel_spacing: float | None = None,
+    ) -> Segmentation:
+        """Validate and segment an upload; score it against an optional ground truth.
+
+        ``pixel_spacing`` (mm) applies to 2-D images, whose files carry none.
+        """
+        from unetzoo.engine.predict import predict_array
+
+        up = uploads.read_upload(upload_path, name=Path(upload_path).name, max_bytes=self.max_bytes)
+        lm = self.load(choice)
+        x = uploads.to_model_input(up, lm.in_channels, lm.preprocessing)
+        labels = predict_array(lm.model, x, lm.img_size, self.device)
+        spacing = up.spacing
+        if not up.is_volume and pixel_spacing:
+            if not pixel_spacing > 0:
+                raise DataError(f"pixel spacing must be > 0 mm, got {pixel_spacing}")
+            spacing = (1.0, float(pixel_spacing), float(pixel_spacing))
+        folder = uploads.download_dir_under(self.download_root)
+        seg = Segmentation(
+            display=to_display(x[0]),
+            labels=labels,
+            class_names=lm.class_names,
+            spacing=spacing,
+            is_volume=up.is_volume,
+            download=uploads.write_label_map(labels, up, folder),
+        )
+        if gt_path:
+            gt = uploads.read_mask(gt_path, labels.shape, len(lm.class_names),
+                                   name=Path(gt_path).name, max_bytes=self.max_bytes)
+            seg.gt = gt
+            seg.metrics = score(labels, gt, len(lm.class_names), spacing, up.is_volume)
+        return seg
+
+
+def score(
+    labels: np.ndarray, gt: np.ndarray, num_classes: int, spacing: tuple[float, float, float],
+    is_volume: bool,
+) -> dict[int, dict[str, float]]:
+    """Per-class Dice and HD95 (``unetzoo.metrics``, strict protocol) of ``(D, H, W)`` maps."""
+    from unetzoo.metrics import dice, hd95
+
+    out = {}
+    pred, ref, sp = labels, gt, spacing
+    if not is_volume:  # a 2-D image: score the plane, not a one-slice volume
+        pred, ref, sp = labels[0], gt[0], spacing[1:]
+    for k in range(1, num_classes):
+        out[k] = {"dice": float(dice(pred == k, ref == k)),
+                  "hd95": float(hd95(pred == k, ref == k, spacing=sp))}
+    return out
+
+
+def _slice_update(seg: Segmentation | None):
+    import gradio as gr
+
+    if seg is None or seg.labels.shape[0] <= 1:
+        return gr.update(visible=False, minimum=0, maximum=1, value=0)
+    d = seg.labels.shape[0]
+    # Start on the slice with the most foreground: the informative one.
+    z = int(np.argmax((seg.labels > 0).reshape(d, -1).sum(1)))
+    return gr.update(visible=True, minimum=0, maximum=d - 1, value=z, step=1)
+
+
+def build_app(backend: DemoBackend) -> Any:
+    """The Gradio ``Blocks`` app around ``backend``."""
+    import gradio as gr
+
+    def view(seg: Segmentation | None, z: float | None):
+        if seg is None:
+            return None, ""
+        z = int(np.clip(int(z or 0), 0, seg.labels.shape[0] - 1))
+        return render_overlay(seg.display[z], seg.labels[z]), legend_html(seg, z)
+
+    def run(file, gt, choice, spacing):
+        if file is None:
+            return (None, None, "", gr.update(visible=False), _slice_update(None),
+                    "**Upload an image or a volume first.**")
+        path = file if isinstance(file, str) else getattr(file, "name", file)
+        gt_path = None if gt is None else (gt if isinstance(gt, str) else gt.name)
+        try:
+            seg = backend.segment(path, choice, gt_path, float(spacing) if spacing else None)
+        except UnetzooError as exc:
+            return (None, None, "", gr.update(visible=False), _slice_update(None),
+                    f"**Error:** {html.escape(str(exc))}")
+        upd = _slice_update(seg)
+        z = upd.get("value", 0) or 0
+        overlay, legend = view(seg, z)
+        d = seg.labels.shape[0]
+        kind = f"volume, {d} slices, spacing {seg.spacing} mm" if seg.is_volume else "2-D image"
+        msg = f"Segmented {html.escape(Path(path).name)} ({kind}) with **{html.escape(choice)}**."
+        return (seg, overlay, legend, gr.update(value=str(seg.download), visible=True), upd, msg)
+
+    def train():
+        from unetzoo.deploy.demo_model import train_demo_model
+
+        lines: list[str] = []
+        try:
+            for line in train_demo_model():
+                lines.append(line)
+                yield "\n".join(lines[-30:])
+        except UnetzooError as exc:
+            lines.append(f"error: {exc}")
+            yield "\n".join(lines[-30:])
+            return
+        with backend._lock:
+            backend._cache.pop(DEMO_CHOICE, None)
+
+    with gr.Blocks(title="unetzoo demo") as app:
+        gr.Markdown(
+            "# unetzoo: segmentation demo\nUpload a PNG / JPEG / TIFF image or a NIfTI "
+            "volume, pick a model and press **Segment**. Add a ground-truth mask to get "
+            "Dice and HD95."
+        )
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                up = gr.File(label="Image or volume (PNG, JPEG, TIFF, NIfTI)", elem_id="upload")
+                gt = gr.File(label="Ground-truth mask (optional)", elem_id="gt-upload")
+                choice = gr.Dropdown(backend.choices(), value=backend.choices()[0],
+                                     label="Model", elem_id="model-choice")
+                spacing = gr.Number(label="Pixel spacing of 2-D images (mm, optional)",
+                                    value=None, elem_id="spacing")
+                btn = gr.Button("Segment", variant="primary", elem_id="run-btn")
+                with gr.Accordion("Phantom demo model", open=backend.demo_checkpoint() is None):
+                    gr.Markdown("Without a checkpoint the demo uses a U-Net trained on the "
+                                "embedded phantom (`make demo`, or train a tiny one here).")
+                    tbtn = gr.Button("Train demo model", elem_id="train-btn")
+                    tlog = gr.Textbox(label="Training log", lines=6, elem_id="train-log")
+            with gr.Column(scale=2):
+                status = gr.Markdown("", elem_id="status")
+                overlay = gr.Image(label="Segmentation overlay", type="numpy", format="png",
+                                   interactive=False, elem_id="overlay")
+                zslider = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False,
+                                    elem_id="slice")
+                legend = gr.HTML("", elem_id="legend")
+                dl = gr.DownloadButton("Download label map", visible=False, elem_id="download")
+
+        btn.click(run, [up, gt, choice, spacing], [state, overlay, legend, dl, zslider, status])
+        zslider.change(view, [state, zslider], [overlay, legend])
+        tbtn.click(train, None, tlog)
+    return app
+
+
+def launch(
+    checkpoints: list[str | Path] | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_bytes: int = uploads.MAX_UPLOAD_BYTES,
+    block: bool = True,
+) -> Any:
+    """Start the demo server on ``host:port`` (default 127.0.0.1, Gradio picks the port).
+
+    Returns the Gradio app (its ``local_url`` attribute holds the address); with
+    ``block`` the call serves until interrupted.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    backend = DemoBackend(checkpoints, max_bytes=max_bytes)
+    app = build_app(backend)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        max_file_size=max_bytes,
+        allowed_paths=[str(backend.download_root)],
+        quiet=True,
+        css=CSS,
+        show_error=True,
+        ssr_mode=False,
+    )
+    return app

@@ -1,0 +1,139 @@
+"""The demo backend without a browser: segmentation, legend, metrics, downloads, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unetzoo.deploy.webapp import (
+    DEMO_CHOICE,
+    DemoBackend,
+    class_color,
+    legend_html,
+    render_overlay,
+    score,
+)
+from unetzoo.errors import CheckpointError, DataError, UnetzooError
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_checkpoint):
+    return DemoBackend([tiny_checkpoint])
+
+
+def test_png_with_ground_truth(backend, phantom_files, phantom_case):
+    choice = backend.choices()[0]
+    assert backend.choices()[-1] == DEMO_CHOICE
+    seg = backend.segment(phantom_files["png"], choice, phantom_files["gt_png"], pixel_spacing=2.5)
+    h, w = phantom_case[0].shape[1:]
+    assert seg.labels.shape == (1, h, w) and not seg.is_volume
+    assert seg.labels.max() < len(seg.class_names)
+    # Metrics are unetzoo.metrics on the same masks.
+    from unetzoo.metrics import dice
+
+    gt = seg.gt[0]
+    for k in range(1, len(seg.class_names)):
+        assert seg.metrics[k]["dice"] == pytest.approx(dice(seg.labels[0] == k, gt == k))
+    html = legend_html(seg, 0)
+    for name in seg.class_names[1:]:
+        assert f'data-class="{name}"' in html
+    assert "Dice" in html and "HD95 (mm)" in html and "area (mm²)" in html
+    # The download is the label map itself, named after the upload, inside a private folder.
+    from PIL import Image
+
+    assert seg.download.name == "phantom_slice_labels.png"
+    assert seg.download.resolve().is_relative_to(backend.download_root.resolve())
+    np.testing.assert_array_equal(np.asarray(Image.open(seg.download)), seg.labels[0])
+
+
+def test_nifti_volume_keeps_geometry(backend, phantom_files, phantom_case):
+    import nibabel as nib
+
+    seg = backend.segment(phantom_files["nii"], backend.choices()[0], phantom_files["gt_nii"])
+    d, h, w = phantom_case[0].shape
+    assert seg.is_volume and seg.labels.shape == (d, h, w)
+    assert seg.spacing == pytest.approx((5.0, 2.5, 2.5))
+    src, out = nib.load(phantom_files["nii"]), nib.load(seg.download)
+    assert out.shape == src.shape
+    np.testing.assert_allclose(out.affine, src.affine)
+    np.testing.assert_array_equal(np.transpose(np.asarray(out.dataobj), (2, 1, 0)), seg.labels)
+    html = legend_html(seg, 2)
+    assert "volume (mL)" in html and "area in slice 2" in html
+    # Volume of a class = voxels x voxel volume.
+    k = int(np.bincount(seg.labels.ravel(), minlength=2)[1:].argmax()) + 1
+    n = int((seg.labels == k).sum())
+    assert f"{n * 5.0 * 2.5 * 2.5 / 1000:.2f}" in html
+
+
+def test_overlay_colours_only_labelled_pixels():
+    grey = np.full((4, 5), 100, np.uint8)
+    labels = np.zeros((4, 5), np.int64)
+    labels[1, 2] = 3
+    rgb = render_overlay(grey, labels, alpha=0.5)
+    assert rgb.shape == (4, 5, 3)
+    assert tuple(rgb[0, 0]) == (100, 100, 100)
+    expect = tuple(round(0.5 * 100 + 0.5 * c) for c in class_color(3))
+    assert tuple(rgb[1, 2]) == expect
+
+
+def test_score_2d_uses_plane_spacing():
+    pred = np.zeros((1, 20, 20), np.int64)
+    gt = np.zeros_like(pred)
+    pred[0, 5:10, 5:10] = 1
+    gt[0, 5:10, 7:12] = 1
+    m = score(pred, gt, 2, (1.0, 2.0, 2.0), is_volume=False)
+    assert m[1]["dice"] == pytest.approx(2 * 15 / 50)
+    assert m[1]["hd95"] == pytest.approx(4.0)  # 2 columns of 2 mm
+
+
+def test_bad_inputs_one_clear_line(backend, tmp_path, phantom_files, phantom_case):
+    choice = backend.choices()[0]
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(DataError, match="not a supported file"):
+        backend.segment(fake, choice)
+    with pytest.raises(DataError, match="unknown model"):
+        backend.segment(phantom_files["png"], "../../etc/passwd")
+    # A two-channel volume for a one-channel model.
+    import nibabel as nib
+
+    two = tmp_path / "two_channels.nii.gz"
+    vol = np.zeros((16, 16, 3, 2), np.int16)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), two)
+    with pytest.raises(DataError, match="2 channel.*takes 1"):
+        backend.segment(two, choice)
+    # A ground truth of another size.
+    from PIL import Image
+
+    small = tmp_path / "gt_small.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(small)
+    with pytest.raises(DataError, match="shape"):
+        backend.segment(phantom_files["png"], choice, small)
+    for exc in (DataError, CheckpointError):
+        assert issubclass(exc, UnetzooError)
+
+
+def test_checkpoint_without_metadata(tmp_path):
+    import torch
+
+    from unetzoo import create_model
+
+    bare = tmp_path / "weights_only.pt"
+    torch.save(create_model("unet", base_channels=2).state_dict(), bare)
+    b = DemoBackend([bare])
+    with pytest.raises(CheckpointError, match="not a unetzoo checkpoint"):
+        b.load(b.choices()[0])
+
+
+def test_demo_choice_without_model_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    b = DemoBackend([])
+    assert b.choices() == [DEMO_CHOICE]
+    with pytest.raises(DataError, match="make demo"):
+        b.load(DEMO_CHOICE)
+
+
+def test_missing_checkpoint_path():
+    with pytest.raises(DataError, match="does not exist"):
+        DemoBackend(["/nonexistent/best.pt"])
