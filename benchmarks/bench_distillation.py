@@ -166,6 +166,7 @@ def ab_runs(
                 "seed": seed, "distill": distill, "wall_s": round(time.perf_counter() - t0, 1),
                 "val_dice": _as_float(summary.get("best_metric")),
                 "test_dice": _test_dice(summary.get("test")),
+                "test_hd95": _as_float((summary.get("test") or {}).get("mean_hd95")),
             })
             print(f"  seed {seed} distill={distill}: {runs[-1]}", flush=True)
     return runs
@@ -197,8 +198,8 @@ def ab_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for distill in (False, True):
         sel = [r for r in runs if r["distill"] is distill]
         row: dict[str, Any] = {"distill": "on" if distill else "off", "runs": len(sel)}
-        for key in ("val_dice", "test_dice"):
-            vals = [r[key] for r in sel if r[key] is not None]
+        for key in ("val_dice", "test_dice", "test_hd95"):
+            vals = [r[key] for r in sel if r.get(key) is not None]
             row[f"{key}_mean"] = round(statistics.fmean(vals), 4) if vals else "n/a"
             row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else "n/a"
             row[f"{key}_min..max"] = (
