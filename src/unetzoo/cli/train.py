@@ -66,6 +66,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--val-cases", type=int, help="evaluate at most N validation cases per epoch")
     a("--model-option", action="append", default=None, metavar="KEY=VALUE",
       help="architecture option (repeatable), e.g. base_channels=16")
+    a("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
+      help="dataset reader option (repeatable), e.g. n_train=4 for the phantom")
     a("--no-test", dest="test", action="store_false", default=None,
       help="skip the test run after training")
     a("--test-max-cases", type=int)
@@ -75,14 +77,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _model_options(items: list[str] | None) -> dict[str, Any] | None:
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any] | None:
     if not items:
         return None
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--model-option {item!r} must look like KEY=VALUE")
+            raise ConfigError(f"{flag} {item!r} must look like KEY=VALUE")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -93,9 +95,10 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("test", "progress"):
         if getattr(args, key, None) is not None:
             flags[key] = getattr(args, key)
-    opts = _model_options(getattr(args, "model_option", None))
-    if opts:
-        flags["model_options"] = opts
+    for dest, key in (("model_option", "model_options"), ("dataset_option", "dataset_options")):
+        opts = _key_values(getattr(args, dest, None), "--" + dest.replace("_", "-"))
+        if opts:
+            flags[key] = opts
     if getattr(args, "distill", None) is not None:
         flags.setdefault("distill_ifd", args.distill)
         flags.setdefault("distill_scr", args.distill)
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         get_entry(flags.get("model") or file_values["model"])  # unknown model: fail fast
     name = flags.get("dataset", file_values.get("dataset"))
     root = flags.get("data_root", file_values.get("data_root"))
-    ds = get_dataset(name, root)
+    ds_opts = {**(file_values.get("dataset_options") or {}), **flags.get("dataset_options", {})}
+    ds = get_dataset(name, root, **ds_opts)
     cfg = resolve_config(ds.recipe, file_values, flags)
     summary = train(cfg, dataset=ds, resume=resume)
     if summary.get("test"):

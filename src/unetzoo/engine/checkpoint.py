@@ -98,6 +98,11 @@ def model_from_checkpoint(
     options = dict(spec.get("options") or {})
     in_channels = int(options.pop("in_channels", ckpt["in_channels"]))
     num_classes = int(options.pop("num_classes", len(ckpt["class_names"])))
+    if num_classes != len(ckpt["class_names"]):
+        raise CheckpointError(
+            f"checkpoint is inconsistent: the model has {num_classes} outputs but "
+            f"{len(ckpt['class_names'])} class names"
+        )
     try:
         model = create_model(spec["name"], in_channels=in_channels, num_classes=num_classes, **options)
     except ModelError as exc:

@@ -23,6 +23,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "model_options": {},
     "dataset": None,  # None -> the embedded phantom
     "data_root": None,
+    "dataset_options": {},  # reader options, e.g. phantom {n_train: 3, shape: [8, 32, 32]}
     "max_cases": None,  # cap on training cases (quick runs)
     "max_epochs": None,
     "batch_size": None,
@@ -173,11 +174,13 @@ def resolve_config(
     rec = RECIPES.get(recipe or "default", RECIPES["default"])
     cfg.update(copy.deepcopy(rec))
     for source in (file_values or {}, flag_values or {}):
+        if source.get("loss") is not None and source.get("loss_weights") is None:
+            cfg["loss_weights"] = None  # another loss: its own default weights
         for key, value in source.items():
             if value is None or key not in BASE_DEFAULTS:
                 continue
-            if key == "model_options":
-                merged = dict(cfg.get("model_options") or {})
+            if key in ("model_options", "dataset_options"):
+                merged = dict(cfg.get(key) or {})
                 merged.update(value or {})
                 value = merged
             cfg[key] = value
@@ -227,8 +230,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
         if value < 0 or not math.isfinite(value):
             raise ConfigError(f"{key.replace('_', '-')} must be a number >= 0, got {cfg[key]!r}")
         cfg[key] = value
-    if not isinstance(cfg["model_options"], dict):
-        raise ConfigError("model_options must be a mapping of option: value")
+    for key in ("model_options", "dataset_options"):
+        if not isinstance(cfg[key] or {}, dict):
+            raise ConfigError(f"{key} must be a mapping of option: value")
+        cfg[key] = dict(cfg[key] or {})
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:

@@ -37,9 +37,13 @@ def cubic_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def nearest_zoom_index(n_in: int, n_out: int) -> np.ndarray:
-    """Source indices (length ``n_out``) that ``zoom(x, n_out / n_in, order=0)`` picks."""
-    idx = ndimage.zoom(np.arange(n_in, dtype=np.float64), n_out / n_in, order=0)
-    return np.rint(idx).astype(np.int64)
+    """Source indices (length ``n_out``) that ``zoom(x, n_out / n_in, order=0)`` picks.
+
+    ``-1`` marks output positions that scipy maps (by float rounding) just outside the
+    input; ``mode="constant"`` fills those with 0, so :func:`resize_nearest` does too.
+    """
+    idx = ndimage.zoom(np.arange(1, n_in + 1, dtype=np.float64), n_out / n_in, order=0)
+    return np.rint(idx).astype(np.int64) - 1
 
 
 def resize_cubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -55,14 +59,22 @@ def resize_cubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(..., H, W)`` to ``(..., h, w)`` like ``scipy.ndimage.zoom(order=0)`` per slice."""
+    """Resize ``(..., H, W)`` to ``(..., h, w)`` like ``scipy.ndimage.zoom(order=0)`` per slice.
+
+    Includes scipy's quirk of zero-filling a last row/column that float rounding places
+    outside the input.
+    """
     h_in, w_in = x.shape[-2:]
     h, w = size
     if (h_in, w_in) == (h, w):
         return x
     iy = torch.as_tensor(nearest_zoom_index(h_in, h), device=x.device)
     ix = torch.as_tensor(nearest_zoom_index(w_in, w), device=x.device)
-    return x.index_select(-2, iy).index_select(-1, ix)
+    out = x.index_select(-2, iy.clamp_min(0)).index_select(-1, ix.clamp_min(0))
+    if (iy < 0).any() or (ix < 0).any():
+        outside = (iy < 0)[:, None] | (ix < 0)[None, :]
+        out = out.masked_fill(outside, 0)
+    return out
 
 
 def _flips(tta: bool) -> list[tuple[int, ...]]:

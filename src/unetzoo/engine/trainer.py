@@ -7,6 +7,7 @@ a validation split carved from the training cases (never the test set).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -160,13 +161,14 @@ def train(
         ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations", "test"}``.
     """
     from unetzoo.data import get_dataset
-    from unetzoo.data.transforms import build_train_transform
     from unetzoo.losses import build_loss
     from unetzoo.models import create_model, get_entry
 
     info = dist_utils.setup(cfg.get("device"))
     try:
-        ds = dataset if dataset is not None else get_dataset(cfg["dataset"], cfg["data_root"])
+        ds = dataset
+        if ds is None:
+            ds = get_dataset(cfg["dataset"], cfg["data_root"], **cfg["dataset_options"])
         cfg["dataset"] = ds.name
         if cfg["output"] is None:
             cfg["output"] = str(Path("runs") / f"{cfg['model']}-{ds.name}")
@@ -190,8 +192,10 @@ def train(
             val_cases = val_cases[: int(cfg["val_cases"])]
 
         seed_everything(int(cfg["seed"]) + info.rank)
-        transform = build_train_transform(ds.recipe, int(cfg["img_size"]))
-        train_set = ds.slice_dataset("train", cases=train_cases, transform=transform)
+        transform = _train_transform(ds.recipe, int(cfg["img_size"]))
+        train_set = ds.slice_dataset(
+            "train", cases=train_cases, transform=transform, seed=int(cfg["seed"]) + info.rank
+        )
         if len(train_set) == 0:
             raise DataError(f"dataset {ds.name!r} at {ds.root} has no training slices")
         generator = torch.Generator()
@@ -272,6 +276,10 @@ def train(
             history = list(ck.get("history", []))
             if ck.get("rng"):
                 restore_rng_state(ck["rng"], generator)
+                if "dataset" in ck["rng"] and hasattr(train_set, "rng"):
+                    # The main-process augmentation generator (num_workers=0) moves on
+                    # across epochs; its state is JSON because PCG64 holds 128-bit ints.
+                    train_set.rng.bit_generator.state = json.loads(ck["rng"]["dataset"])
                 if "distill" in ck["rng"]:
                     distill_gen.set_state(ck["rng"]["distill"].cpu())
 
@@ -398,6 +406,8 @@ def train(
                     writer.flush()
                 rng = capture_rng_state(generator)
                 rng["distill"] = distill_gen.get_state()
+                if hasattr(train_set, "rng"):
+                    rng["dataset"] = json.dumps(train_set.rng.bit_generator.state)
                 payload = {
                     **base,
                     "state_dict": _unwrap(model).state_dict(),
@@ -459,14 +469,13 @@ def _supervised_loss(criterion, out, y: torch.Tensor, cfg: dict[str, Any]):
     if isinstance(out, (list, tuple)):
         weights = deep_supervision_weights(len(out), cfg["deep_supervision_weights"])
         total = 0.0
-        terms: dict[str, float] = {}
+        heads: dict[str, float] = {}
         for i, (w, o) in enumerate(zip(weights, out)):
             t, tm = criterion(o.float(), y)
             total = total + w * t
-            if i == len(out) - 1:
-                terms = _loss_terms(tm)
-            terms[f"head{i}"] = float(t.detach().item())
-        return total, terms
+            heads[f"head{i}"] = float(t.detach().item())
+        # The terms of the final head, plus each head's total loss.
+        return total, {**_loss_terms(tm), **heads}
     total, terms = criterion(out.float(), y)
     return total, _loss_terms(terms)
 
@@ -494,6 +503,16 @@ def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, 
     finally:
         model.train(was_training)
     return {"val_dice": float(np.mean(dices)), "val_hd95": float(np.mean(hds))}
+
+
+def _train_transform(recipe: str, img_size: int):
+    try:
+        from unetzoo.data.transforms import build_train_transform
+    except ModuleNotFoundError as exc:  # data transforms not installed yet: no augmentation
+        if exc.name != "unetzoo.data.transforms":
+            raise
+        return None
+    return build_train_transform(recipe, img_size)
 
 
 def _seed_worker():

@@ -1,0 +1,129 @@
+"""The training loop on a tiny phantom: exact resume, divergence, deep supervision, logs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unetzoo.engine.checkpoint import load_checkpoint
+from unetzoo.engine.config import poly_lr
+from unetzoo.engine.trainer import TrainingDiverged, split_train_val, train
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_split_never_empty_and_deterministic():
+    cases = [f"c{i}" for i in range(10)]
+    tr, va = split_train_val(cases, 0.2, seed=1)
+    assert len(va) == 2 and not set(tr) & set(va) and sorted(tr + va) == sorted(cases)
+    assert split_train_val(cases, 0.2, seed=1) == (tr, va)
+    assert split_train_val(["a", "b"], 0.1, seed=0)[1]  # at least one validation case
+    assert split_train_val(["a"], 0.5, seed=0) == (["a"], [])
+
+
+def test_train_writes_run_folder_and_poly_lr(tiny_cfg):
+    cfg = tiny_cfg()
+    summary = train(cfg)
+    run = Path(summary["run_dir"])
+    for rel in ("config.yaml", "metrics.csv", "checkpoints/latest.pt", "checkpoints/best.pt",
+                "plots/loss.png", "plots/val_metrics.png"):
+        assert (run / rel).is_file(), rel
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "loss_ce", "loss_dice", "lr", "val_dice", "val_hd95"} <= set(rows[0])
+    # lr logged after an epoch = the lr of that epoch's last step (poly, per iteration).
+    its = summary["iterations"] // 2
+    for epoch, row in enumerate(rows, 1):
+        expected = poly_lr(cfg["base_lr"], epoch * its - 1, 2 * its, 0.9)
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-5)
+    ck = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ck["epoch"] == 2 and ck["iteration"] == summary["iterations"]
+    assert ck["class_names"][0] == "background" and ck["img_size"] == 32
+    assert ck["preprocessing"]["kind"] == "ct" and ck["config"]["seed"] == cfg["seed"]
+
+
+def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
+    full = train(tiny_cfg(output=str(tmp_path / "full"), max_epochs=3, eval_interval=2))
+    part_cfg = tiny_cfg(output=str(tmp_path / "part"), max_epochs=3, eval_interval=2)
+    train(dict(part_cfg), stop_after_epochs=1)
+    latest = tmp_path / "part" / "checkpoints" / "latest.pt"
+    assert load_checkpoint(latest)["epoch"] == 1
+    resumed = train(dict(part_cfg), resume=latest)
+    assert resumed["iterations"] == full["iterations"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(latest)
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in opt_a:
+        for name, t in opt_a[k].items():
+            assert torch.equal(torch.as_tensor(t), torch.as_tensor(opt_b[k][name]))
+    assert a["best_metric"] == b["best_metric"]
+    assert [r["loss"] for r in _rows(tmp_path / "full")] == [r["loss"] for r in _rows(tmp_path / "part")]
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg, monkeypatch):
+    import unetzoo.losses as losses
+
+    real = losses.build_loss
+
+    def poisoned(name, num_classes, weights=None):
+        inner = real(name, num_classes, weights)
+        calls = {"n": 0}
+
+        def loss(logits, target):
+            calls["n"] += 1
+            total, terms = inner(logits, target)
+            if calls["n"] == 4:
+                total = total * float("nan")
+            return total, terms
+
+        return loss
+
+    monkeypatch.setattr(losses, "build_loss", poisoned)
+    cfg = tiny_cfg(max_epochs=3)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 4") as info:
+        train(cfg)
+    assert "latest.pt" in str(info.value) and "\n" not in str(info.value)
+    ck = load_checkpoint(Path(cfg["output"]) / "checkpoints" / "latest.pt")
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["state_dict"].values()
+                                    if v.is_floating_point())
+
+
+def test_deep_supervision_weighted_heads(tiny_cfg):
+    cfg = tiny_cfg(model="unetpp", model_options={"base_channels": 4}, deep_supervision=True,
+                   max_epochs=1, deep_supervision_weights=[1, 1, 1, 2])
+    summary = train(cfg)
+    rows = _rows(Path(summary["run_dir"]))
+    heads = [k for k in rows[0] if k.startswith("loss_head")]
+    assert heads == ["loss_head0", "loss_head1", "loss_head2", "loss_head3"]
+    expected = sum(w * float(rows[0][h]) for w, h in zip([0.2, 0.2, 0.2, 0.4], heads))
+    assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-4)
+    ck = load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "best.pt")
+    assert ck["model"]["options"]["deep_supervision"] is False  # inference builds one head
+
+
+def test_deep_supervision_weights_must_match_heads(tiny_cfg):
+    from unetzoo.errors import ConfigError
+
+    cfg = tiny_cfg(model="unetpp", model_options={"base_channels": 4}, deep_supervision=True,
+                   max_epochs=1, deep_supervision_weights=[1, 2])
+    with pytest.raises(ConfigError, match="4 heads"):
+        train(cfg)
+
+
+def test_distillation_terms_are_logged(tiny_cfg):
+    pytest.importorskip("unetzoo.losses.distillation")
+    cfg = tiny_cfg(max_epochs=1, distill_ifd=0.5, distill_scr=0.25)
+    rows = _rows(Path(train(cfg)["run_dir"]))
+    assert {"loss_distill_ifd", "loss_distill_scr"} <= set(rows[0])
+    assert np.isfinite(float(rows[0]["loss_distill_ifd"]))
