@@ -140,3 +140,12 @@ def test_bad_inputs():
         summarize({"a": {1: {"dice": 1.0}}, "b": {1: {"hd95": 1.0}}})
     assert set(METRICS) >= {"dice", "iou", "hd95", "hd", "assd", "sensitivity", "auc"}
     assert hd95(z, z) == 0.0
+
+
+def test_one_slice_volume_is_evaluated_as_2d():
+    pred, gt = _case(3, shape=(1, 30, 28))
+    metrics = ("dice", "hd95", "assd")
+    as3d = evaluate_case(pred, gt, 5, spacing=(5.0, 0.5, 0.7), metrics=metrics)
+    as2d = evaluate_case(pred[0], gt[0], 5, spacing=(0.5, 0.7), metrics=metrics)
+    assert as3d == as2d
+    assert as2d[1]["hd95"] == pytest.approx(hd95(pred[0] == 1, gt[0] == 1, (0.5, 0.7)))

@@ -129,6 +129,9 @@ def evaluate_case(
             ``"auc"`` (one-vs-rest AUC of class ``c`` against ``gt == c``).
         connectivity: surface neighbourhood for the distances (1, medpy's default).
 
+    A ``(1, H, W)`` volume (a 2-D dataset's case) is evaluated as the 2-D image ``(H, W)``
+    (the first spacing entry is dropped).
+
     Returns:
         ``{class_index: {metric: float}}`` for every foreground class; never NaN or inf.
 
@@ -164,6 +167,12 @@ def evaluate_case(
                 f"prob shape {prob.shape} must be (num_classes, *label shape) = "
                 f"{(num_classes, *pred.shape)}"
             )
+    if pred.ndim == 3 and pred.shape[0] == 1:
+        # a 2-D image stored as a one-slice volume (D = 1): evaluate it as 2-D, so that
+        # its surface is the in-plane contour rather than every foreground pixel
+        pred, gt, sp = pred[0], gt[0], sp[1:]
+        roi = None if roi is None else roi[0]
+        prob = None if prob is None else prob[:, 0]
     penalty = diagonal_penalty(pred.shape, sp)
     want_distances = any(m in DISTANCE_METRICS for m in metrics)
     # One pass per map finds every class's bounding box (within the foreground's box);
