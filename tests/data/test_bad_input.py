@@ -244,3 +244,13 @@ def test_registry_errors(tmp_path):
         get_dataset("synapse", tmp_path / "nope")
     with pytest.raises(DataError, match="unexpected keyword"):
         get_dataset("synapse", write_synapse(tmp_path / "S"), bogus=1)
+
+
+def test_folder_lossy_masks_are_refused(tmp_path):
+    from PIL import Image
+
+    root = write_folder(tmp_path / "F")
+    noisy = np.random.default_rng(0).integers(0, 256, (10, 12)).astype(np.uint8)
+    Image.fromarray(noisy).save(root / "masks" / "img1_mask.png")
+    with pytest.raises(DataError, match="distinct values"):
+        get_dataset("folder", root)

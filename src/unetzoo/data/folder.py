@@ -155,6 +155,11 @@ class FolderDataset(SegDataset):
             for _, mask in pairs.values():
                 seen.update(int(v) for v in np.unique(self._raw_mask(mask)))
         values = sorted(seen | {0})
+        if len(values) > 32:
+            raise DataError(
+                f"{self.root}: the masks hold {len(values)} distinct values (lossy JPEG masks?); "
+                "save masks losslessly (PNG) or pass mask_values=[...]"
+            )
         if set(values) <= {0, 1} or set(values) == {0, 255}:
             return [0, 255] if 255 in values else [0, 1]
         return values
