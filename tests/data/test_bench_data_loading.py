@@ -27,13 +27,18 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path, capsys):
     result = bench.main(["--tiny", "--json", str(out)])
     printed = capsys.readouterr().out
     assert "| side |" in printed and "resnet34_unet training" in printed
+    assert "nnunet NIfTI, mmap slice cache" in printed
     data = json.loads(out.read_text())
     sides = [r["side"] for r in data["rows"]]
     assert sides[:2] == ["DataLoader, 0 worker(s)", "DataLoader, 1 worker(s)"]
     for row in data["rows"]:
         assert row["slices_per_s"] > 0
     # Every slice went through the loader exactly once per pass.
-    assert all(r["slices"] == bench.TINY["slices"] for r in result["rows"])
+    loader_rows = [r for r in result["rows"] if r["side"].startswith("DataLoader")]
+    assert len(loader_rows) == 2
+    assert all(r["slices"] == bench.TINY["slices"] for r in loader_rows)
+    nifti = [r for r in result["rows"] if r["side"].startswith("nnunet")]
+    assert [r["slices"] for r in nifti] == [bench.TINY["nifti_depth"]] * 2
 
 
 def test_written_layout_is_readable(tmp_path):
