@@ -146,7 +146,13 @@ def run_test(
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     if dataset is None or isinstance(dataset, str):
         name = dataset or ckpt.get("dataset")
-        dataset = get_dataset(name, data_root)
+        options: dict[str, Any] = {}
+        train_cfg = ckpt.get("config") or {}
+        if name == ckpt.get("dataset"):
+            # The data it was trained on: same reader options (and root unless given).
+            options = dict(train_cfg.get("dataset_options") or {})
+            data_root = data_root if data_root is not None else train_cfg.get("data_root")
+        dataset = get_dataset(name, data_root, **options)
     ds = dataset
     n_ckpt = len(ckpt["class_names"])
     if ds.num_classes != n_ckpt:

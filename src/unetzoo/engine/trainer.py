@@ -89,20 +89,18 @@ def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str)
         device = next(model.parameters()).device
         with torch.no_grad():
             out = model(torch.zeros(1, in_channels, img_size, img_size, device=device))
-        if isinstance(out, (list, tuple)):
-            out = out[-1]
-        if tuple(out.shape[-2:]) != (img_size, img_size):
-            raise ModelError(
-                f"model {name!r} maps {img_size} px inputs to {tuple(out.shape[-2:])} "
-                "outputs; choose an --img-size it keeps, or a padding='same' variant"
-            )
-    except UnetzooError:
-        raise
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    except (UnetzooError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model {name!r} cannot take --img-size {img_size}: {first}") from exc
     finally:
         model.train(was_training)
+    if isinstance(out, (list, tuple)):
+        out = out[-1]
+    if tuple(out.shape[-2:]) != (img_size, img_size):
+        raise ModelError(
+            f"model {name!r} maps {img_size} px inputs to {tuple(out.shape[-2:])} outputs; "
+            "choose a padding='same' variant (the pipeline needs full-size outputs)"
+        )
 
 
 def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
@@ -222,6 +220,9 @@ def train(
         options = dict(cfg["model_options"] or {})
         if cfg["deep_supervision"]:
             options["deep_supervision"] = True
+        if "img_size" in get_entry(cfg["model"]).default_options():
+            # Transformers build their position grid for the training size.
+            options.setdefault("img_size", int(cfg["img_size"]))
         model = create_model(
             cfg["model"], in_channels=ds.in_channels, num_classes=ds.num_classes, **options
         )
