@@ -94,19 +94,20 @@ RECIPES: dict[str, dict[str, Any]] = {
         "max_epochs": 100,
         "eval_interval": 5,
     },
-    # The embedded demo: a narrow U-Net that reaches the target on 2 CPU cores in minutes.
+    # The embedded demo (`make demo`): a 16-wide U-Net on the native 128 px phantom slices
+    # (no resize), tuned to pass 0.85 mean Dice in a few CPU minutes.
     "phantom": {
         "model": "unet",
-        "model_options": {},
+        "model_options": {"base_channels": 16},
         "loss": "ce_dice",
-        "loss_weights": [0.5, 0.5],
+        "loss_weights": [0.4, 0.6],
         "optimizer": "adamw",
-        "base_lr": 3e-3,
+        "base_lr": 2e-3,
         "weight_decay": 1e-4,
-        "img_size": 96,
-        "batch_size": 16,
+        "img_size": 128,
+        "batch_size": 8,
         "max_epochs": 12,
-        "eval_interval": 2,
+        "eval_interval": 3,
     },
     "default": {
         "model": "unet",
