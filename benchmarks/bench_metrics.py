@@ -176,7 +176,9 @@ def _machine_line(m: dict) -> str:
     )
 
 
-def compare(shape, repeats: int, spacing, seed: int = 0, medpy_repeats: int | None = None) -> dict:
+def compare(
+    shape, repeats: int, spacing, seed: int = 0, medpy_repeats: int | None = None
+) -> dict:
     """Time both sides on one case, alternating; check the values agree.
 
     ``medpy_repeats`` (default ``repeats``) may be smaller: medpy takes minutes per case
