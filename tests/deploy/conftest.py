@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from small_configs import best_slice
 
 IMG_SIZE = 64
 
@@ -25,12 +26,6 @@ def phantom_norm(phantom_case) -> np.ndarray:
     from unetzoo.data.preprocessing import ct_spec, normalize
 
     return normalize(phantom_case[0], ct_spec())
-
-
-def best_slice(labels: np.ndarray) -> int:
-    """The slice with the most labelled classes (then the most foreground)."""
-    keys = [(len(np.unique(s)), int((s > 0).sum())) for s in labels]
-    return max(range(len(keys)), key=lambda i: keys[i])
 
 
 @pytest.fixture(scope="session")

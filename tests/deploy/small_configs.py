@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 SMALL: dict[str, dict[str, Any]] = {
     "unet": {"base_channels": 4},
     "unet_paper": {"base_channels": 4},
@@ -49,3 +51,9 @@ def small_config(name: str, accepted: set[str] | None = None) -> dict[str, Any]:
     if accepted is not None:
         cfg = {k: v for k, v in cfg.items() if k in accepted}
     return cfg
+
+
+def best_slice(labels: np.ndarray) -> int:
+    """The slice with the most labelled classes (then the most foreground)."""
+    keys = [(len(np.unique(s)), int((s > 0).sum())) for s in labels]
+    return max(range(len(keys)), key=lambda i: keys[i])

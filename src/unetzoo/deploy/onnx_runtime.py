@@ -10,6 +10,7 @@ module with the metadata stored in the file (class names, img_size, preprocessin
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,67 @@ class OnnxPredictor:
         return predict_volume(
             self.model, image, size, batch_size=self.batch_size, tta=self.tta, device="cpu"
         )
+
+    def predict_files(
+        self,
+        inputs: list[str | Path],
+        out_dir: str | Path,
+        tta: bool | None = None,
+        batch_size: int | None = None,
+        overlays: int = 3,
+        verbose: bool = True,
+    ) -> list[dict[str, Any]]:
+        """:func:`unetzoo.engine.predict.predict_files` with this file's logits."""
+        return predict_files(
+            inputs, self.model.path, out_dir, tta=self.tta if tta is None else tta,
+            batch_size=batch_size or self.batch_size, overlays=overlays, verbose=verbose,
+            _module=self.model,
+        )
+
+
+_ENGINE_LOCK = threading.Lock()
+
+
+def predict_files(
+    inputs: list[str | Path],
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    tta: bool = False,
+    device: str | None = None,
+    batch_size: int = 16,
+    overlays: int = 3,
+    verbose: bool = True,
+    _module: OnnxModule | None = None,
+) -> list[dict[str, Any]]:
+    """``unetzoo predict --onnx``: the checkpoint path's predictor, fed by ONNX Runtime.
+
+    Same arguments and outputs as :func:`unetzoo.engine.predict.predict_files` (label
+    maps with the input's geometry, overlay PNGs), with ``onnx_path`` in place of the
+    checkpoint. The engine's own function runs, with its checkpoint loader answering
+    with the file's metadata and an :class:`OnnxModule`, so reading, normalisation,
+    resizing, sliding windows and writing are the same code for both paths. ``device``
+    is accepted for symmetry; ONNX Runtime runs on its own providers (CPU by default).
+    """
+    import unetzoo.engine.predict as engine_predict
+
+    module = _module or OnnxModule(onnx_path)
+    meta = module.metadata
+    ckpt_like = {
+        "model": dict(meta["model"]),
+        "class_names": list(meta["class_names"]),
+        "in_channels": int(meta["in_channels"]),
+        "img_size": int(meta.get("img_size") or module.input_shape[2] or 224),
+        "preprocessing": meta.get("preprocessing") or {"kind": "none"},
+        "dataset": meta.get("dataset"),
+    }
+    with _ENGINE_LOCK:
+        saved = engine_predict.load_checkpoint, engine_predict.model_from_checkpoint
+        engine_predict.load_checkpoint = lambda *a, **k: ckpt_like
+        engine_predict.model_from_checkpoint = lambda *a, **k: module
+        try:
+            return engine_predict.predict_files(
+                inputs, onnx_path, out_dir, tta=tta, device="cpu", batch_size=batch_size,
+                overlays=overlays, verbose=verbose,
+            )
+        finally:
+            engine_predict.load_checkpoint, engine_predict.model_from_checkpoint = saved

@@ -97,6 +97,8 @@ def _inflate(data: bytes, limit: int, label: str) -> bytes:
         raise DataError(
             f"{label}: decompressed size exceeds {limit // 2**20} MiB; upload a smaller volume"
         )
+    if not d.eof:
+        raise DataError(f"{label}: the gzip data is truncated or corrupt; re-save the file")
     return out
 
 
@@ -169,6 +171,9 @@ def _decode_tiff(data: bytes, label: str) -> tuple[np.ndarray, int | None]:
                 "truncated or corrupt"
             ) from exc
     arr = np.asarray(arr)
+    if arr.size == 0:
+        raise DataError(f"{label}: looks like TIFF but cannot be decoded (no image pages); "
+                        "the file is truncated or corrupt")
     if arr.size > MAX_PIXELS:
         raise DataError(f"{label}: {arr.shape} is too large; downsample it")
     return arr, _bit_depth(arr)

@@ -1,0 +1,97 @@
+"""ONNX export parity over the zoo: ONNX Runtime logits vs PyTorch, small configurations.
+
+Each model is exported once with dynamic axes (batch, and height/width unless it has a
+fixed input size), checked with ``onnx.checker``, then run by ONNX Runtime on random
+inputs of two shapes (max |diff| <= 1e-4) and on phantom slices (identical argmax).
+
+Exporting costs several seconds per model on two CPU cores, so the default run covers
+one registration per distinct graph (each architecture class, plus the options that change
+the operators: bilinear up-sampling, BatchNorm-free, bottleneck encoders). The remaining
+registrations differ only in depth or in flags already covered; ``UNETZOO_EXPORT_ALL=1``
+runs every one of them (docs/deploy.md lists the measured results).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from small_configs import best_slice, small_config
+
+from unetzoo import create_model, list_models
+from unetzoo.models import get_entry
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+TOL = 1e-4
+DEFAULT_RUN = {
+    "unet", "unet_selfreg", "unetpp", "unet3p", "resnet18_unet", "resunet_v1_0",
+    "resunetpp", "transunet", "swin_unet", "emcad",
+}
+EXPORT_ALL = os.environ.get("UNETZOO_EXPORT_ALL") == "1"
+# Models ONNX cannot express: name -> reason (also listed in docs/deploy.md).
+NOT_EXPORTABLE: dict[str, str] = {}
+NUM_CLASSES = 9
+
+
+def _build(name: str) -> torch.nn.Module:
+    entry = get_entry(name)
+    accepted = entry.accepted_options()
+    cfg = small_config(name, accepted if accepted is not None else set(entry.default_options()))
+    torch.manual_seed(0)
+    return create_model(name, in_channels=1, num_classes=NUM_CLASSES, **cfg).eval()
+
+
+def _phantom_batch(phantom_norm: np.ndarray, labels: np.ndarray, size: int | None) -> torch.Tensor:
+    z = best_slice(labels)
+    x = torch.from_numpy(phantom_norm[[z, max(z - 1, 0)]].astype(np.float32))[:, None]
+    if size is not None and x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                            align_corners=False)
+    return x
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_onnx_runtime_matches_pytorch(name, tmp_path, phantom_norm, phantom_case):
+    if name in NOT_EXPORTABLE:
+        pytest.xfail(NOT_EXPORTABLE[name])
+    if name not in DEFAULT_RUN and not EXPORT_ALL:
+        pytest.skip("same graph as a model exported in the default run; "
+                    "UNETZOO_EXPORT_ALL=1 exports it too")
+    from unetzoo.deploy.export import export_model
+
+    model = _build(name)
+    fixed = getattr(model, "fixed_input_size", None)
+    res = export_model(model, tmp_path / f"{name}.onnx", img_size=fixed or 48, verify=False)
+    assert res.format == "onnx"
+    onnx.checker.check_model(str(res.path), full_check=True)
+    meta = res.metadata
+    assert meta["model"]["name"] == name and meta["num_classes"] == NUM_CLASSES
+    if fixed:
+        assert res.dynamic_axes == {0: "batch"}
+        shapes = [(1, 1, fixed, fixed), (3, 1, fixed, fixed)]
+    else:
+        assert res.dynamic_axes == {0: "batch", 2: "height", 3: "width"}
+        # Neither size is a multiple of the model's size multiple: padding is in the graph.
+        shapes = [(1, 1, 37, 45), (3, 1, 50, 29)]
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+
+    gen = torch.Generator().manual_seed(1)
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {"image": x.numpy()})[0]
+        assert got.shape == ref.shape == (shape[0], NUM_CLASSES, *shape[2:])
+        diff = float(np.abs(got - ref).max())
+        assert diff <= TOL, f"{name}: max |ORT - torch| = {diff:.2e} at {shape}"
+
+    x = _phantom_batch(phantom_norm, phantom_case[1], fixed)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert np.abs(got - ref).max() <= TOL
+    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
