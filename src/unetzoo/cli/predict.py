@@ -15,7 +15,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("inputs", nargs="+", metavar="INPUT", help="NIfTI (.nii/.nii.gz), PNG, JPG, BMP or TIF files")
-    a("--checkpoint", required=True, help="a .pt file written by `unetzoo train`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a .pt file written by `unetzoo train`")
+    src.add_argument("--onnx", metavar="MODEL.onnx",
+                     help="an ONNX file from `unetzoo export`, run by ONNX Runtime instead")
     a("--out", required=True, help="output folder")
     a("--tta", action="store_true", help="flip test-time augmentation")
     a("--overlays", type=int, default=3, help="overlay PNG slices per input (0: none)")
@@ -30,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.onnx:  # same pre/post-processing, logits from ONNX Runtime
+        from unetzoo.deploy.onnx_runtime import predict_files
     predict_files(
-        args.inputs, args.checkpoint, args.out, tta=args.tta, device=args.device,
+        args.inputs, args.onnx or args.checkpoint, args.out, tta=args.tta, device=args.device,
         batch_size=args.batch_size, overlays=max(args.overlays, 0),
     )
     return 0
