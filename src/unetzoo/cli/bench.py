@@ -18,7 +18,7 @@ Per model, at ``--size`` x ``--size`` (default 224), 1 input channel, 9 classes:
 
 Each model is measured in its own subprocess so the memory figures are clean. Big models
 get fewer repeats: the number of repeats is what fits in ``--budget`` seconds (at least
-2 for training and 3 for latency, at most ``--repeats``); the row records it.
+1 for training and 2 for latency, at most ``--repeats``); the row records it.
 """
 
 from __future__ import annotations
@@ -98,6 +98,18 @@ def select_models(pattern: str | None) -> list[str]:
 
 
 def _rss_mib() -> float:
+    """Peak RSS of this process in MiB.
+
+    ``VmHWM`` of /proc/self/status where it exists: ``ru_maxrss`` survives exec, so a
+    subprocess would report at least its parent's RSS at fork time.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -173,7 +185,7 @@ def measure_model(
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    lat, n_inf = _repeat(infer, sync, repeats, 3, budget / 2)
+    lat, n_inf = _repeat(infer, sync, repeats, 2, budget / 2)
     row["latency_ms"] = lat * 1e3
     row["rss_infer_MiB"] = round(_rss_mib(), 1)
     if cuda:
@@ -195,7 +207,7 @@ def measure_model(
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t_step, n_train = _repeat(step, sync, repeats, 2, budget)
+    t_step, n_train = _repeat(step, sync, repeats, 1, budget)
     row["train_img_s"] = batch / t_step
     row["rss_train_MiB"] = round(_rss_mib(), 1)
     if cuda:

@@ -1,0 +1,176 @@
+"""Training step: unetzoo's resnet34_unet against segmentation_models_pytorch's Unet("resnet34").
+
+Both models get the same input (batch 8, 1 x 224 x 224, 9 classes), the same loss
+(cross-entropy) and the same optimizer (SGD, lr 1e-4, momentum 0.9, weight decay 1e-4);
+random weights (``encoder_weights=None``). One step = zero_grad, forward, loss, backward,
+optimizer step. The sides alternate within every repeat after a warm-up; the figure is
+the median. Memory: the bytes autograd saves for backward in one step (unique storages,
+measured in-process for both sides) and, with ``--rss``, the peak RSS of a fresh process
+that builds one model and runs three steps.
+
+    python benchmarks/bench_train_step.py                    # 224 px, batch 8, 5 repeats
+    python benchmarks/bench_train_step.py --channels-last --threads 1
+    python benchmarks/bench_train_step.py --tiny             # CI smoke
+
+Target (issue 7): unetzoo within 10% of smp's step time, or faster.
+smp is a benchmark-only dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks._common import REPO_ROOT, base_parser, compare, emit
+
+FULL = {"size": 224, "batch": 8, "classes": 9}
+TINY = {"size": 32, "batch": 2, "classes": 9}
+
+
+def build(side: str, classes: int) -> torch.nn.Module:
+    """``"unetzoo"`` -> resnet34_unet, ``"smp"`` -> smp.Unet("resnet34"); random weights."""
+    torch.manual_seed(0)
+    if side == "unetzoo":
+        from unetzoo.models import create_model
+
+        return create_model("resnet34_unet", in_channels=1, num_classes=classes)
+    if side == "smp":
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet("resnet34", encoder_weights=None, in_channels=1, classes=classes)
+    raise ValueError(side)
+
+
+def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """A closure running one SGD training step of ``model`` on ``(x, y)``."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    model.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def saved_tensor_mib(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """MiB of the unique storages autograd keeps for backward in one forward + loss."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    del loss
+    return sum(seen.values()) / 2**20
+
+
+def rss_in_subprocess(side: str, cfg: dict[str, int], channels_last: bool,
+                      threads: int | None) -> float:
+    """Peak RSS (MiB) of a fresh process that builds ``side`` and runs three steps."""
+    spec = json.dumps({"side": side, "cfg": cfg, "cl": channels_last, "threads": threads})
+    code = "import sys; from benchmarks.bench_train_step import _rss_worker; _rss_worker(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _rss_worker(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    cfg = spec["cfg"]
+    model = build(spec["side"], cfg["classes"])
+    x = torch.randn(cfg["batch"], 1, cfg["size"], cfg["size"])
+    y = torch.randint(0, cfg["classes"], (cfg["batch"], cfg["size"], cfg["size"]))
+    if spec["cl"]:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    step = make_step(model, x, y)
+    for _ in range(3):
+        step()
+    from unetzoo.cli.bench import _rss_mib  # VmHWM: ru_maxrss would include the parent's
+
+    print(_rss_mib())
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the comparison and print the table; returns the rows."""
+    p = base_parser(__doc__)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--channels-last", action="store_true",
+                   help="add both sides with channels_last model and input")
+    p.add_argument("--rss", action="store_true",
+                   help="peak RSS per side in a fresh subprocess (slower)")
+    args = p.parse_args(argv)
+    cfg = TINY if args.tiny else FULL
+    repeats = 1 if args.tiny else args.repeats
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    x = torch.randn(cfg["batch"], 1, cfg["size"], cfg["size"])
+    y = torch.randint(0, cfg["classes"], (cfg["batch"], cfg["size"], cfg["size"]))
+    variants = [False, True] if args.channels_last else [False]
+    models: dict[str, torch.nn.Module] = {}
+    steps: dict[str, Any] = {}
+    for cl in variants:
+        for side in ("unetzoo", "smp"):
+            key = f"{side}{' channels_last' if cl else ''}"
+            m = build(side, cfg["classes"])
+            xi = x
+            if cl:
+                m = m.to(memory_format=torch.channels_last)
+                xi = x.contiguous(memory_format=torch.channels_last)
+            models[key] = m
+            steps[key] = make_step(m, xi, y)
+    times = compare(steps, repeats=repeats, warmup=1)
+
+    rows = []
+    for key, t in times.items():
+        side, cl = key.split(" ")[0], key.endswith("channels_last")
+        ref_key = "smp channels_last" if cl else "smp"
+        m = models[key]
+        xi = x.contiguous(memory_format=torch.channels_last) if cl else x
+        row = {
+            "side": key, "params": sum(p.numel() for p in m.parameters()),
+            "step_ms": t * 1e3, "img_s": cfg["batch"] / t,
+            "time_vs_smp": t / times[ref_key],
+            "saved_for_backward_MiB": saved_tensor_mib(m, xi, y),
+        }
+        if args.rss:
+            row["peak_rss_MiB"] = rss_in_subprocess(side, cfg, cl, args.threads)
+        rows.append(row)
+
+    notes = (
+        f"Input batch {cfg['batch']} x 1 x {cfg['size']} x {cfg['size']}, {cfg['classes']} "
+        "classes, cross-entropy, SGD(lr 1e-4, momentum 0.9, wd 1e-4), random weights; "
+        f"median of {repeats} alternating repeats after 1 warm-up. `time_vs_smp` < 1.10 "
+        "meets the target. `saved_for_backward_MiB`: unique storages autograd saves in one "
+        "forward (activation memory); `peak_rss_MiB`: fresh process, one model, 3 steps."
+    )
+    emit(f"Training step: resnet34_unet vs smp.Unet('resnet34'), {cfg['size']} px, "
+         f"batch {cfg['batch']}", rows, args, extra={"notes": notes})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
