@@ -354,3 +354,25 @@ def test_first_last_pairs_detected_from_names():
                                  "encoder.layer4")) == 1
     assert infer_taps_per_stage(("inc", "down1", "down2", "down3")) == 1
     assert infer_taps_per_stage(swin[:3]) == 1
+
+
+def test_hand_written_backward_matches_autograd():
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 6, 8, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(ifd_loss, (f,))
+    assert torch.autograd.gradcheck(lambda s: scr_loss(s, t, "first"), (f,))
+    assert torch.autograd.gradcheck(
+        lambda s: scr_loss(s, t, "random", torch.Generator().manual_seed(0)), (f,)
+    )
+
+
+def test_half_precision_features_are_compared_in_float32():
+    g = torch.Generator().manual_seed(6)
+    f = torch.randn(2, 4, 6, 6, generator=g)
+    fb = f.bfloat16().requires_grad_(True)
+    loss = ifd_loss(fb)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ifd_loss(fb.detach().float()).item(), rel=1e-6)
+    loss.backward()
+    assert fb.grad.dtype == torch.bfloat16 and fb.grad.abs().sum() > 0
