@@ -124,6 +124,7 @@ def _error(capsys, argv) -> str:
         (["--model-option", "padding=valid"], "cannot take --img-size 32"),
         (["--model", "swin_unet", "--img-size", "40"], "img"),
         (["--batch-size", "0"], "batch-size"),
+        (["--augment", "mixup"], "augmentation recipe"),
     ],
 )
 def test_train_bad_input(roots, tmp_path, capsys, extra, words):

@@ -82,3 +82,10 @@ def test_bad_values_are_one_line(flags, words):
     with pytest.raises(ConfigError, match=words) as info:
         resolve_config("synapse", None, flags)
     assert "\n" not in str(info.value)
+
+
+def test_yaml_distill_shorthand(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("distill: 0.1\ndistill-scr: 0.2\n")
+    cfg = resolve_config("phantom", load_yaml(f))
+    assert (cfg["distill_ifd"], cfg["distill_scr"]) == (0.1, 0.2)

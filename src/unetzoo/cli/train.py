@@ -21,7 +21,7 @@ _KEYS = (
     "img_size", "eval_interval", "seed", "num_workers", "output", "loss", "loss_weights",
     "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "deep_supervision",
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
-    "test_max_cases", "protocol", "device",
+    "test_max_cases", "protocol", "device", "augment",
 )
 
 
@@ -61,6 +61,8 @@ def register(subparsers) -> argparse.ArgumentParser:
       help="SelfReg feature distillation; LAMBDA weights both terms (default 0.015)")
     a("--distill-ifd", type=float, metavar="L", help="weight of internal feature distillation")
     a("--distill-scr", type=float, metavar="L", help="weight of semantic consistency")
+    a("--augment", metavar="RECIPE",
+      help="augmentation recipe (default: the dataset's; 'none' resizes only)")
     a("--max-cases", type=int, help="use only the first N training cases")
     a("--val-fraction", type=float, help="share of training cases held out (default 0.1)")
     a("--val-cases", type=int, help="evaluate at most N validation cases per epoch")

@@ -190,7 +190,9 @@ def train(
             val_cases = val_cases[: int(cfg["val_cases"])]
 
         seed_everything(int(cfg["seed"]) + info.rank)
-        transform = _train_transform(ds.recipe, int(cfg["img_size"]))
+        transform = _train_transform(
+            cfg["augment"] or ds.recipe, int(cfg["img_size"]), cfg["augment_options"]
+        )
         train_set = ds.slice_dataset(
             "train", cases=train_cases, transform=transform, seed=int(cfg["seed"]) + info.rank
         )
@@ -506,14 +508,14 @@ def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, 
     return {"val_dice": float(np.mean(dices)), "val_hd95": float(np.mean(hds))}
 
 
-def _train_transform(recipe: str, img_size: int):
+def _train_transform(recipe: str, img_size: int, options: dict[str, Any]):
     try:
         from unetzoo.data.transforms import build_train_transform
     except ModuleNotFoundError as exc:  # data transforms not installed yet: no augmentation
         if exc.name != "unetzoo.data.transforms":
             raise
         return None
-    return build_train_transform(recipe, img_size)
+    return build_train_transform(recipe, img_size, **(options or {}))
 
 
 def _seed_worker():
