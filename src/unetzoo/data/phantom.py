@@ -37,12 +37,14 @@ CT_SHAPE = (24, 128, 128)
 CT_SPACING = (5.0, 2.5, 2.5)  # (sz, sy, sx) mm: slices are the through-plane axis
 FUNDUS_SHAPE = (128, 128)
 STAMP = "phantom.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Mean HU per structure (portal-venous phase). Organs differ by >= 35 HU inside the
-# [-125, 275] window so intensity and shape together identify them.
+# [-125, 275] window so intensity and shape together identify them; the other soft tissue
+# between organs is fat-dominated (-85) so the fluid-filled gallbladder (-15) stands out
+# from it as well as from the liver around it.
 HU = {
-    "air": -1000.0, "fat": -100.0, "interior": -55.0, "muscle": 50.0, "bone": 500.0,
+    "air": -1000.0, "fat": -100.0, "interior": -85.0, "muscle": 50.0, "bone": 500.0,
     "aorta": 260.0, "gallbladder": -15.0, "kidney": 200.0, "liver": 120.0,
     "pancreas": 80.0, "spleen": 155.0, "stomach": 25.0,
 }
@@ -59,7 +61,7 @@ ORGANS: list[tuple[str, int, str, tuple[float, float, float], tuple[float, float
     ("pancreas head", 6, "pancreas", (-0.07, 0.12, -0.05), (0.08, 0.06, 0.30)),
     ("pancreas body", 6, "pancreas", (0.13, 0.09, 0.0), (0.13, 0.045, 0.28)),
     ("pancreas tail", 6, "pancreas", (0.36, 0.12, 0.05), (0.10, 0.04, 0.25)),
-    ("gallbladder", 2, "gallbladder", (-0.22, 0.08, -0.10), (0.08, 0.07, 0.32)),
+    ("gallbladder", 2, "gallbladder", (-0.24, 0.06, -0.05), (0.09, 0.08, 0.36)),
 ]
 
 
