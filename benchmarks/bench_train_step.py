@@ -6,7 +6,7 @@ random weights (``encoder_weights=None``). One step = zero_grad, forward, loss, 
 optimizer step. The sides alternate within every repeat after a warm-up; the figure is
 the median. Memory: the bytes autograd saves for backward in one step (unique storages,
 measured in-process for both sides) and, with ``--rss``, the peak RSS of a fresh process
-that builds one model and runs three steps.
+that builds one model and runs two steps.
 
     python benchmarks/bench_train_step.py                    # 224 px, batch 8, 5 repeats
     python benchmarks/bench_train_step.py --channels-last --threads 1
@@ -83,7 +83,7 @@ def saved_tensor_mib(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
 
 def rss_in_subprocess(side: str, cfg: dict[str, int], channels_last: bool,
                       threads: int | None) -> float:
-    """Peak RSS (MiB) of a fresh process that builds ``side`` and runs three steps."""
+    """Peak RSS (MiB) of a fresh process that builds ``side`` and runs two steps."""
     spec = json.dumps({"side": side, "cfg": cfg, "cl": channels_last, "threads": threads})
     code = "import sys; from benchmarks.bench_train_step import _rss_worker; _rss_worker(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True,
@@ -105,7 +105,7 @@ def _rss_worker(spec_json: str) -> None:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     step = make_step(model, x, y)
-    for _ in range(3):
+    for _ in range(2):  # the 2nd step holds momentum buffers + activations + grads
         step()
     from unetzoo.cli.bench import _rss_mib  # VmHWM: ru_maxrss would include the parent's
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "classes, cross-entropy, SGD(lr 1e-4, momentum 0.9, wd 1e-4), random weights; "
         f"median of {repeats} alternating repeats after 1 warm-up. `time_vs_smp` < 1.10 "
         "meets the target. `saved_for_backward_MiB`: unique storages autograd saves in one "
-        "forward (activation memory); `peak_rss_MiB`: fresh process, one model, 3 steps."
+        "forward (activation memory); `peak_rss_MiB`: fresh process, one model, 2 steps."
     )
     emit(f"Training step: resnet34_unet vs smp.Unet('resnet34'), {cfg['size']} px, "
          f"batch {cfg['batch']}", rows, args, extra={"notes": notes})

@@ -263,8 +263,8 @@ def zoo_rows(
         else:
             row = measure_in_subprocess(spec)
         rows.append(row)
-        if progress:
-            progress(f"{name}: {time.perf_counter() - t0:.0f} s")
+        if progress:  # the row too, so an interrupted long run loses nothing
+            progress(f"{name}: {time.perf_counter() - t0:.0f} s {json.dumps(row, default=str)}")
     return rows
 
 
