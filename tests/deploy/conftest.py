@@ -17,7 +17,7 @@ def phantom_case() -> tuple[np.ndarray, np.ndarray]:
     """A small phantom CT case: HU ``int16 (D, H, W)`` and labels ``uint8 (D, H, W)``."""
     from unetzoo.data.phantom import make_ct_case
 
-    return make_ct_case(np.random.default_rng(3), shape=(6, 64, 64))
+    return make_ct_case(np.random.default_rng(3), shape=(6, 96, 96))
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def server(tiny_checkpoint):
     app.close()
 
 
-def test_upload_segment_overlay_legend(driver, server, phantom_files, tmp_path):
+def test_upload_segment_overlay_legend(driver, server, phantom_files, phantom_case, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -86,6 +86,9 @@ def test_upload_segment_overlay_legend(driver, server, phantom_files, tmp_path):
     file_input.send_keys(str(phantom_files["png"]))
     # The upload is done when the file name shows in the component.
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#upload"), "phantom_slice"))
+    gt_input = driver.find_element(By.CSS_SELECTOR, "#gt-upload input[type=file]")
+    gt_input.send_keys(str(phantom_files["gt_png"]))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#gt-upload"), "phantom_slice_gt"))
     driver.find_element(By.CSS_SELECTOR, "#run-btn").click()
 
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#status"), "Segmented"))
@@ -95,11 +98,15 @@ def test_upload_segment_overlay_legend(driver, server, phantom_files, tmp_path):
     assert img.get_attribute("src")
     natural = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
                                     img)
-    assert natural == [64, 64]  # the overlay has the upload's size
+    h, w = phantom_case[0].shape[1:]
+    k = natural[0] // w
+    assert k >= 1 and natural == [k * w, k * h]  # the upload, enlarged by a whole factor
 
     rows = driver.find_elements(By.CSS_SELECTOR, "#legend tr.legend-row")
     listed = [r.get_attribute("data-class") for r in rows]
     assert listed == list(SYNAPSE_CLASSES[1:])
+    headers = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#legend th")]
+    assert "Dice" in headers and any(t.startswith("HD95") for t in headers)
     assert "Error" not in driver.find_element(By.CSS_SELECTOR, "#status").text
     dl = driver.find_element(By.CSS_SELECTOR, "#download")
     assert dl.is_displayed()

@@ -13,6 +13,7 @@ runs every one of them (docs/deploy.md lists the measured results).
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -80,6 +81,7 @@ def test_onnx_runtime_matches_pytorch(name, tmp_path, phantom_norm, phantom_case
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
 
     gen = torch.Generator().manual_seed(1)
+    diffs = []
     for shape in shapes:
         x = torch.randn(*shape, generator=gen)
         with torch.no_grad():
@@ -87,11 +89,18 @@ def test_onnx_runtime_matches_pytorch(name, tmp_path, phantom_norm, phantom_case
         got = sess.run(None, {"image": x.numpy()})[0]
         assert got.shape == ref.shape == (shape[0], NUM_CLASSES, *shape[2:])
         diff = float(np.abs(got - ref).max())
+        diffs.append(diff)
         assert diff <= TOL, f"{name}: max |ORT - torch| = {diff:.2e} at {shape}"
 
     x = _phantom_batch(phantom_norm, phantom_case[1], fixed)
     with torch.no_grad():
         ref = model(x).numpy()
     got = sess.run(None, {"image": x.numpy()})[0]
-    assert np.abs(got - ref).max() <= TOL
+    diffs.append(float(np.abs(got - ref).max()))
+    assert diffs[-1] <= TOL
     np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
+    if os.environ.get("UNETZOO_PARITY_LOG"):  # the numbers docs/deploy.md quotes
+        with open(os.environ["UNETZOO_PARITY_LOG"], "a") as fh:
+            fh.write(json.dumps({"model": name, "max_abs_diff": max(diffs),
+                                 "dynamic_axes": list(res.dynamic_axes.values()),
+                                 "params": sum(p.numel() for p in model.parameters())}) + "\n")

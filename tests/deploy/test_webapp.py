@@ -74,6 +74,9 @@ def test_overlay_colours_only_labelled_pixels():
     assert tuple(rgb[0, 0]) == (100, 100, 100)
     expect = tuple(round(0.5 * 100 + 0.5 * c) for c in class_color(3))
     assert tuple(rgb[1, 2]) == expect
+    big = render_overlay(grey, labels, alpha=0.5, min_size=12)
+    assert big.shape == (12, 15, 3)  # factor 3 = ceil(12 / 5)
+    assert tuple(big[3, 6]) == tuple(big[5, 8]) == expect
 
 
 def test_score_2d_uses_plane_spacing():
@@ -137,3 +140,21 @@ def test_demo_choice_without_model_says_how_to_get_one(tmp_path, monkeypatch):
 def test_missing_checkpoint_path():
     with pytest.raises(DataError, match="does not exist"):
         DemoBackend(["/nonexistent/best.pt"])
+
+
+def test_demo_model_reused_when_present(tmp_path):
+    from unetzoo.deploy.demo_model import train_demo_model
+
+    ck = tmp_path / "checkpoints" / "best.pt"
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"stub")
+    assert list(train_demo_model(tmp_path)) == [f"checkpoint: {ck}"]
+
+
+def test_demo_cli_rejects_bad_flags(capsys):
+    from unetzoo.cli.main import main
+
+    assert main(["demo", "--port", "0"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["demo", "--max-upload-mb", "-1"]) == 2
+    assert "--max-upload-mb" in capsys.readouterr().err

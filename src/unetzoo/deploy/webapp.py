@@ -29,6 +29,7 @@ PALETTE = [
     (57, 59, 121), (82, 84, 163), (140, 162, 82), (189, 158, 57), (173, 73, 74),
 ]
 ALPHA = 0.45
+DISPLAY_SIZE = 384  # small slices are shown enlarged to at least this many pixels
 CSS = """
 #legend table {border-collapse: collapse; font-size: 0.9em}
 #legend td, #legend th {padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: left}
@@ -76,15 +77,25 @@ def to_display(image: np.ndarray) -> np.ndarray:
     return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def render_overlay(grey: np.ndarray, labels: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """RGB ``(H, W, 3)`` uint8: ``grey`` ``(H, W)`` with labels > 0 blended in their colours."""
+def render_overlay(
+    grey: np.ndarray, labels: np.ndarray, alpha: float = ALPHA, min_size: int = 1
+) -> np.ndarray:
+    """RGB uint8: ``grey`` ``(H, W)`` with labels > 0 blended in their colours.
+
+    Images smaller than ``min_size`` are enlarged by a whole factor (nearest neighbour,
+    so every pixel stays a visible block): ``(k H, k W, 3)``.
+    """
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     for k in np.unique(labels):
         if k == 0:
             continue
         m = labels == k
         rgb[m] = (1 - alpha) * rgb[m] + alpha * np.array(class_color(int(k)), np.float32)
-    return rgb.round().astype(np.uint8)
+    out = rgb.round().astype(np.uint8)
+    factor = max(1, -(-int(min_size) // max(out.shape[:2])))
+    if factor > 1:
+        out = np.repeat(np.repeat(out, factor, axis=0), factor, axis=1)
+    return out
 
 
 def _fmt(v: float, digits: int = 3) -> str:
@@ -282,7 +293,8 @@ def build_app(backend: DemoBackend) -> Any:
         if seg is None:
             return None, ""
         z = int(np.clip(int(z or 0), 0, seg.labels.shape[0] - 1))
-        return render_overlay(seg.display[z], seg.labels[z]), legend_html(seg, z)
+        overlay = render_overlay(seg.display[z], seg.labels[z], min_size=DISPLAY_SIZE)
+        return overlay, legend_html(seg, z)
 
     def run(file, gt, choice, spacing):
         if file is None:
@@ -331,8 +343,8 @@ def build_app(backend: DemoBackend) -> Any:
                 gt = gr.File(label="Ground-truth mask (optional)", elem_id="gt-upload")
                 choice = gr.Dropdown(backend.choices(), value=backend.choices()[0],
                                      label="Model", elem_id="model-choice")
-                spacing = gr.Number(label="Pixel spacing of 2-D images (mm, optional)",
-                                    value=None, elem_id="spacing")
+                spacing = gr.Number(label="Pixel spacing of 2-D images in mm (0 = unknown)",
+                                    value=0, minimum=0, elem_id="spacing")
                 btn = gr.Button("Segment", variant="primary", elem_id="run-btn")
                 with gr.Accordion("Phantom demo model", open=backend.demo_checkpoint() is None):
                     gr.Markdown("Without a checkpoint the demo uses a U-Net trained on the "
