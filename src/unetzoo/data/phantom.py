@@ -311,6 +311,7 @@ def generate_phantom(
     try:
         (_write_ct if kind == "ct" else _write_fundus)(tmp, params)
         (tmp / STAMP).write_text(json.dumps(params, indent=2))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         try:
             os.replace(tmp, root)  # atomic; works onto an empty directory too
         except OSError:
