@@ -42,6 +42,25 @@ def test_export_dynamic_metadata_and_axes(dynamic_onnx, tiny_checkpoint):
     assert props["model_name"] == "unet"
 
 
+def test_dynamic_unet_parity(dynamic_onnx, tiny_checkpoint, phantom_norm):
+    """The registry's `unet` (the zoo parity test leaves it to this file)."""
+    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    sess = ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    # Random inputs, and phantom slices cropped to sizes that are not multiples of 16.
+    inputs = [torch.randn(2, 1, 37, 45, generator=gen), torch.randn(1, 1, 80, 23, generator=gen),
+              torch.from_numpy(phantom_norm[:3, None, :90, :70].copy())]
+    for x in inputs:
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {"image": x.numpy()})[0]
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-4
+        np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
+
+
 def test_static_export_and_printed_summary(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "static.onnx"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
