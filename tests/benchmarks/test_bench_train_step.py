@@ -20,7 +20,7 @@ def test_tiny_rows(tmp_path, capsys):
     assert set(by_side) == {"unetzoo", "smp"}
     assert by_side["smp"]["time_vs_smp"] == 1.0
     assert by_side["unetzoo"]["params"] != by_side["smp"]["params"]  # different decoders
-    assert all(r["step_ms"] > 0 and r["saved_for_backward_MiB"] > 0 for r in rows)
+    assert all(r["step_ms"] > 0 and r["activations_MiB"] > 0 for r in rows)
     assert len(json.loads(out.read_text())["rows"]) == 2
 
 
