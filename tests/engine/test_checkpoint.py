@@ -105,3 +105,26 @@ def test_rng_state_round_trip(tmp_path):
     restore_rng_state(load_checkpoint(p)["rng"], gen)
     again = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=gen).item())
     assert first == again
+
+
+def test_rebuild_does_not_reload_pretrained_encoder_file(tmp_path):
+    """A run trained from a local encoder file must rebuild on a machine without it."""
+    from unetzoo.models import create_model
+
+    model = create_model("resnet18_unet", 1, 2)
+    payload = {
+        "model": {
+            "name": "resnet18_unet",
+            "options": {**model.unetzoo_options, "encoder_weights": str(tmp_path / "gone.pth")},
+        },
+        "state_dict": model.state_dict(),
+        "class_names": ["background", "fg"],
+        "in_channels": 1,
+        "img_size": 32,
+        "preprocessing": {"kind": "none"},
+    }
+    path = save_checkpoint(payload, tmp_path / "c.pt")
+    rebuilt = model_from_checkpoint(load_checkpoint(path))
+    x = torch.rand(1, 1, 32, 32)
+    model.eval()
+    torch.testing.assert_close(rebuilt(x), model(x))

@@ -89,3 +89,11 @@ def test_yaml_distill_shorthand(tmp_path):
     f.write_text("distill: 0.1\ndistill-scr: 0.2\n")
     cfg = resolve_config("phantom", load_yaml(f))
     assert (cfg["distill_ifd"], cfg["distill_scr"]) == (0.1, 0.2)
+
+
+def test_recipe_model_options_stay_with_the_recipe_model():
+    # The phantom recipe widens its own U-Net; another model must not inherit that option.
+    assert resolve_config("phantom", {}, {})["model_options"] == RECIPES["phantom"]["model_options"]
+    assert resolve_config("phantom", {}, {"model": "transunet"})["model_options"] == {}
+    cfg = resolve_config("phantom", {}, {"model": "unet3p", "model_options": {"base_channels": 8}})
+    assert cfg["model_options"] == {"base_channels": 8}

@@ -98,6 +98,10 @@ def model_from_checkpoint(
     options = dict(spec.get("options") or {})
     in_channels = int(options.pop("in_channels", ckpt["in_channels"]))
     num_classes = int(options.pop("num_classes", len(ckpt["class_names"])))
+    if "encoder_weights" in options:
+        # The state dict below overwrites any pretrained encoder: never download or
+        # read the original weight file again (it may not exist on this machine).
+        options["encoder_weights"] = None
     if num_classes != len(ckpt["class_names"]):
         raise CheckpointError(
             f"checkpoint is inconsistent: the model has {num_classes} outputs but "

@@ -197,6 +197,13 @@ def resolve_config(
                 merged.update(value or {})
                 value = merged
             cfg[key] = value
+    if cfg["model"] != rec.get("model"):
+        # The recipe's model options (e.g. the demo U-Net's width) belong to the recipe's
+        # own model; another model keeps only the options the user gave.
+        user_options: dict[str, Any] = {}
+        for source in (file_values or {}, flag_values or {}):
+            user_options.update(source.get("model_options") or {})
+        cfg["model_options"] = user_options
     validate_config(cfg)
     return cfg
 
