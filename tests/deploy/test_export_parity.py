@@ -68,6 +68,10 @@ def _calibrate_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
         with torch.no_grad():
             for _ in range(2):
                 model(torch.randn(2, 1, size, size, generator=gen))
+            # A channel that random inputs leave constant (dead ReLU6, padding-only
+            # response) gets a variance ~1e-12 and would amplify rounding 300-fold.
+            for bn in bns:
+                bn.running_var.clamp_(min=1e-2)
     return model.eval()
 
 
