@@ -10,7 +10,6 @@ module with the metadata stored in the file (class names, img_size, preprocessin
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +159,6 @@ class OnnxPredictor:
         )
 
 
-_ENGINE_LOCK = threading.Lock()
-
-
 def predict_files(
     inputs: list[str | Path],
     onnx_path: str | Path,
@@ -178,31 +174,22 @@ def predict_files(
 
     Same arguments and outputs as :func:`unetzoo.engine.predict.predict_files` (label
     maps with the input's geometry, overlay PNGs), with ``onnx_path`` in place of the
-    checkpoint. The engine's own function runs, with its checkpoint loader answering
-    with the file's metadata and an :class:`OnnxModule`, so reading, normalisation,
+    checkpoint. The engine's :func:`~unetzoo.engine.predict.predict_files_with_model`
+    runs with an :class:`OnnxModule` and the file's metadata, so reading, normalisation,
     resizing, sliding windows and writing are the same code for both paths. ``device``
     is accepted for symmetry; ONNX Runtime runs on its own providers (CPU by default).
     """
-    import unetzoo.engine.predict as engine_predict
+    from unetzoo.engine.predict import predict_files_with_model
 
     module = _module or OnnxModule(onnx_path)
     meta = module.metadata
-    ckpt_like = {
-        "model": dict(meta["model"]),
+    meta_in_checkpoint_form = {
         "class_names": list(meta["class_names"]),
         "in_channels": int(meta["in_channels"]),
         "img_size": int(meta.get("img_size") or module.input_shape[2] or 224),
         "preprocessing": meta.get("preprocessing") or {"kind": "none"},
-        "dataset": meta.get("dataset"),
     }
-    with _ENGINE_LOCK:
-        saved = engine_predict.load_checkpoint, engine_predict.model_from_checkpoint
-        engine_predict.load_checkpoint = lambda *a, **k: ckpt_like
-        engine_predict.model_from_checkpoint = lambda *a, **k: module
-        try:
-            return engine_predict.predict_files(
-                inputs, onnx_path, out_dir, tta=tta, device="cpu", batch_size=batch_size,
-                overlays=overlays, verbose=verbose,
-            )
-        finally:
-            engine_predict.load_checkpoint, engine_predict.model_from_checkpoint = saved
+    return predict_files_with_model(
+        inputs, module, meta_in_checkpoint_form, out_dir, tta=tta, device="cpu",
+        batch_size=batch_size, overlays=overlays, verbose=verbose,
+    )

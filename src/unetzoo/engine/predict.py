@@ -106,11 +106,18 @@ def predict_files(
     shape and affine; PNG/JPG/BMP in -> ``<stem>_seg.png``; TIF in -> ``<stem>_seg.tif``
     (class indices as uint8). Returns one record per input.
     """
-    from unetzoo.data.io import load_image, load_nifti, save_nifti
-    from unetzoo.data.nnunet import reorient
-    from unetzoo.data.preprocessing import normalize
-    from unetzoo.engine.trainer import check_output_dir
+    _check_inputs(inputs)
+    ckpt = load_checkpoint(checkpoint)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model_from_checkpoint(ckpt, device=device)
+    return predict_files_with_model(
+        inputs, model, ckpt, out_dir, tta=tta, device=device, batch_size=batch_size,
+        overlays=overlays, verbose=verbose,
+    )
 
+
+def _check_inputs(inputs: list[str | Path]) -> list[Path]:
     paths = [Path(p) for p in inputs]
     if not paths:
         raise DataError("no input files given; pass one or more NIfTI/PNG/TIF paths")
@@ -118,14 +125,35 @@ def predict_files(
         _kind(p)
         if not p.is_file():
             raise DataError(f"input {p} does not exist")
-    ckpt = load_checkpoint(checkpoint)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model_from_checkpoint(ckpt, device=device)
-    img_size = int(ckpt["img_size"])
-    in_ch = int(ckpt["in_channels"])
-    spec = ckpt.get("preprocessing") or {"kind": "none"}
-    class_names = list(ckpt["class_names"])
+    return paths
+
+
+def predict_files_with_model(
+    inputs: list[str | Path],
+    model: Any,
+    meta: dict[str, Any],
+    out_dir: str | Path,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    overlays: int = 3,
+    verbose: bool = True,
+) -> list[dict[str, Any]]:
+    """:func:`predict_files` for a model already in hand (a torch module or an ONNX one).
+
+    ``meta`` holds the checkpoint keys prediction needs: ``img_size``, ``in_channels``,
+    ``class_names`` and ``preprocessing``.
+    """
+    from unetzoo.data.io import load_image, load_nifti, save_nifti
+    from unetzoo.data.nnunet import reorient
+    from unetzoo.data.preprocessing import normalize
+    from unetzoo.engine.trainer import check_output_dir
+
+    paths = _check_inputs(inputs)
+    img_size = int(meta["img_size"])
+    in_ch = int(meta["in_channels"])
+    spec = meta.get("preprocessing") or {"kind": "none"}
+    class_names = list(meta["class_names"])
     out = check_output_dir(out_dir)
 
     records = []

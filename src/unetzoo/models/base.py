@@ -25,11 +25,11 @@ def check_input(x: torch.Tensor, in_channels: int, model_name: str = "model") ->
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad H and W at the bottom/right up to a multiple; return the original size."""
     h, w = x.shape[-2], x.shape[-1]
+    # Pad unconditionally (a zero pad is a no-op) so that a traced or exported graph
+    # keeps the padding whatever input size it was captured at.
     ph = (-h) % multiple
     pw = (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x, (h, w)
+    return F.pad(x, (0, pw, 0, ph)), (h, w)
 
 
 def crop_to(y: torch.Tensor | list[torch.Tensor], size: tuple[int, int]):
