@@ -62,10 +62,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if text.startswith("Weights only load failed"):
+            # torch's long advice about weights_only=False: never the fix for a user here.
+            detail = "it holds pickled Python objects or is not a torch file"
+        else:
+            detail = text.splitlines()[0][:120] if text else type(exc).__name__
         raise CheckpointError(
             f"cannot read checkpoint {p}: the file is corrupt or not a safe torch file "
-            f"({first[:120]})"
+            f"({detail}); use a checkpoint written by `unetzoo train`"
         ) from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from exc
