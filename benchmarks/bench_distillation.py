@@ -62,9 +62,12 @@ def overhead_row(
 ) -> dict[str, Any]:
     """Median step time and memory of one model with and without distillation."""
     from unetzoo.losses.distillation import FeatureDistillationLoss, FeatureTapper
-    from unetzoo.models import count_parameters, create_model
+    from unetzoo.models import count_parameters, create_model, get_entry
 
     torch.manual_seed(0)
+    options = dict(options)
+    if get_entry(name).default_options().get("encoder_weights") is not None:
+        options.setdefault("encoder_weights", None)  # random weights: nothing downloads
     model = create_model(name, in_channels=1, num_classes=9, **options).to(device).train()
     fixed = getattr(model, "fixed_input_size", None)
     size = int(fixed) if fixed else size
