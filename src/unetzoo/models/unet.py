@@ -149,31 +149,10 @@ class UNet(SegmentationModel):
         return self.head(y)
 
 
-def _build_unet(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    base_channels: int = 64,
-    padding: str = "same",
-    batch_norm: bool = True,
-    bias: bool | None = None,
-    head_bias: bool | None = None,
-    bilinear: bool = False,
-) -> UNet:
-    return UNet(
-        in_channels,
-        num_classes,
-        base_channels=base_channels,
-        padding=padding,
-        batch_norm=batch_norm,
-        bias=bias,
-        head_bias=head_bias,
-        bilinear=bilinear,
-    )
-
-
+# The class is its own builder: the registry reads UNet.__init__'s signature for defaults.
 register_model(
     "unet",
-    _build_unet,
+    UNet,
     description="U-Net 64-1024, transposed-conv up-sampling, BatchNorm, bias-free convs",
     source=UNET_SOURCE,
     family="unet",
@@ -190,7 +169,7 @@ register_model(
 
 register_model(
     "unet_paper",
-    _build_unet,
+    UNet,
     description="U-Net as in the paper: no BatchNorm, biases (padding='valid' for 572->388)",
     source=UNET_SOURCE,
     family="unet",
@@ -207,7 +186,7 @@ register_model(
 
 register_model(
     "unet_selfreg",
-    _build_unet,
+    UNet,
     description="bilinear U-Net of SelfReg-UNet (512 at the bottom, halved middle widths)",
     source="Rethinking UNet / SelfReg-UNet, MICCAI 2024 (arXiv:2406.14896); "
     "milesial/Pytorch-UNet layout",
