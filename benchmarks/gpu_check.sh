@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One GPU check anyone with a CUDA GPU runs as is (under 8 minutes on one GPU):
+#   bash benchmarks/gpu_check.sh            # prints one Markdown row per check
+# Rows: AMP / channels_last / torch.compile training steps vs fp32, batched volume inference
+# vs the per-slice loop, `unetzoo train --amp` of the phantom demo end to end, and DDP through
+# torchrun with NCCL on one GPU. Without a GPU it prints one line and exits 0.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+BIN=$(dirname "$PY")
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_check: skipped (no CUDA GPU visible to torch)"
+    exit 0
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export UNETZOO_CACHE="$tmp/cache"
+"$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}')"
+echo
+echo "| check | setting | value | note |"
+echo "|---|---|---|---|"
+
+timeout 240 "$PY" benchmarks/gpu_check.py step || echo "| train step | - | FAILED or over 240 s (exit $?) | |"
+timeout 90 "$PY" benchmarks/gpu_check.py volume || echo "| volume inference | - | FAILED or over 90 s (exit $?) | |"
+
+# `unetzoo train` of the phantom demo with --amp, end to end (train, test, report).
+start=$(date +%s)
+if timeout 150 "$BIN/unetzoo" train --output "$tmp/amp" --amp --device cuda --no-progress \
+        >"$tmp/amp.log" 2>&1; then
+    dice=$("$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('mean_dice', d.get('mean', {}).get('dice', '?')))" \
+        "$tmp/amp/report/summary.json" 2>/dev/null || echo "?")
+    echo "| demo --amp end to end | phantom, 8 epochs | $(( $(date +%s) - start )) s | test mean Dice $dice |"
+else
+    echo "| demo --amp end to end | phantom, 8 epochs | FAILED | $(tail -n 1 "$tmp/amp.log") |"
+fi
+
+# DDP through torchrun with NCCL, one process on one GPU.
+start=$(date +%s)
+if timeout 120 "$BIN/torchrun" --standalone --nproc-per-node 1 -m unetzoo train \
+        --output "$tmp/ddp" --device cuda --max-epochs 1 --no-test --no-progress \
+        >"$tmp/ddp.log" 2>&1; then
+    backend=$(grep -o -i -m1 'nccl' "$tmp/ddp.log" || echo "nccl (not echoed)")
+    echo "| DDP torchrun | 1 GPU, 1 epoch | $(( $(date +%s) - start )) s | ok, backend $backend |"
+else
+    echo "| DDP torchrun | 1 GPU, 1 epoch | FAILED | $(tail -n 1 "$tmp/ddp.log") |"
+fi
