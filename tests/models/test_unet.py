@@ -98,3 +98,116 @@ def test_valid_bilinear_variant_matches_output_size():
 
 def test_any_input_size_is_accepted():
     assert create_model("unet", base_channels=2).fixed_input_size is None
+
+
+def test_unet_taps_follow_official_selfreg_grouping_at_224():
+    # Official SelfReg UNet_hd: encoder = [x2, x3, x4, x5] = 128@112, 256@56, 512@28,
+    # 512@14 at 224 px; decoder = up1..up3; final = up4 (64@224). Meta device: shapes only.
+    from unetzoo.models.taps import FeatureTapper
+
+    with torch.device("meta"):
+        model = create_model("unet_selfreg", 1, 9)
+        x = torch.empty(1, 1, 224, 224)
+    taps = get_entry("unet_selfreg").taps_for(model)
+    assert taps.encoder == ("down1", "down2", "down3", "down4")
+    assert taps.decoder == ("up1", "up2", "up3") and taps.final == "up4"
+    with FeatureTapper(model) as tapper:
+        model(x)
+    shapes = lambda fs: [(f.shape[1], f.shape[2]) for f in fs]  # noqa: E731
+    assert shapes(tapper.features["encoder"]) == [(128, 112), (256, 56), (512, 28), (512, 14)]
+    assert shapes(tapper.features["decoder"]) == [(256, 28), (128, 56), (64, 112)]
+    assert tuple(tapper.features["final"].shape[1:]) == (64, 224, 224)
+    # The generic U-Net uses the same grouping (its bottom stage is 1024 wide).
+    assert get_entry("unet").taps_for(create_model("unet", base_channels=2)) == taps
+
+
+class _OfficialDoubleConv(torch.nn.Module):
+    # Test replica of the module names and layout of milesial/SelfReg ``unet_parts``.
+    def __init__(self, cin, cout, mid=None):
+        super().__init__()
+        mid = mid or cout
+        nn = torch.nn
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(cin, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+        )
+
+    def forward(self, x):
+        return self.double_conv(x)
+
+
+class _OfficialDown(torch.nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.maxpool_conv = torch.nn.Sequential(torch.nn.MaxPool2d(2), _OfficialDoubleConv(cin, cout))
+
+    def forward(self, x):
+        return self.maxpool_conv(x)
+
+
+class _OfficialUp(torch.nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.conv = _OfficialDoubleConv(cin, cout, cin // 2)
+
+    def forward(self, x1, x2):
+        return self.conv(torch.cat([x2, self.up(x1)], dim=1))
+
+
+class _OfficialOutConv(torch.nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class _OfficialUNet(torch.nn.Module):
+    # UNet_hd(n_channels, n_classes, bilinear=True) with the width 64 as a parameter ``c``.
+    def __init__(self, cin, ncls, c):
+        super().__init__()
+        self.inc = _OfficialDoubleConv(cin, c)
+        self.down1, self.down2 = _OfficialDown(c, 2 * c), _OfficialDown(2 * c, 4 * c)
+        self.down3, self.down4 = _OfficialDown(4 * c, 8 * c), _OfficialDown(8 * c, 8 * c)
+        self.up1, self.up2 = _OfficialUp(16 * c, 4 * c), _OfficialUp(8 * c, 2 * c)
+        self.up3, self.up4 = _OfficialUp(4 * c, c), _OfficialUp(2 * c, c)
+        self.outc = _OfficialOutConv(c, ncls)
+
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x5 = self.down4(x4)
+        y = self.up4(self.up3(self.up2(self.up1(x5, x4), x3), x2), x1)
+        return self.outc(y)
+
+
+def test_selfreg_unet_loads_official_weights_and_matches_their_forward():
+    from unetzoo.models.unet import selfreg_official_state_dict
+
+    torch.manual_seed(0)
+    official = _OfficialUNet(1, 3, 4).eval()
+    for m in official.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    ours = create_model("unet_selfreg", 1, 3, base_channels=4).eval()
+    sd = {"module." + k: v for k, v in official.state_dict().items()}  # DataParallel file
+    ours.load_state_dict(selfreg_official_state_dict(sd))  # strict: every key maps
+    x = torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), official(x), atol=1e-5)
+        # Either layout option alone breaks the equality: both are pinned.
+        for option in ({"skip_first": False}, {"align_corners": False}):
+            other = create_model("unet_selfreg", 1, 3, base_channels=4, **option).eval()
+            other.load_state_dict(ours.state_dict())
+            assert not torch.allclose(other(x), official(x), atol=1e-3)
+
+
+def test_selfreg_layout_is_the_default_of_unet_selfreg_only():
+    selfreg = create_model("unet_selfreg", base_channels=2)
+    assert selfreg.up1.skip_first and selfreg.up1.up.align_corners
+    assert not create_model("unet", base_channels=2).up1.skip_first

@@ -7,7 +7,14 @@ One class, :class:`UNet`, registered under three configurations:
 - ``unet_paper``: the paper's own network, no BatchNorm, biases (31,030,658 at 1 in /
   2 classes). Pass ``padding="valid"`` for the paper's unpadded tiling (572 -> 388).
 - ``unet_selfreg``: the bilinear variant used by SelfReg-UNet (Rethinking UNet, MICCAI 2024),
-  i.e. the widespread milesial/Pytorch-UNet layout (17,262,345 at 1 in / 9 classes).
+  i.e. the widespread milesial/Pytorch-UNet layout (17,262,345 at 1 in / 9 classes):
+  ``align_corners=True`` up-sampling and ``[skip, up]`` concatenation as its ``Up`` block,
+  so released weights load through :func:`selfreg_official_state_dict`.
+
+Feature taps (SelfReg distillation), the same for all three: the official ``UNet_hd``
+returns ``encoder = [x2, x3, x4, x5]``, the outputs of ``down1..down4`` (128@112, 256@56,
+512@28, 512@14 for ``unet_selfreg`` at 224 px; the first block ``inc`` is not tapped),
+``decoder = [up1, up2, up3]`` and ``final = up4`` (the feature before the 1x1 head).
 
 ``padding="valid"`` gives a *smaller* output than the input, as in the paper: each 3x3
 convolution trims one pixel per side and the skips are centre-cropped before
@@ -18,20 +25,50 @@ H, W; inputs that are not multiples of 16 are padded and the logits cropped back
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel, check_input
-from unetzoo.models.blocks import DoubleConv, UpBlock, resolve_bias
+from unetzoo.models.blocks import DoubleConv, UpBlock, center_crop, match_size, resolve_bias
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
 UNET_SOURCE = "Ronneberger, Fischer, Brox: U-Net, MICCAI 2015 (arXiv:1505.04597)"
+# As the official SelfReg ``UNet_hd``: encoder = [x2, x3, x4, x5] (down1..down4).
 UNET_TAPS = Taps(
-    encoder=("inc", "down1", "down2", "down3"),
+    encoder=("down1", "down2", "down3", "down4"),
     decoder=("up1", "up2", "up3"),
     final="up4",
 )
+
+
+class UNetUp(UpBlock):
+    """:class:`~unetzoo.models.blocks.UpBlock` with two layout options of the U-Net family.
+
+    Args:
+        align_corners: of the bilinear up-sampling (milesial/SelfReg ``Up``: True).
+        skip_first: concatenate ``[skip, up]`` (milesial/SelfReg) instead of ``[up, skip]``.
+            Same parameter count either way; it decides which input channels each
+            weight of the next convolution reads, so released weights need the right one.
+        *args, **kwargs: as :class:`UpBlock`.
+    """
+
+    def __init__(self, *args, align_corners: bool = False, skip_first: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if kwargs.get("bilinear"):
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align_corners)
+        self.skip_first = bool(skip_first)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if self.crop:
+            skip = center_crop(skip, tuple(x.shape[-2:]))
+        else:
+            x = match_size(x, tuple(skip.shape[-2:]), crop=False)
+        return self.conv(torch.cat([skip, x] if self.skip_first else [x, skip], dim=1))
 
 
 class UNet(SegmentationModel):
@@ -53,6 +90,8 @@ class UNet(SegmentationModel):
         bilinear: bilinear up-sampling instead of 2x2 transposed convolutions. Since it
             keeps the channel count, the bottom stage has ``8 * base_channels`` channels
             and each up block narrows ``in -> in/2 -> out`` (the milesial/SelfReg layout).
+        align_corners: ``align_corners`` of the bilinear up-sampling.
+        skip_first: concatenate ``[skip, up]`` in the up blocks (else ``[up, skip]``).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
@@ -68,6 +107,8 @@ class UNet(SegmentationModel):
         bias: bool | None = None,
         head_bias: bool | None = None,
         bilinear: bool = False,
+        align_corners: bool = False,
+        skip_first: bool = False,
     ) -> None:
         super().__init__()
         if padding not in ("same", "valid"):
@@ -83,6 +124,7 @@ class UNet(SegmentationModel):
         w = [b, 2 * b, 4 * b, 8 * b, 16 * b]
         bottom = w[4] // 2 if bilinear else w[4]
         conv = {"batch_norm": batch_norm, "bias": bias, "padding": pad}
+        layout = {"align_corners": bool(align_corners), "skip_first": bool(skip_first)}
 
         self.inc = DoubleConv(in_channels, w[0], **conv)
         self.down1 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(w[0], w[1], **conv))
@@ -95,14 +137,16 @@ class UNet(SegmentationModel):
             outs = [w[2], w[1], w[0], w[0]]
             ins = [bottom, outs[0], outs[1], outs[2]]
             self.up1, self.up2, self.up3, self.up4 = (
-                UpBlock(cin, skip, cout, mid_channels=(cin + skip) // 2, bilinear=True, **conv)
+                UNetUp(
+                    cin, skip, cout, mid_channels=(cin + skip) // 2, bilinear=True, **conv, **layout
+                )
                 for cin, skip, cout in zip(ins, [w[3], w[2], w[1], w[0]], outs)
             )
         else:
-            self.up1 = UpBlock(w[4], w[3], w[3], **conv)
-            self.up2 = UpBlock(w[3], w[2], w[2], **conv)
-            self.up3 = UpBlock(w[2], w[1], w[1], **conv)
-            self.up4 = UpBlock(w[1], w[0], w[0], **conv)
+            self.up1 = UNetUp(w[4], w[3], w[3], **conv, **layout)
+            self.up2 = UNetUp(w[3], w[2], w[2], **conv, **layout)
+            self.up3 = UNetUp(w[2], w[1], w[1], **conv, **layout)
+            self.up4 = UNetUp(w[1], w[0], w[0], **conv, **layout)
         hb = resolve_bias(bias, batch_norm) if head_bias is None else bool(head_bias)
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1, bias=hb)
 
@@ -191,7 +235,7 @@ register_model(
     source="Rethinking UNet / SelfReg-UNet, MICCAI 2024 (arXiv:2406.14896); "
     "milesial/Pytorch-UNet layout",
     family="unet",
-    defaults={"bilinear": True, "head_bias": True},
+    defaults={"bilinear": True, "head_bias": True, "align_corners": True, "skip_first": True},
     taps=UNET_TAPS,
     aliases=("unet_bilinear",),
     published=(
@@ -203,3 +247,32 @@ register_model(
         ),
     ),
 )
+
+
+# Official (milesial/SelfReg ``unet_parts``) module names -> ours. Both DoubleConvs are
+# (conv, BN, ReLU) x 2, so the indices inside a double convolution agree.
+_SELFREG_KEY_MAP = (
+    (re.compile(r"^inc\.double_conv\."), "inc."),
+    (re.compile(r"^(down\d)\.maxpool_conv\.1\.double_conv\."), r"\1.1."),
+    (re.compile(r"^(up\d)\.conv\.double_conv\."), r"\1.conv."),
+    (re.compile(r"^outc\.conv\."), "head."),
+)
+
+
+def selfreg_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a state dict of the official SelfReg ``UNet_hd`` / milesial ``UNet`` to ours.
+
+    ``model = create_model("unet_selfreg", 1, 9)`` then
+    ``model.load_state_dict(selfreg_official_state_dict(torch.load(path, weights_only=True)))``.
+    A ``module.`` prefix (``nn.DataParallel``) is dropped. Keys that match no rule are
+    kept as they are, so ``load_state_dict`` names them if the file is something else.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new = key[len("module."):] if key.startswith("module.") else key
+        for pattern, repl in _SELFREG_KEY_MAP:
+            new, n = pattern.subn(repl, new)
+            if n:
+                break
+        out[new] = value
+    return out
