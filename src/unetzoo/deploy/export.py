@@ -11,6 +11,12 @@ The checkpoint's metadata travels in the file: ONNX ``metadata_props`` key ``"un
 holds a JSON object (see :func:`build_metadata`), plus a few plain keys for viewers
 such as Netron. ``torch.export`` programs (``.pt2``) carry the same JSON as the extra
 file ``unetzoo.json``.
+
+Safety: ``torch.export.load`` unpickles parts of the archive with ``weights_only=False``,
+so a ``.pt2`` from elsewhere can run code. unetzoo loads a program only from the bytes it
+has just serialised itself (the export check); it reads the metadata of any other ``.pt2``
+with :mod:`zipfile` (JSON only), and ``--onnx`` / the demo take ONNX protobuf only,
+recognised by content, never by file name.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,10 @@ PT2_EXTRA_FILE = "unetzoo.json"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 _AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+# Zip archives (torch.export programs, torch.save checkpoints) start with a local file
+# header, or the end-of-central-directory record when empty.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_MAX_METADATA_BYTES = 1 << 20  # the JSON is ~1 kB; a larger member is not ours
 
 
 class ExportError(ModelError):
@@ -246,7 +259,8 @@ def _finish_onnx(out: Path, metadata: dict[str, Any]) -> dict[int, str]:
 def _export_pt2(
     wrapper: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, dyn_hw: bool,
     metadata: dict[str, Any],
-) -> dict[int, str]:
+) -> tuple[dict[int, str], bytes]:
+    """Capture, save to ``out``; returns the dynamic axes and the bytes written."""
     dims = torch.export.Dim.DYNAMIC
     shapes = None
     axes_req = {}
@@ -268,14 +282,34 @@ def _export_pt2(
     shape = placeholder.meta["val"].shape
     dynamic_axes = {a: n for a, n in axes_req.items() if not isinstance(shape[a], int)}
     metadata["dynamic_axes"] = {str(k): v for k, v in dynamic_axes.items()}
-    torch.export.save(ep, str(out), extra_files={PT2_EXTRA_FILE: json.dumps(metadata)})
-    return dynamic_axes
+    buf = io.BytesIO()
+    torch.export.save(ep, buf, extra_files={PT2_EXTRA_FILE: json.dumps(metadata)})
+    data = buf.getvalue()
+    _write_atomic(out, data)
+    return dynamic_axes, data
+
+
+def _write_atomic(out: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _verify(
-    wrapper: nn.Module, path: Path, fmt: str, shapes: list[tuple[int, ...]]
+    wrapper: nn.Module, path: Path, fmt: str, shapes: list[tuple[int, ...]],
+    pt2_bytes: bytes | None = None,
 ) -> float:
-    """Max |runtime - PyTorch| over random inputs of the given shapes."""
+    """Max |runtime - PyTorch| over random inputs of the given shapes.
+
+    A torch.export program is loaded from ``pt2_bytes``, the bytes this process has just
+    serialised, never from the file on disk (which anyone could have replaced meanwhile):
+    ``torch.export.load`` unpickles with ``weights_only=False``.
+    """
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     if fmt == "onnx":
@@ -283,7 +317,11 @@ def _verify(
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     else:
-        prog = torch.export.load(str(path)).module()
+        if pt2_bytes is None:
+            raise ExportError("internal: a torch.export program is verified from its own bytes")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.export.load(io.BytesIO(pt2_bytes)).module()
     for shape in shapes:
         x = torch.randn(*shape, generator=gen)
         with torch.no_grad():
@@ -351,6 +389,7 @@ def export_model(
 
     fallback = None
     target = fmt
+    pt2_bytes = None
     s = sizes[0]
     if fmt in ("onnx", "auto"):
         errors = []
@@ -383,7 +422,7 @@ def export_model(
     else:
         x = torch.randn(n, in_ch, sizes[0], sizes[0])
         example_shape = tuple(x.shape)
-        dyn_axes = _export_pt2(wrapper, x, out, dynamic, dyn_hw, meta)
+        dyn_axes, pt2_bytes = _export_pt2(wrapper, x, out, dynamic, dyn_hw, meta)
 
     diff = None
     if verify:
@@ -397,7 +436,7 @@ def export_model(
             if 3 in dyn_axes:
                 other[3] = max(example_shape[3] // 2 + 3, 19) | 1
             shapes.append(tuple(other))
-        diff = _verify(wrapper, out, target, shapes)
+        diff = _verify(wrapper, out, target, shapes, pt2_bytes)
     return ExportResult(
         path=out,
         format=target,
@@ -445,34 +484,97 @@ def export_checkpoint(
     )
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The unetzoo metadata of an exported ``.onnx`` or ``.pt2`` file.
-
-    Raises:
-        CheckpointError: unreadable file, or a file without unetzoo metadata.
-    """
+def _existing_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"exported model {p} does not exist")
-    raw = None
-    try:
-        if p.read_bytes()[:2] == b"PK":  # torch.export programs are zip archives
-            extra = {PT2_EXTRA_FILE: ""}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.export.load(str(p), extra_files=extra)
-            raw = extra[PT2_EXTRA_FILE] or None
-        else:
-            import onnx
+    return p
 
-            model = onnx.load(str(p), load_external_data=False)
-            raw = next((e.value for e in model.metadata_props if e.key == METADATA_KEY), None)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model file"
+
+def _read_bytes(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {p}: {exc.strerror or exc}") from exc
+
+
+def is_zip_bytes(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a file) starts a zip archive."""
+    return head[:4] in _ZIP_MAGIC
+
+
+def _pt2_metadata_raw(p: Path) -> str | None:
+    """``unetzoo.json`` of a torch.export archive, read with :mod:`zipfile` only.
+
+    Nothing in the archive is unpickled: the metadata is a plain JSON member.
+    """
+    try:
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            # torch.export.save writes ``<archive>/extra/unetzoo.json``.
+            hits = [i for i in infos if i.filename.split("/")[-2:] == ["extra", PT2_EXTRA_FILE]]
+            if not hits:
+                if any(n.split("/")[-1] == "data.pkl" for n in names):
+                    raise CheckpointError(
+                        f"{p} is a torch checkpoint, not an exported model; pass it with "
+                        "--checkpoint"
+                    )
+                return None
+            if hits[0].file_size > _MAX_METADATA_BYTES:
+                raise CheckpointError(f"{p} has an oversized unetzoo metadata entry")
+            return zf.read(hits[0]).decode("utf-8")
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {p} as a torch.export archive ({_first_line(exc)})") from exc
+
+
+def _parse_onnx(p: Path, data: bytes) -> Any:
+    """The ``ModelProto`` in ``data`` (protobuf parsing runs no code); one line otherwise."""
+    import onnx
+
+    if is_zip_bytes(data):
         raise CheckpointError(
-            f"cannot read {p} as an ONNX model or torch.export program ({_first_line(exc)})"
+            f"{p} is a zip archive (a torch.export program or a checkpoint), not an ONNX "
+            "model; pass an .onnx file written by `unetzoo export --format onnx` (unetzoo "
+            "never loads torch.export programs: they can run code)"
+        )
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not an ONNX file"
+        raise CheckpointError(
+            f"cannot read {p} as an ONNX model ({_first_line(exc)}); pass an .onnx file "
+            "written by `unetzoo export --format onnx`"
         ) from exc
+    if not len(model.graph.node) and not len(model.graph.output):
+        # Protobuf accepts many byte strings as an empty message.
+        raise CheckpointError(f"{p} is not an ONNX model (no graph); pass an .onnx file")
+    return model
+
+
+def _uses_external_data(graph: Any) -> bool:
+    from onnx import AttributeProto, TensorProto
+
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                tensors.append(attr.t)
+            elif attr.type == AttributeProto.TENSORS:
+                tensors.extend(attr.tensors)
+            elif attr.type == AttributeProto.GRAPH and _uses_external_data(attr.g):
+                return True
+            elif attr.type == AttributeProto.GRAPHS and any(
+                _uses_external_data(g) for g in attr.graphs
+            ):
+                return True
+    return any(t.data_location == TensorProto.EXTERNAL for t in tensors)
+
+
+def _onnx_metadata_raw(model: Any) -> str | None:
+    return next((e.value for e in model.metadata_props if e.key == METADATA_KEY), None)
+
+
+def _decode_metadata(p: Path, raw: str | None) -> dict[str, Any]:
     if not raw:
         raise CheckpointError(
             f"{p} has no unetzoo metadata (class names, img_size, preprocessing); export "
@@ -482,6 +584,49 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{p} has corrupt unetzoo metadata ({exc.msg})") from exc
-    if meta.get("format") != METADATA_FORMAT:
-        raise CheckpointError(f"{p} has metadata of an unknown format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{p} has metadata of an unknown format {fmt!r}")
     return meta
+
+
+def load_onnx(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes and unetzoo metadata of an ONNX file, checked by content.
+
+    Only ONNX protobuf is accepted: a zip archive (a ``torch.export`` program, a
+    checkpoint, whatever its name) is refused, and so is a model whose tensors live in
+    external files. Hand the returned bytes, not the path, to ONNX Runtime, so the file
+    that runs is the file that was checked.
+
+    Raises:
+        CheckpointError: one line for a missing, non-ONNX or metadata-less file.
+    """
+    p = _existing_file(path)
+    data = _read_bytes(p)
+    model = _parse_onnx(p, data)
+    if _uses_external_data(model.graph):
+        raise CheckpointError(
+            f"{p} keeps tensors in external files; unetzoo serves self-contained ONNX "
+            "files only (`unetzoo export` writes one)"
+        )
+    return data, _decode_metadata(p, _onnx_metadata_raw(model))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The unetzoo metadata of an exported ``.onnx`` or ``.pt2`` file.
+
+    Recognised by content: a zip archive is read as a ``torch.export`` program, with
+    :mod:`zipfile` only (its JSON member; nothing is unpickled), anything else is parsed
+    as ONNX protobuf.
+
+    Raises:
+        CheckpointError: unreadable file, or a file without unetzoo metadata.
+    """
+    p = _existing_file(path)
+    with p.open("rb") as fh:
+        head = fh.read(4)
+    if is_zip_bytes(head):
+        raw = _pt2_metadata_raw(p)
+    else:
+        raw = _onnx_metadata_raw(_parse_onnx(p, _read_bytes(p)))
+    return _decode_metadata(p, raw)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetzoo.deploy.export import INPUT_NAME, read_metadata
+from unetzoo.deploy.export import INPUT_NAME, load_onnx
 from unetzoo.errors import CheckpointError, ModelError
 
 
@@ -34,10 +34,11 @@ class OnnxModule(nn.Module):
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.metadata = read_metadata(self.path)
+        # ONNX protobuf only, checked by content; the session gets the checked bytes.
+        data, self.metadata = load_onnx(self.path)
         try:
             self.session = ort.InferenceSession(
-                str(self.path), providers=providers or ["CPUExecutionProvider"]
+                data, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise CheckpointError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc

@@ -164,6 +164,7 @@ class DemoBackend:
             p = Path(p)
             if not p.is_file():
                 raise DataError(f"checkpoint {p} does not exist")
+            check_model_file(p)  # refuse a bad file at start-up, not in the first request
             self.paths[f"{p.parent.name}/{p.name}" if p.parent.name else p.name] = p
         self.max_bytes = int(max_bytes)
         self.device = device
@@ -202,6 +203,8 @@ class DemoBackend:
             return loaded
 
     def _load_path(self, label: str, path: Path) -> LoadedModel:
+        # Checked again here: the file may have changed since start-up. Both readers are
+        # safe on hostile files (ONNX protobuf by content; torch.load weights_only=True).
         if path.suffix == ".onnx":
             from unetzoo.deploy.onnx_runtime import OnnxPredictor
 
@@ -255,6 +258,23 @@ class DemoBackend:
             seg.gt = gt
             seg.metrics = score(labels, gt, len(lm.class_names), spacing, up.is_volume)
         return seg
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse, with one line, a file the demo cannot serve safely.
+
+    ``.onnx`` files must be ONNX protobuf (a zip such as a ``torch.export`` program is
+    refused); anything else must be a unetzoo checkpoint readable with
+    ``torch.load(weights_only=True)``. Nothing here runs code from the file.
+    """
+    if path.suffix == ".onnx":
+        from unetzoo.deploy.export import load_onnx
+
+        load_onnx(path)
+    else:
+        from unetzoo.engine.checkpoint import load_checkpoint
+
+        load_checkpoint(path)
 
 
 def score(
