@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -48,25 +49,28 @@ def test_evaluate_case_equals_per_class_functions(protocol):
     for c in range(1, 5):
         p, g = pred == c, gt == c
         sd = surface_distances(p, g, spacing)
-        assert res[c]["dice"] == pytest.approx(dice(p, g, protocol=protocol))
-        assert res[c]["sensitivity"] == pytest.approx(sensitivity(p, g))
-        assert res[c]["specificity"] == pytest.approx(specificity(p, g))
-        assert res[c]["hd95"] == pytest.approx(sd.hd95(protocol), abs=1e-9)
-        assert res[c]["hd"] == pytest.approx(sd.hd(protocol), abs=1e-9)
-        assert res[c]["assd"] == pytest.approx(sd.assd(protocol), abs=1e-9)
-        assert all(np.isfinite(v) for v in res[c].values())
+        expect = {
+            "dice": dice(p, g, protocol=protocol),
+            "sensitivity": sensitivity(p, g, protocol=protocol),
+            "specificity": specificity(p, g, protocol=protocol),
+            "hd95": sd.hd95(protocol), "hd": sd.hd(protocol), "assd": sd.assd(protocol),
+        }
+        for m, v in expect.items():
+            assert res[c][m] == pytest.approx(v, abs=1e-9, nan_ok=True), (c, m)
+        if protocol == "transunet":
+            assert all(np.isfinite(v) for v in res[c].values())
     # class 4: predicted but absent from the ground truth
     if protocol == "transunet":
         assert res[4]["dice"] == 1.0 and res[4]["hd95"] == 0.0
-    else:
-        diagonal = np.sqrt((8 * 3.0) ** 2 + (40 * 0.8) ** 2 + (36 * 0.7) ** 2)
-        assert res[4]["dice"] == 0.0 and res[4]["hd95"] == pytest.approx(diagonal)
+    else:  # nnU-Net: Dice 0; MONAI: distance to an empty surface is inf
+        assert res[4]["dice"] == 0.0 and res[4]["hd95"] == math.inf
+        assert math.isnan(res[4]["sensitivity"])
 
 
 def test_evaluate_case_matches_medpy_hd95():
     mb = pytest.importorskip("medpy.metric.binary")
     pred, gt = _case(1)
-    res = evaluate_case(pred, gt, 4, spacing=(2.0, 1.0, 1.0))
+    res = evaluate_case(pred, gt, 5, spacing=(2.0, 1.0, 1.0))
     for c in (1, 2, 3):
         ref = mb.hd95(pred == c, gt == c, voxelspacing=(2.0, 1.0, 1.0))
         assert res[c]["hd95"] == pytest.approx(ref, abs=1e-6)
@@ -74,8 +78,8 @@ def test_evaluate_case_matches_medpy_hd95():
 
 
 def test_roi_and_auc():
-    pred, gt = _case(2, shape=(1, 30, 30))
-    pred, gt = pred[0], gt[0]
+    pred, gt = _case(2, shape=(8, 30, 30))
+    pred, gt = pred[3], gt[3]  # a slice through classes 1-3
     roi = np.zeros(gt.shape, bool)
     roi[2:28, 3:27] = True
     rng = np.random.default_rng(0)
@@ -84,25 +88,31 @@ def test_roi_and_auc():
                         metrics=("dice", "specificity", "auc"))
     for c in (1, 2, 3):
         p, g = (pred == c)[roi], (gt == c)[roi]
-        assert res[c]["dice"] == pytest.approx(dice(p, g))
+        assert res[c]["dice"] == pytest.approx(dice(p, g), nan_ok=True)
         assert res[c]["specificity"] == pytest.approx(specificity(p, g))
-        assert res[c]["auc"] == pytest.approx(auc(prob[c][roi], g))
+        assert res[c]["auc"] == pytest.approx(auc(prob[c][roi], g), nan_ok=True)
+    assert all(res[c]["dice"] > 0 for c in (1, 2, 3))
     with pytest.raises(ConfigError, match="prob"):
         evaluate_case(pred, gt, 5, metrics=("auc",))
 
 
 def test_empty_classes_both_protocols():
     z = np.zeros((4, 6, 6), np.int64)
-    strict = evaluate_case(z, z, 3, metrics=("dice", "hd95", "assd"))
-    assert strict == {c: {"dice": 1.0, "hd95": 0.0, "assd": 0.0} for c in (1, 2)}
+    strict = evaluate_case(z, z, 3, metrics=("dice", "iou", "hd95", "assd"))
+    assert all(math.isnan(v) for c in (1, 2) for v in strict[c].values())
     tu = evaluate_case(z, z, 3, protocol="transunet")
     assert tu == {c: {"dice": 0.0, "hd95": 0.0} for c in (1, 2)}
     g = z.copy()
     g[1, 2:4, 2:4] = 2
     tu = evaluate_case(z, g, 3, protocol="transunet")
     assert tu[2] == {"dice": 0.0, "hd95": 0.0}
+    tu = evaluate_case(g, z, 3, protocol="transunet")  # predicted, absent from reference
+    assert tu[2] == {"dice": 1.0, "hd95": 0.0}
     strict = evaluate_case(z, g, 3, spacing=(1.0, 1.0, 1.0))
-    assert strict[2] == {"dice": 0.0, "hd95": pytest.approx(np.sqrt(16 + 36 + 36))}
+    assert strict[2] == {"dice": 0.0, "hd95": math.inf}
+    assert math.isnan(strict[1]["dice"])
+    strict = evaluate_case(g, z, 3)
+    assert strict[2] == {"dice": 0.0, "hd95": math.inf}
 
 
 def test_summarize_and_tables(tmp_path):
@@ -139,11 +149,20 @@ def test_bad_inputs():
     with pytest.raises(DataError, match="same"):
         summarize({"a": {1: {"dice": 1.0}}, "b": {1: {"hd95": 1.0}}})
     assert set(METRICS) >= {"dice", "iou", "hd95", "hd", "assd", "sensitivity", "auc"}
-    assert hd95(z, z) == 0.0
+    assert math.isnan(hd95(z, z))
+    with pytest.raises(DataError, match="outside 0..1"):
+        evaluate_case(z + 2, z, 2)
+    with pytest.raises(DataError, match="outside"):
+        evaluate_case(z - 1, z, 2)
+    with pytest.raises(DataError, match="None"):
+        evaluate_case(None, z, 2)
+    with pytest.raises(ConfigError, match="num_classes"):
+        evaluate_case(z, z, 2.5)
 
 
 def test_one_slice_volume_is_evaluated_as_2d():
-    pred, gt = _case(3, shape=(1, 30, 28))
+    pred, gt = _case(3, shape=(8, 30, 28))
+    pred, gt = pred[3:4], gt[3:4]  # one slice through classes 1-3
     metrics = ("dice", "hd95", "assd")
     as3d = evaluate_case(pred, gt, 5, spacing=(5.0, 0.5, 0.7), metrics=metrics)
     as2d = evaluate_case(pred[0], gt[0], 5, spacing=(0.5, 0.7), metrics=metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -36,16 +37,18 @@ def test_overlap_metrics_match_direct_counts_and_medpy(shape):
 
 
 def test_empty_masks_strict_protocol():
+    """nnU-Net / MONAI: undefined is NaN (not scored), one-sided emptiness scores 0."""
     e = np.zeros((5, 6), bool)
     f = e.copy()
     f[1:3, 2:4] = True
-    assert dice(e, e) == 1.0 and iou(e, e) == 1.0
-    assert dice(f, e) == 0.0 and dice(e, f) == 0.0
+    assert math.isnan(dice(e, e)) and math.isnan(iou(e, e))
+    assert dice(f, e) == 0.0 and dice(e, f) == 0.0  # hallucinated / missed structure
     assert iou(f, e) == 0.0 and iou(e, f) == 0.0
-    assert sensitivity(e, e) == 1.0 and sensitivity(f, e) == 0.0 and sensitivity(e, f) == 0.0
+    assert math.isnan(sensitivity(e, e)) and math.isnan(sensitivity(f, e))
+    assert sensitivity(e, f) == 0.0
     full = np.ones_like(e)
-    assert specificity(full, full) == 1.0 and specificity(f, full) == 0.0
-    assert specificity(e, e) == 1.0
+    assert math.isnan(specificity(full, full)) and math.isnan(specificity(f, full))
+    assert specificity(e, e) == 1.0 and specificity(f, e) == pytest.approx(26 / 30)
 
 
 def test_empty_masks_transunet_protocol():
@@ -60,6 +63,13 @@ def test_empty_masks_transunet_protocol():
         assert fn(e, e, protocol="transunet") == 0.0
         assert fn(f, g, protocol="transunet") == fn(f, g)
     assert dice(f, g) == pytest.approx(0.5)
+    # the protocol never yields NaN: the other ratios keep finite conventions
+    full = np.ones_like(e)
+    assert sensitivity(e, e, protocol="transunet") == 1.0
+    assert sensitivity(f, e, protocol="transunet") == 0.0
+    assert specificity(full, full, protocol="transunet") == 1.0
+    assert specificity(f, full, protocol="transunet") == 0.0
+    assert auc(np.arange(30.0).reshape(5, 6), e, protocol="transunet") == 0.5
 
 
 def _auc_pairs(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -83,7 +93,8 @@ def test_auc_extremes_and_undefined_cases():
     assert auc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), labels) == 1.0
     assert auc(np.array([0.9, 0.8, 0.3, 0.2, 0.1]), labels) == 0.0
     assert auc(np.full(5, 0.5), labels) == 0.5
-    assert auc(np.random.default_rng(1).random(5), np.zeros(5, bool)) == 0.5
+    assert math.isnan(auc(np.random.default_rng(1).random(5), np.zeros(5, bool)))
+    assert math.isnan(auc(np.random.default_rng(1).random(5), np.ones(5, bool)))
     with pytest.raises(DataError, match="NaN"):
         auc(np.array([0.1, np.nan, 0.3, 0.8, 0.9]), labels)
     with pytest.raises(DataError, match="shape"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
@@ -109,14 +111,13 @@ def test_hd95_hd_assd_functions_match_surface_object():
 def test_empty_masks_both_protocols(fn):
     shape = (10, 20, 30)
     spacing = (2.0, 1.0, 0.5)
-    diag = float(np.sqrt(20.0**2 + 20.0**2 + 15.0**2))
     empty = np.zeros(shape, bool)
     full = np.zeros(shape, bool)
     full[3:6, 4:9, 5:12] = True
-    # strict: both empty -> 0, exactly one empty -> the image diagonal in mm
-    assert fn(empty, empty, spacing) == 0.0
-    assert fn(full, empty, spacing) == pytest.approx(diag)
-    assert fn(empty, full, spacing) == pytest.approx(diag)
+    # strict (MONAI): both empty -> NaN (not scored), exactly one empty -> inf
+    assert math.isnan(fn(empty, empty, spacing))
+    assert fn(full, empty, spacing) == math.inf
+    assert fn(empty, full, spacing) == math.inf
     # transunet: 0 unless both are present
     for a, b in ((empty, empty), (full, empty), (empty, full)):
         assert fn(a, b, spacing, protocol="transunet") == 0.0

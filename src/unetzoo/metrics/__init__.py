@@ -1,9 +1,10 @@
 """Segmentation metrics: plain functions on numpy masks plus a per-case aggregation layer.
 
-Binary metrics take two masks of one shape (2-D or 3-D, nonzero = foreground) and a
-``protocol`` for empty masks (``"strict"`` default, ``"transunet"`` to reproduce
-TransUNet's tables): :func:`dice`, :func:`iou`, :func:`sensitivity`, :func:`specificity`,
-:func:`auc` (scores against a mask), and the medpy-exact surface metrics :func:`hd95`,
+Binary metrics take two masks of one shape (2-D or 3-D, nonzero = foreground; bad input
+is a one-line ``DataError``, a ``ValueError``) and a ``protocol`` for empty masks
+(``"strict"`` default, nnU-Net / MONAI: undefined values are NaN and left out of the
+means; ``"transunet"`` to reproduce TransUNet's tables; see docs/metrics.md):
+:func:`dice`, :func:`iou`, :func:`sensitivity`, :func:`specificity`, :func:`auc` (scores against a mask), and the medpy-exact surface metrics :func:`hd95`,
 :func:`hd`, :func:`assd` (with ``spacing``). :func:`surface_distances` computes the
 distances once for all three. :func:`evaluate_case` and :func:`summarize` build the
 per-class tables.
@@ -16,6 +17,8 @@ from unetzoo.metrics.aggregate import (
     SummaryTable,
     evaluate_case,
     format_table,
+    never_predicted_warning,
+    present_classes,
     summarize,
     write_case_csv,
     write_summary_csv,
@@ -41,6 +44,8 @@ __all__ = [
     "iou",
     "sensitivity",
     "specificity",
+    "never_predicted_warning",
+    "present_classes",
     "summarize",
     "surface_distances",
     "write_case_csv",

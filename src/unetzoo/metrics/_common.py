@@ -20,10 +20,52 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-def as_masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both inputs as boolean arrays (nonzero = foreground) of one shape."""
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
+def check_label_array(arr: object, what: str, *, allow_float: bool = True) -> np.ndarray:
+    """``arr`` as a numpy array of class indices / mask values, or a one-line DataError.
+
+    Accepted: boolean and integer arrays of at least one dimension and one element; with
+    ``allow_float``, floating arrays that hold only finite whole numbers (a 0/1 mask read
+    as float). Refused: None, strings, objects, complex numbers, 0-d arrays, NaN or inf,
+    and fractional values (probabilities: threshold or take the argmax first).
+    """
+    if arr is None:
+        raise DataError(f"{what} is None; pass a numpy array of class indices or a mask")
+    try:
+        out = np.asarray(arr)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise DataError(f"{what} is not a regular array ({exc}); pass a numpy array") from exc
+    kind = out.dtype.kind
+    if kind not in "biuf":
+        raise DataError(
+            f"{what} has dtype {out.dtype}; pass a boolean or integer array "
+            "(class indices or a mask)"
+        )
+    if out.ndim == 0 or out.size == 0:
+        raise DataError(
+            f"{what} has shape {out.shape}; pass an array of at least one dimension and "
+            "one element (a 2-D image or a 3-D volume)"
+        )
+    if kind == "f":
+        if not allow_float:
+            raise DataError(
+                f"{what} label map has dtype {out.dtype}; pass integer class indices "
+                "(e.g. argmax of the logits), not probabilities"
+            )
+        if not np.all(np.isfinite(out)):
+            raise DataError(f"{what} contains NaN or inf; pass a finite mask")
+        if not np.array_equal(out, np.round(out)):
+            raise DataError(
+                f"{what} holds fractional values (probabilities?); threshold it or take "
+                "the argmax of the class scores first"
+            )
+    return out
+
+
+def as_masks(pred: object, gt: object) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as boolean arrays (nonzero = foreground) of one shape; bad input is a
+    :class:`DataError` (see :func:`check_label_array`)."""
+    pred = check_label_array(pred, "prediction")
+    gt = check_label_array(gt, "ground truth")
     if pred.shape != gt.shape:
         raise DataError(
             f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; "
@@ -40,25 +82,21 @@ def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.
     """Voxel spacing as a float64 vector of length ``ndim`` (1.0 per axis when None)."""
     if spacing is None:
         return np.ones(ndim, dtype=np.float64)
-    sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    bad = DataError(
+        f"spacing {spacing!r} must be one positive number or {ndim} positive numbers "
+        "(one per array axis, in the array's axis order)"
+    )
+    if isinstance(spacing, (str, bytes)):
+        raise bad
+    try:
+        sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise bad from exc
     if sp.size == 1:
         sp = np.repeat(sp, ndim)
     if sp.shape != (ndim,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise DataError(
-            f"spacing {spacing!r} must be one positive number or {ndim} positive numbers "
-            "(one per array axis, in the array's axis order)"
-        )
+        raise bad
     return sp
-
-
-def diagonal_penalty(shape: Sequence[int], spacing: np.ndarray) -> float:
-    """The strict protocol's distance for a mask that is missing on one side.
-
-    The diagonal of the whole image's physical extent, ``sqrt(sum((n_i * s_i) ** 2))``:
-    larger than any distance two voxels of the image can have, finite, and in mm.
-    """
-    extent = np.asarray(shape, dtype=np.float64) * spacing
-    return float(np.sqrt(np.sum(extent**2)))
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:

@@ -2,16 +2,18 @@
 
 ``evaluate_case`` turns one predicted label map and its ground truth into
 ``{class_index: {metric: value}}`` for the foreground classes ``1 .. num_classes - 1``;
-``summarize`` averages many cases into a :class:`SummaryTable` (per-class means over
-cases, and the mean over classes, as in TransUNet-style tables); ``format_table`` and
-the CSV writers turn it into files. Every table records the empty-mask protocol used.
+``summarize`` averages many cases into a :class:`SummaryTable` (per-class means over the
+cases that scored the class, how many did, and the mean over classes, as in
+TransUNet-style tables); ``format_table`` and the CSV writers turn it into files. Every
+table records the empty-mask protocol used and names the classes that the model never
+predicted, so a model that segments nothing can never look half right.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ from scipy.ndimage import find_objects
 from unetzoo.errors import ConfigError, DataError
 from unetzoo.metrics._common import (
     bounding_box,
+    check_label_array,
     check_protocol,
-    diagonal_penalty,
     normalize_spacing,
     union_box,
 )
@@ -54,10 +56,12 @@ _TITLES = {
 }
 
 PROTOCOL_NOTES = {
-    "strict": "strict (both masks empty: Dice 1, distances 0; one empty: Dice 0, "
-    "distances = image diagonal)",
+    "strict": "strict (nnU-Net / MONAI: a class absent from both prediction and reference "
+    "is not scored (NaN) and left out of the means; absent from one only: Dice 0, "
+    "distances inf)",
     "transunet": "transunet (TransUNet calculate_metric_percase: prediction present and "
-    "ground truth empty: Dice 1, HD95 0; prediction empty: Dice 0, HD95 0)",
+    "ground truth empty: Dice 1, HD95 0; prediction empty: Dice 0, HD95 0; every case "
+    "counts)",
 }
 
 CaseResult = dict[int, dict[str, float]]
@@ -73,16 +77,30 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return metrics
 
 
-def _as_labels(arr: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(arr)
+def _as_labels(arr: object, what: str, num_classes: int) -> np.ndarray:
+    arr = check_label_array(arr, f"{what} label map", allow_float=False)
     if arr.dtype == np.bool_:
-        return arr.view(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
+        arr = arr.view(np.uint8)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
         raise DataError(
-            f"{what} label map has dtype {arr.dtype}; pass integer class indices "
-            "(e.g. argmax of the logits), not probabilities"
+            f"{what} label map holds class {bad}, outside 0..{num_classes - 1} "
+            f"(num_classes={num_classes}); pass the dataset's class count"
         )
     return arr
+
+
+def present_classes(
+    labels: np.ndarray, num_classes: int, roi: np.ndarray | None = None
+) -> set[int]:
+    """The foreground classes ``1 .. num_classes - 1`` that occur in ``labels`` (inside
+    ``roi`` when given): feed the predicted ones to :func:`summarize` as ``predicted``."""
+    arr = _as_labels(labels, "predicted", num_classes)
+    if roi is not None:
+        arr = arr[np.asarray(roi, dtype=bool)]
+    counts = np.bincount(arr.ravel().astype(np.intp, copy=False), minlength=num_classes)
+    return {c for c in range(1, num_classes) if counts[c] > 0}
 
 
 def _class_boxes(labels: np.ndarray, num_classes: int) -> list[tuple[slice, ...] | None]:
@@ -133,17 +151,28 @@ def evaluate_case(
     (the first spacing entry is dropped).
 
     Returns:
-        ``{class_index: {metric: float}}`` for every foreground class; never NaN or inf.
+        ``{class_index: {metric: float}}`` for every foreground class. Under ``"strict"``
+        a metric that is undefined for the case is NaN (e.g. Dice and HD95 of a class
+        absent from both maps) and a distance to an empty mask is ``inf``; under
+        ``"transunet"`` values are always finite.
+
+    Bad input (None, NaN, non-integer label maps, labels outside ``0..num_classes-1``,
+    mismatched shapes, bad spacing) is a one-line :class:`DataError`.
 
     The surface distances are computed once per class for all distance metrics, on the
     bounding box of that class in either map (found for all classes in one pass).
     """
     check_protocol(protocol)
     metrics = _check_metrics(metrics)
-    if num_classes < 2:
-        raise ConfigError(f"num_classes={num_classes}; it must count background too (>= 2)")
-    pred = _as_labels(pred, "predicted")
-    gt = _as_labels(gt, "ground-truth")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 2:
+        raise ConfigError(
+            f"num_classes={num_classes!r}; it must be an integer that counts background "
+            "too (>= 2)"
+        )
+    num_classes = int(num_classes)
+    pred = _as_labels(pred, "predicted", num_classes)
+    gt = _as_labels(gt, "ground-truth", num_classes)
     if pred.shape != gt.shape:
         raise DataError(
             f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; "
@@ -152,7 +181,7 @@ def evaluate_case(
     sp = normalize_spacing(spacing, pred.ndim)
     n_voxels = pred.size
     if roi is not None:
-        roi = np.asarray(roi, dtype=bool)
+        roi = check_label_array(roi, "roi") != 0
         if roi.shape != pred.shape:
             raise DataError(f"roi shape {roi.shape} differs from label shape {pred.shape}")
         pred = np.where(roi, pred, 0)
@@ -162,6 +191,8 @@ def evaluate_case(
         if prob is None:
             raise ConfigError("metric 'auc' needs class probabilities: pass prob=")
         prob = np.asarray(prob)
+        if prob.dtype.kind not in "biuf":
+            raise DataError(f"prob has dtype {prob.dtype}; pass class probabilities")
         if prob.shape != (num_classes, *pred.shape):
             raise DataError(
                 f"prob shape {prob.shape} must be (num_classes, *label shape) = "
@@ -173,7 +204,6 @@ def evaluate_case(
         pred, gt, sp = pred[0], gt[0], sp[1:]
         roi = None if roi is None else roi[0]
         prob = None if prob is None else prob[:, 0]
-    penalty = diagonal_penalty(pred.shape, sp)
     want_distances = any(m in DISTANCE_METRICS for m in metrics)
     # One pass per map finds every class's bounding box (within the foreground's box);
     # the rest works on crops.
@@ -197,10 +227,9 @@ def evaluate_case(
         values: dict[str, float] = {}
         if want_distances:
             if conf.pred_size and conf.gt_size:
-                sd = _distances_in_box(pc, gc, sp, connectivity, "auto", penalty)
+                sd = _distances_in_box(pc, gc, sp, connectivity, "auto")
             else:
-                sd = SurfaceDistances(empty, empty, conf.pred_size == 0, conf.gt_size == 0,
-                                      penalty)
+                sd = SurfaceDistances(empty, empty, conf.pred_size == 0, conf.gt_size == 0)
         for m in metrics:
             if m == "dice":
                 values[m] = dice_from_confusion(conf, protocol)
@@ -223,11 +252,16 @@ def evaluate_case(
 
 @dataclass
 class SummaryTable:
-    """Per-class means over cases and their mean over classes.
+    """Per-class means over the scored cases and their mean over classes.
 
-    ``per_class[metric][i]`` is the mean over cases of class ``class_indices[i]``
-    (named ``class_names[i]``); ``mean[metric]`` is the mean of those per-class means
-    (the "mean DSC" / "mean HD95" of the papers).
+    ``per_class[metric][i]`` is the mean over the cases that scored class
+    ``class_indices[i]`` (named ``class_names[i]``); ``counts[metric][i]`` is how many
+    cases did (a case whose value is NaN, e.g. the class absent from both prediction and
+    reference under ``"strict"``, is not scored); a class with no scored case has a NaN
+    mean. ``mean[metric]`` is the mean of the per-class means over the classes with at
+    least one scored case (the "mean DSC" / "mean HD95" of the papers); NaN if none.
+    ``never_predicted`` lists the class indices that the prediction holds in no case
+    (empty when unknown: ``summarize`` was not told which classes were predicted).
     """
 
     metrics: list[str]
@@ -237,19 +271,37 @@ class SummaryTable:
     mean: dict[str, float]
     num_cases: int
     protocol: str
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    never_predicted: list[int] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def classes_in_mean(self, metric: str) -> int:
+        """How many classes the mean over classes of ``metric`` averages."""
+        return sum(1 for n in self.counts.get(metric, []) if n > 0)
+
+    @property
+    def never_predicted_names(self) -> list[str]:
+        return [self.class_names[self.class_indices.index(c)] for c in self.never_predicted]
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of the table."""
+        """A JSON-able dict of the table (NaN and inf stay floats: Python's json writes
+        them as ``NaN`` / ``Infinity``)."""
         return {
             "protocol": self.protocol,
             "num_cases": self.num_cases,
             "metrics": list(self.metrics),
             "classes": [
-                {"index": i, "name": n, **{m: self.per_class[m][k] for m in self.metrics}}
+                {
+                    "index": i,
+                    "name": n,
+                    **{m: self.per_class[m][k] for m in self.metrics},
+                    **{f"n_{m}": self.counts[m][k] for m in self.metrics},
+                }
                 for k, (i, n) in enumerate(zip(self.class_indices, self.class_names))
             ],
             "mean": dict(self.mean),
+            "classes_in_mean": {m: self.classes_in_mean(m) for m in self.metrics},
+            "never_predicted": self.never_predicted_names,
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -260,10 +312,18 @@ def _class_name(class_names: Sequence[str] | None, c: int) -> str:
     return f"class {c}"
 
 
+def _scored_mean(values: Sequence[float]) -> tuple[float, int]:
+    """Mean of the non-NaN values and how many there are (NaN, 0 when none); inf stays."""
+    kept = [float(v) for v in values if not math.isnan(float(v))]
+    return (float(np.mean(kept)) if kept else math.nan), len(kept)
+
+
 def summarize(
     per_case: Mapping[str, CaseResult],
     class_names: Sequence[str] | None = None,
     protocol: str = "strict",
+    *,
+    predicted: Iterable[int] | None = None,
 ) -> SummaryTable:
     """Average ``{case_id: evaluate_case(...)}`` into the papers' table.
 
@@ -272,6 +332,13 @@ def summarize(
         class_names: names indexed by class (index 0 = background, as
             ``SegDataset.class_names``); missing names become ``"class <i>"``.
         protocol: the protocol the results were computed with (recorded in the table).
+        predicted: the classes the prediction holds in at least one case (the union of
+            :func:`present_classes` over the cases); the others are listed in
+            ``never_predicted``. None: not checked.
+
+    Per class, NaN values (not scored) are left out of the mean over cases (nnU-Net's
+    ``nanmean``); the mean over classes averages the classes with at least one scored
+    case. ``inf`` distances are kept, so a class missed in one case has an infinite mean.
     """
     check_protocol(protocol)
     if not per_case:
@@ -285,11 +352,14 @@ def summarize(
                 f"case {case_id!r} has other classes or metrics than the first case; "
                 "evaluate every case with the same num_classes and metrics"
             )
-    per_class = {
-        m: [float(np.mean([res[c][m] for res in per_case.values()])) for c in classes]
-        for m in metrics
-    }
-    mean = {m: float(np.mean(per_class[m])) if classes else math.nan for m in metrics}
+    per_class: dict[str, list[float]] = {}
+    counts: dict[str, list[int]] = {}
+    for m in metrics:
+        pairs = [_scored_mean([res[c][m] for res in per_case.values()]) for c in classes]
+        per_class[m] = [p[0] for p in pairs]
+        counts[m] = [p[1] for p in pairs]
+    mean = {m: _scored_mean(per_class[m])[0] for m in metrics}
+    seen = None if predicted is None else {int(c) for c in predicted}
     return SummaryTable(
         metrics=metrics,
         class_indices=classes,
@@ -298,13 +368,29 @@ def summarize(
         mean=mean,
         num_cases=len(per_case),
         protocol=protocol,
+        counts=counts,
+        never_predicted=[] if seen is None else [c for c in classes if c not in seen],
     )
 
 
 def _fmt(metric: str, value: float, percent: bool, digits: int) -> str:
+    if math.isnan(value):
+        return "n/a"
     if metric not in DISTANCE_METRICS and percent:
         value = 100.0 * value
     return f"{value:.{digits}f}"
+
+
+def never_predicted_warning(table: SummaryTable) -> str | None:
+    """The warning line for classes the model never predicted, or None."""
+    if not table.never_predicted:
+        return None
+    names = ", ".join(table.never_predicted_names)
+    return (
+        f"warning: the model never predicted {len(table.never_predicted)} of "
+        f"{len(table.class_indices)} class(es) in any of the {table.num_cases} case(s): "
+        f"{names}"
+    )
 
 
 def format_table(
@@ -316,10 +402,12 @@ def format_table(
     distance_unit: str = "mm",
 ) -> str:
     """Markdown: the papers' line (model, mean DSC, mean HD95, DSC per class), then one
-    row per metric with its mean and per-class values, then the protocol used.
+    row per class with each metric's mean and its number of scored cases ``n``, then the
+    rules used and the never-predicted warning.
 
     Fractions (Dice, IoU, ...) are printed in percent when ``percent``; distances in
-    ``distance_unit`` (say ``"voxels"`` when no spacing was given).
+    ``distance_unit`` (``"vox"`` when the voxel spacing is unknown). A class with no
+    scored case shows ``n/a``.
     """
 
     def title(m: str) -> str:
@@ -335,15 +423,31 @@ def format_table(
         cells = [model, *[_fmt(m, table.mean[m], percent, digits) for m in head]]
         cells += [_fmt("dice", v, percent, digits) for v in table.per_class["dice"]]
         lines += _md_rows(cols, [cells]) + [""]
-    cols = ["Metric", "Mean", *table.class_names]
-    rows = [
-        [title(m), _fmt(m, table.mean[m], percent, digits)]
-        + [_fmt(m, v, percent, digits) for v in table.per_class[m]]
-        for m in table.metrics
+    cols = ["Class"]
+    for m in table.metrics:
+        cols += [title(m), "n"]
+    rows = []
+    for k, name in enumerate(table.class_names):
+        flag = " (never predicted)" if table.class_indices[k] in table.never_predicted else ""
+        row = [name + flag]
+        for m in table.metrics:
+            row += [_fmt(m, table.per_class[m][k], percent, digits), str(table.counts[m][k])]
+        rows.append(row)
+    mean_row = ["**Mean**"]
+    for m in table.metrics:
+        mean_row += [_fmt(m, table.mean[m], percent, digits),
+                     f"{table.classes_in_mean(m)}/{len(table.class_indices)} classes"]
+    lines += _md_rows(cols, rows + [mean_row])
+    lines += [
+        "",
+        f"{table.num_cases} case(s); empty-mask protocol: "
+        f"{PROTOCOL_NOTES[table.protocol]}.",
+        "n = cases scored for the class. Per class: mean over its scored cases; Mean: "
+        "mean of the per-class means over the classes with at least one scored case.",
     ]
-    lines += _md_rows(cols, rows)
-    lines += ["", f"{table.num_cases} case(s); empty-mask protocol: "
-              f"{PROTOCOL_NOTES[table.protocol]}."]
+    warning = never_predicted_warning(table)
+    if warning:
+        lines += ["", f"**{warning[0].upper()}{warning[1:]}**"]
     return "\n".join(lines) + "\n"
 
 
@@ -383,8 +487,9 @@ def write_case_csv(
 
 
 def write_summary_csv(table: SummaryTable, path: str | Path) -> Path:
-    """Write the summary: one row per metric, ``metric, protocol, num_cases, mean,
-    <class name>...``. Returns the path."""
+    """Write the summary: per metric one row of means, ``metric, protocol, num_cases,
+    mean, <class name>...``, then one row ``n_<metric>`` with the number of scored cases
+    per class (its ``mean`` cell: the number of classes in the mean). Returns the path."""
     path = Path(path)
     with _open_for_writing(path) as fh:
         writer = csv.writer(fh)
@@ -393,6 +498,10 @@ def write_summary_csv(table: SummaryTable, path: str | Path) -> Path:
             writer.writerow(
                 [m, table.protocol, table.num_cases, repr(table.mean[m])]
                 + [repr(v) for v in table.per_class[m]]
+            )
+            writer.writerow(
+                [f"n_{m}", table.protocol, table.num_cases, table.classes_in_mean(m)]
+                + list(table.counts[m])
             )
     return path
 

@@ -1,28 +1,36 @@
 """Overlap metrics on binary masks: Dice, IoU, sensitivity, specificity, and ROC AUC.
 
-Masks are numpy arrays of any number of dimensions (2-D slices, 3-D volumes); any
-nonzero value is foreground. Every function takes ``protocol`` for empty masks:
+Masks are numpy arrays of one or more dimensions (2-D slices, 3-D volumes): boolean,
+integer, or floating with whole numbers only; any nonzero value is foreground. None,
+NaN, fractional values, 0-d arrays and mismatched shapes are a one-line
+:class:`~unetzoo.errors.DataError` (a ``ValueError``). Every function takes ``protocol``
+for empty masks (the table is in docs/metrics.md):
 
-``"strict"`` (default)
-    A ratio whose denominator is zero takes its best value (1.0) when both masks are
-    empty on that side, and its worst value (0.0) when exactly one of them is. So Dice
-    and IoU are 1.0 for two empty masks and 0.0 when only one is empty.
+``"strict"`` (default; nnU-Net v2 and MONAI)
+    A value whose definition divides by zero is undefined: NaN, which the report leaves
+    out of its means and counts as "not scored". Dice and IoU are NaN when both masks are
+    empty (nnU-Net's ``compute_metrics``) and 0.0 when exactly one is (a missed or a
+    hallucinated structure). Sensitivity is NaN when the ground truth is empty,
+    specificity when it fills the image, AUC when the ground truth has one class only.
 ``"transunet"``
     TransUNet's ``calculate_metric_percase`` rule for Dice (and IoU, the same family):
     prediction and ground truth non-empty -> the value; prediction non-empty and ground
     truth empty -> 1.0; prediction empty -> 0.0 (also when both are empty). TransUNet
-    defines nothing else, so sensitivity, specificity and AUC give their strict values.
+    defines nothing else; sensitivity and specificity then give 1.0 for two empty masks
+    and 0.0 for one, AUC 0.5, so this protocol never yields NaN (its means divide by
+    every case, as the published script does).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
 
 from unetzoo.errors import DataError
-from unetzoo.metrics._common import as_masks, check_protocol
+from unetzoo.metrics._common import as_masks, check_label_array, check_protocol
 
 
 class Confusion(NamedTuple):
@@ -67,7 +75,7 @@ def dice_from_confusion(c: Confusion, protocol: str = "strict") -> float:
         if fixed is not None:
             return fixed
     denom = c.pred_size + c.gt_size
-    return 1.0 if denom == 0 else 2.0 * c.tp / denom
+    return math.nan if denom == 0 else 2.0 * c.tp / denom
 
 
 def iou_from_confusion(c: Confusion, protocol: str = "strict") -> float:
@@ -77,33 +85,35 @@ def iou_from_confusion(c: Confusion, protocol: str = "strict") -> float:
         if fixed is not None:
             return fixed
     denom = c.tp + c.fp + c.fn
-    return 1.0 if denom == 0 else c.tp / denom
+    return math.nan if denom == 0 else c.tp / denom
 
 
 def sensitivity_from_confusion(c: Confusion, protocol: str = "strict") -> float:
-    """Sensitivity (recall) ``TP / (TP + FN)``; empty ground truth: 1.0 if the prediction
-    is empty too, else 0.0 (both protocols)."""
-    check_protocol(protocol)
+    """Sensitivity (recall) ``TP / (TP + FN)``; empty ground truth: NaN (strict), or 1.0
+    if the prediction is empty too, else 0.0 (transunet)."""
     if c.gt_size == 0:
+        if check_protocol(protocol) == "strict":
+            return math.nan
         return 1.0 if c.pred_size == 0 else 0.0
     return c.tp / c.gt_size
 
 
 def specificity_from_confusion(c: Confusion, protocol: str = "strict") -> float:
-    """Specificity ``TN / (TN + FP)``; ground truth filling the image: 1.0 if the
-    prediction fills it too, else 0.0 (both protocols)."""
-    check_protocol(protocol)
+    """Specificity ``TN / (TN + FP)``; ground truth filling the image: NaN (strict), or
+    1.0 if the prediction fills it too, else 0.0 (transunet)."""
     negatives = c.tn + c.fp
     if negatives == 0:
+        if check_protocol(protocol) == "strict":
+            return math.nan
         return 1.0 if c.fn == 0 else 0.0  # no negatives: fp == tn == 0
     return c.tn / negatives
 
 
 def dice(pred: np.ndarray, gt: np.ndarray, protocol: str = "strict") -> float:
-    """Dice similarity coefficient of two masks of one shape (2-D or 3-D, any dtype).
+    """Dice similarity coefficient of two masks of one shape (2-D or 3-D).
 
     Equals medpy's ``dc`` whenever a mask is non-empty. Empty masks: see the module
-    docstring (strict: both empty -> 1.0, one empty -> 0.0).
+    docstring (strict: both empty -> NaN, one empty -> 0.0).
     """
     return dice_from_confusion(confusion(pred, gt), protocol)
 
@@ -129,12 +139,16 @@ def auc(prob: np.ndarray, gt: np.ndarray, protocol: str = "strict") -> float:
     Exact, from ranks (the Mann-Whitney U statistic): the probability that a random
     foreground voxel scores higher than a random background voxel, ties counting one
     half. ``prob`` is any real score (probability or logit). When ``gt`` has no
-    foreground or no background voxel the AUC is undefined; both protocols then give
-    0.5, the value of a score that ranks nothing.
+    foreground or no background voxel the AUC is undefined: NaN (strict), or 0.5, the
+    value of a score that ranks nothing (transunet).
     """
     check_protocol(protocol)
+    if prob is None or isinstance(prob, (str, bytes)):
+        raise DataError(f"AUC scores are {type(prob).__name__}; pass a numeric array")
     scores = np.asarray(prob)
-    labels = np.asarray(gt)
+    labels = check_label_array(gt, "ground truth")
+    if scores.dtype.kind not in "biuf":
+        raise DataError(f"AUC scores have dtype {scores.dtype}; pass real numbers")
     if scores.shape != labels.shape:
         raise DataError(
             f"score shape {scores.shape} differs from ground-truth shape {labels.shape}; "
@@ -147,7 +161,7 @@ def auc(prob: np.ndarray, gt: np.ndarray, protocol: str = "strict") -> float:
     n_pos = int(np.count_nonzero(positives))
     n_neg = positives.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        return 0.5
+        return math.nan if protocol == "strict" else 0.5
     ranks = rankdata(scores)  # average ranks for ties -> ties count one half
     u = float(np.sum(ranks[positives])) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * float(n_neg))

@@ -22,16 +22,17 @@ computes them once for all three metrics.
 
 Empty masks (``protocol``):
 
-``"strict"`` (default)
-    both masks empty -> 0.0; exactly one empty -> the diagonal of the image's physical
-    extent, ``sqrt(sum((shape_i * spacing_i) ** 2))`` (finite, larger than any distance
-    two voxels of the image can have).
+``"strict"`` (default; MONAI's ``compute_hausdorff_distance``)
+    both masks empty -> NaN (nothing to measure: the case is not scored for this class);
+    exactly one empty -> ``inf`` (the distance to an empty surface), so a missed or a
+    hallucinated structure can never look close.
 ``"transunet"``
     TransUNet's ``calculate_metric_percase``: both non-empty -> the value, otherwise 0.0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,7 +45,6 @@ from unetzoo.metrics._common import (
     as_masks,
     bounding_box,
     check_protocol,
-    diagonal_penalty,
     normalize_spacing,
     union_box,
 )
@@ -63,23 +63,21 @@ class SurfaceDistances:
 
     ``pred_to_gt[i]`` is the distance of the i-th prediction surface voxel to the
     ground-truth surface, ``gt_to_pred`` the reverse (both 1-D float64, empty when either
-    mask is empty). ``penalty`` is the strict protocol's value when exactly one mask is
-    empty.
+    mask is empty).
     """
 
     pred_to_gt: np.ndarray
     gt_to_pred: np.ndarray
     pred_empty: bool
     gt_empty: bool
-    penalty: float
 
     def _empty_value(self, protocol: str) -> float | None:
         check_protocol(protocol)
         if not self.pred_empty and not self.gt_empty:
             return None
-        if protocol == "transunet" or (self.pred_empty and self.gt_empty):
+        if protocol == "transunet":
             return 0.0
-        return self.penalty
+        return math.nan if (self.pred_empty and self.gt_empty) else math.inf
 
     def hd95(self, protocol: str = "strict") -> float:
         """95th percentile of the pooled distances of both directions (medpy ``hd95``)."""
@@ -151,14 +149,13 @@ def surface_distances(
         raise ConfigError(f"unknown surface-distance method {method!r}; use one of: {METHODS}")
     pred, gt = as_masks(pred, gt)
     sp = normalize_spacing(spacing, pred.ndim)
-    penalty = diagonal_penalty(pred.shape, sp)
     empty = np.empty(0, dtype=np.float64)
     box_p = bounding_box(pred)
     box_g = bounding_box(gt)
     if box_p is None or box_g is None:
-        return SurfaceDistances(empty, empty, box_p is None, box_g is None, penalty)
+        return SurfaceDistances(empty, empty, box_p is None, box_g is None)
     box = union_box(box_p, box_g)
-    return _distances_in_box(pred[box], gt[box], sp, connectivity, method, penalty)
+    return _distances_in_box(pred[box], gt[box], sp, connectivity, method)
 
 
 def _tree(points: np.ndarray) -> cKDTree:
@@ -173,7 +170,6 @@ def _distances_in_box(
     sp: np.ndarray,
     connectivity: int,
     method: str,
-    penalty: float,
 ) -> SurfaceDistances:
     """Surface distances of two non-empty masks already cropped to their union box."""
     footprint = generate_binary_structure(pred.ndim, connectivity)
@@ -195,7 +191,6 @@ def _distances_in_box(
         np.asarray(d_gp, dtype=np.float64),
         False,
         False,
-        penalty,
     )
 
 
@@ -209,8 +204,8 @@ def hd95(
 ) -> float:
     """95th-percentile Hausdorff distance (medpy's ``hd95``; units of ``spacing``).
 
-    Empty masks: strict -> 0.0 if both are empty, the image diagonal in mm if one is;
-    transunet -> 0.0 unless both are non-empty.
+    Empty masks: strict -> NaN if both are empty, inf if one is (MONAI); transunet ->
+    0.0 unless both are non-empty.
     """
     check_protocol(protocol)
     return surface_distances(pred, gt, spacing, connectivity=connectivity).hd95(protocol)
