@@ -1,18 +1,27 @@
 """``unetzoo test``: volume inference on a test split, per-case metrics and the report.
 
 The report folder holds ``summary.md`` (the mean table laid out as in the papers: mean
-DSC, mean HD95, one Dice column per class), ``summary.json``, ``cases.csv`` (every case
-x class), ``overlays/*.png`` and, on request, ``predictions/*.nii.gz``.
+DSC, mean HD95, one Dice column per class; then per class each mean with ``n``, the
+number of cases that scored it), ``summary.json``, ``cases.csv`` (every case x class),
+``overlays/*.png`` and, on request, ``predictions/*.nii.gz``.
 
-HD95 spacing: under ``protocol="strict"`` HD95 is in millimetres (the case's voxel
-spacing); under ``protocol="transunet"`` it is in voxels, as the TransUNet test script
-computes it (``medpy hd95`` without spacing), so the numbers compare with the tables.
+Empty classes (docs/metrics.md): under ``protocol="strict"`` (nnU-Net / MONAI) a class
+absent from both prediction and reference in a case is NaN there and left out of the
+means; the mean over classes averages the classes with at least one scored case. A class
+that the model predicts in no test case is flagged in ``summary.md`` and on the console.
+
+HD95 units: under ``"strict"`` HD95 is in millimetres when the case's voxel spacing is
+known (NIfTI sources: the case carries an affine, or the reader sets
+``case.spacing_known``) and in voxels otherwise (Synapse h5/npz, PNG folders); under
+``"transunet"`` it is always in voxels, as the TransUNet test script computes it
+(``medpy hd95`` without spacing), so the numbers compare with the tables.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +35,37 @@ from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.errors import CheckpointError, DataError
 
 
-def case_metrics(pred: np.ndarray, case, num_classes: int, protocol: str = "strict") -> dict[int, dict[str, float]]:
+def spacing_known(case) -> bool:
+    """Whether ``case.spacing`` holds real voxel sizes (not the 1.0 placeholder).
+
+    A reader may say so with a ``spacing_known`` attribute; otherwise a case with an
+    affine (the NIfTI readers) has a known spacing and one without (Synapse h5/npz, 2-D
+    image folders) has none.
+    """
+    known = getattr(case, "spacing_known", None)
+    if known is None:
+        known = getattr(case, "affine", None) is not None
+    return bool(known)
+
+
+def hd95_unit(case, protocol: str = "strict") -> str:
+    """``"mm"`` when HD95 of ``case`` is computed with its voxel spacing, else ``"voxels"``."""
+    return "mm" if protocol == "strict" and spacing_known(case) else "voxels"
+
+
+def case_metrics(
+    pred: np.ndarray, case, num_classes: int, protocol: str = "strict"
+) -> dict[int, dict[str, float]]:
     """Dice and HD95 per foreground class of one case: ``{class_index: {"dice", "hd95"}}``.
 
     Pixels outside ``case.roi`` (e.g. the DRIVE field of view) are ignored when present.
+    HD95 is in mm when the spacing is known under ``"strict"`` (see :func:`hd95_unit`),
+    else in voxels. Under ``"strict"`` a class absent from both maps is NaN.
     """
     from unetzoo.metrics import evaluate_case
 
-    spacing = tuple(float(s) for s in case.spacing) if protocol == "strict" else None
+    use_mm = hd95_unit(case, protocol) == "mm"
+    spacing = tuple(float(s) for s in case.spacing) if use_mm else None
     result = evaluate_case(
         pred, case.label, num_classes, spacing=spacing, protocol=protocol,
         metrics=("dice", "hd95"), roi=case.roi,
@@ -41,58 +73,72 @@ def case_metrics(pred: np.ndarray, case, num_classes: int, protocol: str = "stri
     return {int(k): {m: float(v) for m, v in vals.items()} for k, vals in result.items() if int(k) != 0}
 
 
-def mean_table(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any]:
-    """Per-class means over cases, then the mean over classes (TransUNet's order).
+def summary_table(
+    rows: list[dict[str, Any]],
+    class_names: list[str],
+    protocol: str = "strict",
+    predicted: set[int] | None = None,
+):
+    """The :class:`unetzoo.metrics.SummaryTable` of per-case rows (``case``,
+    ``class_index``, ``dice``, ``hd95``): the one aggregation the report, the
+    validation during training and the benchmarks share."""
+    from unetzoo.metrics import summarize
+
+    per_case: dict[str, dict[int, dict[str, float]]] = {}
+    for r in rows:
+        per_case.setdefault(str(r["case"]), {})[int(r["class_index"])] = {
+            "dice": float(r["dice"]), "hd95": float(r["hd95"]),
+        }
+    return summarize(per_case, class_names, protocol, predicted=predicted)
+
+
+def mean_table(
+    rows: list[dict[str, Any]],
+    class_names: list[str],
+    protocol: str = "strict",
+    *,
+    predicted: set[int] | None = None,
+    model_name: str = "unetzoo",
+    hd_unit: str = "mm",
+) -> tuple[dict[str, Any], str]:
+    """Per-class means over the scored cases, then the mean over classes (TransUNet's
+    order; under ``"strict"`` NaN cells are not scored and left out).
 
     Args:
-        rows: one dict per case x class with ``class_index``, ``dice``, ``hd95``.
+        rows: one dict per case x class with ``case``, ``class_index``, ``dice``, ``hd95``.
+        predicted: classes the model predicted in at least one case (None: unchecked).
 
     Returns:
-        ``{"mean_dice", "mean_hd95", "per_class": {name: {"dice", "hd95"}}, "cases"}``.
+        ``(summary, markdown)``: ``summary`` is ``{"mean_dice", "mean_hd95", "per_class":
+        {name: {"dice", "hd95", "n_dice", "n_hd95", "predicted"}}, "cases",
+        "classes_in_mean", "never_predicted": [names], "warning"}``; ``markdown`` the
+        table of :func:`unetzoo.metrics.format_table`.
     """
-    per_class: dict[str, dict[str, float]] = {}
-    for k in range(1, len(class_names)):
-        sel = [r for r in rows if r["class_index"] == k]
-        if not sel:
-            continue
-        per_class[class_names[k]] = {
-            "dice": float(np.mean([r["dice"] for r in sel])),
-            "hd95": float(np.mean([r["hd95"] for r in sel])),
+    from unetzoo.metrics import format_table, never_predicted_warning
+
+    if not rows:
+        raise DataError("no test case was evaluated; nothing to summarize")
+    table = summary_table(rows, class_names, protocol, predicted)
+    per_class = {
+        name: {
+            "dice": table.per_class["dice"][k],
+            "hd95": table.per_class["hd95"][k],
+            "n_dice": table.counts["dice"][k],
+            "n_hd95": table.counts["hd95"][k],
+            "predicted": None if predicted is None else c in predicted,
         }
-    dice = [v["dice"] for v in per_class.values()]
-    hd = [v["hd95"] for v in per_class.values()]
-    return {
-        "mean_dice": float(np.mean(dice)) if dice else float("nan"),
-        "mean_hd95": float(np.mean(hd)) if hd else float("nan"),
-        "per_class": per_class,
-        "cases": len({r["case"] for r in rows}),
+        for k, (c, name) in enumerate(zip(table.class_indices, table.class_names))
     }
-
-
-def format_table(summary: dict[str, Any], model_name: str, protocol: str, hd_unit: str) -> str:
-    """Markdown: one row per model with mean DSC (%), mean HD95 and per-class Dice (%)."""
-    names = list(summary["per_class"])
-    head = ["Model", "DSC (%)", f"HD95 ({hd_unit})", *names]
-    row = [
-        model_name,
-        f"{100 * summary['mean_dice']:.2f}",
-        f"{summary['mean_hd95']:.2f}",
-        *[f"{100 * summary['per_class'][n]['dice']:.2f}" for n in names],
-    ]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * len(head)) + "|",
-        "| " + " | ".join(row) + " |",
-        "",
-        "| Class | Dice (%) | HD95 (" + hd_unit + ") |",
-        "|---|---|---|",
-    ]
-    for n in names:
-        v = summary["per_class"][n]
-        lines.append(f"| {n} | {100 * v['dice']:.2f} | {v['hd95']:.2f} |")
-    lines.append("")
-    lines.append(f"{summary['cases']} case(s); metric protocol `{protocol}`.")
-    return "\n".join(lines) + "\n"
+    summary = {
+        "mean_dice": table.mean["dice"],
+        "mean_hd95": table.mean["hd95"],
+        "per_class": per_class,
+        "cases": table.num_cases,
+        "classes_in_mean": {m: table.classes_in_mean(m) for m in ("dice", "hd95")},
+        "never_predicted": table.never_predicted_names,
+        "warning": never_predicted_warning(table),
+    }
+    return summary, format_table(table, model_name, distance_unit=hd_unit)
 
 
 def save_prediction_nifti(path: Path, labels: np.ndarray, case) -> Path:
@@ -141,6 +187,7 @@ def run_test(
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
     """
     from unetzoo.data import get_dataset
+    from unetzoo.metrics import present_classes
 
     ckpt_path = None if isinstance(checkpoint, dict) else Path(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -189,6 +236,8 @@ def run_test(
 
     class_names = list(ckpt["class_names"])
     rows: list[dict[str, Any]] = []
+    predicted: set[int] = set()
+    units: set[str] = set()
     t0 = time.time()
     for i, cid in enumerate(cases):
         case = ds.load_case(cid, split)
@@ -197,6 +246,8 @@ def run_test(
         pred = predict_volume(model, case.image, img_size, batch_size=batch_size, tta=tta, device=device)
         for k, vals in case_metrics(pred, case, ds.num_classes, protocol).items():
             rows.append({"case": cid, "class_index": k, "class_name": class_names[k], **vals})
+        predicted |= present_classes(pred, ds.num_classes, case.roi)
+        units.add(hd95_unit(case, protocol))
         if save_predictions:
             save_prediction_nifti(out / "predictions" / f"{_safe(cid)}.nii.gz", pred, case)
         if overlays:
@@ -207,13 +258,15 @@ def run_test(
                     title=f"{cid}, slice {z}",
                 )
         if verbose:
-            dice = np.mean([r["dice"] for r in rows if r["case"] == cid])
-            print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice:.4f}", flush=True)
+            scored = [r["dice"] for r in rows if r["case"] == cid and not np.isnan(r["dice"])]
+            dice = f"{np.mean(scored):.4f}" if scored else "n/a (no class present)"
+            print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice} over {len(scored)} "
+                  "scored class(es)", flush=True)
 
-    summary = mean_table(rows, class_names)
-    hd_unit = "mm" if protocol == "strict" else "voxels"
+    hd_unit = units.pop() if len(units) == 1 else "mm or voxels (mixed spacing)"
     model_name = ckpt["model"]["name"]
-    table = format_table(summary, model_name, protocol, hd_unit)
+    summary, table = mean_table(rows, class_names, protocol, predicted=predicted,
+                                model_name=model_name, hd_unit=hd_unit)
     (out / "summary.md").write_text(f"# Test of {model_name} on {ds.name} ({split})\n\n" + table)
     with (out / "cases.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["case", "class_index", "class_name", "dice", "hd95"])
@@ -236,6 +289,9 @@ def run_test(
     if verbose:
         print(table, end="", flush=True)
         print(f"report written to {out}", flush=True)
+    if summary["never_predicted"]:
+        # on stderr as well, so that it shows even when stdout goes to a log
+        print(summary["warning"], file=sys.stderr, flush=True)
     return summary
 
 

@@ -485,14 +485,21 @@ def _supervised_loss(criterion, out, y: torch.Tensor, cfg: dict[str, Any]):
 
 @torch.no_grad()
 def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, Any], device) -> dict[str, float]:
-    """Mean foreground Dice and HD95 over ``cases`` (volume inference, TransUNet resize)."""
-    from unetzoo.engine.evaluation import case_metrics
+    """Mean foreground Dice and HD95 over ``cases`` (volume inference, TransUNet resize).
+
+    The same aggregation as the test report (``unetzoo.engine.evaluation.summary_table``):
+    per class the mean over the cases that scored it, then the mean over the classes with
+    at least one scored case. Under ``"strict"`` a class absent from both prediction and
+    reference is not scored (it never counts as a success) and a missed class scores Dice
+    0; ``val_dice`` is NaN when no class was scored at all, which never beats a best model.
+    """
+    from unetzoo.engine.evaluation import case_metrics, summary_table
     from unetzoo.engine.inference import predict_volume
 
     model = _unwrap(model)
     was_training = model.training
     model.eval()
-    dices, hds = [], []
+    rows: list[dict[str, Any]] = []
     try:
         for cid in cases:
             case = ds.load_case(cid, split)
@@ -501,11 +508,11 @@ def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, 
                 device=device, amp=bool(cfg["amp"]),
             )
             per_class = case_metrics(pred, case, ds.num_classes, cfg["protocol"])
-            dices.append(np.mean([m["dice"] for m in per_class.values()]))
-            hds.append(np.mean([m["hd95"] for m in per_class.values()]))
+            rows += [{"case": cid, "class_index": k, **m} for k, m in per_class.items()]
     finally:
         model.train(was_training)
-    return {"val_dice": float(np.mean(dices)), "val_hd95": float(np.mean(hds))}
+    table = summary_table(rows, list(ds.class_names), cfg["protocol"])
+    return {"val_dice": float(table.mean["dice"]), "val_hd95": float(table.mean["hd95"])}
 
 
 def _train_transform(recipe: str, img_size: int, options: dict[str, Any]):

@@ -1,0 +1,154 @@
+"""The test report and the validation never count an unscored or missed class as success.
+
+A two-case in-memory dataset and a fake predictor that never predicts classes 2 and 3:
+class 1 is perfect, class 2 is missed in case ``c0`` and absent from both maps in ``c1``,
+class 3 is absent from both maps everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unetzoo.data.base import Case, SegDataset
+from unetzoo.engine import evaluation
+from unetzoo.engine.evaluation import hd95_unit, run_test, spacing_known
+from unetzoo.engine.trainer import validate
+
+NAMES = ["background", "liver", "kidney", "spleen"]
+
+
+def _labels() -> dict[str, np.ndarray]:
+    c0 = np.zeros((2, 16, 16), np.int64)
+    c0[:, 2:8, 2:8] = 1
+    c0[:, 10:14, 9:15] = 2
+    c1 = np.zeros((2, 16, 16), np.int64)
+    c1[:, 4:12, 4:12] = 1
+    return {"c0": c0, "c1": c1}
+
+
+class _MemDataset(SegDataset):
+    name = "mem"
+
+    def __init__(self, affine: bool) -> None:
+        super().__init__(Path("."))
+        self.class_names = list(NAMES)
+        self.labels = _labels()
+        self.affine = affine
+
+    def splits(self) -> list[str]:
+        return ["test"]
+
+    def cases(self, split: str) -> list[str]:
+        return list(self.labels)
+
+    def load_case(self, case_id: str, split: str) -> Case:
+        lab = self.labels[case_id]
+        return Case(
+            id=case_id,
+            image=lab[None].astype(np.float32),
+            label=lab,
+            spacing=(3.0, 0.5, 0.5),
+            affine=np.diag([3.0, 0.5, 0.5, 1.0]) if self.affine else None,
+            class_names=list(NAMES),
+        )
+
+
+def _never_predicts_2_or_3(model, image, img_size, **kwargs) -> np.ndarray:
+    """The case's label (carried in the image) with classes 2 and 3 erased."""
+    lab = np.rint(image[0]).astype(np.int64)
+    return np.where(lab == 1, 1, 0)
+
+
+def _checkpoint() -> dict:
+    from unetzoo.models import create_model
+
+    model = create_model("unet", in_channels=1, num_classes=len(NAMES), base_channels=4)
+    return {
+        "model": {"name": "unet", "options": {"base_channels": 4}},
+        "state_dict": model.state_dict(),
+        "class_names": list(NAMES),
+        "in_channels": 1,
+        "img_size": 16,
+        "dataset": "mem",
+        "config": {},
+    }
+
+
+@pytest.fixture()
+def fake_predictor(monkeypatch):
+    monkeypatch.setattr(evaluation, "predict_volume", _never_predicts_2_or_3)
+    monkeypatch.setattr("unetzoo.engine.inference.predict_volume", _never_predicts_2_or_3)
+
+
+def test_report_never_counts_a_missing_class_as_success(fake_predictor, tmp_path, capsys):
+    ds = _MemDataset(affine=True)
+    summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
+                       device="cpu", protocol="strict")
+    pc = summary["per_class"]
+    assert pc["liver"]["dice"] == 1.0 and pc["liver"]["n_dice"] == 2
+    # kidney: missed in c0 (Dice 0, HD95 inf), absent from both in c1 (not scored)
+    assert pc["kidney"]["dice"] == 0.0 and pc["kidney"]["n_dice"] == 1
+    assert pc["kidney"]["hd95"] == math.inf and pc["kidney"]["n_hd95"] == 1
+    # spleen: absent everywhere -> NaN, no scored case, out of the mean
+    assert math.isnan(pc["spleen"]["dice"]) and pc["spleen"]["n_dice"] == 0
+    assert summary["mean_dice"] == pytest.approx(0.5)  # (1 + 0) / 2, not (1 + 1 + 1) / 3
+    assert summary["classes_in_mean"]["dice"] == 2
+    assert summary["never_predicted"] == ["kidney", "spleen"]
+    assert summary["hd95_unit"] == "mm"
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "| Class | DSC (%) | n | HD95 (mm) | n |" in md
+    assert "| kidney (never predicted) | 0.00 | 1 | inf | 1 |" in md
+    assert "| spleen (never predicted) | n/a | 0 | n/a | 0 |" in md
+    assert "2/3 classes" in md and "never predicted 2 of 3" in md.lower()
+    err = capsys.readouterr().err
+    assert "warning: the model never predicted 2 of 3 class(es)" in err
+    assert "kidney, spleen" in err
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert saved["never_predicted"] == ["kidney", "spleen"]
+    assert math.isnan(saved["per_class"]["spleen"]["dice"])
+
+
+def test_transunet_protocol_keeps_published_rules(fake_predictor, tmp_path):
+    ds = _MemDataset(affine=True)
+    summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
+                       device="cpu", protocol="transunet", verbose=False)
+    pc = summary["per_class"]
+    # calculate_metric_percase: prediction empty -> Dice 0, HD95 0, in every case
+    assert pc["kidney"]["dice"] == 0.0 and pc["kidney"]["hd95"] == 0.0
+    assert pc["spleen"]["dice"] == 0.0 and pc["spleen"]["n_dice"] == 2
+    assert summary["mean_dice"] == pytest.approx(1 / 3)
+    assert summary["hd95_unit"] == "voxels"  # as TransUNet's test script
+
+
+def test_hd95_unit_is_mm_only_with_known_spacing(fake_predictor, tmp_path):
+    ds = _MemDataset(affine=False)  # like a Synapse h5 volume: no spacing on file
+    case = ds.load_case("c0", "test")
+    assert not spacing_known(case) and hd95_unit(case) == "voxels"
+    summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
+                       device="cpu", verbose=False)
+    assert summary["hd95_unit"] == "voxels"
+    assert "HD95 (voxels)" in (tmp_path / "r" / "summary.md").read_text()
+    # with a spacing the same shift is measured in mm: 1 voxel in-plane = 0.5 mm
+    lab = ds.labels["c1"]
+    shifted = np.roll(lab, 1, axis=2)
+    mm = evaluation.case_metrics(shifted, _MemDataset(affine=True).load_case("c1", "test"), 4)
+    vox = evaluation.case_metrics(shifted, case.__class__(**{**case.__dict__, "label": lab}), 4)
+    assert mm[1]["hd95"] == pytest.approx(0.5) and vox[1]["hd95"] == pytest.approx(1.0)
+
+
+def test_validation_uses_the_same_rule(fake_predictor):
+    ds = _MemDataset(affine=True)
+    cfg = {"img_size": 16, "batch_size": 2, "amp": False, "protocol": "strict"}
+    val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
+    assert val["val_dice"] == pytest.approx(0.5) and val["val_hd95"] == math.inf
+    val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c1"], cfg, "cpu")
+    assert val["val_dice"] == pytest.approx(1.0)  # kidney and spleen not scored in c1
+    cfg["protocol"] = "transunet"
+    val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
+    assert val["val_dice"] == pytest.approx(1 / 3)
