@@ -44,7 +44,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--eval-interval", type=int, help="validate every N epochs (and after the last)")
     a("--seed", type=int)
     a("--num-workers", type=int, help="DataLoader worker processes")
-    a("--output", help="run folder (default runs/<model>-<dataset>)")
+    a("--output", help="run folder (default runs/<model>-<dataset>); a non-empty folder is "
+      "refused unless --resume or --overwrite")
+    a("--overwrite", action="store_true",
+      help="replace the run already in --output (deletes only that run's own files; files "
+      "you put there stay)")
     a("--loss", help="ce_dice, bce_dice, ce or dice")
     a("--loss-weights", type=float, nargs="+", metavar="W", help="weights of the loss terms")
     a("--optimizer", help="sgd, adam or adamw")
@@ -117,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     file_values = load_yaml(args.config) if args.config else {}
     flags = flag_values(args)
     resume = None
+    if args.resume and getattr(args, "overwrite", False):
+        raise ConfigError("--resume continues the run in --output and --overwrite replaces it; "
+                          "pass one of them")
     if args.resume:
         if args.resume == "latest":
             out = flags.get("output") or file_values.get("output")
@@ -134,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     ds_opts = {**(file_values.get("dataset_options") or {}), **flags.get("dataset_options", {})}
     ds = get_dataset(name, root, **ds_opts)
     cfg = resolve_config(ds.recipe, file_values, flags)
-    summary = train(cfg, dataset=ds, resume=resume)
+    overwrite = bool(getattr(args, "overwrite", False))
+    summary = train(cfg, dataset=ds, resume=resume, overwrite=overwrite)
     if summary.get("test"):
         t = summary["test"]
         print(

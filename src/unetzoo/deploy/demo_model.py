@@ -60,13 +60,10 @@ def train_demo_model(out_dir: Path | None = None, extra_args: tuple[str, ...] = 
     if run_checkpoint(out) is not None:
         yield f"checkpoint: {run_checkpoint(out)}"
         return
-    if out.exists() and any(out.iterdir()):
-        # A previous attempt died half way: start over rather than resume a broken run.
-        import shutil
-
-        shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "unetzoo", "train", "--output", str(out), *TINY_TRAIN_ARGS,
-           *extra_args]
+    # A previous attempt that died half way is started over: --overwrite replaces that
+    # run's own files and nothing else (never rmtree a folder the user may have used).
+    cmd = [sys.executable, "-m", "unetzoo", "train", "--output", str(out), "--overwrite",
+           *TINY_TRAIN_ARGS, *extra_args]
     yield "training the phantom demo model: " + " ".join(cmd[2:])
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

@@ -1,16 +1,27 @@
-"""Checkpoints: atomic writes, safe reads, models rebuilt from the checkpoint alone.
+"""Checkpoints and run folders: atomic writes, safe reads, locks, crash repair.
 
 A checkpoint is a ``torch.save``d dict of tensors, numbers, strings, lists and dicts,
 so ``torch.load(weights_only=True)`` reads it without running pickled code. The keys are
 documented in ``docs/internals.md``; :func:`load_checkpoint` and
 :func:`model_from_checkpoint` are the only readers.
+
+Crash consistency: each epoch writes ``latest.pt`` first, then (when the epoch improved)
+``best.pt``, each atomically. A kill between the two leaves a ``latest.pt`` whose
+``best_epoch`` is its own ``epoch`` while ``best.pt`` is older; :func:`repair_best`
+(run on ``--resume``) then copies ``latest.pt`` to ``best.pt``, the only state that
+write order allows. :class:`RunFolder` guards an output folder: one training at a time
+(``flock``), no writing into a folder that is not this run's, and temporary files of
+interrupted writes removed on the next run.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import pickle
 import random
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -27,24 +38,66 @@ VERSION = 1
 REQUIRED_KEYS = ("model", "state_dict", "class_names", "in_channels", "img_size")
 
 
+CRASH_ENV = "UNETZOO_TEST_CRASH_AT"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_LOW_SPACE = 64 << 20  # below this, a failed torch.save write is taken as a full disk
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``os._exit(137)`` (a ``kill -9`` stand-in) when ``$UNETZOO_TEST_CRASH_AT``
+    equals ``name``. Nothing runs after it: no ``finally``, no cleanup, as in a real kill."""
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(137)
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    # torch's zip writer reports a failed write as RuntimeError ("unexpected pos ...",
+    # "file write failed") without an errno: judge by the space left.
+    try:
+        return shutil.disk_usage(folder).free < _LOW_SPACE
+    except OSError:
+        return False
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` atomically: a temporary file in the same folder, then rename.
 
-    A crash mid-write leaves the previous file intact. ``format`` and ``version`` are
-    added. Returns the final path.
+    A crash mid-write leaves the previous file intact (and a ``.NAME.*.tmp`` file that
+    :class:`RunFolder` removes on the next run). ``format`` and ``version`` are added.
+    Returns the final path.
+
+    Raises:
+        CheckpointError: ``"disk full at PATH"`` when the disk is full, one line for any
+            other write failure; the previous file at ``path`` is untouched either way.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             torch.save(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point(f"tmp-{path.stem}:{payload.get('epoch')}")
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        full = _disk_full(exc, path.parent)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = (f"; the last good checkpoint {path} is intact" if path.exists()
+                else "; no earlier checkpoint existed")
+        if full:
+            raise CheckpointError(f"disk full at {path}{kept}; free space and continue "
+                                  "with --resume") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"cannot write checkpoint {path} ({first}){kept}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -66,6 +119,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if text.startswith("Weights only load failed"):
             # torch's long advice about weights_only=False: never the fix for a user here.
             detail = "it holds pickled Python objects or is not a torch file"
+        elif _is_torch_export_archive(p):
+            raise CheckpointError(
+                f"{p} is a torch.export program (.pt2), not a checkpoint; pass the .pt "
+                "file that `unetzoo train` wrote (unetzoo never loads .pt2 programs: "
+                "loading one can run code)"
+            ) from exc
         else:
             detail = text.splitlines()[0][:120] if text else type(exc).__name__
         raise CheckpointError(
@@ -88,6 +147,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {p} lacks key(s) {', '.join(missing)}; it is incomplete")
     return ckpt
+
+
+def _is_torch_export_archive(p: Path) -> bool:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            return any(n.endswith("/archive_format") or "/extra/" in n for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def model_from_checkpoint(
@@ -168,3 +235,235 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if generator is not None and "loader" in state:
         generator.set_state(state["loader"].cpu())
+
+
+# ------------------------------------------------------------------ crash repair
+def _peek(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's bookkeeping keys (memory-mapped, weights-only), or None if unreadable."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is "no usable checkpoint"
+        return None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        return None
+    return ck
+
+
+def repair_best(ckpt_dir: str | Path, latest: dict[str, Any] | None = None) -> str | None:
+    """Make ``best.pt`` agree with ``latest.pt`` after a crash; returns what was done.
+
+    ``latest`` is the loaded ``latest.pt`` (read from ``ckpt_dir`` when None). Writes go
+    ``latest.pt`` then ``best.pt``, so the one disagreement a crash can leave is a
+    ``latest.pt`` that records itself as the best epoch (``best_epoch == epoch``) beside
+    an older or missing ``best.pt``: then ``latest.pt`` *is* the best model and is copied.
+    Any other mismatch cannot come from an interruption and is reported, not hidden.
+
+    Returns:
+        None when nothing needed doing, else a one-line note for the log.
+    """
+    d = Path(ckpt_dir)
+    if latest is None:
+        latest = _peek(d / "latest.pt")
+        if latest is None:
+            return None
+    epoch, best_epoch = int(latest.get("epoch", 0)), int(latest.get("best_epoch", -1))
+    best_path = d / "best.pt"
+    best = _peek(best_path) if best_path.is_file() else None
+    best_at = int(best["epoch"]) if best is not None and "epoch" in best else None
+    if best_epoch < 1 or best_at == best_epoch:
+        return None
+    if best_epoch == epoch:
+        save_checkpoint({k: v for k, v in latest.items() if k not in ("format", "version")},
+                        best_path)
+        was = f"epoch {best_at}" if best_at is not None else "missing"
+        return (f"repaired {best_path}: it was {was}, the run's best is epoch {best_epoch} "
+                "(an interrupted write); copied from latest.pt")
+    return (f"warning: {best_path} holds epoch {best_at}, but the run records epoch "
+            f"{best_epoch} as its best; the final test uses {best_path} as it is")
+
+
+# ------------------------------------------------------------------ run folders
+RUN_MARKER = ".unetzoo-run.json"
+LOCK_NAME = ".lock"
+# Everything a training run writes into its folder; nothing else is ever deleted.
+RUN_ENTRIES = frozenset({
+    "config.yaml", "metrics.csv", "metrics.csv.tmp", "checkpoints", "plots", "tensorboard",
+    "report", RUN_MARKER, RUN_MARKER + ".tmp", LOCK_NAME,
+})
+
+
+class RunFolder:
+    """The output folder of one training run: locked, checked, recorded.
+
+    On entry: create the folder, take an exclusive ``flock`` on ``DIR/.lock`` (held
+    until exit; the kernel drops it when the process dies, so a killed run leaves no
+    stale lock), then decide whether this run may write there:
+
+    - empty, or a run of ours that died before its first checkpoint: start;
+    - ``resume``: continue whatever is there (the caller resumes a checkpoint);
+    - a run of ours (``.unetzoo-run.json``, or a legacy folder whose checkpoint loads)
+      with ``overwrite``: delete *that run's* entries (:data:`RUN_ENTRIES`) and start;
+      files the user added stay;
+    - files unetzoo did not write: refused, or with ``overwrite`` left untouched beside
+      the new run, unless one is named like a run file (then refused: it would be
+      overwritten);
+    - a finished or resumable run without a flag: refused, with the flag to pass.
+
+    Temporary files of interrupted checkpoint writes are removed. The folder is marked
+    ``running`` until :meth:`finish`.
+    """
+
+    def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False):
+        self.path = Path(path)
+        self.resume = bool(resume)
+        self.overwrite = bool(overwrite)
+        self._fd: int | None = None
+        self.notes: list[str] = []
+
+    # -------------------------------------------------------------- context manager
+    def __enter__(self) -> RunFolder:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"output folder {self.path} cannot be created ({exc.strerror or exc}); pass "
+                "--output with a folder you can write to"
+            ) from exc
+        self._lock()
+        try:
+            self._check_and_clean()
+            self._write_marker("running")
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._unlock()
+
+    def finish(self) -> None:
+        """Record the run as finished (all epochs and the final test done)."""
+        self._write_marker("finished")
+
+    # -------------------------------------------------------------- lock
+    def _lock(self) -> None:
+        lock = self.path / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(
+                f"output folder {self.path} is not writable ({exc.strerror or exc}); pass "
+                "--output with a folder you can write to"
+            ) from exc
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: run unlocked
+            self._fd = fd
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                who = f" (process {holder})" if holder.isdigit() else ""
+                raise CheckpointError(
+                    f"output folder {self.path} is in use by another unetzoo training{who}; "
+                    "wait for it to end or pass another --output"
+                ) from exc
+            raise CheckpointError(f"cannot lock {lock}: {exc.strerror or exc}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock; the file stays (harmless, reused)
+            self._fd = None
+
+    # -------------------------------------------------------------- checks
+    def marker(self) -> dict[str, Any] | None:
+        """The folder's ``.unetzoo-run.json`` (None when absent or unreadable)."""
+        try:
+            data = json.loads((self.path / RUN_MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _is_our_run(self) -> bool:
+        if self.marker() is not None:
+            return True
+        # A run folder from before markers existed: its checkpoint proves it.
+        ck = self.path / "checkpoints"
+        return any(_peek(ck / n) is not None for n in ("latest.pt", "best.pt") if (ck / n).is_file())
+
+    def _check_and_clean(self) -> None:
+        entries = sorted(e.name for e in self.path.iterdir() if e.name != LOCK_NAME)
+        if entries and not self.resume:
+            ours = self._is_our_run()
+            own = [e for e in entries if e in RUN_ENTRIES]
+            foreign = [e for e in entries if e not in RUN_ENTRIES]
+            has_ckpt = (self.path / "checkpoints" / "latest.pt").is_file()
+            status = (self.marker() or {}).get("status")
+            if ours and (self.overwrite or (status == "running" and not has_ckpt)):
+                self._remove(own)  # that run's own files only
+            elif own and not ours:
+                names = ", ".join(own[:5])
+                raise CheckpointError(
+                    f"output folder {self.path} holds {names}, which unetzoo did not write; "
+                    "a run would overwrite them, so pass another --output"
+                    + ("" if self.overwrite else " (--overwrite never replaces your files)")
+                )
+            elif ours:
+                done = status == "finished"
+                if status is None and has_ckpt:  # legacy folder: judge by the checkpoint
+                    latest = _peek(self.path / "checkpoints" / "latest.pt") or {}
+                    done = int(latest.get("iteration", 0)) >= int(latest.get("max_iterations", 1))
+                what = "a finished run" if done or not has_ckpt else "an unfinished run"
+                hint = ("continue it with --resume, or start over with --overwrite"
+                        if what == "an unfinished run" else
+                        "pass another --output, or --overwrite to replace that run")
+                raise CheckpointError(
+                    f"output folder {self.path} holds {what}; {hint} (--overwrite deletes "
+                    "only the run's own files)"
+                )
+            elif foreign and not self.overwrite:
+                names = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise CheckpointError(
+                    f"output folder {self.path} is not empty ({names}) and is not a unetzoo "
+                    "run; pass an empty or new --output, or --overwrite to write the run's "
+                    "files beside yours (yours are never touched)"
+                )
+        self._clean_temporary()
+
+    def _remove(self, names: list[str]) -> None:
+        for name in names:
+            if name not in RUN_ENTRIES or name == LOCK_NAME:
+                continue
+            p = self.path / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+
+    def _clean_temporary(self) -> None:
+        """Remove ``.latest.pt.*.tmp`` & co. that a killed write left (we hold the lock)."""
+        ck = self.path / "checkpoints"
+        stale = list(ck.glob(".*.pt.*.tmp")) if ck.is_dir() else []
+        stale += [p for p in (self.path / "metrics.csv.tmp",) if p.exists()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            self.notes.append(
+                f"removed {len(stale)} temporary file(s) of an interrupted write in {self.path}"
+            )
+
+    def _write_marker(self, status: str) -> None:
+        data = {"tool": "unetzoo", "status": status, "pid": os.getpid()}
+        tmp = self.path / (RUN_MARKER + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path / RUN_MARKER)

@@ -7,6 +7,7 @@ a validation split carved from the training cases (never the test set).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -21,8 +22,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from unetzoo.engine import distributed as dist_utils
 from unetzoo.engine.checkpoint import (
+    RunFolder,
     capture_rng_state,
+    crash_point,
     load_checkpoint,
+    repair_best,
     restore_rng_state,
     save_checkpoint,
 )
@@ -144,6 +148,7 @@ def train(
     dataset=None,
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says; returns a summary dict.
 
@@ -154,6 +159,10 @@ def train(
             iteration, RNG states including the DataLoader generator).
         stop_after_epochs: stop after this many epochs of *this call* without running
             the final test (simulates an interruption; used by the resume test).
+        overwrite: replace a finished or unfinished run in ``cfg["output"]`` (its own
+            files only; see :class:`~unetzoo.engine.checkpoint.RunFolder`). Without it
+            (and without ``resume``) a non-empty folder that is not a fresh start is
+            refused. The folder is locked for the whole call.
 
     Returns:
         ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations", "test"}``.
@@ -163,6 +172,7 @@ def train(
     from unetzoo.models import create_model, get_entry
 
     info = dist_utils.setup(cfg.get("device"))
+    folder_guard = contextlib.ExitStack()
     try:
         ds = dataset
         if ds is None:
@@ -171,8 +181,15 @@ def train(
         if cfg["output"] is None:
             cfg["output"] = str(Path("runs") / f"{cfg['model']}-{ds.name}")
         run_dir = Path(cfg["output"])
+        run_folder = None
         if info.is_main:
             check_output_dir(run_dir)
+            # Lock, refuse someone else's files, clean interrupted writes (main rank only).
+            run_folder = folder_guard.enter_context(
+                RunFolder(run_dir, resume=resume is not None, overwrite=overwrite)
+            )
+            for note in run_folder.notes:
+                print(note, flush=True)
         dist_utils.barrier(info)
 
         # ---- data: train / validation cases (validation carved from training cases)
@@ -277,6 +294,11 @@ def train(
             best_metric = float(ck.get("best_metric", -math.inf))
             best_epoch = int(ck.get("best_epoch", -1))
             history = list(ck.get("history", []))
+            if info.is_main:
+                # A kill between the latest.pt and best.pt writes: make best.pt agree.
+                note = repair_best(run_dir / "checkpoints", ck)
+                if note:
+                    print(note, flush=True)
             if ck.get("rng"):
                 restore_rng_state(ck["rng"], generator)
                 if "dataset" in ck["rng"] and hasattr(train_set, "rng"):
@@ -297,6 +319,8 @@ def train(
         writer = _tensorboard(run_dir) if info.is_main else None
         log = MetricsLog(run_dir / "metrics.csv", history)
         if info.is_main:
+            if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
+                log.write()
             dump_yaml(cfg, run_dir / "config.yaml")
             print(
                 f"training {cfg['model']} on {ds.name}: {len(train_cases)} train / "
@@ -424,9 +448,14 @@ def train(
                     "history": log.rows,
                     "rng": rng,
                 }
+                # Order matters for crash repair (see checkpoint.repair_best): latest.pt
+                # first, then best.pt; the crash points are the kill test's hooks.
+                crash_point(f"before-latest:{epoch + 1}")
                 save_checkpoint(payload, run_dir / "checkpoints" / "latest.pt")
+                crash_point(f"between-writes:{epoch + 1}")
                 if improved:
                     save_checkpoint(payload, run_dir / "checkpoints" / "best.pt")
+                crash_point(f"after-best:{epoch + 1}")
                 plot_history(log.rows, run_dir / "plots")
                 msg = f"epoch {epoch + 1}/{max_epochs}: loss {row.get('loss', float('nan')):.4f}"
                 if "val_dice" in row:
@@ -461,9 +490,12 @@ def train(
                 protocol=cfg["protocol"],
                 device=info.device,
             )
+        if run_folder is not None and finished:
+            run_folder.finish()
         dist_utils.barrier(info)
         return summary
     finally:
+        folder_guard.close()
         dist_utils.cleanup()
 
 

@@ -1,0 +1,207 @@
+"""No lost work: ``train --output DIR`` never writes over a folder that is not its own
+unfinished run, ``--overwrite`` deletes only the run's own files, and a second training
+on the same folder stops with one line while the first holds the lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unetzoo.cli.main import main
+from unetzoo.engine.checkpoint import LOCK_NAME, RUN_MARKER, RunFolder
+from unetzoo.errors import UnetzooError
+
+TINY = ["--dataset-option", "n_train=3", "--dataset-option", "n_test=1",
+        "--dataset-option", "shape=[4, 32, 32]", "--model", "unet",
+        "--model-option", "base_channels=4", "--img-size", "32", "--batch-size", "4",
+        "--max-epochs", "1", "--no-test", "--no-progress", "--device", "cpu",
+        "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from unetzoo.data.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("lw") / "phantom"
+    generate_phantom(root, n_train=3, n_test=1, shape=[4, 32, 32], seed=0)
+    return root
+
+
+def _train(out: Path, root: Path, *extra: str) -> int:
+    return main(["train", "--data-root", str(root), "--output", str(out), *TINY, *extra])
+
+
+def _err(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def _user_files(out: Path) -> dict[str, str]:
+    files = {"notes.txt": "my notes", "data/labels.csv": "a,b", "results.json": "{}"}
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    return files
+
+
+def _assert_intact(out: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        assert (out / rel).read_text() == text, rel
+
+
+def test_refuses_folder_with_user_files(data_root, tmp_path, capsys):
+    out = tmp_path / "mine"
+    files = _user_files(out)
+    assert _train(out, data_root) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "not empty" in err[0] and "--overwrite" in err[0]
+    _assert_intact(out, files)
+    assert not (out / "checkpoints").exists()
+
+
+def test_overwrite_writes_beside_user_files(data_root, tmp_path, capsys):
+    out = tmp_path / "mine"
+    files = _user_files(out)
+    assert _train(out, data_root, "--overwrite") == 0
+    _assert_intact(out, files)
+    assert (out / "checkpoints" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.csv", "checkpoints"])
+def test_overwrite_never_replaces_a_user_file_named_like_a_run_file(data_root, tmp_path,
+                                                                     capsys, name):
+    out = tmp_path / "mine"
+    out.mkdir()
+    target = out / name
+    if name == "checkpoints":
+        target.mkdir()
+        (target / "mine.pt").write_text("not a checkpoint")
+    else:
+        target.write_text("my own file")
+    assert _train(out, data_root, "--overwrite") == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "unetzoo did not write" in err[0]
+    assert (out / name).exists()
+    if name != "checkpoints":
+        assert target.read_text() == "my own file"
+
+
+def test_finished_run_is_refused_then_replaced_with_overwrite(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, data_root) == 0
+    files = _user_files(out)
+    (out / "report").mkdir()
+    (out / "report" / "old.csv").write_text("old report of the old model")
+    before = (out / "checkpoints" / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _train(out, data_root) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "finished run" in err[0]
+    assert (out / "checkpoints" / "best.pt").stat().st_mtime_ns == before
+    assert _train(out, data_root, "--overwrite") == 0
+    # The old run's report is gone with the old model; the user's files stay.
+    assert not (out / "report" / "old.csv").exists()
+    _assert_intact(out, files)
+
+
+def test_unfinished_run_needs_resume_or_overwrite(data_root, tmp_path, capsys):
+    from unetzoo.data import get_dataset
+    from unetzoo.engine.config import resolve_config
+    from unetzoo.engine.trainer import train
+
+    out = tmp_path / "run"
+    ds = get_dataset("phantom", data_root, n_train=3, n_test=1, shape=[4, 32, 32])
+    flags = {"model": "unet", "model_options": {"base_channels": 4}, "img_size": 32,
+             "batch_size": 4, "max_epochs": 2, "test": False, "progress": False,
+             "device": "cpu", "num_workers": 0, "output": str(out)}
+    train(resolve_config(ds.recipe, None, dict(flags)), dataset=ds, stop_after_epochs=1)
+    with pytest.raises(UnetzooError, match="unfinished run.*--resume"):
+        train(resolve_config(ds.recipe, None, dict(flags)), dataset=ds)
+    capsys.readouterr()
+    assert main(["train", "--output", str(out), "--resume", "--no-progress"]) == 0
+    assert "done" in capsys.readouterr().out
+
+
+def test_run_killed_before_its_first_checkpoint_starts_over(data_root, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RUN_MARKER).write_text('{"tool": "unetzoo", "status": "running"}')
+    (out / "config.yaml").write_text("seed: 1\n")
+    assert _train(out, data_root) == 0
+
+
+def test_resume_and_overwrite_together_is_one_line(tmp_path, capsys):
+    assert main(["train", "--output", str(tmp_path), "--resume", "--overwrite"]) == 2
+    assert len(_err(capsys)) == 1
+
+
+def test_lock_stops_second_process(data_root, tmp_path, capsys):
+    """A process holding the folder (another training) makes `train` stop with one line."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(out / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+         "print('locked', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _train(out, data_root) == 2
+        err = _err(capsys)
+        assert len(err) == 1 and "in use by another unetzoo training" in err[0]
+        assert str(holder.pid) in err[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel dropped the dead holder's lock: no stale lock blocks the next run.
+    assert _train(out, data_root) == 0
+
+
+def test_lock_is_released_on_exit_and_on_error(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out):
+        with pytest.raises(UnetzooError, match="in use"):
+            with RunFolder(out, resume=True):
+                pass
+    with RunFolder(out, resume=True):  # free again after exit
+        pass
+    with pytest.raises(RuntimeError):
+        with RunFolder(out, resume=True):
+            raise RuntimeError("boom")
+    with RunFolder(out, resume=True):  # and after an error
+        pass
+
+
+def test_legacy_run_folder_is_recognised(tmp_path):
+    """A run folder from before markers existed counts as a run (its checkpoint loads)."""
+    from unetzoo.engine.checkpoint import save_checkpoint
+
+    out = tmp_path / "legacy"
+    save_checkpoint({"model": {"name": "unet", "options": {}}, "state_dict": {},
+                     "class_names": ["bg", "a"], "in_channels": 1, "img_size": 32,
+                     "epoch": 2, "iteration": 8, "max_iterations": 8},
+                    out / "checkpoints" / "latest.pt")
+    (out / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(UnetzooError, match="finished run"):
+        RunFolder(out).__enter__()
+    with RunFolder(out, overwrite=True):
+        assert not (out / "config.yaml").exists()
+        assert not (out / "checkpoints").exists()
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        out = blocker / "run"  # a path below a file: cannot be created even as root
+    else:
+        out = tmp_path / "ro" / "run"
+        (tmp_path / "ro").mkdir(mode=0o500)
+    assert main(["train", "--output", str(out), "--no-progress", "--max-epochs", "1"]) == 2
+    assert len(_err(capsys)) == 1
