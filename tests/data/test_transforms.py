@@ -129,3 +129,69 @@ def test_worker_seeding_is_reproducible_and_varies_per_epoch():
     assert not torch.equal(e1a, e1b)  # next epoch -> new augmentation
     # Another loader seed gives another augmentation.
     assert not torch.equal(_epoch(loader(1)), e1a)
+
+
+def _centroid(a: np.ndarray) -> np.ndarray:
+    a = np.clip(a.astype(np.float64), 0.0, None)
+    yy, xx = np.mgrid[: a.shape[0], : a.shape[1]]
+    return np.array([(a * yy).sum(), (a * xx).sum()]) / a.sum()
+
+
+def _mean_offset(transform, src: int, n: int = 32) -> np.ndarray:
+    """Mean (label centroid - image centroid) in output pixels over ``n`` discs whose
+    centres sweep the middle of the image in non-integer steps. A disc's image is its
+    label as float, so a systematic offset is the resampling's; a single disc's label is
+    off by up to ~0.25 px where nearest-neighbour blocks drift against the exact scale
+    (2 or 3 output pixels per source pixel at 63 -> 128), which averages out."""
+    yy, xx = np.mgrid[:src, :src]
+    offsets = []
+    for s in range(n):
+        cy = src * (0.3 + 0.4 * s / n) + 0.37
+        cx = src * (0.3 + 0.4 * ((11 * s) % n) / n) + 0.61
+        lab = ((yy - cy) ** 2 + (xx - cx) ** 2 <= (0.15 * src) ** 2).astype(np.int64)
+        img, out = transform(lab[None].astype(np.float32), lab, np.random.default_rng(s))
+        offsets.append(_centroid(out) - _centroid(img[0]))
+    return np.mean(offsets, axis=0)
+
+
+SIZES = [(512, 224), (224, 512), (97, 224), (224, 97), (101, 64), (63, 128)]
+
+
+@pytest.mark.parametrize(("src", "dst"), SIZES)
+@pytest.mark.parametrize("recipe", ["synapse", "drive", "none"])
+def test_label_stays_on_the_image_pixel_grid(recipe, src, dst):
+    """Every resize of the training transforms keeps label and image centroids within
+    0.05 px (cv2.INTER_NEAREST put the label +0.46 px down-right at 512 -> 224)."""
+    t = build_train_transform(recipe, dst)
+    if recipe == "drive":
+        t.noise_std = 0.0  # zero-mean noise would pull the image centroid to the middle
+    offset = _mean_offset(t, src)
+    assert np.abs(offset).max() < 0.05, offset
+
+
+def test_plain_nearest_resize_is_misaligned():
+    """The control: the old label resize fails the same check, so the check can fail."""
+    import cv2
+
+    def old(image, label, rng):
+        img, _ = build_eval_transform(224)(image, None, rng)
+        return img, cv2.resize(label.astype(np.int32), (224, 224),
+                               interpolation=cv2.INTER_NEAREST)
+
+    assert np.abs(_mean_offset(old, 512)).min() > 0.3
+
+
+@pytest.mark.parametrize(("src", "dst"), SIZES)
+def test_label_resize_maps_pixel_centres(src, dst):
+    """The label's output pixel ``d`` takes the source pixel under its centre,
+    ``floor((d + 0.5) * src / dst)`` (the mapping of ``zoom(order=0, grid_mode=True)``);
+    where that centre falls exactly on a source pixel border either neighbour is right."""
+    from unetzoo.data.transforms import resize_pair
+
+    ramp = np.tile(np.arange(src, dtype=np.int64), (src, 1))
+    _, out = resize_pair(np.zeros((1, src, src), np.float32), ramp, dst)
+    x = (np.arange(dst) + 0.5) * src / dst
+    tie = np.isclose(x, np.round(x))
+    assert out.shape == (dst, dst) and (out == out[0]).all()
+    assert (out[0][~tie] == np.floor(x[~tie])).all()
+    assert np.isin(out[0][tie] - np.round(x[tie]), (-1, 0)).all()
