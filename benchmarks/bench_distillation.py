@@ -5,13 +5,18 @@
    within every repeat after a warm-up; the figure is the median. Memory is the size of
    the tensors autograd saves for backward (unique storages; the activation memory that
    distillation could add) and, on CUDA, the peak allocated memory of a step.
-2. **A/B on the phantom**: the training pipeline (``unetzoo.engine.trainer.train``) with
-   the same seed and budget, with and without distillation, for several seeds; mean and
-   spread of the Dice it reports.
+2. **A/B**: the training pipeline (``unetzoo.engine.trainer.train``) with the same seed
+   and budget, with and without distillation, for several seeds and models; mean and
+   spread of the test Dice it reports. On the phantom by default, or on any dataset
+   folder (``--ab-data-root``, e.g. the real MRI dataset of ``unetzoo prepare mni_dk``).
+   Every finished run is written to ``--json`` at once, so a stopped run keeps its rows.
 
     python benchmarks/bench_distillation.py                    # target row + A/B
     python benchmarks/bench_distillation.py --models all --size 128 --batch 2
     python benchmarks/bench_distillation.py --tiny --json out.json   # CI smoke
+    python benchmarks/bench_distillation.py --no-target --ab-data-root DIR \
+        --ab-models unet_selfreg,resnet34_unet --ab-width 0 --ab-epochs 16 --ab-size 64 \
+        --json benchmarks/results/distillation_real_ab.json       # docs/distillation.md
 
 The target (issue 6): <= 10% step-time overhead for resnet34_unet at 224 px, batch 8.
 """
@@ -139,40 +144,72 @@ def model_list(spec: str) -> list[str]:
     return [m.strip() for m in spec.split(",") if m.strip()]
 
 
-# ------------------------------------------------------------------ A/B on the phantom
+# ------------------------------------------------------------------ A/B
 def ab_runs(
-    seeds: list[int], model: str, options: dict[str, Any], epochs: int, img_size: int,
-    batch: int, lambda_: float, max_cases: int | None, workdir: Path, device: str,
+    seeds: list[int], model: str | list[str], options: dict[str, Any], epochs: int,
+    img_size: int, batch: int, lambda_: float, max_cases: int | None, workdir: Path,
+    device: str, data_root: str | None = None, extra_flags: dict[str, Any] | None = None,
+    on_run: Any = None,
 ) -> list[dict[str, Any]]:
-    """One training run per (seed, distill on/off) through the pipeline's ``train``."""
+    """One training run per (seed, model, distill on/off) through the pipeline's ``train``.
+
+    ``data_root=None`` trains on the phantom; otherwise on the dataset folder (format
+    detected as ``unetzoo train --data-root`` does). ``extra_flags`` pins recipe values
+    (loss, optimizer, ...) so the A/B does not move when a recipe changes. ``on_run(runs)``
+    is called after every run (the script writes its JSON there).
+    """
     from unetzoo.data import get_dataset
     from unetzoo.engine.config import resolve_config
     from unetzoo.engine.trainer import train
 
-    ds = get_dataset("phantom", root=workdir / "phantom")
-    runs = []
+    models = [model] if isinstance(model, str) else list(model)
+    if data_root is None:
+        ds = get_dataset("phantom", root=workdir / "phantom")
+    else:
+        ds = get_dataset("nnunet" if (Path(data_root) / "dataset.json").is_file() else None,
+                         data_root)
+    runs: list[dict[str, Any]] = []
     for seed in seeds:
-        for distill in (False, True):  # alternate so drift in machine load hits both
-            flags = {
-                "model": model, "model_options": options, "seed": seed,
-                "max_epochs": epochs, "img_size": img_size, "batch_size": batch,
-                "max_cases": max_cases, "eval_interval": epochs, "progress": False,
-                "distill_ifd": lambda_ if distill else 0.0,
-                "distill_scr": lambda_ if distill else 0.0,
-                "output": str(workdir / f"run-s{seed}-{'kd' if distill else 'plain'}"),
-                "device": device,
-            }
-            cfg = resolve_config(ds.recipe, None, flags)
-            t0 = time.perf_counter()
-            summary = train(cfg, dataset=ds)
-            runs.append({
-                "seed": seed, "distill": distill, "wall_s": round(time.perf_counter() - t0, 1),
-                "val_dice": _as_float(summary.get("best_metric")),
-                "test_dice": _test_dice(summary.get("test")),
-                "test_hd95": _as_float((summary.get("test") or {}).get("mean_hd95")),
-            })
-            print(f"  seed {seed} distill={distill}: {runs[-1]}", flush=True)
+        for name in models:
+            for distill in (False, True):  # alternate so drift in machine load hits both
+                flags = {
+                    "model": name, "model_options": dict(options), "seed": seed,
+                    "max_epochs": epochs, "img_size": img_size, "batch_size": batch,
+                    "max_cases": max_cases, "eval_interval": epochs, "progress": False,
+                    "distill_ifd": lambda_ if distill else 0.0,
+                    "distill_scr": lambda_ if distill else 0.0,
+                    "output": str(workdir / f"run-{name}-s{seed}-{'kd' if distill else 'plain'}"),
+                    "device": device, **(extra_flags or {}),
+                }
+                cfg = resolve_config(ds.recipe, None, flags)
+                t0 = time.perf_counter()
+                summary = train(cfg, dataset=ds)
+                test = summary.get("test") or {}
+                runs.append({
+                    "model": name, "seed": seed, "distill": distill,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "iterations": summary.get("iterations"),
+                    "val_dice": _as_float(summary.get("best_metric")),
+                    "test_dice": _test_dice(test),
+                    "test_hd95": _as_float(test.get("mean_hd95") if isinstance(test, dict) else None),
+                    "final_loss": _last_loss(Path(cfg["output"])),
+                })
+                print(f"  {name} seed {seed} distill={distill}: {runs[-1]}", flush=True)
+                if on_run is not None:
+                    on_run(runs)
     return runs
+
+
+def _last_loss(run_dir: Path) -> float | None:
+    """Training loss of the last epoch from the run folder's metrics.csv."""
+    import csv
+
+    try:
+        with (run_dir / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        return _as_float(rows[-1].get("loss")) if rows else None
+    except OSError:
+        return None
 
 
 def _as_float(v: Any) -> float | None:
@@ -197,20 +234,27 @@ def _test_dice(test: Any) -> float | None:
 
 
 def ab_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sample SD and range per (model, distill); models in order of appearance."""
     rows = []
-    for distill in (False, True):
-        sel = [r for r in runs if r["distill"] is distill]
-        row: dict[str, Any] = {"distill": "on" if distill else "off", "runs": len(sel)}
-        for key in ("val_dice", "test_dice", "test_hd95"):
-            vals = [r[key] for r in sel if r.get(key) is not None]
-            row[f"{key}_mean"] = round(statistics.fmean(vals), 4) if vals else "n/a"
-            row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else "n/a"
-            row[f"{key}_min..max"] = (
-                f"{min(vals):.4f}..{max(vals):.4f}" if vals else "n/a"
-            )
-        row["wall_s_mean"] = round(statistics.fmean(r["wall_s"] for r in sel), 1)
-        rows.append(row)
+    models = list(dict.fromkeys(r.get("model") for r in runs))
+    for model in models:
+        for distill in (False, True):
+            sel = [r for r in runs if r["distill"] is distill and r.get("model") == model]
+            if sel:
+                rows.append(_ab_row(model, distill, sel))
     return rows
+
+
+def _ab_row(model: str | None, distill: bool, sel: list[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {} if model is None else {"model": model}
+    row.update({"distill": "on" if distill else "off", "runs": len(sel)})
+    for key in ("val_dice", "test_dice", "test_hd95"):
+        vals = [r[key] for r in sel if r.get(key) is not None]
+        row[f"{key}_mean"] = round(statistics.fmean(vals), 4) if vals else "n/a"
+        row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else "n/a"
+        row[f"{key}_min..max"] = f"{min(vals):.4f}..{max(vals):.4f}" if vals else "n/a"
+    row["wall_s_mean"] = round(statistics.fmean(r["wall_s"] for r in sel), 1)
+    return row
 
 
 # ------------------------------------------------------------------ main
@@ -222,10 +266,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=None, help="batch for --models rows")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-target", action="store_true", help="skip the resnet34_unet row")
-    p.add_argument("--no-ab", action="store_true", help="skip the phantom A/B")
+    p.add_argument("--no-ab", action="store_true", help="skip the A/B")
     p.add_argument("--ab-seeds", default="0,1,2")
     p.add_argument("--ab-model", default="unet")
-    p.add_argument("--ab-width", type=int, default=16, help="base_channels of the A/B U-Net")
+    p.add_argument("--ab-models", default=None, help="comma list (overrides --ab-model)")
+    p.add_argument("--ab-width", type=int, default=16,
+                   help="base_channels of the A/B models; 0 = each model's registered width")
+    p.add_argument("--ab-data-root", default=None,
+                   help="dataset folder for the A/B (default: the embedded phantom)")
+    p.add_argument("--ab-recipe", default=None,
+                   help="YAML-like KEY=VALUE pins, comma separated (e.g. base_lr=0.001)")
+    p.add_argument("--ab-workdir", type=Path, default=None,
+                   help="keep the A/B run folders here (default: a temporary folder)")
+    p.add_argument("--ab-val-fraction", type=float, default=None,
+                   help="held-out share of training cases (0: no validation, test the last epoch)")
     p.add_argument("--ab-epochs", type=int, default=6)
     p.add_argument("--ab-size", type=int, default=64)
     p.add_argument("--ab-batch", type=int, default=8)
@@ -265,26 +319,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if not args.no_ab:
         seeds = [0] if args.tiny else [int(s) for s in args.ab_seeds.split(",")]
-        opts = {"base_channels": 4 if args.tiny else args.ab_width}
+        width = 4 if args.tiny else args.ab_width
+        opts = {"base_channels": width} if width else {}
+        models = args.ab_models.split(",") if args.ab_models else [args.ab_model]
+        extra = _pins(args.ab_recipe)
+        if args.ab_val_fraction is not None:
+            extra["val_fraction"] = args.ab_val_fraction
         epochs = 1 if args.tiny else args.ab_epochs
         size = 32 if args.tiny else args.ab_size
         max_cases = 2 if args.tiny else args.ab_max_cases
+        setup = (
+            f"{','.join(models)} {opts or 'registered widths'}, "
+            f"{args.ab_data_root or 'phantom'}, {epochs} epochs, {size} px, batch "
+            f"{args.ab_batch}, max_cases {max_cases}, seeds {seeds}, lambda "
+            f"{args.lambda_} (both terms), pins {extra}; Dice = the pipeline's mean "
+            "foreground Dice."
+        )
         runs = None
         try:
             with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
-                runs = ab_runs(seeds, args.ab_model, opts, epochs, size, args.ab_batch,
-                               args.lambda_, max_cases, Path(tmp), args.device)
+                runs = ab_runs(seeds, models, opts, epochs, size, args.ab_batch,
+                               args.lambda_, max_cases, args.ab_workdir or Path(tmp), args.device,
+                               data_root=args.ab_data_root, extra_flags=extra,
+                               on_run=lambda rs: _write_json(args, result, rs, setup))
         except ImportError as exc:  # the pipeline (engine, data) is not installed
             result["ab"] = {"status": f"not run: training pipeline unavailable ({exc})"}
             print(result["ab"]["status"])
         if runs is not None:
             table = ab_table(runs)
-            setup = (
-                f"{args.ab_model} {opts}, phantom, {epochs} epochs, {size} px, batch "
-                f"{args.ab_batch}, max_cases {max_cases}, seeds {seeds}, lambda "
-                f"{args.lambda_} (both terms); Dice = the pipeline's mean foreground Dice."
-            )
-            print(f"## A/B on the phantom\n\n{setup}\n\n{markdown_table(table)}\n")
+            print(f"## A/B\n\n{setup}\n\n{markdown_table(table)}\n")
             result["ab"] = {"setup": setup, "runs": runs, "table": table}
     if args.json:
         import json
@@ -292,6 +355,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.json.write_text(json.dumps({"title": "bench_distillation", **result},
                                         indent=2, default=str))
     return result
+
+
+def _pins(spec: str | None) -> dict[str, Any]:
+    """``"loss=ce_dice,base_lr=0.001"`` -> config values (YAML scalars; ``a/b`` = a list)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        key, _, value = item.partition("=")
+        parts = [yaml.safe_load(v) for v in value.split("/")]
+        out[key.strip()] = parts if len(parts) > 1 else parts[0]
+    return out
+
+
+def _write_json(args: Any, result: dict[str, Any], runs: list[dict[str, Any]], setup: str) -> None:
+    if not args.json:
+        return
+    import json
+
+    partial = {**result, "ab": {"setup": setup, "runs": runs, "table": ab_table(runs),
+                                "status": "partial"}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"title": "bench_distillation", **partial}, indent=2,
+                                    default=str))
 
 
 if __name__ == "__main__":

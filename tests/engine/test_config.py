@@ -18,7 +18,8 @@ def test_poly_lr_values():
 
 def test_recipes_hold_the_published_settings():
     syn = resolve_config("synapse")
-    assert (syn["loss"], syn["loss_weights"], syn["optimizer"]) == ("ce_dice", [0.4, 0.6], "sgd")
+    # Synapse trains as TransUNet's trainer_synapse: 0.5 CE + 0.5 Dice (not 0.4 / 0.6).
+    assert (syn["loss"], syn["loss_weights"], syn["optimizer"]) == ("ce_dice", [0.5, 0.5], "sgd")
     assert (syn["base_lr"], syn["momentum"], syn["weight_decay"], syn["img_size"]) == (
         0.01, 0.9, 1e-4, 224,
     )
@@ -97,3 +98,113 @@ def test_recipe_model_options_stay_with_the_recipe_model():
     assert resolve_config("phantom", {}, {"model": "transunet"})["model_options"] == {}
     cfg = resolve_config("phantom", {}, {"model": "unet3p", "model_options": {"base_channels": 8}})
     assert cfg["model_options"] == {"base_channels": 8}
+
+
+@pytest.mark.parametrize(
+    "name, model, weights, lr, batch, epochs",
+    [
+        # Beckschen/TransUNet trainer.py: loss = 0.5 * loss_ce + 0.5 * loss_dice.
+        ("transunet", "transunet", [0.5, 0.5], 0.01, 24, 150),
+        # HuCaoFighting/Swin-Unet trainer.py 0.4 / 0.6; README --base_lr 0.05.
+        ("swin_unet", "swin_unet", [0.4, 0.6], 0.05, 24, 150),
+        # SelfReg-UNet trainer_unet.py 0.4 / 0.6 + KD; README --batch_size 32 --max_epochs 300.
+        ("selfreg", "unet_selfreg", [0.4, 0.6], 0.01, 32, 300),
+        # The ResUnet seed: SGD 0.02, batch 8, 200 epochs.
+        ("resunet", "resunet_v1_0", [0.4, 0.6], 0.02, 8, 200),
+    ],
+)
+def test_source_recipes_are_named_for_their_source(name, model, weights, lr, batch, epochs):
+    cfg = resolve_config("default", None, {"recipe": name})
+    assert cfg["recipe"] == name and cfg["model"] == model
+    assert (cfg["loss"], cfg["loss_weights"], cfg["optimizer"]) == ("ce_dice", weights, "sgd")
+    assert (cfg["base_lr"], cfg["batch_size"], cfg["max_epochs"]) == (lr, batch, epochs)
+    assert (cfg["momentum"], cfg["weight_decay"], cfg["lr_schedule"], cfg["img_size"]) == (
+        0.9, 1e-4, "poly", 224,
+    )
+    lam = 0.015 if name == "selfreg" else 0.0  # SelfReg's lambda_x on both terms
+    assert cfg["distill_ifd"] == cfg["distill_scr"] == lam
+
+
+def test_synapse_default_is_transunets_recipe_with_the_plain_unet():
+    syn, tu = resolve_config("synapse"), resolve_config("transunet")
+    assert syn["model"] == "unet" and tu["model"] == "transunet"
+    same = ("loss", "loss_weights", "optimizer", "base_lr", "batch_size", "max_epochs", "img_size")
+    assert all(syn[k] == tu[k] for k in same)
+
+
+def test_recipe_flag_beats_the_dataset_and_yaml_recipe(tmp_path):
+    assert resolve_config("synapse")["recipe"] == "synapse"
+    assert resolve_config("synapse", None, {"recipe": "swin_unet"})["loss_weights"] == [0.4, 0.6]
+    f = tmp_path / "c.yaml"
+    f.write_text("recipe: resunet\n")
+    assert resolve_config("acdc", load_yaml(f))["base_lr"] == 0.02  # YAML over dataset
+    cfg = resolve_config("acdc", load_yaml(f), {"recipe": "transunet", "base_lr": 0.5})
+    assert (cfg["recipe"], cfg["loss_weights"], cfg["base_lr"]) == ("transunet", [0.5, 0.5], 0.5)
+    with pytest.raises(ConfigError, match="unknown recipe 'transunett'.*transunet"):
+        resolve_config("synapse", None, {"recipe": "transunett"})
+
+
+def test_paper_protocol_trains_on_everything_and_scores_as_transunet():
+    plain = resolve_config("synapse", None, {"recipe": "transunet"})
+    assert plain["paper_protocol"] is False and plain["val_fraction"] == 0.1
+    assert plain["protocol"] == "strict"
+    cfg = resolve_config("synapse", None, {"recipe": "transunet", "paper_protocol": True})
+    assert cfg["paper_protocol"] is True
+    assert (cfg["val_fraction"], cfg["val_cases"], cfg["protocol"]) == (0.0, None, "transunet")
+    # Contradictions are one clear line each.
+    with pytest.raises(ConfigError, match="drop --val-fraction"):
+        resolve_config("synapse", None, {"paper_protocol": True, "val_fraction": 0.2})
+    with pytest.raises(ConfigError, match="drop --protocol strict"):
+        resolve_config("synapse", None, {"paper_protocol": True, "protocol": "strict"})
+    with pytest.raises(ConfigError, match="paper-protocol must be true or false"):
+        resolve_config("synapse", {"paper_protocol": "yes"})
+
+
+def test_train_cli_parses_recipe_and_paper_protocol():
+    import argparse
+
+    from unetzoo.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--recipe", "swin_unet", "--paper-protocol"])
+    flags = train_cli.flag_values(args)
+    assert flags["recipe"] == "swin_unet" and flags["paper_protocol"] is True
+    assert "paper_protocol" not in train_cli.flag_values(parser.parse_args(["train"]))
+
+
+def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
+    tiny_cfg, tiny_root, monkeypatch
+):
+    from unetzoo.data import get_dataset
+    from unetzoo.engine import evaluation, trainer
+
+    # A dataset with its own validation split: the paper protocol must ignore it too.
+    ds = get_dataset("phantom", tiny_root, **tiny_cfg()["dataset_options"])
+    cases = ds.cases
+    monkeypatch.setattr(ds, "splits", lambda: ["train", "val", "test"])
+    monkeypatch.setattr(ds, "cases", lambda split: cases("train")[:1] if split == "val" else cases(split))
+
+    class Validated(Exception):
+        pass
+
+    def fake_validate(*args, **kwargs):
+        raise Validated
+
+    seen = {}
+
+    def fake_test(checkpoint, **kwargs):
+        import torch
+
+        ck = torch.load(checkpoint, weights_only=True)
+        seen.update(epoch=ck["epoch"], protocol=kwargs["protocol"])
+        return {"mean_dice": 0.0, "mean_hd95": 0.0, "hd95_unit": "mm", "cases": 1}
+
+    monkeypatch.setattr(trainer, "validate", fake_validate)
+    monkeypatch.setattr(evaluation, "run_test", fake_test)
+    with pytest.raises(Validated):  # control: without the switch the val split is used
+        trainer.train(tiny_cfg(max_epochs=1), dataset=ds)
+    cfg = tiny_cfg(paper_protocol=True, max_epochs=2, test=True, output=None)
+    cfg["output"] = str(tiny_root.parent / "paper-run")
+    summary = trainer.train(cfg, dataset=ds)
+    assert summary["best_epoch"] == 2 and seen == {"epoch": 2, "protocol": "transunet"}

@@ -21,7 +21,7 @@ _KEYS = (
     "img_size", "eval_interval", "seed", "num_workers", "output", "loss", "loss_weights",
     "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "deep_supervision",
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
-    "test_max_cases", "protocol", "device", "augment",
+    "test_max_cases", "protocol", "device", "augment", "recipe", "paper_protocol",
 )
 
 
@@ -37,6 +37,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--dataset", help="dataset name (default: the embedded phantom)")
     a("--data-root", help="dataset folder")
     a("--config", help="YAML file with any of these options (flag names, - or _)")
+    a("--recipe", metavar="NAME",
+      help="training recipe: transunet, swin_unet, selfreg, resunet (the published "
+      "scripts') or a dataset's (synapse, acdc, drive, phantom, default); default: the "
+      "dataset's")
+    a("--paper-protocol", action="store_true", default=None,
+      help="as the published tables: train on all training cases, select no checkpoint, "
+      "test the last epoch with the transunet metric protocol")
     a("--max-epochs", type=int)
     a("--batch-size", type=int)
     a("--base-lr", type=float, help="initial learning rate (poly decay per iteration)")

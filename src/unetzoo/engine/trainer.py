@@ -196,7 +196,9 @@ def train(
         all_train = list(ds.cases("train"))
         if not all_train:
             raise DataError(f"dataset {ds.name!r} at {ds.root} has no training cases")
-        if "val" in ds.splits() and ds.cases("val"):
+        # --paper-protocol: no validation split at all (not even the dataset's own), so
+        # every epoch's checkpoint is "best" and the test scores the last epoch.
+        if "val" in ds.splits() and ds.cases("val") and not cfg.get("paper_protocol"):
             train_cases, val_cases, val_split = all_train, list(ds.cases("val")), "val"
         else:
             train_cases, val_cases = split_train_val(all_train, cfg["val_fraction"], cfg["seed"])
