@@ -133,3 +133,18 @@ def test_dk_lookup_covers_every_atlas_region():
     names = realdata.MNI_DK_CLASSES
     assert names[lut[36]] == "caudate" and names[lut[77]] == "caudate"  # L/R caudate
     assert names[lut[40]] == "hippocampus" and names[lut[83]] == "brainstem"
+
+
+def test_unwritable_out_is_one_line_and_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    with pytest.raises(DataError, match="cannot write"):
+        prepare_real_dataset("mni_dk", afile / "sub", max_slices=6)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(realdata, "_write_slabs", boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_real_dataset("mni_dk", tmp_path / "o", max_slices=6)
+    assert list((tmp_path / "o").iterdir()) == [], "no half-written dataset, no temp folder"

@@ -20,7 +20,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +263,6 @@ def prepare_real_dataset(name: str, out: str | Path, *, max_slices: int | None =
     then get thinner so there are still 6 of them. An existing non-empty dataset folder is
     refused unless ``overwrite``.
     """
-    import nibabel as nib
-
     if name not in REAL_DATASETS:
         raise DataError(
             f"unknown real dataset {name!r}; choose one of {', '.join(sorted(REAL_DATASETS))}"
@@ -274,12 +274,8 @@ def prepare_real_dataset(name: str, out: str | Path, *, max_slices: int | None =
     root = out / spec.folder_name
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} is a file; remove it or choose another --out")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise DataError(
-                f"{root} already exists and is not empty; pass --overwrite to rebuild it"
-            )
-        shutil.rmtree(root)
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise DataError(f"{root} already exists and is not empty; pass --overwrite to rebuild it")
     image, label, affine = spec.build()
     box, slab = _crop(image, label, max_slices)
     image, label = image[box], label[box]
@@ -288,46 +284,70 @@ def prepare_real_dataset(name: str, out: str | Path, *, max_slices: int | None =
     offset[:3, 3] = [s.start for s in box]
     affine = affine @ offset
     train, test = slab_split(image.shape[2], slab)
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-
-    def write(slabs: list[range], images: str, labels: str) -> list[str]:
-        names = []
-        for sl in slabs:
-            case = f"{spec.key}_z{box[2].start + sl.start:03d}"
-            aff = affine.copy()
-            aff[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, sl.start]) + affine[:3, 3]
-            for arr, path in (
-                (image[..., sl.start:sl.stop], root / images / f"{case}_0000.nii.gz"),
-                (label[..., sl.start:sl.stop], root / labels / f"{case}.nii.gz"),
-            ):
-                nii = nib.Nifti1Image(np.ascontiguousarray(arr), aff)
-                nii.set_qform(aff, code=4)  # 4 = MNI152 space
-                nii.set_sform(aff, code=4)
-                nib.save(nii, str(path))
-            names.append(case)
-        return names
-
-    train_cases = write(train, "imagesTr", "labelsTr")
-    test_cases = write(test, "imagesTs", "labelsTs")
-    meta = {
-        "name": spec.folder_name.split("_", 1)[1],
-        "description": spec.description,
-        "reference": spec.reference,
-        "licence": spec.licence,
-        "release": "unetzoo prepare " + spec.key,
-        "channel_names": {"0": "T1"},
-        "labels": {c: i for i, c in enumerate(spec.classes)},
-        "numTraining": len(train_cases),
-        "file_ending": ".nii.gz",
-        "unetzoo_split": {
-            "axis": "k (axial), 1 mm",
-            "slab_slices": slab,
-            "rule": "slab i (from inferior) is a test case when i % 3 == 1",
-            "max_slices": max_slices,
-            "train": train_cases,
-            "test": test_cases,
-        },
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # Written next to its final place, then renamed: an interrupted build leaves no
+    # half-written dataset that a later run would refuse or, worse, train on.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=out))
+    except OSError as exc:
+        raise DataError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        cases = {
+            split: _write_slabs(tmp, spec.key, image, label, affine, slabs, box[2].start, split)
+            for split, slabs in (("Tr", train), ("Ts", test))
+        }
+        meta = {
+            "name": spec.folder_name.split("_", 1)[1],
+            "description": spec.description,
+            "reference": spec.reference,
+            "licence": spec.licence,
+            "release": "unetzoo prepare " + spec.key,
+            "channel_names": {"0": "T1"},
+            "labels": {c: i for i, c in enumerate(spec.classes)},
+            "numTraining": len(cases["Tr"]),
+            "file_ending": ".nii.gz",
+            "unetzoo_split": {
+                "axis": "k (axial), 1 mm",
+                "slab_slices": slab,
+                "rule": "slab i (from inferior) is a test case when i % 3 == 1",
+                "max_slices": max_slices,
+                "train": cases["Tr"],
+                "test": cases["Ts"],
+            },
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if root.is_dir():
+            shutil.rmtree(root)  # empty, or --overwrite
+        os.replace(tmp, root)
+    except OSError as exc:
+        raise DataError(f"cannot write {root}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _write_slabs(root: Path, key: str, image: np.ndarray, label: np.ndarray,
+                 affine: np.ndarray, slabs: list[range], k0: int, split: str) -> list[str]:
+    """Write each slab as ``images{split}/{case}_0000.nii.gz`` + ``labels{split}/{case}``;
+    ``k0`` is the first kept slice of the template, so case names give template slices."""
+    import nibabel as nib
+
+    (root / f"images{split}").mkdir()
+    (root / f"labels{split}").mkdir()
+    names = []
+    for sl in slabs:
+        case = f"{key}_z{k0 + sl.start:03d}"
+        aff = affine.copy()
+        aff[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, sl.start]) + affine[:3, 3]
+        for arr, path in (
+            (image[..., sl.start:sl.stop], root / f"images{split}" / f"{case}_0000.nii.gz"),
+            (label[..., sl.start:sl.stop], root / f"labels{split}" / f"{case}.nii.gz"),
+        ):
+            nii = nib.Nifti1Image(np.ascontiguousarray(arr), aff)
+            nii.set_qform(aff, code=4)  # 4 = MNI152 space
+            nii.set_sform(aff, code=4)
+            nib.save(nii, str(path))  # nibabel's gzip has mtime 0: same bytes every run
+        names.append(case)
+    return names
