@@ -56,14 +56,31 @@ def dataset_info(name: str) -> DatasetEntry:
         ) from exc
 
 
+def guess_dataset(root: str | Path | None) -> str:
+    """The reader for ``get_dataset(None, root)``: ``"nnunet"`` when ``root`` holds a
+    ``dataset.json`` (nnU-Net v2 raw or MSD) and is not a phantom folder, else
+    ``"phantom"`` (the embedded demo, generated into ``root``)."""
+    if root is None:
+        return "phantom"
+    from unetzoo.data.phantom import read_stamp
+
+    folder = Path(root)
+    if (folder / "dataset.json").is_file() and read_stamp(folder) is None:
+        return "nnunet"
+    return "phantom"
+
+
 def get_dataset(name: str | None = None, root: str | Path | None = None, **options: Any) -> SegDataset:
     """Open dataset ``name`` at ``root`` with reader ``options``.
 
-    ``name=None`` or ``"phantom"`` is the embedded phantom, generated on first use into
-    ``root`` or the cache folder (``$UNETZOO_CACHE`` or ``~/.cache/unetzoo``).
-    Unknown options are a :class:`DataError`.
+    ``name=None`` picks the reader from ``root`` (:func:`guess_dataset`): a folder with a
+    ``dataset.json`` is read as ``nnunet``, so ``unetzoo train --data-root DatasetNNN_X``
+    needs no ``--dataset``; otherwise, as with ``"phantom"``, it is the embedded
+    phantom, generated on first use into ``root`` or the cache folder
+    (``$UNETZOO_CACHE`` or ``~/.cache/unetzoo``). Unknown options are a
+    :class:`DataError`.
     """
-    entry = dataset_info("phantom" if name is None else name)
+    entry = dataset_info(guess_dataset(root) if name is None else name)
     if root is None and entry.needs_root:
         raise DataError(f"dataset {entry.name!r} needs a folder: pass root=... (--data-root)")
     try:
@@ -157,6 +174,7 @@ __all__ = [
     "SliceDataset",
     "dataset_info",
     "get_dataset",
+    "guess_dataset",
     "list_datasets",
     "register_dataset",
 ]
