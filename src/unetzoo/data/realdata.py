@@ -84,10 +84,9 @@ ICBM_TISSUE_CLASSES = ("background", "grey_matter", "white_matter")
 
 @dataclass(frozen=True)
 class RealDataset:
-    """One buildable dataset: its nnU-Net id and name, classes and label builder."""
+    """One buildable dataset: its nnU-Net folder name, classes and builder."""
 
     key: str
-    dataset_id: int
     folder_name: str
     classes: tuple[str, ...]
     description: str
@@ -185,7 +184,7 @@ def build_icbm_tissue() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 REAL_DATASETS: dict[str, RealDataset] = {
     "mni_dk": RealDataset(
-        key="mni_dk", dataset_id=801, folder_name="Dataset801_MNIDesikanKilliany",
+        key="mni_dk", folder_name="Dataset801_MNIDesikanKilliany",
         classes=MNI_DK_CLASSES,
         description=(
             "ICBM152 2009a symmetric T1 template (nilearn) with the Desikan-Killiany atlas "
@@ -199,7 +198,7 @@ REAL_DATASETS: dict[str, RealDataset] = {
         build=build_mni_dk,
     ),
     "icbm_tissue": RealDataset(
-        key="icbm_tissue", dataset_id=802, folder_name="Dataset802_ICBMTissue",
+        key="icbm_tissue", folder_name="Dataset802_ICBMTissue",
         classes=ICBM_TISSUE_CLASSES,
         description=(
             "ICBM152 2009a symmetric T1 template with grey / white matter from the template's "
@@ -214,8 +213,6 @@ def slab_split(n_slices: int, slab: int = SLAB) -> tuple[list[range], list[range
     """Cut ``n_slices`` consecutive slices into slabs of ``slab`` (the last one may be
     shorter, merged into its neighbour when under half a slab); slab ``i`` is a test case
     when ``i % 3 == 1``, so training and test slabs interleave from bottom to top."""
-    if n_slices < 3:
-        raise DataError(f"need at least 3 labelled slices to split, got {n_slices}")
     starts = list(range(0, n_slices, slab))
     if len(starts) > 1 and n_slices - starts[-1] < slab / 2:
         starts.pop()
@@ -223,6 +220,10 @@ def slab_split(n_slices: int, slab: int = SLAB) -> tuple[list[range], list[range
     slabs = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     train = [s for i, s in enumerate(slabs) if i % TEST_EVERY != 1]
     test = [s for i, s in enumerate(slabs) if i % TEST_EVERY == 1]
+    if not test:
+        raise DataError(
+            f"{n_slices} slices make a single slab of {slab}; a train/test split needs two"
+        )
     return train, test
 
 
