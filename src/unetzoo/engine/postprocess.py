@@ -1,0 +1,256 @@
+"""Largest-connected-component post-processing, decided on cross-validation (nnU-Net).
+
+nnU-Net v2's ``determine_postprocessing`` (``nnunetv2/postprocessing/
+remove_connected_components.py``), step for step:
+
+1. **Foreground as a whole**: keep only the largest connected component of the union of
+   all foreground classes (voxels of the other components become background). Accepted
+   when the mean over foreground classes of the per-class mean Dice strictly improves
+   *and* no class's mean Dice gets worse.
+2. **Per class** (only with more than one foreground class), in label order, on the
+   result of the steps accepted so far: keep only the largest component of that class.
+   Accepted when that class's mean Dice strictly improves.
+
+Dice per case is ``2 TP / (2 TP + FP + FN)``, NaN when the class is absent from both maps
+(left out of the class mean); voxels whose reference is the ``ignore_label`` count for
+nothing. Components are connected through faces, edges and corners (full connectivity,
+as ``skimage.measure.label(connectivity=None)`` in nnU-Net's ``acvl_utils``), and when
+several components share the largest size all of them are kept (as acvl_utils does).
+
+The decision is a JSON-able *plan* (:func:`determine_postprocessing`), stored with the
+model (checkpoint key ``"postprocessing"`` or a ``postprocessing.json`` beside it) and
+applied by :func:`apply_postprocessing` -- never a pickle of functions, as nnU-Net's
+``postprocessing.pkl`` is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from unetzoo.errors import ConfigError, DataError
+from unetzoo.metrics.overlap import dice_from_confusion
+from unetzoo.metrics.per_case import class_counts, jsonable
+
+PLAN_FORMAT = "unetzoo-postprocessing"
+PLAN_VERSION = 1
+STEP_KIND = "keep_largest_component"
+PLAN_FILE = "postprocessing.json"
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Boolean mask of the largest connected component(s) of ``mask`` (full connectivity;
+    ties all kept; an empty mask stays empty)."""
+    m = np.asarray(mask, dtype=bool)
+    labeled, n = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, m.ndim))
+    if n <= 1:
+        return m.copy()
+    sizes = np.bincount(labeled.ravel())
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes == sizes.max())
+    return np.isin(labeled, keep)
+
+
+def remove_all_but_largest_component(
+    labels: np.ndarray, classes: Sequence[int], background: int = 0
+) -> np.ndarray:
+    """A copy of ``labels`` where the voxels of ``classes`` (taken together) outside their
+    largest connected component are set to ``background``."""
+    arr = np.asarray(labels)
+    mask = np.isin(arr, np.asarray(list(classes)))
+    out = arr.copy()
+    out[mask & ~keep_largest_component(mask)] = background
+    return out
+
+
+def empty_plan(num_classes: int) -> dict[str, Any]:
+    """A plan that changes nothing."""
+    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "num_classes": int(num_classes),
+            "steps": []}
+
+
+def check_plan(plan: Any, where: str = "post-processing plan") -> dict[str, Any]:
+    """``plan`` if it is a valid plan, else a one-line DataError naming ``where``."""
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise DataError(f"{where}: not a unetzoo post-processing plan (format {PLAN_FORMAT!r})")
+    if plan.get("version") != PLAN_VERSION:
+        raise DataError(f"{where}: plan version {plan.get('version')!r} is not {PLAN_VERSION}")
+    steps = plan.get("steps")
+    ok = isinstance(steps, list) and all(
+        isinstance(s, dict)
+        and s.get("kind") == STEP_KIND
+        and isinstance(s.get("classes"), list)
+        and s["classes"]
+        and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in s["classes"])
+        for s in steps
+    )
+    if not ok:
+        raise DataError(
+            f"{where}: 'steps' must be a list of {{\"kind\": \"{STEP_KIND}\", \"classes\": "
+            "[foreground class indices]}"
+        )
+    return plan
+
+
+def apply_postprocessing(labels: np.ndarray, plan: dict[str, Any] | None) -> np.ndarray:
+    """``labels`` with the plan's steps applied in order (a copy; ``None`` = no change)."""
+    arr = np.asarray(labels)
+    if plan is None:
+        return arr.copy()
+    check_plan(plan)
+    if arr.dtype.kind not in "biu":
+        raise DataError(f"post-processing needs an integer label map, got dtype {arr.dtype}")
+    n = plan.get("num_classes")
+    if isinstance(n, int) and arr.size and int(arr.max()) >= n:
+        raise DataError(
+            f"label map holds class {int(arr.max())} but the post-processing plan was "
+            f"made for {n} classes; use the plan of this model"
+        )
+    out = arr.copy()
+    for step in plan["steps"]:
+        out = remove_all_but_largest_component(out, step["classes"])
+    return out
+
+
+def _class_means(
+    preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
+    ignore_label: int | None,
+) -> dict[int, float]:
+    per_class: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
+    for p, g in zip(preds, refs):
+        for c, conf in class_counts(p, g, num_classes, ignore_label).items():
+            per_class[c].append(dice_from_confusion(conf))
+    out = {}
+    for c, vals in per_class.items():
+        scored = [v for v in vals if not math.isnan(v)]
+        out[c] = float(np.mean(scored)) if scored else math.nan
+    return out
+
+
+def _fg_mean(means: dict[int, float]) -> float:
+    vals = [v for v in means.values() if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _better(new: float, old: float) -> bool:
+    return not math.isnan(new) and (math.isnan(old) or new > old)
+
+
+def _worse(new: float, old: float) -> bool:
+    return not math.isnan(new) and not math.isnan(old) and new < old
+
+
+def determine_postprocessing(
+    predictions: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    num_classes: int,
+    *,
+    ignore_label: int | None = None,
+    class_names: Sequence[str] | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """The post-processing plan that cross-validation supports (see the module docstring).
+
+    Args:
+        predictions, references: label maps of the validation cases of every fold (the
+            predictions of the fold that did not train on the case), pairwise of one shape.
+        num_classes: classes including background.
+        ignore_label: reference value whose voxels are not scored (dataset.json "ignore").
+        class_names: names for the messages and the plan.
+
+    Returns:
+        A JSON-able plan: ``{"format", "version", "num_classes", "steps": [{"kind":
+        "keep_largest_component", "classes": [...]}, ...], "dice_before": {...},
+        "dice_after": {...}, "cases": n, "rule": ...}``.
+    """
+    if len(predictions) != len(references):
+        raise DataError(
+            f"{len(predictions)} prediction(s) but {len(references)} reference(s); pass one "
+            "prediction per validation case"
+        )
+    if not predictions:
+        raise DataError("no cross-validation predictions to decide post-processing on")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes!r}; it must be an integer >= 2")
+
+    def name(c: int) -> str:
+        return class_names[c] if class_names is not None and c < len(class_names) else str(c)
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(msg, flush=True)
+
+    fg = list(range(1, num_classes))
+    current = [np.asarray(p) for p in predictions]
+    base = _class_means(current, references, num_classes, ignore_label)
+    before = dict(base)
+    steps: list[dict[str, Any]] = []
+
+    cand = [remove_all_but_largest_component(p, fg) for p in current]
+    new = _class_means(cand, references, num_classes, ignore_label)
+    if _better(_fg_mean(new), _fg_mean(base)) and not any(_worse(new[c], base[c]) for c in fg):
+        say(f"largest foreground component: mean Dice {_fg_mean(base):.5f} -> {_fg_mean(new):.5f}")
+        steps.append({"kind": STEP_KIND, "classes": fg})
+        current, base = cand, new
+    else:
+        say("largest foreground component: no improvement")
+
+    if len(fg) > 1:
+        for c in fg:
+            cand = [remove_all_but_largest_component(p, [c]) for p in current]
+            new = _class_means(cand, references, num_classes, ignore_label)
+            if _better(new[c], base[c]):
+                say(f"largest component of {name(c)}: Dice {base[c]:.5f} -> {new[c]:.5f}")
+                steps.append({"kind": STEP_KIND, "classes": [c]})
+                current, base = cand, new
+            else:
+                say(f"largest component of {name(c)}: no improvement")
+
+    plan = empty_plan(num_classes)
+    plan.update(
+        steps=steps,
+        cases=len(current),
+        rule="nnU-Net v2 determine_postprocessing: foreground step if the foreground mean "
+        "Dice improves and no class gets worse; then per class if its mean Dice improves",
+        dice_before={name(c): before[c] for c in fg} | {"foreground_mean": _fg_mean(before)},
+        dice_after={name(c): base[c] for c in fg} | {"foreground_mean": _fg_mean(base)},
+    )
+    if class_names is not None:
+        plan["class_names"] = list(class_names)
+    return plan
+
+
+def save_plan(path: str | Path, plan: dict[str, Any]) -> Path:
+    """Write a plan as strict JSON (NaN -> null), atomically."""
+    from unetzoo.data.io import atomic_write_text
+
+    check_plan(plan)
+    p = Path(path)
+    atomic_write_text(p, json.dumps(jsonable(plan), indent=2, allow_nan=False) + "\n")
+    return p
+
+
+def load_plan(path: str | Path) -> dict[str, Any]:
+    """Read and check a plan file (one-line DataError when missing or malformed)."""
+    from unetzoo.data.io import read_json
+
+    p = Path(path)
+    return check_plan(read_json(p), str(p))
+
+
+def plan_for_checkpoint(ckpt: dict[str, Any], checkpoint_path: str | Path | None) -> dict | None:
+    """The plan stored with a model: the checkpoint's ``"postprocessing"`` entry, else a
+    ``postprocessing.json`` in the checkpoint's folder, else None."""
+    if isinstance(ckpt, dict) and ckpt.get("postprocessing") is not None:
+        return check_plan(ckpt["postprocessing"], f"{checkpoint_path}: 'postprocessing'")
+    if checkpoint_path is not None:
+        beside = Path(checkpoint_path).parent / PLAN_FILE
+        if beside.is_file():
+            return load_plan(beside)
+    return None

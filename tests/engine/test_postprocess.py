@@ -1,0 +1,125 @@
+"""Largest-connected-component post-processing decided on cross-validation, as nnU-Net v2's
+determine_postprocessing (unetzoo.engine.postprocess)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unetzoo.engine import postprocess as pp
+from unetzoo.errors import DataError
+
+
+def test_keep_largest_component_full_connectivity_and_ties():
+    m = np.zeros((7, 7), bool)
+    m[0:2, 0:3] = True  # 6 voxels
+    m[2, 3] = True  # touches the block only through a corner: same component (7)
+    m[5:7, 5:7] = True  # 4 voxels
+    out = pp.keep_largest_component(m)
+    assert out.sum() == 7 and not out[5:, 5:].any()
+    tie = np.zeros((5, 5), bool)
+    tie[0, 0:2] = tie[4, 3:5] = True
+    np.testing.assert_array_equal(pp.keep_largest_component(tie), tie)
+    assert not pp.keep_largest_component(np.zeros((3, 3), bool)).any()
+
+
+def test_classes_are_taken_together():
+    lab = np.zeros((3, 9), np.int64)
+    lab[1, 0:2] = 1
+    lab[1, 2:4] = 2  # classes 1 and 2 touch: one 4-voxel foreground component
+    lab[1, 7] = 1  # an island of class 1
+    out = pp.remove_all_but_largest_component(lab, [1, 2])
+    assert out[1, 7] == 0 and (out[1, :4] == [1, 1, 2, 2]).all()
+    assert lab[1, 7] == 1  # input untouched
+
+
+def _organ_cases(n=4, seed=0):
+    """Class 1 one blob, class 2 two separate blobs (left/right, like kidneys); the
+    predictions are the truth plus a small spurious class-1 island."""
+    rng = np.random.default_rng(seed)
+    preds, refs = [], []
+    for _ in range(n):
+        gt = np.zeros((4, 24, 24), np.int64)
+        r = int(rng.integers(0, 3))
+        gt[:, 8 + r : 16 + r, 8:16] = 1
+        gt[:, 2:6, 1:5] = 2
+        gt[:, 2:6, 19:23] = 2
+        pred = gt.copy()
+        pred[1:3, 20:22, 20:22] = 1
+        preds.append(pred)
+        refs.append(gt)
+    return preds, refs
+
+
+def test_determined_per_class_like_nnunet():
+    preds, refs = _organ_cases()
+    plan = pp.determine_postprocessing(preds, refs, 3, class_names=["bg", "liver", "kidney"])
+    # Foreground as a whole would drop the kidneys (class 2 worse): refused; class 1's
+    # island removal improves its Dice: kept; class 2's second kidney must stay.
+    assert plan["steps"] == [{"kind": pp.STEP_KIND, "classes": [1]}]
+    assert plan["dice_after"]["liver"] > plan["dice_before"]["liver"]
+    assert plan["dice_after"]["kidney"] == plan["dice_before"]["kidney"] == 1.0
+    out = pp.apply_postprocessing(preds[0], plan)
+    np.testing.assert_array_equal(out, refs[0])
+
+
+def test_foreground_step_for_a_single_class():
+    preds, refs = _organ_cases()
+    preds = [np.where(p == 2, 0, p) for p in preds]
+    refs = [np.where(r == 2, 0, r) for r in refs]
+    plan = pp.determine_postprocessing(preds, refs, 2)
+    assert plan["steps"] == [{"kind": pp.STEP_KIND, "classes": [1]}]
+    assert plan["dice_after"]["foreground_mean"] == 1.0
+
+
+def test_nothing_when_it_does_not_help():
+    _, refs = _organ_cases()
+    plan = pp.determine_postprocessing(refs, refs, 3)
+    assert plan["steps"] == []
+    # An island inside the reference's ignore region costs nothing: not removed either.
+    preds, refs = _organ_cases()
+    refs = [r.copy() for r in refs]
+    for r in refs:
+        r[:, 18:24, 18:24] = np.where(r[:, 18:24, 18:24] == 0, 9, r[:, 18:24, 18:24])
+    plan = pp.determine_postprocessing(preds, refs, 3, ignore_label=9)
+    assert [1] not in [s["classes"] for s in plan["steps"]]
+
+
+def test_plan_round_trips_through_json_and_the_checkpoint(tmp_path):
+    preds, refs = _organ_cases()
+    plan = pp.determine_postprocessing(preds, refs, 3)
+    path = pp.save_plan(tmp_path / pp.PLAN_FILE, plan)
+    loaded = pp.load_plan(path)
+    np.testing.assert_array_equal(
+        pp.apply_postprocessing(preds[1], loaded), pp.apply_postprocessing(preds[1], plan)
+    )
+    assert pp.plan_for_checkpoint({"postprocessing": loaded}, None) == loaded
+    assert pp.plan_for_checkpoint({}, tmp_path / "best.pt") == loaded  # the file beside it
+    assert pp.plan_for_checkpoint({}, tmp_path / "sub" / "best.pt") is None
+    np.testing.assert_array_equal(pp.apply_postprocessing(preds[1], None), preds[1])
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"format": "x"},
+        {"format": pp.PLAN_FORMAT, "version": 1, "steps": [{"kind": "rm", "classes": [1]}]},
+        {"format": pp.PLAN_FORMAT, "version": 1, "steps": [{"kind": pp.STEP_KIND,
+                                                             "classes": [0]}]},
+        {"format": pp.PLAN_FORMAT, "version": 2, "steps": []},
+    ],
+)
+def test_bad_plans_are_refused(plan):
+    with pytest.raises(DataError):
+        pp.apply_postprocessing(np.zeros((2, 2), np.int64), plan)
+
+
+def test_plan_of_another_model_is_refused(tmp_path):
+    plan = pp.empty_plan(2)
+    with pytest.raises(DataError, match="made for 2 classes"):
+        pp.apply_postprocessing(np.full((2, 2), 3), plan)
+    (tmp_path / "p.json").write_text("[1]")
+    with pytest.raises(DataError):
+        pp.load_plan(tmp_path / "p.json")
+    with pytest.raises(DataError, match="prediction"):
+        pp.determine_postprocessing([np.zeros((2, 2), int)], [], 2)
