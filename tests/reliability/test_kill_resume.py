@@ -1,0 +1,244 @@
+"""Kill a tiny training at many points, ``--resume``, and get the uninterrupted run.
+
+Each kill is ``os._exit(137)`` in a forked child at a named point of the trainer
+(``$UNETZOO_TEST_CRASH_AT``, :func:`unetzoo.engine.checkpoint.crash_point`): nothing runs
+after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way
+through writing it (the temporary file is complete, not yet renamed), between the
+``latest.pt`` and ``best.pt`` writes, half way through ``best.pt``, and after both. Then
+the run is continued the way a user would (``--resume`` when ``latest.pt`` exists, else a
+plain rerun) and must end with the same ``latest.pt`` weights, the same ``best.pt`` (the
+same epoch and weights), the same metrics.csv and no temporary files. Disk-full writes
+are simulated by making the writer raise ``OSError(ENOSPC)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from unetzoo.engine.checkpoint import CRASH_ENV, RUN_MARKER, load_checkpoint
+from unetzoo.errors import CheckpointError
+
+EPOCHS = 3
+SHAPE = [4, 32, 32]
+FLAGS = {
+    "model": "unet", "model_options": {"base_channels": 4}, "img_size": 32, "batch_size": 4,
+    "max_epochs": EPOCHS, "eval_interval": 1, "base_lr": 0.03, "optimizer": "adamw",
+    "test": False, "progress": False, "device": "cpu", "num_workers": 0, "val_cases": 1,
+}
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_parent():
+    """Import once in the parent (forked children inherit the modules) and skip the PNG
+    plots, which are not under test: the many children then take a second or two each."""
+    import unetzoo.engine.evaluation  # noqa: F401 - pulls in metrics and scipy
+    import unetzoo.engine.trainer as trainer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "plot_history", lambda rows, out_dir: [])
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from unetzoo.data.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("kill") / "phantom"
+    generate_phantom(root, n_train=4, n_test=1, shape=SHAPE, seed=0)
+    return root
+
+
+def _train_in_child(root: Path, out: Path, crash: str | None = None) -> int:
+    """Run one ``train`` call in a forked child (resuming when latest.pt exists)."""
+    latest = out / "checkpoints" / "latest.pt"
+    resume = latest if latest.exists() else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            if crash:
+                os.environ[CRASH_ENV] = crash
+            torch.set_num_threads(1)
+            from unetzoo.data import get_dataset
+            from unetzoo.engine.config import resolve_config
+            from unetzoo.engine.trainer import train
+
+            ds = get_dataset("phantom", root, n_train=4, n_test=1, shape=SHAPE)
+            cfg = resolve_config(ds.recipe, None, {**FLAGS, "output": str(out)})
+            train(cfg, dataset=ds, resume=resume)
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported to the parent by the exit code
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _metrics(out: Path) -> list[dict[str, str]]:
+    with (out / "metrics.csv").open() as fh:
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(fh)]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert _train_in_child(data_root, out) == 0
+    ck = load_checkpoint(out / "checkpoints" / "latest.pt")
+    best_epochs = []
+    best = -float("inf")
+    for row in ck["history"]:
+        if row["val_dice"] > best:
+            best, best_epochs = row["val_dice"], [*best_epochs, int(row["epoch"])]
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == ck["best_epoch"]
+    return {"out": out, "improving": best_epochs, "best_epoch": ck["best_epoch"]}
+
+
+def _kill_points(improving: list[int]) -> list[str]:
+    points = [f"between-writes:{e}" for e in improving]  # the dangerous gap, every time
+    points += ["before-latest:1", "before-latest:2", "tmp-latest:2", f"tmp-best:{improving[0]}",
+               f"after-best:{EPOCHS - 1}"]
+    return points
+
+
+def test_kill_at_every_point_then_resume_matches_uninterrupted_run(data_root, tmp_path,
+                                                                    reference):
+    ref = reference["out"]
+    points = _kill_points(reference["improving"])
+    assert any(p.startswith("between-writes") for p in points)
+    results = []
+    for point in points:
+        out = tmp_path / point.replace(":", "-")
+        assert _train_in_child(data_root, out, crash=point) == 137, point
+        if point.startswith("tmp-"):  # killed mid-write: the temporary file is left
+            assert list((out / "checkpoints").glob(".*.tmp")), point
+        assert _train_in_child(data_root, out) == 0, point
+        ck_dir = out / "checkpoints"
+        latest = load_checkpoint(ck_dir / "latest.pt")
+        best = load_checkpoint(ck_dir / "best.pt")
+        results.append((point, best["epoch"], latest["best_epoch"]))
+        assert latest["epoch"] == EPOCHS, point
+        assert best["epoch"] == latest["best_epoch"] == reference["best_epoch"], point
+        assert _same_weights(ck_dir / "best.pt", ref / "checkpoints" / "best.pt"), point
+        assert _same_weights(ck_dir / "latest.pt", ref / "checkpoints" / "latest.pt"), point
+        assert _metrics(out) == _metrics(ref), point
+        assert not list(ck_dir.glob(".*.tmp")) and not (out / "metrics.csv.tmp").exists(), point
+        assert '"finished"' in (out / RUN_MARKER).read_text(), point
+
+
+def test_disk_full_on_best_keeps_latest_and_resume_repairs(data_root, tmp_path, monkeypatch,
+                                                           reference):
+    """ENOSPC while writing best.pt: one line naming it, latest.pt intact, resume repairs."""
+    import unetzoo.engine.checkpoint as ckpt_mod
+    from unetzoo.data import get_dataset
+    from unetzoo.engine.config import resolve_config
+    from unetzoo.engine.trainer import train
+
+    ds = get_dataset("phantom", data_root, n_train=4, n_test=1, shape=SHAPE)
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def full_disk(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 1 always improves: latest.pt, then best.pt fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"^disk full at .*best\.pt") as info:
+        train(resolve_config(ds.recipe, None, {**FLAGS, "output": str(out)}), dataset=ds)
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+    ck_dir = out / "checkpoints"
+    assert load_checkpoint(ck_dir / "latest.pt")["epoch"] == 1  # the good write stayed
+    assert not (ck_dir / "best.pt").exists() and not list(ck_dir.glob(".*.tmp"))
+    assert _train_in_child(data_root, out) == 0
+    assert load_checkpoint(ck_dir / "best.pt")["epoch"] == reference["best_epoch"]
+    assert _same_weights(ck_dir / "best.pt", reference["out"] / "checkpoints" / "best.pt")
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
+                                 RuntimeError("[enforce fail at inline_container.cc:626] . "
+                                              "unexpected pos 3904 vs 3792")])
+def test_disk_full_writing_a_checkpoint_is_one_line(tmp_path, monkeypatch, exc):
+    """Both ways a full disk shows up (errno, torch's zip writer) read "disk full at PATH";
+    the previous file is untouched and no temporary file is left."""
+    import shutil
+
+    import unetzoo.engine.checkpoint as ckpt_mod
+
+    path = tmp_path / "checkpoints" / "latest.pt"
+    ckpt_mod.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, path)
+    before = path.read_bytes()
+
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", fail)
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage",
+                        lambda p: real_usage(p)._replace(free=1024))
+    with pytest.raises(CheckpointError) as info:
+        ckpt_mod.save_checkpoint({"epoch": 2}, path)
+    msg = str(info.value)
+    assert msg.startswith(f"disk full at {path}") and "intact" in msg and "\n" not in msg
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["latest.pt"]
+
+
+def test_disk_full_via_cli_is_one_line(data_root, tmp_path, monkeypatch, capsys):
+    import unetzoo.engine.checkpoint as ckpt_mod
+    from unetzoo.cli.main import main
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    rc = main(["train", "--data-root", str(data_root), "--output", str(tmp_path / "run"),
+               "--dataset-option", "n_train=4", "--dataset-option", "n_test=1",
+               "--dataset-option", "shape=[4, 32, 32]", "--model-option", "base_channels=4",
+               "--img-size", "32", "--max-epochs", "1", "--no-test", "--no-progress",
+               "--device", "cpu", "--num-workers", "0", "--model", "unet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: disk full at "), err
+
+
+def test_repair_best_leaves_consistent_folders_alone(tmp_path):
+    from unetzoo.engine.checkpoint import repair_best, save_checkpoint
+
+    d = tmp_path / "checkpoints"
+    save_checkpoint({"epoch": 3, "best_epoch": 2, "state_dict": {}}, d / "latest.pt")
+    save_checkpoint({"epoch": 2, "best_epoch": 2, "state_dict": {}}, d / "best.pt")
+    assert repair_best(d) is None
+    # A mismatch that no interruption can produce is reported, never papered over.
+    save_checkpoint({"epoch": 1, "best_epoch": 1, "state_dict": {}}, d / "best.pt")
+    note = repair_best(d)
+    best = torch.load(d / "best.pt", weights_only=True)
+    assert note and note.startswith("warning") and best["epoch"] == 1
+    # The gap a kill between the two writes leaves: latest.pt is the best, best.pt older.
+    save_checkpoint({"epoch": 4, "best_epoch": 4, "state_dict": {"w": torch.ones(1)}},
+                    d / "latest.pt")
+    assert "repaired" in repair_best(d)
+    best = torch.load(d / "best.pt", weights_only=True)
+    assert best["epoch"] == 4 and torch.equal(best["state_dict"]["w"], torch.ones(1))
