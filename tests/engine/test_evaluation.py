@@ -111,7 +111,9 @@ def test_report_never_counts_a_missing_class_as_success(fake_predictor, tmp_path
     assert "kidney, spleen" in err
     saved = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert saved["never_predicted"] == ["kidney", "spleen"]
-    assert math.isnan(saved["per_class"]["spleen"]["dice"])
+    # strict JSON: not scored -> null, infinite distance -> "inf"
+    assert saved["per_class"]["spleen"]["dice"] is None
+    assert saved["per_class"]["kidney"]["hd95"] == "inf" and saved["mean_dice"] == 0.5
 
 
 def test_transunet_protocol_keeps_published_rules(fake_predictor, tmp_path):

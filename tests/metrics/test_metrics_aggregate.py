@@ -16,6 +16,8 @@ from unetzoo.metrics import (
     evaluate_case,
     format_table,
     hd95,
+    never_predicted_warning,
+    present_classes,
     summarize,
     surface_distances,
     write_case_csv,
@@ -168,3 +170,56 @@ def test_one_slice_volume_is_evaluated_as_2d():
     as2d = evaluate_case(pred[0], gt[0], 5, spacing=(0.5, 0.7), metrics=metrics)
     assert as3d == as2d
     assert as2d[1]["hd95"] == pytest.approx(hd95(pred[0] == 1, gt[0] == 1, (0.5, 0.7)))
+
+
+def _issue_case(present: tuple[int, ...], shape=(2, 24, 24)) -> np.ndarray:
+    """A label map holding a block of each class in ``present`` (of 1..4)."""
+    lab = np.zeros(shape, np.int64)
+    for c in present:
+        lab[:, 5 * c - 4 : 5 * c, 2:20] = c
+    return lab
+
+
+def test_summary_never_counts_absent_or_missed_classes_as_success(tmp_path):
+    """The issue's failure: a model that predicts only class 1. Old strict rule: a class
+    absent from both scored Dice 1 and the mean looked half right."""
+    gts = {"a": _issue_case((1, 2)), "b": _issue_case((1,)), "c": _issue_case((1, 3))}
+    preds = {k: np.where(g == 1, 1, 0) for k, g in gts.items()}
+    per_case = {k: evaluate_case(preds[k], gts[k], 5, metrics=("dice", "hd95", "iou"))
+                for k in gts}
+    predicted = set().union(*(present_classes(p, 5) for p in preds.values()))
+    table = summarize(per_case, NAMES, predicted=predicted)
+    assert table.per_class["dice"][0] == 1.0 and table.counts["dice"] == [3, 1, 1, 0]
+    assert table.per_class["dice"][1:3] == [0.0, 0.0]
+    assert math.isnan(table.per_class["dice"][3])  # tumour: nowhere, not scored
+    assert table.per_class["hd95"][1] == math.inf
+    assert table.mean["dice"] == pytest.approx(1 / 3)  # over 3 scored classes, not 0.75
+    assert table.classes_in_mean("dice") == 3
+    assert table.never_predicted == [2, 3, 4]
+    assert table.never_predicted_names == ["kidney", "spleen", "tumour"]
+    md = format_table(table, model="m")
+    assert "| liver | 100.00 | 3 | 0.00 | 3 | 100.00 | 3 |" in md
+    assert "| tumour (never predicted) | n/a | 0 | n/a | 0 | n/a | 0 |" in md
+    assert "3/4 classes" in md
+    assert "never predicted 3 of 4 class(es) in any of the 3 case(s): kidney" in md
+    assert never_predicted_warning(table).startswith("warning: the model never predicted")
+    d = table.to_dict()
+    assert d["classes"][1]["n_dice"] == 1 and d["never_predicted"] == ["kidney", "spleen",
+                                                                       "tumour"]
+    rows = list(csv.reader(open(write_summary_csv(table, tmp_path / "s.csv"))))
+    n_dice = next(r for r in rows if r[0] == "n_dice")
+    assert n_dice[3:] == ["3", "3", "1", "1", "0"]
+    # the same model under the TransUNet rules: every case counts, absent-both is 0
+    per_case = {k: evaluate_case(preds[k], gts[k], 5, protocol="transunet") for k in gts}
+    tu = summarize(per_case, NAMES, protocol="transunet", predicted=predicted)
+    assert tu.per_class["dice"] == [1.0, 0.0, 0.0, 0.0] and tu.counts["dice"] == [3] * 4
+    assert tu.mean["dice"] == pytest.approx(0.25) and tu.never_predicted == [2, 3, 4]
+
+
+def test_summary_without_any_scored_class_is_nan_not_success():
+    z = np.zeros((3, 8, 8), np.int64)
+    table = summarize({"a": evaluate_case(z, z, 3), "b": evaluate_case(z, z, 3)},
+                      predicted=set())
+    assert math.isnan(table.mean["dice"]) and table.classes_in_mean("dice") == 0
+    assert "n/a" in format_table(table)
+    assert summarize({"a": evaluate_case(z, z, 3)}).never_predicted == []  # not checked

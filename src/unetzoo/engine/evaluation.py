@@ -2,7 +2,8 @@
 
 The report folder holds ``summary.md`` (the mean table laid out as in the papers: mean
 DSC, mean HD95, one Dice column per class; then per class each mean with ``n``, the
-number of cases that scored it), ``summary.json``, ``cases.csv`` (every case x class),
+number of cases that scored it), ``summary.json`` (strict JSON: a mean with no scored
+case is ``null``, an infinite distance ``"inf"``), ``cases.csv`` (every case x class),
 ``overlays/*.png`` and, on request, ``predictions/*.nii.gz``.
 
 Empty classes (docs/metrics.md): under ``protocol="strict"`` (nnU-Net / MONAI) a class
@@ -20,7 +21,6 @@ known (NIfTI sources: the case carries an affine, or the reader sets
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -188,6 +188,7 @@ def run_test(
     """
     from unetzoo.data import get_dataset
     from unetzoo.metrics import present_classes
+    from unetzoo.metrics.per_case import write_json
 
     ckpt_path = None if isinstance(checkpoint, dict) else Path(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -285,7 +286,8 @@ def run_test(
             "report_dir": str(out),
         }
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
+    write_json(out / "summary.json", summary)
     if verbose:
         print(table, end="", flush=True)
         print(f"report written to {out}", flush=True)
