@@ -192,7 +192,9 @@ def run_ladder(
         if verbose:
             how = f"resuming from {latest}" if resume else "training"
             print(f"[ablate] {name}: {how}", flush=True)
-        summary = train(cfg, dataset=ds, resume=resume)
+        # The rung folder is the ladder's (it also holds train_time.json): a rung that is
+        # not resumed replaces any earlier run there.
+        summary = train(cfg, dataset=ds, resume=resume, overwrite=resume is None)
         if not summary.get("test"):
             raise UnetzooError(
                 f"rung {name} trained but was not tested (no test split in {ds.name!r}, "
