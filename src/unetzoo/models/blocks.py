@@ -102,6 +102,11 @@ class UpBlock(nn.Module):
         mid_channels: width of the double convolution's middle (default ``out_channels``).
         bilinear: bilinear up-sampling instead of a 2x2 transposed convolution.
         up_bias: bias of the transposed convolution (None = only without BatchNorm).
+        upsample: ``"transpose"``, ``"bilinear"`` or ``"nearest"`` (smp's Unet decoder);
+            None follows ``bilinear``. Interpolation keeps ``in_channels``.
+
+    ``skip_channels=0`` builds a block without a skip (smp's last, full-resolution step);
+    call it with ``skip=None``.
     """
 
     def __init__(
@@ -117,10 +122,17 @@ class UpBlock(nn.Module):
         bias: bool | None = None,
         up_bias: bool | None = None,
         padding: int = 1,
+        upsample: str | None = None,
     ) -> None:
         super().__init__()
-        if bilinear:
+        mode = upsample or ("bilinear" if bilinear else "transpose")
+        if mode not in ("transpose", "bilinear", "nearest"):
+            raise ValueError(f"upsample must be transpose, bilinear or nearest, got {mode!r}")
+        if mode == "bilinear":
             self.up: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            up_out = in_channels
+        elif mode == "nearest":
+            self.up = nn.Upsample(scale_factor=2, mode="nearest")
             up_out = in_channels
         else:
             up_out = up_channels or out_channels
@@ -141,8 +153,10 @@ class UpBlock(nn.Module):
             padding=padding,
         )
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
+        if skip is None:
+            return self.conv(x)
         if self.crop:
             skip = center_crop(skip, tuple(x.shape[-2:]))
         else:

@@ -1,11 +1,31 @@
 """U-Net with a torchvision ResNet encoder (the gyb357/UNet-Segmentation ResUNet layout).
 
 Encoder: :class:`~unetzoo.models.encoders.ResNetEncoder` -- stem (/2), layer1 (/4),
-layer2 (/8), layer3 (/16), layer4 (/32). Decoder: four :class:`UpBlock` steps (2x2
-transposed convolution to the block width, concatenate the encoder skip, double 3x3
-convolution with BatchNorm; bias-free) of widths 512-256-128-64, fed by layer4 and the
-layer3 / layer2 / layer1 / stem skips. Head: a 2x2 transposed convolution 64 -> 32 back
-to full resolution, ReLU, and a bias-free 1x1 convolution to the classes.
+layer2 (/8), layer3 (/16), layer4 (/32). Decoder (``decoder="gyb357"``, the default): four
+:class:`UpBlock` steps (2x2 transposed convolution to the block width, concatenate the
+encoder skip, double 3x3 convolution with BatchNorm; bias-free) of widths 512-256-128-64,
+fed by layer4 and the layer3 / layer2 / layer1 / stem skips. Head, as gyb357's
+``OutputBlock``: a 2x2 transposed convolution 64 -> 32 (with bias) back to full resolution
+and a bias-free 1x1 convolution to the classes, with nothing between them.
+
+Deviations from the official code, each switchable (docs/unets.md has the table):
+
+- ``shortcuts="torchvision"`` (default): torchvision's residual blocks, identity shortcut in
+  every block. gyb357's blocks add the residual only where a downsample projection exists
+  (a bug: layer1 of ResNet-18/34 and every non-first block have no shortcut at all);
+  ``shortcuts="gyb357"`` reproduces it. The default is the deviation because ImageNet
+  weights are trained with true shortcuts.
+- ``init="torchvision"`` (default): the encoder keeps torchvision's init (Kaiming normal,
+  fan-out); decoder and head keep PyTorch's defaults, as gyb357 (``init_weights=False``).
+  gyb357's own ResNet uses PyTorch's defaults in the encoder too: ``init="gyb357"``.
+  ``init="smp"`` is smp's decoder init (Kaiming uniform fan-in, BN 1/0, Xavier head).
+- ``head_relu=True`` restores the seed's extra ReLU between the head's transposed
+  convolution and its bias-free classifier (not in gyb357; it slowed learning on real MRI,
+  see benchmarks/README.md "Real MRI learning benchmark").
+- ``decoder="smp"``: smp's Unet decoder instead (widths 256-128-64-32-16, nearest 2x
+  up-sampling + two conv-BN-ReLU per step, a fifth step to full resolution without a skip,
+  a 3x3 classifier with bias, smp's init): the same encoder with smp's decoder, for
+  like-for-like comparisons with ``smp.Unet("resnet34")``. Not a published configuration.
 
 Parameter counts at 3 input channels and 1 class reproduce the seed's table exactly:
 resnet18 20,777,344; resnet34 30,885,504; resnet50 40,899,456; resnet101 59,891,584;
@@ -17,6 +37,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from unetzoo.errors import ModelError
@@ -40,6 +61,66 @@ PUBLISHED = {
 }
 
 
+DECODERS = ("gyb357", "smp")
+SHORTCUTS = ("torchvision", "gyb357")
+INITS = ("torchvision", "gyb357", "smp")
+SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+GYB357_DECODER_CHANNELS = (512, 256, 128, 64)
+
+
+class _ProjectionOnlyBasicBlock(torchvision.models.resnet.BasicBlock):
+    """gyb357's ``Bottleneck2Conv``: the residual is added only where a downsample exists."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        if self.downsample is not None:
+            out = out + self.downsample(x)
+        return self.relu(out)
+
+
+class _ProjectionOnlyBottleneck(torchvision.models.resnet.Bottleneck):
+    """gyb357's ``Bottleneck3Conv``: the residual is added only where a downsample exists."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            out = out + self.downsample(x)
+        return self.relu(out)
+
+
+def use_gyb357_shortcuts(encoder: ResNetEncoder) -> None:
+    """Switch every residual block of ``encoder`` to gyb357's projection-only shortcut.
+
+    Same parameters and state-dict keys; only ``forward`` changes (class swap in place).
+    """
+    swap = {
+        torchvision.models.resnet.BasicBlock: _ProjectionOnlyBasicBlock,
+        torchvision.models.resnet.Bottleneck: _ProjectionOnlyBottleneck,
+    }
+    for module in encoder.modules():
+        if type(module) in swap:
+            module.__class__ = swap[type(module)]
+
+
+def init_smp(decoder: nn.Module, head: nn.Module) -> None:
+    """smp's ``initialize_decoder`` / ``initialize_head`` (segmentation_models_pytorch.base)."""
+    for m in decoder.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class ResNetUNet(SegmentationModel):
     """ResNet encoder + U-Net decoder.
 
@@ -51,8 +132,13 @@ class ResNetUNet(SegmentationModel):
         num_classes: output channels.
         encoder: ``"resnet18"`` ... ``"resnet152"``.
         encoder_weights: None, ``"imagenet"`` or a local torchvision checkpoint path.
-        decoder_channels: widths of the four decoder blocks, deep to shallow.
+        decoder_channels: widths of the decoder blocks, deep to shallow (default 512-256-
+            128-64 for ``decoder="gyb357"``, 256-128-64-32-16 for ``decoder="smp"``).
         freeze_encoder: set ``requires_grad=False`` on every encoder parameter.
+        decoder: ``"gyb357"`` (published) or ``"smp"`` (see the module docstring).
+        head_relu: the seed's extra ReLU inside the gyb357 head (off: as published).
+        shortcuts: ``"torchvision"`` (identity shortcuts) or ``"gyb357"`` (projection only).
+        init: ``"torchvision"``, ``"gyb357"`` or ``"smp"`` (see the module docstring).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
@@ -64,39 +150,77 @@ class ResNetUNet(SegmentationModel):
         *,
         encoder: str = "resnet34",
         encoder_weights: str | Path | None = None,
-        decoder_channels: tuple[int, ...] = (512, 256, 128, 64),
+        decoder_channels: tuple[int, ...] | None = None,
         freeze_encoder: bool = False,
+        decoder: str = "gyb357",
+        head_relu: bool = False,
+        shortcuts: str = "torchvision",
+        init: str = "torchvision",
     ) -> None:
         super().__init__()
+        for label, value, valid in (
+            ("decoder", decoder, DECODERS),
+            ("shortcuts", shortcuts, SHORTCUTS),
+            ("init", init, INITS),
+        ):
+            if value not in valid:
+                raise ModelError(f"{label} must be one of {', '.join(valid)}; got {value!r}")
+        if decoder_channels is None:
+            decoder_channels = SMP_DECODER_CHANNELS if decoder == "smp" else GYB357_DECODER_CHANNELS
         dec = tuple(int(c) for c in decoder_channels)
-        if len(dec) != 4 or min(dec) < 1:
-            raise ModelError(f"decoder_channels needs 4 positive widths, got {decoder_channels}")
+        n_blocks = 5 if decoder == "smp" else 4
+        if len(dec) != n_blocks or min(dec) < 1:
+            raise ModelError(
+                f"decoder_channels needs {n_blocks} positive widths for decoder={decoder!r}, "
+                f"got {decoder_channels}"
+            )
+        if head_relu and decoder != "gyb357":
+            raise ModelError("head_relu applies to decoder='gyb357' only")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.encoder = ResNetEncoder(
             parse_resnet_name(encoder), in_channels, weights=encoder_weights
         )
+        if init == "gyb357" and encoder_weights is None:
+            # gyb357's ResNet(init_weights=False): PyTorch's default init, not torchvision's.
+            for m in self.encoder.modules():
+                if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                    m.reset_parameters()
+        if shortcuts == "gyb357":
+            use_gyb357_shortcuts(self.encoder)
         self.size_multiple = self.encoder.reductions[-1]
         ch = self.encoder.channels
         skips = [ch[3], ch[2], ch[1], ch[0]]
-        ins = [ch[4], *dec[:3]]
-        self.decoder = nn.ModuleList(
-            UpBlock(cin, skip, cout, batch_norm=True, bias=False)
-            for cin, skip, cout in zip(ins, skips, dec)
-        )
-        head_mid = max(dec[3] // 2, 1)
-        self.head = nn.Sequential(
-            nn.ConvTranspose2d(dec[3], head_mid, kernel_size=2, stride=2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(head_mid, num_classes, kernel_size=1, bias=False),
-        )
+        if decoder == "smp":
+            ins = [ch[4], *dec[:4]]
+            self.decoder = nn.ModuleList(
+                UpBlock(cin, skip, cout, batch_norm=True, bias=False, upsample="nearest")
+                for cin, skip, cout in zip(ins, [*skips, 0], dec)
+            )
+            self.head = nn.Sequential(nn.Conv2d(dec[4], num_classes, kernel_size=3, padding=1))
+        else:
+            ins = [ch[4], *dec[:3]]
+            self.decoder = nn.ModuleList(
+                UpBlock(cin, skip, cout, batch_norm=True, bias=False)
+                for cin, skip, cout in zip(ins, skips, dec)
+            )
+            head_mid = max(dec[3] // 2, 1)
+            layers: list[nn.Module] = [
+                nn.ConvTranspose2d(dec[3], head_mid, kernel_size=2, stride=2)
+            ]
+            if head_relu:
+                layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Conv2d(head_mid, num_classes, kernel_size=1, bias=False))
+            self.head = nn.Sequential(*layers)
+        if init == "smp" or decoder == "smp":
+            init_smp(self.decoder, self.head)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         f0, f1, f2, f3, f4 = self.encoder(x)
         y = f4
-        for block, skip in zip(self.decoder, (f3, f2, f1, f0)):
+        for block, skip in zip(self.decoder, (f3, f2, f1, f0, None)):
             y = block(y, skip)
         return self.head(y)
 
@@ -106,8 +230,12 @@ def _build_resnet_unet(
     num_classes: int = 2,
     encoder: str = "resnet34",
     encoder_weights: str | None = None,
-    decoder_channels: tuple[int, ...] = (512, 256, 128, 64),
+    decoder_channels: tuple[int, ...] | None = None,
     freeze_encoder: bool = False,
+    decoder: str = "gyb357",
+    head_relu: bool = False,
+    shortcuts: str = "torchvision",
+    init: str = "torchvision",
 ) -> ResNetUNet:
     return ResNetUNet(
         in_channels,
@@ -116,6 +244,10 @@ def _build_resnet_unet(
         encoder_weights=encoder_weights,
         decoder_channels=decoder_channels,
         freeze_encoder=freeze_encoder,
+        decoder=decoder,
+        head_relu=head_relu,
+        shortcuts=shortcuts,
+        init=init,
     )
 
 
