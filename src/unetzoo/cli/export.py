@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from unetzoo.deploy.export import DEFAULT_OPSET, FORMATS
+
+
+def _max_opset() -> int:
+    try:  # the newest opset the installed torch exporter declares
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # pragma: no cover - older/newer torch layouts
+        return DEFAULT_OPSET
+    return max(int(ONNX_MAX_OPSET), DEFAULT_OPSET)
+
+
+#: Opsets `export` writes. 18 is the dynamo exporter's own opset (it raised lower ones to
+#: 18 without a word); the top is what the installed torch declares (ONNX Runtime 1.32
+#: runs all of them).
+SUPPORTED_OPSETS = range(18, _max_opset() + 1)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "models such as the Transformers); default: the checkpoint's img_size, batch 1",
     )
     p.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
+                   f"(default {DEFAULT_OPSET})")
     p.add_argument(
         "--no-verify",
         action="store_true",
@@ -40,9 +58,37 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def check_out(out: str | None) -> None:
+    """A bad ``--out`` is the user's path, not the model's fault: one line before any
+    export work (it used to surface as "cannot be exported to ONNX")."""
+    from unetzoo.errors import ConfigError
+
+    if out is None:
+        return
+    p = Path(out)
+    if out.endswith(("/", os.sep)) or p.is_dir():
+        raise ConfigError(
+            f"--out {out} names a folder; give a file name such as {p / 'model.onnx'}"
+        )
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out {out}: the folder {parent} is not writable; choose another path")
+
+
 def run(args: argparse.Namespace) -> int:
     from unetzoo.deploy.export import export_checkpoint
+    from unetzoo.errors import ConfigError
 
+    if args.opset not in SUPPORTED_OPSETS:
+        raise ConfigError(
+            f"--opset {args.opset} is not supported; use {SUPPORTED_OPSETS.start}.."
+            f"{SUPPORTED_OPSETS.stop - 1} (the range the installed torch exporter writes)"
+        )
+    check_out(args.out)
     res = export_checkpoint(
         args.checkpoint,
         args.out,

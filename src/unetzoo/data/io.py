@@ -103,6 +103,20 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     return arr, affine, zooms
 
 
+def nifti_shape(path: Path) -> tuple[int, ...]:
+    """The data shape of a NIfTI file from its header (nothing decompressed)."""
+    import nibabel as nib
+
+    require_file(path, "NIfTI file")
+    try:
+        return tuple(int(n) for n in nib.load(str(path)).shape)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated NIfTI file ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
+
+
 def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -> None:
     """Write ``array`` (any axis order) with ``affine`` (identity when None)."""
     import nibabel as nib
@@ -158,6 +172,60 @@ def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
             im.load()
             if mode is not None and im.mode != mode:
                 im = im.convert(mode)
+            return np.asarray(im)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
+
+
+def picture_shape(path: Path) -> tuple[int, ...]:
+    """``(H, W)`` of a png/jpg/bmp/tif from its header only (nothing decoded)."""
+    require_file(path, "image file")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                shape = tuple(int(n) for n in tif.series[0].shape)
+            # (H, W), (H, W, C) or planar (C, H, W): the two largest axes are the plane.
+            return tuple(sorted(shape, reverse=True)[:2]) if len(shape) > 2 else shape
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return (int(im.height), int(im.width))
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
+
+
+def load_picture(path: Path) -> np.ndarray:
+    """Pixels of a png/jpg/bmp/tif *image* (not a mask): ``(H, W)`` or ``(H, W, C)``.
+
+    Palette images are expanded to their colours and alpha is dropped, as the demo's
+    upload reader does; the dtype is kept (uint8 / uint16 / float) so the caller can tell
+    a display rendering from raw intensities.
+    """
+    if path.suffix.lower() in (".tif", ".tiff"):
+        arr = load_image(path)
+        if arr.ndim == 3 and arr.shape[-1] in (2, 4):
+            arr = arr[..., :-1]  # grey + alpha, RGB + alpha
+        return arr
+    require_file(path, "image file")
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            if im.mode in ("LA", "RGBA", "PA"):
+                im = im.convert(im.mode[:-1] if im.mode != "PA" else "RGB")
+            if im.mode == "1":
+                im = im.convert("L")
             return np.asarray(im)
     except Exception as exc:
         raise DataError(

@@ -52,6 +52,27 @@ def _is_writable_dir(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
+#: Largest difference between two affines (mm, or direction cosine x spacing) that still
+#: counts as the same grid; nnU-Net's dataset check compares geometry with a similar 1e-3.
+AFFINE_TOLERANCE = 1e-3
+
+
+def check_same_geometry(ref: np.ndarray, other: np.ndarray, path: Path, ref_path: Path) -> None:
+    """Raise :class:`DataError` unless ``other`` (a label's or extra channel's affine)
+    puts its voxels where ``ref`` (the first image channel's) does.
+
+    A label map on another grid (flipped, shifted, other spacing) is not the label of
+    this image, and training on it teaches nonsense without any error.
+    """
+    diff = float(np.max(np.abs(np.asarray(ref) - np.asarray(other))))
+    if not diff <= AFFINE_TOLERANCE:
+        raise DataError(
+            f"{path}: its affine differs from {Path(ref_path).name}'s by up to {diff:.4g} "
+            f"(tolerance {AFFINE_TOLERANCE:g}): it does not lie on the image's voxel grid; "
+            "resample it onto the image (or fix its header)"
+        )
+
+
 def reorient(
     array: np.ndarray, affine: np.ndarray, zooms: Sequence[float], slice_axis: int | None
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[int, int, int]]:
@@ -363,9 +384,13 @@ class NnUNetDataset(SegDataset):
         entry = self._entry(cid, split)
         chans: list[np.ndarray] = []
         affine = spacing = order = None
-        ref_shape = None
+        ref_shape = ref_affine = None
         for p in entry["images"]:
             arr, aff, zooms = io.load_nifti(p)
+            if ref_affine is None:
+                ref_affine = aff
+            else:
+                check_same_geometry(ref_affine, aff, p, entry["images"][0])
             if arr.ndim == 4 and entry["msd"]:
                 parts = [arr[..., c] for c in range(arr.shape[3])]
             elif arr.ndim == 3:
@@ -398,6 +423,7 @@ class NnUNetDataset(SegDataset):
             if larr.ndim == 4 and larr.shape[3] == 1:
                 larr = larr[..., 0]
             check_shapes(ref_shape, larr.shape, f"{entry['label']} vs {entry['images'][0]}")
+            check_same_geometry(ref_affine, laff, entry["label"], entry["images"][0])
             lab, _, _, _ = reorient(larr, laff, lz, self.slice_axis)
             label = check_label(np.asarray(lab), self.num_classes, str(entry["label"]))
         return Case(

@@ -146,6 +146,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {p} lacks key(s) {', '.join(missing)}; it is incomplete")
+    from unetzoo.engine.predict import check_finite_weights, check_inference_spec
+
+    check_inference_spec(ckpt, p)  # img_size, in_channels, class names, preprocessing
+    if isinstance(ckpt["state_dict"], dict):
+        check_finite_weights(ckpt["state_dict"], p)
     return ckpt
 
 
@@ -179,11 +184,15 @@ def model_from_checkpoint(
             f"checkpoint is inconsistent: the model has {num_classes} outputs but "
             f"{len(ckpt['class_names'])} class names"
         )
+    from unetzoo.engine.predict import check_rebuild_size
+
+    state = ckpt["state_dict"]
     try:
+        # On the meta device first: absurd stored widths must not allocate anything.
+        check_rebuild_size(spec["name"], in_channels, num_classes, options, state)
         model = create_model(spec["name"], in_channels=in_channels, num_classes=num_classes, **options)
     except ModelError as exc:
         raise CheckpointError(f"checkpoint model cannot be rebuilt: {exc}") from exc
-    state = ckpt["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -243,6 +243,8 @@ def resolve_config(
     Returns:
         A new dictionary with every key of :data:`BASE_DEFAULTS` filled in.
     """
+    for source in (file_values or {}, flag_values or {}):
+        _check_mappings(source)
     cfg = copy.deepcopy(BASE_DEFAULTS)
     recipe = pick_recipe(recipe, file_values, flag_values)
     rec = RECIPES.get(recipe or "default", RECIPES["default"])
@@ -329,6 +331,48 @@ def apply_paper_protocol(
     cfg["protocol"] = "transunet"
 
 
+MAPPING_KEYS = ("model_options", "dataset_options", "augment_options")
+BOOL_KEYS = ("amp", "channels_last", "deep_supervision", "test", "progress")
+STR_KEYS = ("model", "dataset", "data_root", "output", "loss", "augment")
+OPTIONAL_INT_KEYS = ("max_cases", "val_cases", "test_max_cases")
+
+
+def _check_mappings(values: dict[str, Any]) -> None:
+    # Checked before merging: `model_options: 5` in a YAML file used to reach dict.update.
+    for key in MAPPING_KEYS:
+        if values.get(key) is not None and not isinstance(values[key], dict):
+            raise ConfigError(
+                f"{key} must be a mapping of option: value (e.g. {{base_channels: 16}}), "
+                f"got {values[key]!r}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _weights(cfg: dict[str, Any], key: str) -> None:
+    value = cfg[key]
+    if value is None:
+        return
+    items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    ok = isinstance(items, (list, tuple)) and len(items) > 0
+    if ok:
+        try:
+            nums = [float(v) for v in items]
+        except (TypeError, ValueError):
+            ok = False
+        else:
+            ok = all(not isinstance(v, bool) for v in items) and all(
+                math.isfinite(v) and v >= 0 for v in nums
+            ) and sum(nums) > 0
+    if not ok:
+        raise ConfigError(
+            f"{key.replace('_', '-')} must be a list of numbers >= 0 (not all 0), got {value!r}"
+        )
+    cfg[key] = nums
+
+
 def _positive(cfg: dict[str, Any], key: str, kind: type = int) -> None:
     value = cfg[key]
     try:
@@ -347,10 +391,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _positive(cfg, "base_lr", float)
     if cfg["img_size"] < 8:
         raise ConfigError(f"img-size must be at least 8 pixels, got {cfg['img_size']}")
-    if int(cfg["num_workers"]) < 0:
-        raise ConfigError(f"num-workers must be >= 0, got {cfg['num_workers']}")
-    if cfg["max_cases"] is not None and int(cfg["max_cases"]) < 1:
-        raise ConfigError(f"max-cases must be >= 1, got {cfg['max_cases']}")
+    if not _is_int(cfg["num_workers"]) or cfg["num_workers"] < 0:
+        raise ConfigError(f"num-workers must be a whole number >= 0, got {cfg['num_workers']!r}")
     opt = str(cfg["optimizer"]).lower()
     if opt not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -361,8 +403,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
         )
     if cfg["protocol"] not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {cfg['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
-    if not 0.0 <= float(cfg["val_fraction"]) < 1.0:
-        raise ConfigError(f"val-fraction must be in [0, 1), got {cfg['val_fraction']}")
+    for key, lo, hi in (("val_fraction", 0.0, 1.0), ("poly_power", 0.0, math.inf)):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value < hi:
+            raise ConfigError(f"{key.replace('_', '-')} must be a number in [{lo:g}, {hi:g}), got {value!r}")
     for key in ("distill_ifd", "distill_scr", "weight_decay", "momentum"):
         try:
             value = float(cfg[key] or 0.0)
@@ -371,10 +415,25 @@ def validate_config(cfg: dict[str, Any]) -> None:
         if value < 0 or not math.isfinite(value):
             raise ConfigError(f"{key.replace('_', '-')} must be a number >= 0, got {cfg[key]!r}")
         cfg[key] = value
-    for key in ("model_options", "dataset_options", "augment_options"):
-        if not isinstance(cfg[key] or {}, dict):
-            raise ConfigError(f"{key} must be a mapping of option: value")
+    _check_mappings(cfg)
+    for key in MAPPING_KEYS:
         cfg[key] = dict(cfg[key] or {})
+    for key in BOOL_KEYS:
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key.replace('_', '-')} must be true or false, got {cfg[key]!r}")
+    for key in STR_KEYS:
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            raise ConfigError(f"{key.replace('_', '-')} must be a string, got {cfg[key]!r}")
+    for key in OPTIONAL_INT_KEYS:
+        if cfg[key] is not None and not (_is_int(cfg[key]) and cfg[key] >= 1):
+            raise ConfigError(f"{key.replace('_', '-')} must be a whole number >= 1, got {cfg[key]!r}")
+    if not _is_int(cfg["seed"]):
+        raise ConfigError(f"seed must be a whole number, got {cfg['seed']!r}")
+    for key in ("loss_weights", "deep_supervision_weights"):
+        _weights(cfg, key)
+    from unetzoo.engine.distributed import check_device
+
+    cfg["device"] = check_device(cfg["device"])
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -180,13 +180,14 @@ def sliding_window_probs(
     batch_size: int = 8,
     tta: bool = False,
     amp: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Probabilities ``(K, H, W)`` of a 2-D image ``(C, H, W)`` by overlapping windows.
 
     Windows of ``window`` pixels step by ``window * (1 - overlap)``; each window's softmax
     is weighted by :func:`gaussian_importance` and the weighted sum is normalised by the
     summed weights. Images smaller than a window are zero-padded (bottom/right) and
-    cropped back.
+    cropped back. ``progress(done, total)`` is called after each batch of windows.
     """
     wh, ww = (window, window) if isinstance(window, int) else tuple(window)
     c, h, w = image.shape
@@ -208,4 +209,6 @@ def sliding_window_probs(
         for (y, z), p in zip(chunk, probs):
             acc[:, y : y + wh, z : z + ww] += p * weight
             norm[y : y + wh, z : z + ww] += weight
+        if progress is not None:
+            progress(i + len(chunk), len(positions))
     return (acc / norm)[:, :h, :w]

@@ -7,10 +7,23 @@ written back in the file's own axis order with its affine. 2-D images larger tha
 training size use sliding-window inference with Gaussian blending at their own
 resolution; smaller ones are resized like volume slices. Every input also gets an
 overlay PNG.
+
+What is refused, in one line each, instead of a silent wrong map: NaN/Inf intensities (a
+single NaN voxel used to wipe its slice; masking would invent tissue, so the user
+decides), an inference spec that cannot be right (``img_size`` < 8, a zero-width
+intensity window), non-finite weights, inputs with an empty axis, and 2-D inputs (or
+volume slices) over ``max_pixels`` (default 4096 x 4096), read from the file header
+before anything is decoded. 8-bit and 16-bit pictures get the demo's rule
+(:func:`unetzoo.data.preprocessing.normalize_picture`).
 """
 
 from __future__ import annotations
 
+import errno
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +33,13 @@ import torch
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume, sliding_window_probs
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
-from unetzoo.errors import DataError
+from unetzoo.errors import CheckpointError, DataError
+
+#: Largest 2-D image (or volume slice) ``predict`` takes, in pixels: 4096 x 4096. An
+#: 8000 x 8000 PNG ran 8.5 minutes to a 12 GB peak on CPU (issue 13).
+DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Largest ``img_size`` an inference spec may name (the zoo trains at 224-512).
+MAX_IMG_SIZE = 4096
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -47,7 +66,7 @@ def _stem(path: Path) -> str:
 
 
 def _to_channels(arr: np.ndarray, in_channels: int, where: Path) -> np.ndarray:
-    """``(H, W)`` / ``(H, W, C)`` pixels -> ``(in_channels, H, W)`` float32."""
+    """``(H, W)`` / ``(H, W, C)`` pixels -> ``(in_channels, H, W)`` (dtype kept)."""
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
@@ -58,14 +77,187 @@ def _to_channels(arr: np.ndarray, in_channels: int, where: Path) -> np.ndarray:
     if c == in_channels:
         out = arr
     elif in_channels == 1 and c == 3:
-        out = (arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+        luma = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        # Keep the integer type so the bit depth rule still applies to the grey image.
+        out = (luma.round().astype(arr.dtype) if arr.dtype.kind == "u" else luma)[..., None]
     elif in_channels == 3 and c == 1:
         out = np.repeat(arr, 3, axis=-1)
     else:
         raise DataError(
             f"{where}: image has {c} channel(s) but the model takes {in_channels}; convert it"
         )
-    return np.moveaxis(out.astype(np.float32), -1, 0)
+    return np.moveaxis(out, -1, 0)
+
+
+def _check_finite(arr: np.ndarray, where: Path) -> None:
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DataError(
+            f"{where}: {bad} voxel(s) hold NaN or Inf; fix or mask them (e.g. set them to "
+            "the background intensity) before predicting"
+        )
+
+
+def _check_size(shape: tuple[int, ...], where: Path, max_pixels: int, volume: bool) -> None:
+    dims = [int(n) for n in shape[:3]]
+    if any(n == 0 for n in dims):
+        raise DataError(f"{where}: the {'volume' if volume else 'image'} has an empty axis "
+                        f"(shape {tuple(shape)}); nothing to segment")
+    # The plane of a volume is unknown before reorientation: the two largest axes.
+    h, w = sorted(dims, reverse=True)[:2] if volume else dims[:2]
+    if h * w > max_pixels:
+        side = int(math.isqrt(max_pixels))
+        what = "slices of" if volume else ""
+        raise DataError(
+            f"{where}: {what + ' ' if what else ''}{w} x {h} pixels is over predict's limit "
+            f"of {max_pixels:,} pixels (about {side} x {side}); crop or downsample it, or "
+            "raise --max-pixels if the machine has the memory and time"
+        )
+
+
+def check_inference_spec(meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """``meta`` with ``img_size`` / ``in_channels`` as ints, after checking the keys
+    prediction needs (a checkpoint's, or an exported file's metadata).
+
+    Raises:
+        CheckpointError: ``img_size`` outside 8..4096, ``in_channels`` < 1, no class
+            names, or a preprocessing spec that cannot be applied.
+    """
+    from unetzoo.data.preprocessing import check_spec
+
+    out = dict(meta)
+    for key, lo, hi in (("img_size", 8, MAX_IMG_SIZE), ("in_channels", 1, 64)):
+        value = meta.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and float(value).is_integer() and lo <= value <= hi
+        if not ok:
+            raise CheckpointError(
+                f"{where}: {key} is {value!r}, expected a whole number in {lo}..{hi}; the "
+                "file is damaged or was not written by unetzoo"
+            )
+        out[key] = int(value)
+    names = meta.get("class_names")
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: class_names must be a non-empty list of names, got {names!r}")
+    try:
+        check_spec(meta.get("preprocessing") or {"kind": "none"})
+    except DataError as exc:
+        raise CheckpointError(f"{where}: {exc}; the file is damaged") from None
+    return out
+
+
+def check_finite_weights(weights: torch.nn.Module | dict[str, Any], where: str | Path) -> None:
+    """One line if any weight or buffer (of a model or a state dict) is NaN/Inf: such a
+    model predicts background (argmax of NaN) everywhere, which looks like an answer."""
+    if isinstance(weights, torch.nn.Module):
+        items = [*weights.named_parameters(), *weights.named_buffers()]
+    else:
+        items = [(k, v) for k, v in weights.items() if torch.is_tensor(v)]
+    for name, t in items:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{where}: weight {name} holds NaN or Inf (a diverged or damaged training); "
+                "use an earlier checkpoint"
+            )
+
+
+def check_rebuild_size(
+    name: str, in_channels: int, num_classes: int, options: dict[str, Any], state: Any
+) -> None:
+    """Raise :class:`CheckpointError` unless the model that ``options`` describe holds as many
+    values as ``state``; built on the meta device, so a checkpoint whose options say
+    ``base_channels=10**6`` is refused without allocating its weights."""
+    from unetzoo.models import create_model
+
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("checkpoint state_dict is not a mapping of names to tensors")
+    with torch.device("meta"):
+        shell = create_model(name, in_channels=in_channels, num_classes=num_classes, **options)
+    want = sum(t.numel() for t in shell.state_dict().values())
+    have = sum(t.numel() for t in state.values())
+    if want != have:
+        raise CheckpointError(
+            f"checkpoint weights do not fit model {name!r}: its stored options describe "
+            f"{want:,} weight values but the file holds {have:,}; the options or the "
+            "weights are damaged"
+        )
+
+
+@dataclass
+class Input:
+    """A prediction input, read and normalised.
+
+    Attributes:
+        kind: ``"nifti"`` or ``"image"``.
+        image: normalised ``(C, D, H, W)`` float32 (``D = 1`` for 2-D images).
+        affine: the NIfTI affine (None for pictures).
+        order: the file axis of each of ``D, H, W`` (NIfTI only).
+    """
+
+    kind: str
+    image: np.ndarray
+    affine: np.ndarray | None = None
+    order: tuple[int, int, int] | None = None
+
+
+def read_input(
+    path: str | Path, in_channels: int, spec: dict[str, Any],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Input:
+    """Read a NIfTI volume or a 2-D picture and normalise it for a model.
+
+    NIfTI intensities get ``spec``; 8/16-bit pictures the demo's bit-depth rule; float
+    or signed pictures (raw intensities) get ``spec``. Size and emptiness are checked
+    from the header before decoding, finiteness after.
+    """
+    from unetzoo.data.io import load_nifti, load_picture, nifti_shape, picture_shape
+    from unetzoo.data.nnunet import reorient
+    from unetzoo.data.preprocessing import display_bit_depth, normalize, normalize_picture
+
+    p = Path(path)
+    if _kind(p) == "nifti":
+        shape = nifti_shape(p)
+        if len(shape) < 2 or len(shape) > 4:
+            raise DataError(f"{p}: expected a 3-D (or 3-D + channels) volume, got shape {shape}")
+        _check_size(shape, p, max_pixels, volume=len(shape) > 2)
+        arr, affine, zooms = load_nifti(p)
+        if arr.ndim == 2:
+            arr, zooms = arr[..., None], (*zooms[:2], 1.0)
+        _check_finite(arr, p)
+        # A single-slice axis is the slicing axis; otherwise the through-plane one.
+        flat = next((i for i in range(3) if arr.shape[i] == 1), None)
+        vol, _, _, order = reorient(arr, affine, zooms, flat)  # (D, H, W[, C])
+        vol = vol[None] if vol.ndim == 3 else np.moveaxis(vol, -1, 0)
+        if vol.shape[0] != in_channels:
+            raise DataError(f"{p}: volume has {vol.shape[0]} channel(s) but the model takes {in_channels}")
+        return Input("nifti", normalize(vol.astype(np.float32), spec), affine, tuple(order))
+    _check_size(picture_shape(p), p, max_pixels, volume=False)
+    raw = load_picture(p)
+    _check_finite(raw, p)
+    chans = _to_channels(raw, in_channels, p)
+    image = normalize_picture(chans, spec, display_bit_depth(raw))
+    return Input("image", image[:, None])
+
+
+def _save(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """``write(*args, **kwargs)``; a full disk or an unwritable folder is one line naming
+    ``target``, and no half-written file is left behind."""
+    try:
+        write(*args, **kwargs)
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DataError(f"disk full at {target}; free space or choose another --out") from None
+        raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _progress(name: str) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if total > 1:
+            end = "\n" if done == total else ""
+            print(f"\r{name}: {done}/{total} windows", end=end, file=sys.stderr, flush=True)
+
+    return report
 
 
 def predict_array(
@@ -76,16 +268,19 @@ def predict_array(
     tta: bool = False,
     batch_size: int = 16,
     overlap: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Labels ``(D, H, W)`` for a normalised ``(C, D, H, W)`` array.
 
     2-D inputs (``D == 1``) larger than ``img_size`` in H or W use sliding windows of
-    ``img_size`` with Gaussian blending; everything else uses :func:`predict_volume`.
+    ``img_size`` with Gaussian blending (``progress(done, total)`` after each batch of
+    windows); everything else uses :func:`predict_volume`.
     """
     c, d, h, w = image.shape
     if d == 1 and (h > img_size or w > img_size):
         x = torch.as_tensor(image[:, 0], dtype=torch.float32, device=device)
-        probs = sliding_window_probs(model, x, img_size, overlap=overlap, batch_size=batch_size, tta=tta)
+        probs = sliding_window_probs(model, x, img_size, overlap=overlap, batch_size=batch_size,
+                                     tta=tta, progress=progress)
         return probs.argmax(0).cpu().numpy()[None].astype(np.int64)
     return predict_volume(model, image, img_size, batch_size=batch_size, tta=tta, device=device)
 
@@ -99,21 +294,24 @@ def predict_files(
     batch_size: int = 16,
     overlays: int = 3,
     verbose: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """Segment every input file and write label maps plus overlay PNGs to ``out_dir``.
 
     Label maps keep the input's geometry: NIfTI in -> ``<stem>_seg.nii.gz`` with the same
     shape and affine; PNG/JPG/BMP in -> ``<stem>_seg.png``; TIF in -> ``<stem>_seg.tif``
-    (class indices as uint8). Returns one record per input.
+    (class indices as uint8). ``device`` is checked (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``; default CUDA when available). Returns one record per input.
     """
+    from unetzoo.engine.distributed import resolve_device
+
+    dev = resolve_device(device)
     _check_inputs(inputs)
-    ckpt = load_checkpoint(checkpoint)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model_from_checkpoint(ckpt, device=device)
+    ckpt = load_checkpoint(checkpoint)  # checks the inference spec and finite weights
+    model = model_from_checkpoint(ckpt, device=dev)
     return predict_files_with_model(
-        inputs, model, ckpt, out_dir, tta=tta, device=device, batch_size=batch_size,
-        overlays=overlays, verbose=verbose,
+        inputs, model, ckpt, out_dir, tta=tta, device=dev, batch_size=batch_size,
+        overlays=overlays, verbose=verbose, max_pixels=max_pixels, source=checkpoint,
     )
 
 
@@ -138,20 +336,24 @@ def predict_files_with_model(
     batch_size: int = 16,
     overlays: int = 3,
     verbose: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    source: str | Path = "model metadata",
 ) -> list[dict[str, Any]]:
     """:func:`predict_files` for a model already in hand (a torch module or an ONNX one).
 
     ``meta`` holds the checkpoint keys prediction needs: ``img_size``, ``in_channels``,
-    ``class_names`` and ``preprocessing``.
+    ``class_names`` and ``preprocessing`` (checked by :func:`check_inference_spec`;
+    ``source`` names the file in its errors).
     """
-    from unetzoo.data.io import load_image, load_nifti, save_nifti
-    from unetzoo.data.nnunet import reorient
-    from unetzoo.data.preprocessing import normalize
+    from unetzoo.data.io import save_nifti
     from unetzoo.engine.trainer import check_output_dir
 
     paths = _check_inputs(inputs)
-    img_size = int(meta["img_size"])
-    in_ch = int(meta["in_channels"])
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise DataError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    meta = check_inference_spec(meta, source)
+    img_size = meta["img_size"]
+    in_ch = meta["in_channels"]
     spec = meta.get("preprocessing") or {"kind": "none"}
     class_names = list(meta["class_names"])
     out = check_output_dir(out_dir)
@@ -159,44 +361,32 @@ def predict_files_with_model(
     records = []
     for p in paths:
         stem = _stem(p)
-        if _kind(p) == "nifti":
-            arr, affine, zooms = load_nifti(p)
-            if arr.ndim == 2:
-                arr, zooms = arr[..., None], (*zooms[:2], 1.0)
-            if arr.ndim not in (3, 4):
-                raise DataError(f"{p}: expected a 3-D (or 3-D + channels) volume, got {arr.shape}")
-            # A single-slice axis is the slicing axis; otherwise the through-plane one.
-            flat = next((i for i in range(3) if arr.shape[i] == 1), None)
-            vol, _, _, order = reorient(arr, affine, zooms, flat)  # (D, H, W[, C])
-            vol = vol[None] if vol.ndim == 3 else np.moveaxis(vol, -1, 0)
-            if vol.shape[0] != in_ch:
-                raise DataError(f"{p}: volume has {vol.shape[0]} channel(s) but the model takes {in_ch}")
-            image = normalize(vol.astype(np.float32), spec)
-            labels = predict_array(model, image, img_size, device, tta=tta, batch_size=batch_size)
+        inp = read_input(p, in_ch, spec, max_pixels)
+        image = inp.image
+        labels = predict_array(model, image, img_size, device, tta=tta, batch_size=batch_size,
+                               progress=_progress(p.name) if verbose else None)
+        if inp.kind == "nifti":
             # Undo the reorientation so the label map lies on the input grid.
-            file_labels = np.transpose(labels, np.argsort(order)).astype(np.uint8)
+            file_labels = np.transpose(labels, np.argsort(inp.order)).astype(np.uint8)
             target = out / f"{stem}_seg.nii.gz"
-            save_nifti(file_labels, affine, target)
+            _save(target, save_nifti, file_labels, inp.affine, target)
         else:
-            raw = load_image(p)
-            image = normalize(_to_channels(raw, in_ch, p), spec)[:, None]  # (C, 1, H, W)
-            labels = predict_array(model, image, img_size, device, tta=tta, batch_size=batch_size)
             suffix = ".tif" if p.suffix.lower() in (".tif", ".tiff") else ".png"
             target = out / f"{stem}_seg{suffix}"
             lab2d = labels[0].astype(np.uint8)
             if suffix == ".tif":
                 import tifffile
 
-                tifffile.imwrite(str(target), lab2d)
+                _save(target, tifffile.imwrite, str(target), lab2d)
             else:
                 from PIL import Image
 
-                Image.fromarray(lab2d).save(target)
+                _save(target, Image.fromarray(lab2d).save, target)
         shown = []
         if overlays:
             for z in pick_slices(labels, overlays):
                 png = out / f"{stem}_overlay{'' if labels.shape[0] == 1 else f'_slice{z:03d}'}.png"
-                overlay_png(png, image[0, z], labels[z], class_names, title=f"{p.name}")
+                _save(png, overlay_png, png, image[0, z], labels[z], class_names, title=p.name)
                 shown.append(str(png))
         counts = {class_names[k]: int((labels == k).sum()) for k in range(1, len(class_names))}
         records.append({"input": str(p), "output": str(target), "overlays": shown, "voxels": counts})

@@ -18,10 +18,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -177,8 +179,120 @@ def model_info(name: str) -> ModelEntry:
     return get_entry(name)
 
 
+# ------------------------------------------------------------------ option types
+# Builders annotate their options (``int``, ``bool | None``, ``tuple[int, ...]``); the
+# annotation is the contract. Without a check ``base_channels=2.5`` silently built 2 and
+# stored 2.5, and ``num_classes=2.7`` built two outputs.
+
+
+def _split_union(annotation: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in annotation:
+        if ch == "|" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch == "["
+        depth -= ch == "]"
+        cur += ch
+    parts.append(cur.strip())
+    return [p.removeprefix("Optional[").removesuffix("]") if p.startswith("Optional[") else p
+            for p in parts]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _coerce_one(value: Any, kind: str) -> Any:
+    """``value`` as ``kind`` or raise ``TypeError`` saying what was expected."""
+    if kind == "bool":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise TypeError("true or false")
+    if kind == "int":
+        if _is_number(value) and math.isfinite(float(value)) and float(value).is_integer():
+            return int(value)
+        raise TypeError("a whole number")
+    if kind == "float":
+        if _is_number(value) and math.isfinite(float(value)):
+            return float(value)
+        raise TypeError("a finite number")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    if kind.startswith("tuple[") and kind.endswith("]"):
+        inner = [t.strip() for t in kind[len("tuple["):-1].split(",")]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"a list of {inner[0]}")
+        if len(inner) == 2 and inner[1] == "...":
+            kinds = [inner[0]] * len(value)
+        elif len(inner) != len(value):
+            raise TypeError(f"a list of {len(inner)} values")
+        else:
+            kinds = inner
+        return type(value)(_coerce(v, k) for v, k in zip(value, kinds))
+    return value  # an annotation this check does not model (a class, Any): pass through
+
+
+def _coerce(value: Any, annotation: str) -> Any:
+    kinds = _split_union(annotation)
+    if value is None:
+        if "None" in kinds or "Any" in kinds:
+            return None
+        raise TypeError(" or ".join(k for k in kinds if k != "None"))
+    wanted = []
+    for kind in kinds:
+        if kind == "None":
+            continue
+        try:
+            return _coerce_one(value, kind)
+        except TypeError as exc:
+            wanted.append(str(exc))
+    raise TypeError(" or ".join(wanted) + (" or null" if "None" in kinds else ""))
+
+
+def _annotation(param: inspect.Parameter) -> str | None:
+    ann = param.annotation
+    if ann is param.empty:
+        default = param.default
+        if isinstance(default, bool):
+            return "bool"
+        if isinstance(default, int):
+            return "int"
+        return None
+    return ann if isinstance(ann, str) else inspect.formatannotation(ann)
+
+
+def check_option_types(entry: ModelEntry, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each value checked against the builder's annotation.
+
+    Ints stay ints (``2.0`` becomes ``2``); a float with a fractional part, a bool where
+    a number is expected, a number where a bool is expected, or a non-finite number is
+    one :class:`ModelError` naming the option.
+    """
+    params = inspect.signature(entry.builder).parameters
+    out = dict(options)
+    for key, value in options.items():
+        param = params.get(key)
+        ann = None if param is None else _annotation(param)
+        if ann is None:
+            continue
+        try:
+            out[key] = _coerce(value, ann)
+        except TypeError as exc:
+            raise ModelError(
+                f"model {entry.name!r} option {key}={value!r} is not valid: expected {exc}"
+            ) from None
+    return out
+
+
 def resolve_options(name: str, **options: Any) -> dict[str, Any]:
-    """The full option set ``create_model(name, **options)`` would build with."""
+    """The full option set ``create_model(name, **options)`` would build with (types
+    checked, see :func:`check_option_types`)."""
     entry = get_entry(name)
     accepted = entry.accepted_options()
     if accepted is not None:
@@ -191,7 +305,7 @@ def resolve_options(name: str, **options: Any) -> dict[str, Any]:
             )
     merged = entry.default_options()
     merged.update(options)
-    return merged
+    return check_option_types(entry, merged)
 
 
 def create_model(
@@ -205,10 +319,16 @@ def create_model(
         num_classes: output channels of the logits ``(N, num_classes, H, W)``.
         **options: architecture options of that model (see ``model_info(name)``).
     """
-    if int(in_channels) < 1 or int(num_classes) < 1:
-        raise ModelError(
-            f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}"
-        )
+    for value in (in_channels, num_classes):
+        try:
+            ok = _coerce(value, "int") >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ModelError(
+                "in_channels and num_classes must be whole numbers >= 1, got "
+                f"{in_channels!r} and {num_classes!r}"
+            )
     entry = get_entry(name)
     merged = resolve_options(
         entry.name, in_channels=int(in_channels), num_classes=int(num_classes), **options
@@ -219,9 +339,25 @@ def create_model(
         raise
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build {entry.name!r} with {options}: {exc}") from exc
+    except (MemoryError, RuntimeError) as exc:
+        # Absurd widths: the allocator gives up. Say so, with the size it would have had.
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise ModelError(
+            f"cannot build {entry.name!r} with {options}: out of memory for its weights "
+            f"({_size_hint(entry.name, merged)}); use smaller widths"
+        ) from None
     model.unetzoo_name = entry.name  # type: ignore[assignment]
     model.unetzoo_options = merged  # type: ignore[assignment]
     return model
+
+
+def _size_hint(name: str, merged: dict[str, Any]) -> str:
+    try:
+        n = parameter_count(name, **merged)
+    except Exception:  # noqa: BLE001 - only a hint for the message
+        return "size unknown"
+    return f"{n:,} parameters, {n * 4 / 2**30:.1f} GiB in float32"
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
