@@ -154,3 +154,22 @@ def test_validation_uses_the_same_rule(fake_predictor):
     cfg["protocol"] = "transunet"
     val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
     assert val["val_dice"] == pytest.approx(1 / 3)
+
+
+def test_unscored_validation_never_wins_but_best_pt_exists(tiny_cfg, monkeypatch):
+    """val_dice NaN (no class scored) never beats a real score; the first validation
+    still writes best.pt so the run keeps a model to test."""
+    from unetzoo.engine import trainer
+
+    scores = iter([math.nan, 0.4, math.nan])
+    monkeypatch.setattr(trainer, "validate",
+                        lambda *a, **k: {"val_dice": next(scores), "val_hd95": math.nan})
+    summary = trainer.train(tiny_cfg(max_epochs=3))
+    assert summary["best_epoch"] == 2 and summary["best_metric"] == 0.4
+    run = Path(summary["run_dir"])
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 2
+
+    scores = iter([math.nan, math.nan])
+    summary = trainer.train(tiny_cfg(max_epochs=2, output=str(run.parent / "nan-run")))
+    assert summary["best_epoch"] == 1  # the first validated model, not a "better" NaN
+    assert (Path(summary["run_dir"]) / "checkpoints" / "best.pt").is_file()

@@ -25,6 +25,7 @@ from unetzoo.engine.checkpoint import (
     RunFolder,
     capture_rng_state,
     crash_point,
+    disk_full_error,
     load_checkpoint,
     repair_best,
     restore_rng_state,
@@ -286,6 +287,9 @@ def train(
                     f"--resume checkpoint has {len(ck['class_names'])} classes but dataset "
                     f"{ds.name!r} has {ds.num_classes}"
                 )
+            from unetzoo.engine.config import check_resume_options
+
+            check_resume_options(ck["model"].get("options") or {}, model.unetzoo_options, resume)
             model.load_state_dict(ck["state_dict"])
             if "optimizer" not in ck:
                 raise ConfigError(f"{resume} holds weights only (no optimizer state); it cannot be resumed")
@@ -422,8 +426,11 @@ def train(
                 if do_eval:
                     val = validate(model, ds, val_split, val_cases, cfg, info.device)
                     row.update(val)
-                    if val["val_dice"] > best_metric:
-                        best_metric, best_epoch, improved = val["val_dice"], epoch + 1, True
+                    # NaN (no class scored) never beats a score, yet the first validation
+                    # still gives best.pt a model, so the final test has one to load.
+                    score = -math.inf if math.isnan(val["val_dice"]) else val["val_dice"]
+                    if score > best_metric or best_epoch < 0:
+                        best_metric, best_epoch, improved = score, epoch + 1, True
                 elif not val_cases:
                     improved = True  # no validation split: the latest model is the best
                     best_epoch = epoch + 1
@@ -496,6 +503,11 @@ def train(
             run_folder.finish()
         dist_utils.barrier(info)
         return summary
+    except OSError as exc:  # a full disk while writing logs, plots or caches: one line
+        full = disk_full_error(exc, cfg.get("output"))
+        if full is None:
+            raise
+        raise full from exc
     finally:
         folder_guard.close()
         dist_utils.cleanup()
