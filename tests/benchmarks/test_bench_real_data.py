@@ -1,0 +1,58 @@
+"""bench_real_data.py: tiny mode end to end, the nnU-Net Dice rule, specs and the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_real_data as bench
+
+
+def test_tiny_run_trains_both_sides_and_writes_json(tmp_path, capsys):
+    pytest.importorskip("segmentation_models_pytorch")
+    pytest.importorskip("nilearn")
+    out = tmp_path / "real.json"
+    result = bench.main(["--tiny", "--threads", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "Real MRI learning benchmark" in printed and "| smp |" in printed
+    runs = result["runs"]
+    assert [r["loop"] for r in runs] == ["plain", "pipeline"]
+    # Both sides ran the same number of iterations on the same slices.
+    assert runs[0]["iterations"] == runs[1]["iterations"] > 0
+    for r in runs:
+        assert 0.0 <= r["mean_dice"] <= 1.0 and r["scored_classes"] >= 6
+        assert set(r["per_class"]) == set(result["setup"]["classes"][1:])
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["runs"]] == ["smp", "unet:base_channels=4"]
+    assert data["rows"][0]["vs_smp"] == 0
+
+
+def test_class_dice_leaves_out_classes_absent_from_both():
+    ref = np.array([[0, 1, 1], [2, 2, 0]])
+    pred = np.array([[0, 1, 0], [0, 0, 0]])
+    d = bench.class_dice(pred, ref, num_classes=4)
+    assert d[0] == pytest.approx(2 / 3)  # class 1: one of two found
+    assert d[1] == 0.0  # class 2: present, never predicted -> a failure, not left out
+    assert math.isnan(d[2])  # class 3: absent from both -> left out
+
+
+def test_parse_spec_and_split_specs():
+    assert bench.parse_spec("smp") == ("plain", "smp", {})
+    assert bench.parse_spec("unet") == ("pipeline", "unet", {})
+    assert bench.parse_spec("plain:resnet34_unet:head_relu=true,decoder=smp") == (
+        "plain", "resnet34_unet", {"head_relu": True, "decoder": "smp"})
+    assert bench._split_specs("smp,unet:base_channels=4,init=smp,unetpp") == [
+        "smp", "unet:base_channels=4,init=smp", "unetpp"]
+
+
+def test_summary_mean_spread_and_gap_to_smp():
+    runs = [{"model": m, "budget": 200, "mean_dice": v, "learned": 5}
+            for m, v in [("smp", 0.5), ("smp", 0.7), ("unet", 0.55)]]
+    smp_row, unet_row = bench.summary_rows(runs)
+    assert smp_row["mean_dice"] == pytest.approx(0.6) and smp_row["sd"] > 0
+    assert unet_row["vs_smp"] == pytest.approx(-0.05) and unet_row["seeds"] == 1
+    assert bench.default_seeds("unetpp", [0, 1, 2]) == [0]
+    assert bench.default_seeds("resnet34_unet:init=smp", [0, 1, 2]) == [0, 1, 2]
