@@ -77,8 +77,10 @@ def test_dataset_fold_lives_in_the_cache_not_the_raw_folder(tmp_path, monkeypatc
     (raw / "dataset.json").write_text("{}")
     before = sorted(p.name for p in raw.rglob("*"))
     ds = SimpleNamespace(name="nnunet", root=raw, cases=lambda split: list(IDS))
-    train, val, path = folds.dataset_fold(ds, 2)
+    run = tmp_path / "runs" / "fold2"
+    train, val, path = folds.dataset_fold(ds, 2, run_dir=run)
     assert path.is_file() and cache in path.parents
+    assert folds.run_fold_cases(run, 2) == (train, val)  # the run records its split
     assert sorted(p.name for p in raw.rglob("*")) == before
     assert (train, val) == folds.fold_cases(folds.load_splits(path), 2)
     # Another root of the same dataset name gets its own split file.

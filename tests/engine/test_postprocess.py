@@ -123,3 +123,57 @@ def test_plan_of_another_model_is_refused(tmp_path):
         pp.load_plan(tmp_path / "p.json")
     with pytest.raises(DataError, match="prediction"):
         pp.determine_postprocessing([np.zeros((2, 2), int)], [], 2)
+
+
+def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
+    """Two fold runs (random weights: only the plumbing matters) -> one plan, decided on
+    every training case once, written beside each checkpoint."""
+    import torch
+
+    from unetzoo import create_model
+    from unetzoo.data import get_dataset
+    from unetzoo.data.folds import make_splits, save_splits
+    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.inference import predict_volume
+
+    tiny = {"n_train": 3, "n_test": 1, "shape": [4, 32, 32], "seed": 0}  # conftest's phantom
+    ds = get_dataset("phantom", tiny_root, **tiny)
+    splits = make_splits(ds.cases("train"), n_folds=2)
+    ckpts = []
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        m = create_model("unet", in_channels=ds.in_channels, num_classes=ds.num_classes,
+                         base_channels=4).eval()
+        run = tmp_path / f"fold{fold}"
+        save_splits(run / "splits_final.json", splits)
+        cfg = {"dataset": "phantom", "data_root": str(tiny_root),
+               "dataset_options": dict(tiny), "fold": fold}
+        ckpts.append(save_checkpoint(
+            {"model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
+             "state_dict": m.state_dict(), "class_names": list(ds.class_names),
+             "in_channels": ds.in_channels, "img_size": 32,
+             "preprocessing": {"kind": "none"}, "config": cfg},
+            run / "checkpoints" / "best.pt"))
+    plan = pp.crossval_postprocessing(ckpts, verbose=False)
+    assert plan["folds"] == [0, 1] and plan["cases"] == len(ds.cases("train"))
+    for c in ckpts:
+        assert pp.plan_for_checkpoint({}, c) == pp.load_plan(c.parent / pp.PLAN_FILE)
+    # The same decision from the predictions made by hand.
+    preds, refs = [], []
+    for fold, c in enumerate(ckpts):
+        from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+        model = model_from_checkpoint(load_checkpoint(c))
+        for cid in splits[fold]["val"]:
+            case = ds.load_case(cid, "train")
+            preds.append(predict_volume(model, case.image, 32))
+            refs.append(case.label)
+    ref = pp.determine_postprocessing(preds, refs, ds.num_classes, class_names=ds.class_names)
+    assert plan["steps"] == ref["steps"]
+    # A run trained without --fold cannot take part.
+    cfg_less = tmp_path / "plain" / "checkpoints" / "best.pt"
+    save_checkpoint({**torch.load(ckpts[0], weights_only=True), "config": {}}, cfg_less)
+    from unetzoo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="without --fold"):
+        pp.crossval_postprocessing([cfg_less], write=False, verbose=False)

@@ -154,15 +154,24 @@ def dataset_fold(
     *,
     split: str = "train",
     path: str | Path | None = None,
+    run_dir: str | Path | None = None,
     n_folds: int = N_FOLDS,
     seed: int = SEED,
 ) -> tuple[list[str], list[str], Path]:
     """``(train ids, val ids, splits file)`` of fold ``fold`` of a :class:`SegDataset`.
 
     The split covers ``ds.cases(split)`` and is stored at ``path`` or, by default, at
-    :func:`splits_path` for the dataset's name and root.
+    :func:`splits_path` for the dataset's name and root. With ``run_dir`` a copy goes to
+    ``run_dir/splits_final.json`` so the run folder records the split it trained on.
     """
     p = Path(path) if path is not None else splits_path(ds.name, ds.root)
     splits = get_splits(ds.cases(split), p, n_folds=n_folds, seed=seed)
     train, val = fold_cases(splits, fold)
+    if run_dir is not None:
+        save_splits(Path(run_dir) / SPLITS_FILE, splits)
     return train, val, p
+
+
+def run_fold_cases(run_dir: str | Path, fold: int) -> tuple[list[str], list[str]]:
+    """``(train ids, val ids)`` of a fold run from the ``splits_final.json`` it recorded."""
+    return fold_cases(load_splits(Path(run_dir) / SPLITS_FILE), fold)

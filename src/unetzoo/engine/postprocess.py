@@ -254,3 +254,86 @@ def plan_for_checkpoint(ckpt: dict[str, Any], checkpoint_path: str | Path | None
         if beside.is_file():
             return load_plan(beside)
     return None
+
+
+def crossval_predictions(
+    checkpoints: Sequence[str | Path],
+    device: str | Any = "cpu",
+    batch_size: int = 16,
+    verbose: bool = False,
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """Predictions of every fold model on its own validation cases, with the references.
+
+    Each checkpoint must come from a ``--fold K`` run: its config names the fold and its
+    run folder (two levels above ``checkpoints/best.pt``) holds the ``splits_final.json``
+    it trained with; the dataset is reopened from the config. Returns ``(predictions,
+    references, info)`` with ``info = {"folds", "cases", "class_names", "ignore_label"}``.
+    """
+    from unetzoo.data import get_dataset
+    from unetzoo.data.folds import run_fold_cases
+    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.inference import predict_volume
+    from unetzoo.errors import CheckpointError
+
+    preds: list[np.ndarray] = []
+    refs: list[np.ndarray] = []
+    folds: list[int] = []
+    cases: list[str] = []
+    names: list[str] | None = None
+    ignore = None
+    for path in checkpoints:
+        ck = load_checkpoint(path)
+        cfg = ck.get("config") or {}
+        fold = cfg.get("fold")
+        if fold is None:
+            raise CheckpointError(
+                f"{path}: not a cross-validation run (trained without --fold); post-processing "
+                "is decided on the validation predictions of fold runs"
+            )
+        if int(fold) in folds:
+            raise CheckpointError(f"{path}: fold {fold} is given twice; give each fold once")
+        if names is not None and list(ck["class_names"]) != names:
+            raise CheckpointError(f"{path}: class names differ from the other folds'")
+        names = list(ck["class_names"])
+        run_dir = Path(path).resolve().parent.parent
+        _, val = run_fold_cases(run_dir, int(fold))
+        ds = get_dataset(cfg.get("dataset"), cfg.get("data_root"),
+                         **(cfg.get("dataset_options") or {}))
+        ignore = getattr(ds, "ignore_label", None)
+        model = model_from_checkpoint(ck, device=device)
+        for cid in val:
+            case = ds.load_case(cid, "train")
+            if case.label is None:
+                raise DataError(f"validation case {cid} of fold {fold} has no label")
+            preds.append(predict_volume(model, case.image, int(ck["img_size"]),
+                                        batch_size=batch_size, device=device))
+            refs.append(np.asarray(case.label))
+            cases.append(cid)
+        folds.append(int(fold))
+        if verbose:
+            print(f"fold {fold}: {len(val)} validation case(s) predicted", flush=True)
+    info = {"folds": sorted(folds), "cases": cases, "class_names": names, "ignore_label": ignore}
+    return preds, refs, info
+
+
+def crossval_postprocessing(
+    checkpoints: Sequence[str | Path],
+    device: str | Any = "cpu",
+    batch_size: int = 16,
+    write: bool = True,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Decide the plan on the fold models' validation predictions (nnU-Net's
+    ``nnUNetv2_find_best_configuration`` post-processing step) and, with ``write``, store
+    it as ``postprocessing.json`` beside every checkpoint, where ``predict`` finds it."""
+    preds, refs, info = crossval_predictions(checkpoints, device, batch_size, verbose)
+    names = info["class_names"]
+    plan = determine_postprocessing(
+        preds, refs, len(names), ignore_label=info["ignore_label"], class_names=names,
+        verbose=verbose,
+    )
+    plan["folds"] = info["folds"]
+    if write:
+        for path in checkpoints:
+            save_plan(Path(path).parent / PLAN_FILE, plan)
+    return plan
