@@ -242,3 +242,23 @@ def test_repair_best_leaves_consistent_folders_alone(tmp_path):
     assert "repaired" in repair_best(d)
     best = torch.load(d / "best.pt", weights_only=True)
     assert best["epoch"] == 4 and torch.equal(best["state_dict"]["w"], torch.ones(1))
+
+
+def test_disk_full_writing_the_metrics_log_is_one_line(data_root, tmp_path, monkeypatch, capsys):
+    """ENOSPC outside the checkpoint writer (metrics.csv) is "disk full at PATH" as well."""
+    from unetzoo.cli.main import main
+    from unetzoo.engine.logging.plots import MetricsLog
+
+    def full_disk(self):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(MetricsLog, "write", full_disk)
+    out = tmp_path / "run"
+    rc = main(["train", "--data-root", str(data_root), "--output", str(out),
+               "--dataset-option", "n_train=4", "--dataset-option", "n_test=1",
+               "--dataset-option", "shape=[4, 32, 32]", "--model-option", "base_channels=4",
+               "--img-size", "32", "--max-epochs", "1", "--no-test", "--no-progress",
+               "--device", "cpu", "--num-workers", "0", "--model", "unet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: disk full at {out / 'metrics.csv'}"), err

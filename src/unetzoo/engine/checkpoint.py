@@ -61,6 +61,18 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
         return False
 
 
+def disk_full_error(exc: OSError, run_dir: str | Path | None) -> CheckpointError | None:
+    """``"disk full at PATH"`` for an ENOSPC/EDQUOT ``exc`` raised anywhere in a run (logs,
+    plots, caches), naming the last good checkpoint; None for any other error."""
+    if exc.errno not in _DISK_FULL:
+        return None
+    where = exc.filename or run_dir or "the output folder"
+    kept = ""
+    if run_dir is not None and (Path(run_dir) / "checkpoints" / "latest.pt").is_file():
+        kept = f"; the last good checkpoint {Path(run_dir) / 'checkpoints' / 'latest.pt'} is intact"
+    return CheckpointError(f"disk full at {where}{kept}; free space and continue with --resume")
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` atomically: a temporary file in the same folder, then rename.
 
