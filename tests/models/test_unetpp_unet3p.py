@@ -62,25 +62,76 @@ def test_plain_taps_name_real_modules(name):
         model.get_submodule(tap)
 
 
-def test_unet3p_cgm_stores_logits_and_gates_in_eval():
-    model = create_model("unet3p", 1, 3, cgm=True, **SMALL["unet3p"])
-    model.train()
-    out = model(torch.randn(2, 1, 32, 32))
-    assert out.shape == (2, 3, 32, 32)
-    assert model.cgm_logits.shape == (2, 2) and model.cgm_logits.requires_grad
-    # Force "absent": the eval output must be background everywhere.
+def _force_cgm(model, present: bool) -> None:
     conv = model.cls_head[1]
     with torch.no_grad():
         conv.weight.zero_()
-        conv.bias.copy_(torch.tensor([5.0, -5.0]))
+        conv.bias.copy_(torch.tensor([-5.0, 5.0] if present else [5.0, -5.0]))
+
+
+def test_unet3p_cgm_official_multiplies_logits_in_train_and_eval():
+    # ZJUGiveLab UNet_3Plus_DeepSup_CGM: d_i = dotProduct(d_i, argmax gate), both modes.
+    model = create_model("unet3p", 1, 3, cgm=True, deep_supervision=True, **SMALL["unet3p"])
+    assert model.cgm_mode == "multiply"
+    x = torch.randn(2, 1, 32, 32)
+    model.train()
+    _force_cgm(model, present=False)
+    outs = model(x)
+    assert len(outs) == 5 and all((o == 0).all() for o in outs)  # every head gated
+    assert model.cgm_logits.shape == (2, 2) and model.cgm_logits.requires_grad
+    _force_cgm(model, present=True)
+    outs = model(x)
+    assert all(o.abs().sum() > 0 for o in outs)
+    sum(o.sum() for o in outs).backward()  # gradient flows through the open gate
+    assert model.head.weight.grad.abs().sum() > 0
+    model.eval()
+    _force_cgm(model, present=False)
+    with torch.no_grad():
+        assert (model(x) == 0).all()  # zero logits, not background: as the official code
+        _force_cgm(model, present=True)
+        ungated = model(x)
+    assert ungated.abs().sum() > 0 and ungated.abs().max() < 1e3
+
+
+def test_unet3p_cgm_background_mode_gates_in_eval_only():
+    model = create_model("unet3p", 1, 3, cgm=True, cgm_mode="background", **SMALL["unet3p"])
+    x = torch.randn(2, 1, 32, 32)
+    model.train()
+    _force_cgm(model, present=False)
+    out = model(x)
+    assert out.shape == (2, 3, 32, 32) and out.abs().sum() > 0  # no gate in training
     model.eval()
     with torch.no_grad():
-        pred = model(torch.randn(2, 1, 32, 32)).argmax(1)
-    assert (pred == 0).all()
-    with torch.no_grad():
-        conv.bias.copy_(torch.tensor([-5.0, 5.0]))
-        ungated = model(torch.randn(2, 1, 32, 32))
-    assert ungated.abs().max() < 1e3
+        assert (model(x).argmax(1) == 0).all()  # "absent": background everywhere
+        _force_cgm(model, present=True)
+        assert model(x).abs().max() < 1e3
+
+
+def test_unet3p_bad_cgm_mode_or_init_is_one_line_error():
+    from unetzoo.errors import ModelError
+
+    with pytest.raises(ModelError, match="cgm_mode"):
+        create_model("unet3p", cgm=True, cgm_mode="gate", **SMALL["unet3p"])
+    with pytest.raises(ModelError, match="init"):
+        create_model("unet3p", init="xavier", **SMALL["unet3p"])
+
+
+def test_unet3p_official_kaiming_init():
+    torch.manual_seed(0)
+    model = create_model("unet3p", 1, 2, base_channels=8, cat_channels=8)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    w = torch.cat([m.weight.detach() for m in bns])
+    # BatchNorm weight N(1, 0.02) (PyTorch's default is exactly 1), bias 0.
+    assert 0.005 < w.std() < 0.04 and abs(w.mean() - 1) < 0.01
+    assert all((m.bias == 0).all() for m in bns)
+    # Convolution weights: kaiming_normal_(fan_in) -> std sqrt(2 / fan_in) (PyTorch's
+    # default kaiming_uniform_(a=sqrt(5)) gives std 1 / sqrt(3 * fan_in), 2.4x smaller).
+    conv = model.decoder[0].fuse[0]
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+    plain = create_model("unet3p", 1, 2, base_channels=8, cat_channels=8, init="default")
+    bns = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all((m.weight == 1).all() for m in bns)
 
 
 def test_unetpp_official_parameter_count():

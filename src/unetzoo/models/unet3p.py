@@ -20,11 +20,22 @@ returns ``[d5, d4, d3, d2, d1]`` (all bilinearly up-sampled to full size; the fi
 2 classes ("organ absent / present"), global max-pool. Forward still returns the
 segmentation logits as above; the classifier's logits ``(N, 2)`` of the last forward are
 stored in ``model.cgm_logits`` (train them with e.g. ``F.cross_entropy(model.cgm_logits,
-(label > 0).flatten(1).any(1).long())``). In eval mode the segmentation is gated like the
-official code: images classified "absent" get background-only logits (class 0 for
-``num_classes >= 2``; large negative logits for a single sigmoid channel). Unlike the
-official code the gate is not applied in training mode, where the hard arg-max would zero
-the segmentation gradient of every image the classifier gets wrong.
+(label > 0).flatten(1).any(1).long())``). The gate is the classifier's arg-max (0 absent,
+1 present; no gradient), applied as ``cgm_mode`` says:
+
+- ``"multiply"`` (default, the official ``UNet_3Plus_DeepSup_CGM``): every output (all
+  deep-supervision heads too) is multiplied by the gate, in training *and* evaluation, so
+  an image classified "absent" gets all-zero logits (sigmoid 0.5, softmax uniform) and no
+  segmentation gradient.
+- ``"background"`` (unetzoo's variant): no gate in training; in evaluation an "absent"
+  image gets background-only logits (class 0 for ``num_classes >= 2``; large negative
+  logits for a single sigmoid channel), a definite "nothing here" prediction.
+
+``init="kaiming"`` (default, the official ``init_weights(..., "kaiming")``): every
+convolution weight ``kaiming_normal_(a=0, mode="fan_in")``, every BatchNorm weight
+``N(1, 0.02)`` and bias 0; convolution biases keep PyTorch's default, as there. A ResNet
+encoder keeps its own (torchvision or pretrained) weights. ``init="default"``: PyTorch's
+default initialisation everywhere.
 
 ``encoder="resnet34"`` (any ResNet) replaces the plain encoder; ``cat_channels`` then
 defaults to 64, and the logits (at the stem's 1/2 resolution) are up-sampled to full size.
@@ -43,6 +54,9 @@ from unetzoo.models.base import SegmentationModel
 from unetzoo.models.blocks import conv_unit
 from unetzoo.models.encoders import ResNetEncoder, build_encoder
 from unetzoo.models.registry import PublishedParams, Taps, register_model
+
+CGM_MODES = ("multiply", "background")
+INITS = ("kaiming", "default")
 
 
 class FullScaleStage(nn.Module):
@@ -100,6 +114,8 @@ class UNet3Plus(SegmentationModel):
         bias: convolution bias (default True, as the official code; None = only without BN).
         deep_supervision: heads on every decoder stage (see above).
         cgm: classification-guided module (see above).
+        cgm_mode: ``"multiply"`` (official) or ``"background"`` (see above).
+        init: ``"kaiming"`` (official) or ``"default"`` (PyTorch's).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
@@ -117,10 +133,17 @@ class UNet3Plus(SegmentationModel):
         bias: bool | None = True,
         deep_supervision: bool = False,
         cgm: bool = False,
+        cgm_mode: str = "multiply",
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if int(base_channels) < 1:
             raise ModelError(f"base_channels must be >= 1, got {base_channels}")
+        if cgm_mode not in CGM_MODES:
+            raise ModelError(f"cgm_mode must be one of {', '.join(CGM_MODES)}, got {cgm_mode!r}")
+        if init not in INITS:
+            raise ModelError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        self.cgm_mode = cgm_mode
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.deep_supervision = bool(deep_supervision)
@@ -168,6 +191,22 @@ class UNet3Plus(SegmentationModel):
             if self.cgm
             else None
         )
+        if init == "kaiming":
+            self._official_init()
+
+    def _official_init(self) -> None:
+        # ZJUGiveLab init_weights(m, "kaiming") on every Conv2d / BatchNorm2d, except a
+        # ResNet encoder's (torchvision's own init or pretrained weights).
+        resnet = isinstance(self.encoder, ResNetEncoder)
+        skip = {id(m) for m in self.encoder.modules()} if resnet else set()
+        for m in self.modules():
+            if id(m) in skip:
+                continue
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
 
     def _full_size(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(logits.shape[-2:]) == size:
@@ -197,9 +236,12 @@ class UNet3Plus(SegmentationModel):
             outputs = [*aux, final]
         if self.cls_head is not None:
             self.cgm_logits = self.cls_head(feats[4])
-            if not self.training:
-                present = self.cgm_logits.argmax(dim=1).bool()
-                outputs = [self._gate(o, present) for o in outputs]
+            present = self.cgm_logits.argmax(dim=1)  # hard gate: no gradient, as official
+            if self.cgm_mode == "multiply":
+                gate = present.to(outputs[0].dtype).view(-1, 1, 1, 1)
+                outputs = [o * gate for o in outputs]
+            elif not self.training:
+                outputs = [self._gate(o, present.bool()) for o in outputs]
         return outputs if len(outputs) > 1 else outputs[0]
 
 
@@ -239,6 +281,8 @@ def unet3p(
     bias: bool | None = True,
     deep_supervision: bool = False,
     cgm: bool = False,
+    cgm_mode: str = "multiply",
+    init: str = "kaiming",
 ) -> UNet3Plus:
     return UNet3Plus(
         in_channels,
@@ -251,4 +295,6 @@ def unet3p(
         bias=bias,
         deep_supervision=deep_supervision,
         cgm=cgm,
+        cgm_mode=cgm_mode,
+        init=init,
     )
