@@ -9,12 +9,16 @@ independent implementation, not against a copy of their own formula.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 sitk = pytest.importorskip("SimpleITK")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _medical_writers import write_dicom_series  # noqa: E402
 
 from unetzoo.data import medio  # noqa: E402
 from unetzoo.errors import DataError  # noqa: E402
@@ -40,26 +44,6 @@ def _itk(arr: np.ndarray):
     return img
 
 
-def _write_dicom_series(img, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = img.GetDirection()
-    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k]
-        sl.SetMetaData("0008|0060", "CT")
-        sl.SetMetaData("0020|000e", series_uid)
-        sl.SetMetaData("0020|0037", orientation)
-        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in pos))
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("medio")
@@ -68,7 +52,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     for end in (".nii.gz", ".nrrd", ".mha"):
         out[end] = root / f"vol{end}"
         sitk.WriteImage(img, str(out[end]))
-    out["dicom"] = _write_dicom_series(img, root / "series")
+    out["dicom"] = write_dicom_series(img, root / "series")
     return out
 
 
@@ -188,10 +172,10 @@ def test_bad_files_are_one_line_errors(files, tmp_path):
         medio.load_medical_image(tmp_path / "x.txt")
     two = tmp_path / "two"
     img = _itk(_volume())
-    _write_dicom_series(img, two, "1.2.3.4")
+    write_dicom_series(img, two, "1.2.3.4")
     for f in list(two.glob("*.dcm")):
         f.rename(two / f"s1_{f.name}")
-    _write_dicom_series(img, two, "1.2.3.5")
+    write_dicom_series(img, two, "1.2.3.5")
     with pytest.raises(DataError, match="2 DICOM series"):
         medio.load_medical_image(two)
     with pytest.raises(DataError, match="cannot write a label map"):
