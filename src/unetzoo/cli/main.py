@@ -8,6 +8,7 @@ User-fixable errors (:class:`unetzoo.errors.UnetzooError`) print one line and ex
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -70,6 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # the machine's answer (disk full, not a folder, no permission)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error that reached the CLI: what and where.
+
+    Writers that know their file name say it themselves (``disk full at PATH``); this
+    is the net for the rest, e.g. a report file on a full disk or ``--out`` naming a file.
+    """
+    where = exc.filename or "the output folder"
+    if exc.errno == errno.ENOSPC:
+        return f"disk full at {where}; free space and run again"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {where}"
 
 
 if __name__ == "__main__":

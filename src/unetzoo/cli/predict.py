@@ -23,7 +23,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--tta", action="store_true", help="flip test-time augmentation")
     a("--overlays", type=int, default=3, help="overlay PNG slices per input (0: none)")
     a("--batch-size", type=int, default=16, help="slices or windows per forward pass")
-    a("--device", help="cpu or cuda (default: cuda when available)")
+    a("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    a("--max-pixels", type=int, default=None, metavar="N",
+      help="refuse 2-D images (and volume slices) over N pixels (default 4096 x 4096): "
+      "huge inputs take minutes and many GB")
     return p
 
 
@@ -33,10 +36,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    from unetzoo.engine.distributed import check_device, resolve_device
+
+    resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
+    extra = {}
     if args.onnx:  # same pre/post-processing, logits from ONNX Runtime
         from unetzoo.deploy.onnx_runtime import predict_files
+    if args.max_pixels is not None:
+        if args.onnx:
+            raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
+        extra["max_pixels"] = args.max_pixels
     predict_files(
-        args.inputs, args.onnx or args.checkpoint, args.out, tta=args.tta, device=args.device,
-        batch_size=args.batch_size, overlays=max(args.overlays, 0),
+        args.inputs, args.onnx or args.checkpoint, args.out, tta=args.tta,
+        device=check_device(args.device), batch_size=args.batch_size,
+        overlays=max(args.overlays, 0), **extra,
     )
     return 0

@@ -49,7 +49,9 @@ class Case:
 
 
 def check_image(image: np.ndarray, where: str) -> None:
-    """Raise :class:`DataError` if ``image`` holds NaN or Inf."""
+    """Raise :class:`DataError` if ``image`` is empty or holds NaN or Inf."""
+    if image.size == 0:
+        raise DataError(f"{where}: image holds no voxels (shape {image.shape}); fix or remove this file")
     if not np.isfinite(image).all():
         raise DataError(
             f"{where}: image contains NaN or Inf values; fix or remove this file "

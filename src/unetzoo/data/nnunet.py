@@ -436,11 +436,32 @@ class NnUNetDataset(SegDataset):
             axes=order,
         )
 
+    def _open_cached(self, split: str, cid: str, mmap_mode: str | None = None):
+        """``(meta, image, label)`` from the cache; a damaged cache file (a kill or a full
+        disk mid-write, a copy cut short) is rebuilt from the NIfTI files once."""
+        for attempt in (0, 1):
+            meta = self.build_cache(split, cid)
+            img_p, lab_p, meta_p = self._cache_paths(split, cid)
+            try:
+                image = np.load(img_p, mmap_mode=mmap_mode, allow_pickle=False)
+                label = np.load(lab_p, mmap_mode=mmap_mode, allow_pickle=False) if meta["has_label"] else None
+                if list(image.shape) != list(meta["shape"]) or (
+                    label is not None and tuple(label.shape) != tuple(image.shape[1:])
+                ):
+                    raise ValueError(f"shape {image.shape} but the cache records {meta['shape']}")
+                return meta, image, label
+            except (ValueError, OSError, EOFError) as exc:
+                if attempt:
+                    raise DataError(
+                        f"{img_p}: the slice cache cannot be read even after a rebuild ({exc}); "
+                        f"delete {self._cache_dir} and check the disk"
+                    ) from exc
+                meta_p.unlink(missing_ok=True)  # forces build_cache to re-read the NIfTI files
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def load_case(self, case_id: str, split: str) -> Case:
-        meta = self.build_cache(split, case_id)
-        img_p, lab_p, _ = self._cache_paths(split, case_id)
-        image = np.load(img_p)
-        label = np.load(lab_p).astype(np.int64) if meta["has_label"] else None
+        meta, image, label = self._open_cached(split, case_id)
+        label = None if label is None else label.astype(np.int64)
         return Case(
             id=case_id,
             image=image,
@@ -466,12 +487,9 @@ class NnUNetDataset(SegDataset):
     def _read_slice(self, split, case_id, z, store):
         arrays = store.get(case_id)
         if arrays is None:
-            img_p, lab_p, _ = self._cache_paths(split, case_id)
             # Memory-mapped: one slice is read per sample, shared through the page cache.
-            arrays = store[case_id] = (
-                np.load(img_p, mmap_mode="r"),
-                np.load(lab_p, mmap_mode="r"),
-            )
+            _, img, lab = self._open_cached(split, case_id, mmap_mode="r")
+            arrays = store[case_id] = (img, lab)
         img, lab = arrays
         return np.array(img[:, z], dtype=np.float32), np.array(lab[z], dtype=np.int64)
 

@@ -212,6 +212,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of option: value")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    try:
+        _check_mappings(out)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {p}: {exc}") from None
     unknown = sorted(set(out) - set(BASE_DEFAULTS) - {"resume", "config", "distill"})
     if unknown:
         raise ConfigError(
@@ -434,6 +438,25 @@ def validate_config(cfg: dict[str, Any]) -> None:
     from unetzoo.engine.distributed import check_device
 
     cfg["device"] = check_device(cfg["device"])
+
+
+def check_resume_options(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:
+    """Refuse to resume ``where`` when the model options differ from the checkpoint's.
+
+    ``saved`` is the checkpoint's ``model.options``, ``current`` the options the run would
+    build with (``deep_supervision`` aside: checkpoints store it off). Different widths
+    used to end in a ``load_state_dict`` traceback, and options that keep the shapes
+    (``bilinear``) would have resumed a different model silently.
+    """
+    skip = {"deep_supervision", "encoder_weights"}
+    keys = sorted((set(saved) | set(current)) - skip)
+    changed = [k for k in keys if _plain(saved.get(k)) != _plain(current.get(k))]
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"--resume {where}: the model options differ from the checkpoint's ({diff}); "
+            "drop the --model-option flags to continue that run, or start a new run folder"
+        )
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:

@@ -341,10 +341,11 @@ def create_model(
         raise ModelError(f"cannot build {entry.name!r} with {options}: {exc}") from exc
     except (MemoryError, RuntimeError) as exc:
         # Absurd widths: the allocator gives up. Say so, with the size it would have had.
-        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+        text = str(exc).lower()
+        if not isinstance(exc, MemoryError) and "alloc" not in text and "overflow" not in text:
             raise
         raise ModelError(
-            f"cannot build {entry.name!r} with {options}: out of memory for its weights "
+            f"cannot build {entry.name!r} with {options}: its weights do not fit in memory "
             f"({_size_hint(entry.name, merged)}); use smaller widths"
         ) from None
     model.unetzoo_name = entry.name  # type: ignore[assignment]
