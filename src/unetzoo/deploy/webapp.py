@@ -240,8 +240,9 @@ class DemoBackend:
         labels = predict_array(lm.model, x, lm.img_size, self.device)
         spacing = up.spacing
         if not up.is_volume and pixel_spacing:
-            if not pixel_spacing > 0:
-                raise DataError(f"pixel spacing must be > 0 mm, got {pixel_spacing}")
+            # Bounds keep areas and distances finite (1e308 mm overflowed them).
+            if not 1e-6 <= pixel_spacing <= 1e4:
+                raise DataError(f"pixel spacing must be 1e-06..10000 mm, got {pixel_spacing}")
             spacing = (1.0, float(pixel_spacing), float(pixel_spacing))
         folder = uploads.download_dir_under(self.download_root)
         seg = Segmentation(
