@@ -208,3 +208,35 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
     cfg["output"] = str(tiny_root.parent / "paper-run")
     summary = trainer.train(cfg, dataset=ds)
     assert summary["best_epoch"] == 2 and seen == {"epoch": 2, "protocol": "transunet"}
+
+
+def test_emcad_recipe_and_mutation_deep_supervision():
+    # SLDGroup/EMCAD train_synapse.py: --supervision mutation, AdamW 1e-4, batch 6, 300
+    # epochs, 0.3 CE + 0.7 Dice, no lr decay.
+    cfg = resolve_config("synapse", None, {"recipe": "emcad"})
+    assert (cfg["model"], cfg["deep_supervision"], cfg["deep_supervision_loss"]) == (
+        "emcad", True, "mutation",
+    )
+    assert (cfg["optimizer"], cfg["base_lr"], cfg["batch_size"], cfg["max_epochs"]) == (
+        "adamw", 1e-4, 6, 300,
+    )
+    assert (cfg["loss_weights"], cfg["lr_schedule"]) == ([0.3, 0.7], "constant")
+    assert resolve_config("synapse")["deep_supervision_loss"] == "weighted"
+    with pytest.raises(ConfigError, match="deep-supervision-loss 'powerset'"):
+        resolve_config("synapse", None, {"deep_supervision_loss": "powerset"})
+
+
+def test_trainer_combines_heads_with_the_configured_deep_supervision_loss():
+    import torch
+
+    from unetzoo.engine.trainer import _supervised_loss
+    from unetzoo.losses import build_loss, mutation_loss
+
+    loss = build_loss("ce_dice", 3)
+    outs = [torch.randn(1, 3, 8, 8) for _ in range(4)]
+    y = torch.randint(0, 3, (1, 8, 8))
+    cfg = resolve_config("synapse", None, {"deep_supervision_loss": "mutation"})
+    total, _ = _supervised_loss(loss, outs, y, cfg)
+    assert torch.allclose(total, mutation_loss(loss, outs, y)[0])
+    weighted, _ = _supervised_loss(loss, outs, y, resolve_config("synapse"))
+    assert not torch.allclose(total, weighted)

@@ -131,3 +131,34 @@ def test_bad_inputs_raise_one_line_errors():
         build_loss("ce_dice", 4)(logits, target + 4)
     with pytest.raises(DataError, match="shape"):
         build_loss("ce_dice", 4)(logits, target[:, :3])
+
+
+def test_mutation_subsets_are_the_nonempty_powerset():
+    from unetzoo.losses import mutation_subsets
+
+    subsets = mutation_subsets(4)
+    assert len(subsets) == 15 and len(set(subsets)) == 15  # 2**4 - 1, as EMCAD's 4 heads
+    assert subsets[0] == (0,) and subsets[-1] == (0, 1, 2, 3)
+    assert mutation_subsets(1) == [(0,)]
+
+
+def test_mutation_loss_sums_the_loss_of_every_subset_of_summed_logits():
+    # SLDGroup/EMCAD trainer.py, --supervision mutation: for s in powerset(heads), s != []:
+    # iout = sum(P[i] for i in s); loss += w_ce * CE(iout) + w_dice * Dice(iout).
+    from unetzoo.losses import mutation_loss
+
+    torch.manual_seed(0)
+    loss = build_loss("ce_dice", 3, weights=[0.3, 0.7])
+    outs = [torch.randn(2, 3, 8, 8, requires_grad=True) for _ in range(3)]
+    target = torch.randint(0, 3, (2, 8, 8))
+    total, terms = mutation_loss(loss, outs, target)
+    a, b, c = outs
+    expected = sum(loss(x, target)[0] for x in (a, b, c, a + b, a + c, b + c, a + b + c))
+    assert torch.allclose(total, expected)
+    assert terms["ce"] == pytest.approx(
+        sum(loss(x, target)[1]["ce"] for x in (a, b, c, a + b, a + c, b + c, a + b + c))
+    )
+    total.backward()
+    assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outs)
+    single, _ = mutation_loss(loss, a, target)  # a bare tensor: the loss itself
+    assert torch.allclose(single, loss(a, target)[0])

@@ -201,3 +201,23 @@ def test_taps_resolve_to_modules():
     assert len(taps.encoder) == 4 and len(taps.decoder) == 3
     for name in (*taps.encoder, *taps.decoder, taps.final):
         m.get_submodule(name)
+
+
+def _act_types(module):
+    return {type(m) for m in module.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))}
+
+
+def test_activations_as_official_relu6_in_mscb_relu_in_eucb_and_lgag():
+    # SLDGroup/EMCAD lib/decoders.py: EMCAD passes `activation` (relu6) to the MSCBs only;
+    # EUCB(...) and LGAG(...) are built without it, so their default 'relu' applies.
+    dec = create_model("emcad", **SMALL).decoder
+    for k in (1, 2, 3):
+        assert _act_types(getattr(dec, f"eucb{k}")) == {torch.nn.ReLU}
+        assert _act_types(getattr(dec, f"lgag{k}")) == {torch.nn.ReLU}
+    for k in (1, 2, 3, 4):
+        assert _act_types(getattr(dec, f"mscb{k}")) == {torch.nn.ReLU6}
+    # The former behaviour, ReLU6 everywhere, is one option away.
+    old = create_model("emcad", gate_activation=None, **SMALL).decoder
+    assert _act_types(old.eucb1) == _act_types(old.lgag1) == {torch.nn.ReLU6}
+    with pytest.raises(ModelError, match="unknown activation 'swish'"):
+        create_model("emcad", gate_activation="swish", **SMALL)

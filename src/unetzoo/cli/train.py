@@ -22,6 +22,7 @@ _KEYS = (
     "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "deep_supervision",
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
     "test_max_cases", "protocol", "device", "augment", "recipe", "paper_protocol",
+    "deep_supervision_loss",
 )
 
 
@@ -68,6 +69,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--deep-supervision", action="store_true", default=None,
       help="train every decoder head (UNet++, UNet3+) with weighted losses")
     a("--deep-supervision-weights", type=float, nargs="+", metavar="W")
+    a("--deep-supervision-loss", choices=("weighted", "mutation"),
+      help="combine the heads by weights (default) or EMCAD's mutation loss (every subset)")
     a("--distill", type=float, nargs="?", const=0.015, metavar="LAMBDA",
       help="SelfReg feature distillation; LAMBDA weights both terms (default 0.015)")
     a("--distill-ifd", type=float, metavar="L", help="weight of internal feature distillation")

@@ -47,6 +47,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "channels_last": True,  # applied on CUDA only
     "deep_supervision": False,
     "deep_supervision_weights": None,  # None -> equal weights, final head included
+    "deep_supervision_loss": "weighted",  # or "mutation" (EMCAD: every subset of heads)
     "distill_ifd": 0.0,
     "distill_scr": 0.0,
     "augment": None,  # augmentation recipe (None -> the dataset's; "none" = resize only)
@@ -108,6 +109,24 @@ SOURCE_RECIPES: dict[str, dict[str, Any]] = {
         "eval_interval": 25,
         "distill_ifd": 0.015,
         "distill_scr": 0.015,
+    },
+    # SLDGroup/EMCAD train_synapse.py + trainer.py: deep supervision with the "mutation"
+    # loss (every non-empty subset of the 4 heads), 0.3 CE + 0.7 Dice, AdamW 1e-4, wd 1e-4,
+    # no learning-rate decay ("we did not use this"), batch 6, 300 epochs, 224 px.
+    "emcad": {
+        "model": "emcad",
+        "loss": "ce_dice",
+        "loss_weights": [0.3, 0.7],
+        "optimizer": "adamw",
+        "base_lr": 1e-4,
+        "weight_decay": 1e-4,
+        "lr_schedule": "constant",
+        "img_size": 224,
+        "batch_size": 6,
+        "max_epochs": 300,
+        "eval_interval": 25,
+        "deep_supervision": True,
+        "deep_supervision_loss": "mutation",
     },
     # The ResUnet seed (Pipaup/ResUnet README "Training details"): 0.4 CE + 0.6 Dice (0.3 /
     # 0.7 on ACDC), SGD 0.02, momentum 0.9, wd 1e-4, poly, batch 8, 200 epochs, eval
@@ -192,6 +211,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "constant")
 PROTOCOLS = ("strict", "transunet")
+DEEP_SUPERVISION_LOSSES = ("weighted", "mutation")  # unetzoo.losses.DEEP_SUPERVISION_LOSSES
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -273,6 +293,11 @@ def resolve_config(
             user_options.update(source.get("model_options") or {})
         cfg["model_options"] = user_options
     apply_paper_protocol(cfg, file_values, flag_values)
+    if cfg.get("deep_supervision_loss") not in DEEP_SUPERVISION_LOSSES:
+        raise ConfigError(
+            f"unknown deep-supervision-loss {cfg.get('deep_supervision_loss')!r}; choose one "
+            f"of {', '.join(DEEP_SUPERVISION_LOSSES)}"
+        )
     validate_config(cfg)
     return cfg
 

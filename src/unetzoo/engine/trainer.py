@@ -514,7 +514,13 @@ def train(
 
 
 def _supervised_loss(criterion, out, y: torch.Tensor, cfg: dict[str, Any]):
-    """Main loss; deep-supervision heads combine with weights (final head last)."""
+    """Main loss; deep-supervision heads combine with weights (final head last), or
+    with EMCAD's mutation loss (``deep_supervision_loss: mutation``)."""
+    if isinstance(out, (list, tuple)) and cfg.get("deep_supervision_loss") == "mutation":
+        from unetzoo.losses import mutation_loss
+
+        total, terms = mutation_loss(criterion, [o.float() for o in out], y)
+        return total, _loss_terms(terms)
     if isinstance(out, (list, tuple)):
         weights = deep_supervision_weights(len(out), cfg["deep_supervision_weights"])
         total = 0.0

@@ -1,22 +1,28 @@
 """Losses: segmentation losses by name (``build_loss``) and feature distillation."""
 
 from unetzoo.losses.segmentation import (
+    DEEP_SUPERVISION_LOSSES,
     DEFAULT_WEIGHTS,
     BinarySegmentationLoss,
     SegmentationLoss,
     build_loss,
     deep_supervision_loss,
     list_losses,
+    mutation_loss,
+    mutation_subsets,
     soft_dice_per_class,
 )
 
 __all__ = [
+    "DEEP_SUPERVISION_LOSSES",
     "DEFAULT_WEIGHTS",
     "BinarySegmentationLoss",
     "SegmentationLoss",
     "build_loss",
     "deep_supervision_loss",
     "list_losses",
+    "mutation_loss",
+    "mutation_subsets",
     "soft_dice_per_class",
 ]
 

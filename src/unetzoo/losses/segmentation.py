@@ -17,6 +17,7 @@ it carries a gradient.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -312,4 +313,44 @@ def deep_supervision_loss(
         total = t * (wi / norm) if total is None else total + t * (wi / norm)
         for k, v in parts.items():
             terms[k] = terms.get(k, 0.0) + v * wi / norm
+    return total, terms  # type: ignore[return-value]
+
+
+#: How deep-supervision heads are combined: ``"weighted"`` (weighted mean of the heads'
+#: losses, :func:`deep_supervision_loss`) or ``"mutation"`` (EMCAD's, :func:`mutation_loss`).
+DEEP_SUPERVISION_LOSSES = ("weighted", "mutation")
+
+
+def mutation_subsets(n: int) -> list[tuple[int, ...]]:
+    """The ``2**n - 1`` non-empty subsets of ``range(n)``, by size then order (EMCAD's
+    ``powerset`` minus the empty set; the order does not change the sum)."""
+    return [c for k in range(1, n + 1) for c in itertools.combinations(range(n), k)]
+
+
+def mutation_loss(
+    loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, LossTerms]],
+    outputs: Sequence[torch.Tensor] | torch.Tensor,
+    target: torch.Tensor,
+) -> tuple[torch.Tensor, LossTerms]:
+    """EMCAD's default "mutation" deep supervision (SLDGroup/EMCAD ``trainer.py``,
+    ``--supervision mutation``): for every non-empty subset of the heads, the heads'
+    *logits* are added and ``loss`` is applied to the sum; the losses are summed (not
+    averaged: 15 terms for 4 heads). Terms are the same sums. A single tensor is passed
+    straight to ``loss``.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return loss(outputs, target)
+    outputs = list(outputs)
+    if not outputs:
+        raise ConfigError("mutation loss needs at least one output")
+    total = None
+    terms: LossTerms = {}
+    for subset in mutation_subsets(len(outputs)):
+        logits = outputs[subset[0]]
+        for i in subset[1:]:
+            logits = logits + outputs[i]
+        t, parts = loss(logits, target)
+        total = t if total is None else total + t
+        for k, v in parts.items():
+            terms[k] = terms.get(k, 0.0) + v
     return total, terms  # type: ignore[return-value]

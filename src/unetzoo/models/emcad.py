@@ -2,7 +2,10 @@
 
 Layout of the official code (SLDGroup/EMCAD, ``lib/networks.py`` ``EMCADNet`` and
 ``lib/decoders.py`` ``EMCAD``), defaults kernel sizes (1, 3, 5), expansion 2, parallel
-depth-wise convs, additive aggregation, LGAG kernel 3, activation ReLU6:
+depth-wise convs, additive aggregation, LGAG kernel 3, activation ReLU6 in the MSCBs
+(``activation``) and ReLU in every EUCB and LGAG (``gate_activation``: the official
+``EMCAD`` builds them without passing its activation, so their own default ``'relu'``
+applies; ``gate_activation=None`` uses ``activation`` there too):
 
 - a grayscale input goes through a learned 1x1 conv (1 -> 3) + BatchNorm + ReLU;
 - encoder: PVTv2-B2 (timm's ``PyramidVisionTransformerV2``), four maps at 1/4 .. 1/32;
@@ -171,15 +174,16 @@ class EMCADDecoder(nn.Module):
 
     def __init__(self, channels: tuple[int, int, int, int], kernel_sizes: tuple[int, ...],
                  expansion: float, dw_parallel: bool, add: bool, lgag_ks: int,
-                 activation: str) -> None:
+                 activation: str, gate_activation: str | None = "relu") -> None:
         super().__init__()
+        gate_act = gate_activation or activation
         mscb = dict(kernel_sizes=kernel_sizes, expansion=expansion, dw_parallel=dw_parallel,
                     add=add, activation=activation)
         c = channels
         self.mscb4 = MSCB(c[0], c[0], **mscb)
         for k, i in ((3, 1), (2, 2), (1, 3)):
-            setattr(self, f"eucb{k}", EUCB(c[i - 1], c[i], activation))
-            setattr(self, f"lgag{k}", LGAG(c[i], c[i], c[i] // 2, lgag_ks, c[i] // 2, activation))
+            setattr(self, f"eucb{k}", EUCB(c[i - 1], c[i], gate_act))
+            setattr(self, f"lgag{k}", LGAG(c[i], c[i], c[i] // 2, lgag_ks, c[i] // 2, gate_act))
             setattr(self, f"mscb{k}", MSCB(c[i], c[i], **mscb))
         for k, i in ((4, 0), (3, 1), (2, 2), (1, 3)):
             setattr(self, f"cab{k}", CAB(c[i]))
@@ -212,7 +216,9 @@ class EMCADNet(SegmentationModel):
             (3, 4, 6, 3), (1, 2, 5, 8), (8, 4, 2, 1), (8, 8, 4, 4)).
         drop_path_rate: encoder stochastic depth (0.1, as the official pvt_v2_b2).
         kernel_sizes, expansion_factor, dw_parallel, add, lgag_ks, activation: decoder
-            ((1, 3, 5), 2, True, True, 3, "relu6").
+            ((1, 3, 5), 2, True, True, 3, "relu6"); ``activation`` is the MSCBs'.
+        gate_activation: activation of the EUCBs and LGAGs ("relu", as the official
+            code); None = ``activation``.
         deep_supervision: in training mode return the four full-size logits, finest last.
         encoder_weights: path to the official ``pvt_v2_b2.pth`` or None.
     """
@@ -238,6 +244,7 @@ class EMCADNet(SegmentationModel):
         activation: str = "relu6",
         deep_supervision: bool = False,
         encoder_weights: str | Path | None = None,
+        gate_activation: str | None = "relu",
     ) -> None:
         super().__init__()
         if not (len(embed_dims) == len(depths) == len(num_heads) == len(sr_ratios) == 4):
@@ -247,10 +254,11 @@ class EMCADNet(SegmentationModel):
                 raise ModelError(f"emcad: width {d} is not divisible by {h} heads")
         if any(d % 2 for d in embed_dims):
             raise ModelError(f"emcad: embed_dims must be even (LGAG halves them), got {embed_dims}")
-        if activation not in _ACTS:
-            raise ModelError(
-                f"emcad: unknown activation {activation!r}; choose one of {sorted(_ACTS)}"
-            )
+        for act in (activation, gate_activation or activation):
+            if act not in _ACTS:
+                raise ModelError(
+                    f"emcad: unknown activation {act!r}; choose one of {sorted(_ACTS)}"
+                )
         if any(k % 2 == 0 for k in (*kernel_sizes, lgag_ks)):
             raise ModelError("emcad: kernel_sizes and lgag_ks must be odd")
         self.in_channels = in_channels
@@ -268,7 +276,7 @@ class EMCADNet(SegmentationModel):
         )
         channels = tuple(reversed(embed_dims))
         self.decoder = EMCADDecoder(channels, tuple(kernel_sizes), expansion_factor, dw_parallel,
-                                    add, lgag_ks, activation)
+                                    add, lgag_ks, activation, gate_activation)
         self.out_heads = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in channels)
         self._init_decoder()
         if encoder_weights:
@@ -358,6 +366,7 @@ def emcad(
     activation: str = "relu6",
     deep_supervision: bool = False,
     encoder_weights: str | None = None,
+    gate_activation: str | None = "relu",
 ) -> EMCADNet:
     """EMCAD with a PVTv2-B2 encoder (see :class:`EMCADNet` for the options)."""
     return EMCADNet(
@@ -366,5 +375,5 @@ def emcad(
         drop_path_rate=drop_path_rate, kernel_sizes=tuple(kernel_sizes),
         expansion_factor=expansion_factor, dw_parallel=dw_parallel, add=add, lgag_ks=lgag_ks,
         activation=activation, deep_supervision=deep_supervision,
-        encoder_weights=encoder_weights,
+        encoder_weights=encoder_weights, gate_activation=gate_activation,
     )
