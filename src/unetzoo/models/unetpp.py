@@ -5,11 +5,14 @@ encoder features; for ``j >= 1``, ``X(i, j)`` up-samples ``X(i+1, j-1)`` with a 
 transposed convolution, concatenates it with ``X(i, 0), ..., X(i, j-1)`` and applies a
 double 3x3 convolution. The head is a 1x1 convolution on ``X(0, 4)``.
 
-Defaults follow the paper and its official code (MrGiovanni/UNetPlusPlus, ``Nest_Net``):
-widths 32-64-128-256-512 (``base_channels=32``). That code has no BatchNorm (ELU, dropout
-0.5): with ``batch_norm=False`` (biases then on) the count is exactly the code's
-9,041,601 at 1 input channel / 1 class. The default here adds BatchNorm (bias-free
-convolutions) for stable training from scratch; activations are ReLU without dropout.
+Defaults follow the paper and its official code (MrGiovanni/UNetPlusPlus, ``Nest_Net`` in
+``model_logic.py``): widths 32-64-128-256-512 (``base_channels=32``). That code has no
+BatchNorm; each 3x3 convolution is followed by ReLU (``act = "relu"``; earlier versions of
+the repository used ELU) and dropout 0.5, with ``he_normal`` init and an L2 penalty of
+1e-4 on every kernel. With ``batch_norm=False`` (biases then on) the count is exactly the
+code's 9,041,601 at 1 input channel / 1 class. The default here adds BatchNorm (bias-free
+convolutions) for stable training from scratch and has no dropout; the activations are
+ReLU, as there. docs/unets.md lists every difference.
 
 ``deep_supervision=True`` adds 1x1 heads on ``X(0, 1)``, ``X(0, 2)``, ``X(0, 3)``: in
 training mode ``forward`` returns ``[out1, out2, out3, out4]`` (full-size logits, the
