@@ -1,27 +1,41 @@
-"""Volume inference: unetzoo's batched slice inference against the reference protocol loop.
+"""Volume inference on CPU: the reference protocol loop against unetzoo's backends.
 
 The reference is TransUNet's ``test_single_volume``: for every slice, one at a time,
-``scipy.ndimage.zoom(order=3)`` to ``img_size``, the network at batch 1, softmax + argmax,
-``zoom(order=0)`` back to the slice size. unetzoo's ``unetzoo.engine.inference.predict_volume``
-does the same maths on batches of slices (the zooms as precomputed separable matrices).
+``scipy.ndimage.zoom(order=3)`` to ``img_size``, the network at batch 1 (PyTorch, NCHW),
+softmax + argmax, ``zoom(order=0)`` back to the slice size. unetzoo's
+``unetzoo.engine.inference.predict_volume`` does the same maths on batches of slices (the
+zooms as precomputed separable matrices) and runs the network through a backend of
+``unetzoo.engine.backends``:
 
-Both sides run in one process on the same synthetic Synapse-sized case (150 x 512 x 512,
-CT-like smooth intensities) through ``resunet`` (random weights, eval mode), alternating,
-after a warm-up, median of ``--repeats``. On a slow CPU a full 150-slice pass per side and
-repeat is too long, so ``--slices N`` times a contiguous slab of N slices of the case
-(slices/s is a per-slice rate either way); the label maps of the timed slab are compared
-voxel by voxel. A second table times the resizing alone (no network).
+* ``torch``: the model as given (NCHW);
+* ``channels_last``: a ``channels_last`` copy of the model;
+* ``onnxruntime``: the model exported to ONNX once (cached beside a checkpoint in a temp
+  folder) and run by ONNX Runtime's CPU provider with the same thread count;
+* ``auto``: what ``unetzoo test`` / ``predict`` run by default: a fresh
+  ``make_backend(..., "auto")`` per timed run (its probe of the first slices, the
+  ``channels_last`` copy and the cached ONNX session load are inside the timing; the
+  one-time export is not, it is reported in the notes).
 
-    python benchmarks/bench_inference.py                      # full case, 3 repeats
-    python benchmarks/bench_inference.py --slices 16 --threads 1
+All sides run in one process on the same synthetic Synapse-sized case (150 x 512 x 512,
+CT-like smooth intensities) per model (random weights, eval mode), alternating, after a
+warm-up, median of ``--repeats``. On a slow CPU a full 150-slice pass per side and repeat
+is too long, so ``--slices N`` times a contiguous slab of N slices (slices/s is a per-slice
+rate either way); the label maps of the timed slab are compared voxel by voxel with the
+reference's. A second table times the resizing alone (no network).
+
+    python benchmarks/bench_inference.py --slices 8 --repeats 3 --threads 2
+    python benchmarks/bench_inference.py --models resnet34_unet --backends torch,auto
     python benchmarks/bench_inference.py --tiny               # CI smoke
 
-Target (issue 7): >= 3x the reference's slices/s on CPU.
+Target (issue 17): >= 2.5x the reference's slices/s on CPU with identical labels, for
+resnet34_unet, unet and resunet.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +52,14 @@ FULL = {"model": "resunet", "options": {"encoder_weights": None}, "shape": (150,
         "img_size": 224, "classes": 9}
 TINY = {"model": "resunet", "options": {"encoder_weights": None, "width_scale": 0.125},
         "shape": (4, 64, 64), "img_size": 32, "classes": 9}
+#: The issue's three models, random weights (no download).
+FULL_MODELS = {
+    "resnet34_unet": {"encoder_weights": None},
+    "unet": {},
+    "resunet": {"encoder_weights": None},
+}
+BACKENDS = ("torch", "channels_last", "onnxruntime", "auto")
+TINY_BACKENDS = ("torch", "channels_last")
 
 
 def synthetic_case(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -94,33 +116,121 @@ def resize_unetzoo(volume: np.ndarray, img_size: int, batch_size: int) -> np.nda
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the comparison, print the tables, return ``{"rows": ..., "resize_rows": ...}``."""
-    from unetzoo.engine.inference import predict_volume
+def _build(name: str, options: dict[str, Any], classes: int) -> torch.nn.Module:
     from unetzoo.models import create_model
 
+    torch.manual_seed(0)
+    return create_model(name, in_channels=1, num_classes=classes, **options).eval()
+
+
+def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: np.ndarray,
+                backends: list[str], batch_size: int, repeats: int,
+                workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    """Time the reference loop and each backend on ``slab`` for one model."""
+    from unetzoo.engine.backends import ChannelsLastModel, make_backend, onnx_backend
+    from unetzoo.engine.inference import predict_volume
+
+    model = _build(name, options, cfg["classes"])
+    size = cfg["img_size"]
+    n = slab.shape[0]
+    results: dict[str, np.ndarray] = {}
+    notes = []
+
+    def side(key, fn):
+        def run():
+            results[key] = fn()
+        return run
+
+    def volume(module):
+        return lambda: predict_volume(module, slab[None], size, batch_size=batch_size)
+
+    sides = {"reference": side("reference", lambda: reference_protocol(model, slab, size))}
+    for b in backends:
+        if b == "torch":
+            sides[b] = side(b, volume(model))
+        elif b == "channels_last":
+            sides[b] = side(b, volume(ChannelsLastModel(model)))
+        elif b in ("onnxruntime", "auto"):
+            ckpt = workdir / name / "best.pt"
+            if not ckpt.exists():
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"state_dict": model.state_dict()}, ckpt)
+                t0 = time.perf_counter()
+                onnx_backend(model, checkpoint=ckpt, img_size=size)
+                notes.append(f"`{name}`: one-time ONNX export {time.perf_counter() - t0:.1f} s")
+            if b == "onnxruntime":  # the cached file, as a second run finds it
+                sides[b] = side(b, volume(onnx_backend(model, checkpoint=ckpt, img_size=size)))
+            else:
+                chosen: list[str] = []
+
+                def auto(ckpt=ckpt, chosen=chosen):
+                    backend = make_backend(model, "auto", checkpoint=ckpt, img_size=size)
+                    out = predict_volume(backend, slab[None], size, batch_size=batch_size)
+                    chosen.append(backend.backend)
+                    return out
+
+                sides[b] = side(b, auto)
+        else:
+            raise SystemExit(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    times = compare(sides, repeats=repeats, warmup=1)
+
+    ref = results["reference"]
+    rows = []
+    for key, t in times.items():
+        labels = results[key]
+        diff = float((labels != ref).mean() * 100.0)
+        label = key if key != "auto" else f"auto (chose {', '.join(sorted(set(chosen)))})"
+        rows.append({
+            "model": name, "side": label, "slices": n, "s_per_slab": t,
+            "slices_per_s": n / t, "speedup": times["reference"] / t,
+            "identical": "yes" if diff == 0.0 else "no", "differing_voxels_%": diff,
+        })
+    return rows, "; ".join(notes)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the comparison, print the tables, return ``{"rows": ..., "resize_rows": ...}``."""
     p = base_parser(__doc__)
     p.add_argument("--slices", type=int, default=None,
                    help="time a slab of this many slices (default: the whole case)")
     p.add_argument("--batch-size", type=int, default=16, help="unetzoo slices per forward")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--channels-last", action="store_true",
-                   help="add a side with the model converted to channels_last")
+    p.add_argument("--threads", type=int, default=None, help="torch (and ORT) CPU threads")
+    p.add_argument("--models", default=None,
+                   help="comma-separated models (default resnet34_unet,unet,resunet)")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated unetzoo sides from {','.join(BACKENDS)} "
+                   "(default all; --tiny: torch,channels_last)")
     args = p.parse_args(argv)
     cfg = TINY if args.tiny else FULL
     repeats = 1 if args.tiny else args.repeats
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tiny:
+        models = {cfg["model"]: cfg["options"]}
+    else:
+        names = args.models.split(",") if args.models else list(FULL_MODELS)
+        models = {m: FULL_MODELS.get(m, {}) for m in names}
+    backends = (args.backends.split(",") if args.backends
+                else list(TINY_BACKENDS if args.tiny else BACKENDS))
 
-    torch.manual_seed(0)
-    model = create_model(cfg["model"], in_channels=1, num_classes=cfg["classes"],
-                         **cfg["options"]).eval()
     volume = synthetic_case(cfg["shape"])
     n = min(args.slices or volume.shape[0], volume.shape[0])
     start = (volume.shape[0] - n) // 2  # a slab from the middle of the case
     slab = np.ascontiguousarray(volume[start : start + n])
     size = cfg["img_size"]
 
+    rows: list[dict[str, Any]] = []
+    export_notes = []
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        for name, options in models.items():
+            r, note = bench_model(name, options, cfg, slab, backends, args.batch_size,
+                                  repeats, Path(tmp))
+            rows += r
+            if note:
+                export_notes.append(note)
+            print(markdown_table(r), flush=True)
+
+    # The resizing alone: what batching on tensors buys without the network.
     results: dict[str, np.ndarray] = {}
 
     def side(name, fn):
@@ -128,34 +238,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[name] = fn()
         return run
 
-    sides = {
-        "reference (scipy zoom, batch 1)": side("ref", lambda: reference_protocol(model, slab, size)),
-        f"unetzoo predict_volume (batch {args.batch_size})": side(
-            "uz", lambda: predict_volume(model, slab[None], size, batch_size=args.batch_size)),
-    }
-    if args.channels_last:
-        model_cl = create_model(cfg["model"], in_channels=1, num_classes=cfg["classes"],
-                                **cfg["options"]).eval()
-        model_cl.load_state_dict(model.state_dict())
-        model_cl = model_cl.to(memory_format=torch.channels_last)
-        sides[f"unetzoo predict_volume (batch {args.batch_size}, channels_last model)"] = side(
-            "uz_cl", lambda: predict_volume(model_cl, slab[None], size,
-                                            batch_size=args.batch_size))
-    times = compare(sides, repeats=repeats, warmup=1)
-
-    ref = results["ref"]
-    rows = []
-    key_of = dict(zip(sides, ["ref", "uz", "uz_cl"]))
-    for name, t in times.items():
-        labels = results[key_of[name]]
-        diff = float((labels != ref).mean() * 100.0)
-        rows.append({
-            "side": name, "slices": n, "s_per_case_slab": t, "slices_per_s": n / t,
-            "speedup": times[next(iter(times))] / t,
-            "identical": "yes" if diff == 0.0 else "no", "differing_voxels_%": diff,
-        })
-
-    # The resizing alone: what batching on tensors buys without the network.
     rtimes = compare({
         "reference scipy zoom 3 / 0 per slice": side("rref", lambda: resize_reference(slab, size)),
         "unetzoo resize_cubic / resize_nearest": side(
@@ -170,12 +252,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     notes = (
         f"Case: synthetic {cfg['shape'][0]} x {cfg['shape'][1]} x {cfg['shape'][2]} float32; "
-        f"timed slab: {n} slices from the middle; model `{cfg['model']}` "
-        f"{cfg['options']} with random weights at {size} px, {cfg['classes']} classes; "
-        f"median of {repeats} alternating repeats after 1 warm-up.\n\n"
-        "### Resizing only (no network)\n\n" + markdown_table(resize_rows)
+        f"timed slab: {n} slices from the middle; models {', '.join(models)} with random "
+        f"weights at {size} px, {cfg['classes']} classes, unetzoo batch {args.batch_size}; "
+        f"median of {repeats} alternating repeats after 1 warm-up; speedup = reference "
+        "time / side time; identical = label maps equal voxel for voxel."
+        + (f" {'; '.join(export_notes)}." if export_notes else "")
+        + "\n\n### Resizing only (no network)\n\n" + markdown_table(resize_rows)
     )
-    emit(f"Volume inference: {cfg['model']} at {size} px, reference loop vs unetzoo", rows,
+    emit(f"Volume inference on CPU: reference loop vs unetzoo backends at {size} px", rows,
          args, extra={"notes": notes, "resize_rows": resize_rows})
     return {"rows": rows, "resize_rows": resize_rows}
 

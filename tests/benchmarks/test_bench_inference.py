@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import bench_inference as bench
@@ -15,11 +16,17 @@ def test_tiny_rows_identical_labels(tmp_path, capsys):
     result = bench.main(["--tiny", "--threads", "1", "--json", str(out)])
     assert "Machine:" in capsys.readouterr().out
     rows = result["rows"]
-    assert [r["identical"] for r in rows] == ["yes", "yes"]
+    assert [r["side"] for r in rows] == ["reference", "torch", "channels_last"]
+    assert [r["identical"] for r in rows] == ["yes", "yes", "yes"]
     assert all(r["slices_per_s"] > 0 and r["slices"] == bench.TINY["shape"][0] for r in rows)
     assert rows[0]["speedup"] == 1.0
     assert all(r["differing_voxels_%"] == 0 for r in result["resize_rows"])
-    assert json.loads(out.read_text())["rows"][1]["side"].startswith("unetzoo")
+    assert json.loads(out.read_text())["rows"][1]["model"] == bench.TINY["model"]
+
+
+def test_unknown_backend_side_is_refused():
+    with pytest.raises(SystemExit, match="unknown backend 'fast'"):
+        bench.main(["--tiny", "--backends", "torch,fast"])
 
 
 class _Threshold(torch.nn.Module):

@@ -29,7 +29,10 @@ class OnnxModule(nn.Module):
     error. Runs on the CPU execution provider unless ``providers`` says otherwise.
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None,
+        session_options: Any | None = None,
+    ) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -38,7 +41,8 @@ class OnnxModule(nn.Module):
         data, self.metadata = load_onnx(self.path)
         try:
             self.session = ort.InferenceSession(
-                data, providers=providers or ["CPUExecutionProvider"]
+                data, sess_options=session_options,
+                providers=providers or ["CPUExecutionProvider"],
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise CheckpointError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
