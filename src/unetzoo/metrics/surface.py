@@ -22,10 +22,12 @@ computes them once for all three metrics.
 
 Empty masks (``protocol``):
 
-``"strict"`` (default; MONAI's ``compute_hausdorff_distance``)
+``"strict"`` (default; MONAI's surface distances)
     both masks empty -> NaN (nothing to measure: the case is not scored for this class);
-    exactly one empty -> ``inf`` (the distance to an empty surface), so a missed or a
-    hallucinated structure can never look close.
+    exactly one empty -> ``inf``, the distance to an empty surface (MONAI's
+    ``get_surface_distance``; MONAI 1.6's ``compute_hausdorff_distance`` returns NaN
+    there), so a missed or a hallucinated structure can never look close or drop out
+    of a mean.
 ``"transunet"``
     TransUNet's ``calculate_metric_percase``: both non-empty -> the value, otherwise 0.0.
 """
