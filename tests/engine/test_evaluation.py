@@ -7,6 +7,7 @@ class 3 is absent from both maps everywhere.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -114,6 +115,10 @@ def test_report_never_counts_a_missing_class_as_success(fake_predictor, tmp_path
     # strict JSON: not scored -> null, infinite distance -> "inf"
     assert saved["per_class"]["spleen"]["dice"] is None
     assert saved["per_class"]["kidney"]["hd95"] == "inf" and saved["mean_dice"] == 0.5
+    rows = {(r["case"], r["class_name"]): r
+            for r in csv.DictReader((tmp_path / "r" / "cases.csv").open())}
+    assert rows[("c0", "kidney")]["dice"] == "0.000000" and rows[("c0", "kidney")]["hd95"] == "inf"
+    assert rows[("c1", "kidney")]["dice"] == "nan" and rows[("c1", "spleen")]["hd95"] == "nan"
 
 
 def test_transunet_protocol_keeps_published_rules(fake_predictor, tmp_path):
