@@ -6,10 +6,12 @@ and dilation, a missed slice range, a distant false-positive blob), then times
 
 * medpy: TransUNet's ``calculate_metric_percase`` loop (``pred == c``, ``dc``, ``hd95``
   for every organ), and
-* unetzoo: ``evaluate_case(pred, gt, 9, protocol="transunet")``,
+* unetzoo: ``evaluate_case(pred, gt, 9, protocol="transunet")``, its classes' surface
+  distances in parallel threads (one per core this process may use), and
+* unetzoo serial: the same with ``workers=1`` (one class after the other),
 
-alternating the two sides after a warm-up and reporting the median of the repeats. The
-values must agree to 1e-6. ``--growth`` times HD95 against volume size instead.
+alternating the sides after a warm-up and reporting the median of the repeats. The
+values must agree to 1e-6 (the two unetzoo sides exactly). ``--growth`` times HD95 against volume size instead.
 ``--tiny`` runs a small case once (used by the test suite; no timing is asserted).
 
     python benchmarks/bench_metrics.py [--repeats 3] [--json out.json] [--growth]
@@ -31,6 +33,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion, zoom
 
 from unetzoo.metrics import evaluate_case
+from unetzoo.metrics.parallel import default_workers
 
 CLASS_NAMES = [
     "background", "aorta", "gallbladder", "kidney_left", "kidney_right",
@@ -119,10 +122,15 @@ def medpy_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None)
     return out
 
 
-def unetzoo_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None):
-    """unetzoo's side: one call for all organs."""
+def unetzoo_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None,
+                 workers: int | None = None):
+    """unetzoo's side: one call for all organs (``workers=1``: classes one by one)."""
     return evaluate_case(pred, gt, num_classes, spacing=spacing, protocol="transunet",
-                         metrics=("dice", "hd95"))
+                         metrics=("dice", "hd95"), workers=workers)
+
+
+def unetzoo_serial_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None):
+    return unetzoo_case(pred, gt, num_classes, spacing, workers=1)
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -194,11 +202,13 @@ def compare(
     t0 = time.perf_counter()
     pred, gt = make_case(shape, seed)
     build_s = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"medpy": [], "unetzoo": []}
+    times: dict[str, list[float]] = {"medpy": [], "unetzoo": [], "unetzoo_serial": []}
     results: dict[str, dict] = {}
-    sides = {"medpy": medpy_case, "unetzoo": unetzoo_case}
+    sides = {"medpy": medpy_case, "unetzoo": unetzoo_case,
+             "unetzoo_serial": unetzoo_serial_case}
+    names = ["unetzoo", "unetzoo_serial", "medpy"]
     for r in range(repeats):
-        order = ("unetzoo", "medpy") if r % 2 == 0 else ("medpy", "unetzoo")
+        order = names[r % 3:] + names[: r % 3]  # each side in every position in turn
         for side in order:
             if side == "medpy" and r >= medpy_repeats:
                 continue
@@ -221,6 +231,10 @@ def compare(
             "medpy_dice": float(m["dice"]), "medpy_hd95": float(m["hd95"]),
         })
     med = {k: statistics.median(v) for k, v in times.items()}
+    serial_equal = all(
+        results["unetzoo"][c][k] == results["unetzoo_serial"][c][k]
+        for c in range(1, n) for k in ("dice", "hd95")
+    )
     return {
         "shape": list(shape),
         "spacing": None if spacing is None else list(spacing),
@@ -230,8 +244,12 @@ def compare(
         "times_s": times,
         "median_s": med,
         "speedup": med["medpy"] / med["unetzoo"],
+        "speedup_serial": med["medpy"] / med["unetzoo_serial"],
+        "thread_gain": med["unetzoo_serial"] / med["unetzoo"],
+        "workers": default_workers(),
+        "serial_equal": serial_equal,
         "max_abs_diff": max_diff,
-        "equal": max(max_diff.values()) <= 1e-6,
+        "equal": max(max_diff.values()) <= 1e-6 and serial_equal,
         "classes": rows,
     }
 
@@ -282,16 +300,19 @@ def markdown_compare(res: dict, m: dict) -> str:
         "|---|---|---|",
     ]
     for side, label in (("medpy", "medpy `dc` + `hd95` (TransUNet loop)"),
-                        ("unetzoo", "unetzoo `evaluate_case`")):
+                        ("unetzoo_serial", "unetzoo `evaluate_case(workers=1)`, serial"),
+                        ("unetzoo", f"unetzoo `evaluate_case`, {res['workers']} threads")):
         runs = ", ".join(f"{t:.2f}" for t in res["times_s"][side])
         lines.append(f"| {label} | {res['median_s'][side]:.3f} | {runs} |")
     lines += [
         "",
-        f"Speed-up: **{res['speedup']:.1f}x** (medians of {res['repeats']} unetzoo and "
-        f"{res['medpy_repeats']} medpy runs, alternating, after a warm-up).",
+        f"Speed-up: **{res['speedup']:.1f}x** threaded, {res['speedup_serial']:.1f}x serial "
+        f"(threads {res['thread_gain']:.2f}x the serial speed; medians of {res['repeats']} "
+        f"unetzoo and {res['medpy_repeats']} medpy runs, alternating, after a warm-up).",
         f"Values equal: {'yes' if res['equal'] else 'NO'} (max |diff| Dice "
         f"{res['max_abs_diff']['dice']:.2e}, HD95 {res['max_abs_diff']['hd95']:.2e}; "
-        "tolerance 1e-6).",
+        "tolerance 1e-6; threaded == serial exactly: "
+        f"{'yes' if res['serial_equal'] else 'NO'}).",
         "",
         "| Organ | GT voxels | Dice | HD95 | medpy Dice | medpy HD95 |",
         "|---|---|---|---|---|---|",

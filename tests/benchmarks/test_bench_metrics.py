@@ -22,6 +22,8 @@ def test_tiny_compare_and_growth(tmp_path, capsys):
     report = json.loads(out.read_text())
     cmp = report["compare"]
     assert cmp["equal"] is True and cmp["max_abs_diff"]["hd95"] <= 1e-6
+    assert cmp["serial_equal"] is True and len(cmp["times_s"]["unetzoo_serial"]) == 1
+    assert "threaded == serial exactly: yes" in text and "threads" in text
     assert len(cmp["classes"]) == 8 and all(r["gt_voxels"] > 0 for r in cmp["classes"])
     assert [r["size"] for r in report["growth"]["rows"]] == [32, 48]
 

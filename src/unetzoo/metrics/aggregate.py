@@ -37,7 +37,8 @@ from unetzoo.metrics.overlap import (
     sensitivity_from_confusion,
     specificity_from_confusion,
 )
-from unetzoo.metrics.surface import SurfaceDistances, _distances_in_box
+from unetzoo.metrics.parallel import class_surface_distances
+from unetzoo.metrics.surface import SurfaceDistances
 
 OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity")
 DISTANCE_METRICS = ("hd95", "hd", "assd")
@@ -128,6 +129,7 @@ def evaluate_case(
     *,
     prob: np.ndarray | None = None,
     connectivity: int = 1,
+    workers: int | None = None,
 ) -> CaseResult:
     """Per-class metrics of one case.
 
@@ -146,6 +148,8 @@ def evaluate_case(
         prob: class probabilities ``(num_classes, *pred.shape)``, needed only for
             ``"auc"`` (one-vs-rest AUC of class ``c`` against ``gt == c``).
         connectivity: surface neighbourhood for the distances (1, medpy's default).
+        workers: threads for the classes' surface distances (default: the cores this
+            process may use; 1: serial). Values do not depend on it.
 
     A ``(1, H, W)`` volume (a 2-D dataset's case) is evaluated as the 2-D image ``(H, W)``
     (the first spacing entry is dropped).
@@ -210,6 +214,9 @@ def evaluate_case(
     boxes_p = _class_boxes(pred, num_classes)
     boxes_g = _class_boxes(gt, num_classes)
     empty = np.empty(0, dtype=np.float64)
+    # The classes' surface distances in parallel threads (metrics/parallel.py).
+    distances = (class_surface_distances(pred, gt, boxes_p, boxes_g, sp, connectivity,
+                                         workers=workers) if want_distances else {})
 
     result: CaseResult = {}
     for c in range(1, num_classes):
@@ -227,7 +234,7 @@ def evaluate_case(
         values: dict[str, float] = {}
         if want_distances:
             if conf.pred_size and conf.gt_size:
-                sd = _distances_in_box(pc, gc, sp, connectivity, "auto")
+                sd = distances[c]
             else:
                 sd = SurfaceDistances(empty, empty, conf.pred_size == 0, conf.gt_size == 0)
         for m in metrics:

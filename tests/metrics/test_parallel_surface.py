@@ -1,0 +1,74 @@
+"""Per-class surface distances in threads: equal to the serial path, and really threaded."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from unetzoo.errors import ConfigError
+from unetzoo.metrics import evaluate_case, parallel
+
+
+def _case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Six classes on a 12 x 40 x 40 grid: overlapping blobs, one class only predicted,
+    one only in the reference, one in neither."""
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((12, 40, 40), np.uint8)
+    pred = np.zeros_like(gt)
+    for c, (z, y, x) in enumerate([(3, 8, 8), (6, 20, 25), (8, 30, 10), (5, 12, 30)], start=1):
+        gt[z - 2 : z + 3, y - 5 : y + 6, x - 6 : x + 5] = c
+        dz, dy, dx = rng.integers(-1, 2, 3)
+        pred[z - 2 + dz : z + 2 + dz, y - 4 + dy : y + 7 + dy, x - 6 + dx : x + 4 + dx] = c
+    pred[0:2, 0:3, 35:40] = 5  # predicted only
+    gt[10:12, 35:40, 0:4] = 6  # reference only; class 7 nowhere
+    pred[rng.random(gt.shape) < 0.002] = 2  # scattered false positives
+    return pred, gt
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[c].keys() == b[c].keys()
+        and all((math.isnan(a[c][m]) and math.isnan(b[c][m])) or a[c][m] == b[c][m]
+                for m in a[c])
+        for c in a
+    )
+
+
+@pytest.mark.parametrize("protocol", ["strict", "transunet"])
+@pytest.mark.parametrize("spacing", [None, (2.5, 0.7, 0.8)])
+def test_threads_give_the_serial_values(protocol, spacing):
+    pred, gt = _case()
+    metrics = ("dice", "hd95", "hd", "assd")
+    serial = evaluate_case(pred, gt, 8, spacing, protocol, metrics, workers=1)
+    for workers in (2, 3, None):
+        threaded = evaluate_case(pred, gt, 8, spacing, protocol, metrics, workers=workers)
+        assert _same(serial, threaded)
+    assert math.isnan(serial[7]["dice"]) if protocol == "strict" else serial[7]["dice"] == 0.0
+    assert serial[5]["hd95"] == (math.inf if protocol == "strict" else 0.0)
+
+
+def test_classes_run_in_worker_threads(monkeypatch):
+    seen: list[str] = []
+    real = parallel._distances_in_box
+
+    def spy(*args):
+        seen.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(parallel, "_distances_in_box", spy)
+    pred, gt = _case()
+    evaluate_case(pred, gt, 8, workers=2)
+    assert len(seen) == 4 and all(n.startswith("unetzoo-surface") for n in seen)
+    seen.clear()
+    evaluate_case(pred, gt, 8, workers=1)
+    assert seen == [threading.current_thread().name] * 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_worker_count_is_one_line(bad):
+    pred, gt = _case()
+    with pytest.raises(ConfigError, match="workers must be a whole number"):
+        evaluate_case(pred, gt, 8, workers=bad)
