@@ -171,3 +171,21 @@ def test_smp_decoder_widths_and_upsampling():
 def test_bad_options_raise_one_line(options):
     with pytest.raises(ModelError):
         create_model("resnet18_unet", **options)
+
+
+def test_checkpoint_of_the_seed_head_loads_with_its_relu():
+    # Weights saved before the head followed gyb357 (head.0, ReLU, head.2) keep working,
+    # with the ReLU, instead of failing on head.2 or silently dropping it.
+    torch.manual_seed(0)
+    old = create_model("resnet18_unet", in_channels=1, num_classes=3, head_relu=True).eval()
+    new = create_model("resnet18_unet", in_channels=1, num_classes=3)
+    new.load_state_dict(old.state_dict(), strict=True)
+    new.eval()
+    assert _relus(new.head) == 1 and new.unetzoo_options["head_relu"] is True
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x))
+    # A current checkpoint loads as it is.
+    cur = create_model("resnet18_unet", in_channels=1, num_classes=3)
+    cur.load_state_dict(create_model("resnet18_unet", in_channels=1, num_classes=3).state_dict())
+    assert _relus(cur.head) == 0

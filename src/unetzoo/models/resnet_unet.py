@@ -35,6 +35,7 @@ resnet152 75,535,232.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -216,6 +217,8 @@ class ResNetUNet(SegmentationModel):
             init_smp(self.decoder, self.head)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
+        self.head_relu = head_relu
+        self._register_load_state_dict_pre_hook(_adopt_seed_head, with_module=True)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         f0, f1, f2, f3, f4 = self.encoder(x)
@@ -223,6 +226,23 @@ class ResNetUNet(SegmentationModel):
         for block, skip in zip(self.decoder, (f3, f2, f1, f0, None)):
             y = block(y, skip)
         return self.head(y)
+
+
+def _adopt_seed_head(module: ResNetUNet, state_dict, prefix: str, *args: Any) -> None:
+    """Load weights saved with the seed's head (``head.2`` = classifier after a ReLU).
+
+    Checkpoints written before the head followed gyb357 hold ``head.0`` and ``head.2``;
+    the model takes that head back (ReLU included), so they keep their exact function
+    instead of failing on a key mismatch or silently losing the ReLU.
+    """
+    seed_layout = f"{prefix}head.2.weight" in state_dict and f"{prefix}head.1.weight" not in state_dict
+    if seed_layout and not module.head_relu and len(module.head) == 2:
+        up, cls = module.head
+        module.head = nn.Sequential(up, nn.ReLU(inplace=True), cls)
+        module.head_relu = True
+        options = getattr(module, "unetzoo_options", None)
+        if isinstance(options, dict):
+            options["head_relu"] = True
 
 
 def _build_resnet_unet(
