@@ -1,6 +1,7 @@
 """Kill a tiny training at many points, ``--resume``, and get the uninterrupted run.
 
-Each kill is ``os._exit(137)`` in a forked child at a named point of the trainer
+Each kill is ``os._exit(137)`` at a named point of the trainer, in a child forked from a
+fresh helper process
 (``$UNETZOO_TEST_CRASH_AT``, :func:`unetzoo.engine.checkpoint.crash_point`): nothing runs
 after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way
 through writing it (the temporary file is complete, not yet renamed), between the
@@ -13,12 +14,12 @@ are simulated by making the writer raise ``OSError(ENOSPC)``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
+import json
 import os
+import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -37,19 +38,62 @@ FLAGS = {
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
+# A fresh process that imports everything once and forks one child per training call.
+# Forking pytest itself is not safe: once a process has run autograd (any earlier test
+# that trained), torch refuses backward passes in its forked children.
+_ZYGOTE = r"""
+import json, os, sys, traceback
+os.environ.setdefault("UNETZOO_NO_PRETRAINED", "1")
+import torch
+torch.set_num_threads(1)
+import unetzoo.engine.evaluation, unetzoo.engine.inference  # once, not per child
+import unetzoo.losses, unetzoo.metrics, unetzoo.models  # metrics pull in scipy.stats
+import unetzoo.engine.trainer as trainer
+from unetzoo.data import get_dataset
+from unetzoo.engine.config import resolve_config
+trainer.plot_history = lambda rows, out_dir: []  # PNG plots are not under test
+try:
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+except ImportError:
+    pass
+print("ready", flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            if job["crash"]:
+                os.environ[job["env"]] = job["crash"]
+            ds = get_dataset("phantom", job["root"], **job["ds"])
+            cfg = resolve_config(ds.recipe, None, job["flags"])
+            trainer.train(cfg, dataset=ds, resume=job["resume"])
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
 
-@pytest.fixture(scope="module", autouse=True)
-def _warm_parent():
-    """Import once in the parent (forked children inherit the modules) and skip the PNG
-    plots, which are not under test: the many children then take a second or two each."""
-    import unetzoo.engine.evaluation  # noqa: F401 - pulls in metrics and scipy
-    import unetzoo.engine.trainer as trainer
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "plot_history", lambda rows, out_dir: [])
-        with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        yield
+@pytest.fixture(scope="module")
+def zygote():
+    proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.kill()  # idle between jobs: nothing to lose, and no slow interpreter teardown
+        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -61,33 +105,26 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def _train_in_child(root: Path, out: Path, crash: str | None = None) -> int:
-    """Run one ``train`` call in a forked child (resuming when latest.pt exists)."""
-    latest = out / "checkpoints" / "latest.pt"
-    resume = latest if latest.exists() else None
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            if crash:
-                os.environ[CRASH_ENV] = crash
-            torch.set_num_threads(1)
-            from unetzoo.data import get_dataset
-            from unetzoo.engine.config import resolve_config
-            from unetzoo.engine.trainer import train
+@pytest.fixture
+def run(zygote, data_root):
+    """``run(out, crash=None) -> exit code``: one ``train`` in a forked child, resuming
+    from ``latest.pt`` when it exists (what a user does after a kill)."""
 
-            ds = get_dataset("phantom", root, n_train=4, n_test=1, shape=SHAPE)
-            cfg = resolve_config(ds.recipe, None, {**FLAGS, "output": str(out)})
-            train(cfg, dataset=ds, resume=resume)
-            code = 0
-        except BaseException:  # noqa: BLE001 - reported to the parent by the exit code
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    def go(out: Path, crash: str | None = None) -> int:
+        latest = out / "checkpoints" / "latest.pt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log = out.parent / f"{out.name}-{(crash or 'run').replace(':', '-')}.log"
+        job = {"root": str(data_root), "ds": {"n_train": 4, "n_test": 1, "shape": SHAPE},
+               "flags": {**FLAGS, "output": str(out)}, "crash": crash, "env": CRASH_ENV,
+               "resume": str(latest) if latest.exists() else None, "log": str(log)}
+        zygote.stdin.write(json.dumps(job) + "\n")
+        zygote.stdin.flush()
+        rc = json.loads(zygote.stdout.readline())["rc"]
+        if rc not in (0, 137):
+            print(log.read_text())  # shown by pytest on failure
+        return rc
+
+    return go
 
 
 def _metrics(out: Path) -> list[dict[str, str]]:
@@ -101,9 +138,14 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(data_root, tmp_path_factory) -> dict:
+def reference(zygote, data_root, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert _train_in_child(data_root, out) == 0
+    job = {"root": str(data_root), "ds": {"n_train": 4, "n_test": 1, "shape": SHAPE},
+           "flags": {**FLAGS, "output": str(out)}, "crash": None, "env": CRASH_ENV,
+           "resume": None, "log": str(out.parent / "ref.log")}
+    zygote.stdin.write(json.dumps(job) + "\n")
+    zygote.stdin.flush()
+    assert json.loads(zygote.stdout.readline())["rc"] == 0, (out.parent / "ref.log").read_text()
     ck = load_checkpoint(out / "checkpoints" / "latest.pt")
     best_epochs = []
     best = -float("inf")
@@ -121,18 +163,17 @@ def _kill_points(improving: list[int]) -> list[str]:
     return points
 
 
-def test_kill_at_every_point_then_resume_matches_uninterrupted_run(data_root, tmp_path,
-                                                                    reference):
+def test_kill_at_every_point_then_resume_matches_uninterrupted_run(run, tmp_path, reference):
     ref = reference["out"]
     points = _kill_points(reference["improving"])
     assert any(p.startswith("between-writes") for p in points)
     results = []
     for point in points:
         out = tmp_path / point.replace(":", "-")
-        assert _train_in_child(data_root, out, crash=point) == 137, point
+        assert run(out, crash=point) == 137, point
         if point.startswith("tmp-"):  # killed mid-write: the temporary file is left
             assert list((out / "checkpoints").glob(".*.tmp")), point
-        assert _train_in_child(data_root, out) == 0, point
+        assert run(out) == 0, point
         ck_dir = out / "checkpoints"
         latest = load_checkpoint(ck_dir / "latest.pt")
         best = load_checkpoint(ck_dir / "best.pt")
@@ -147,7 +188,7 @@ def test_kill_at_every_point_then_resume_matches_uninterrupted_run(data_root, tm
 
 
 def test_disk_full_on_best_keeps_latest_and_resume_repairs(data_root, tmp_path, monkeypatch,
-                                                           reference):
+                                                           reference, run):
     """ENOSPC while writing best.pt: one line naming it, latest.pt intact, resume repairs."""
     import unetzoo.engine.checkpoint as ckpt_mod
     from unetzoo.data import get_dataset
@@ -173,7 +214,7 @@ def test_disk_full_on_best_keeps_latest_and_resume_repairs(data_root, tmp_path, 
     ck_dir = out / "checkpoints"
     assert load_checkpoint(ck_dir / "latest.pt")["epoch"] == 1  # the good write stayed
     assert not (ck_dir / "best.pt").exists() and not list(ck_dir.glob(".*.tmp"))
-    assert _train_in_child(data_root, out) == 0
+    assert run(out) == 0
     assert load_checkpoint(ck_dir / "best.pt")["epoch"] == reference["best_epoch"]
     assert _same_weights(ck_dir / "best.pt", reference["out"] / "checkpoints" / "best.pt")
 
