@@ -245,6 +245,26 @@ def ab_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def ab_pairs(runs: list[dict[str, Any]], key: str = "test_dice") -> list[dict[str, Any]]:
+    """Per model: the paired on - off differences of ``key`` over the seeds that have both
+    arms, their mean, sample SD and how many are positive (the A/B's own noise level)."""
+    rows = []
+    for model in dict.fromkeys(r.get("model") for r in runs):
+        by_seed: dict[Any, dict[bool, float]] = {}
+        for r in runs:
+            if r.get("model") == model and r.get(key) is not None:
+                by_seed.setdefault(r["seed"], {})[r["distill"]] = float(r[key])
+        diffs = [v[True] - v[False] for v in by_seed.values() if len(v) == 2]
+        rows.append({
+            "model": model, "pairs": len(diffs),
+            f"{key}_diff_mean": round(statistics.fmean(diffs), 4) if diffs else "n/a",
+            f"{key}_diff_sd": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else "n/a",
+            "positive": sum(d > 0 for d in diffs),
+            "diffs": ", ".join(f"{d:+.4f}" for d in diffs),
+        })
+    return rows
+
+
 def _ab_row(model: str | None, distill: bool, sel: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {} if model is None else {"model": model}
     row.update({"distill": "on" if distill else "off", "runs": len(sel)})
@@ -347,8 +367,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(result["ab"]["status"])
         if runs is not None:
             table = ab_table(runs)
-            print(f"## A/B\n\n{setup}\n\n{markdown_table(table)}\n")
-            result["ab"] = {"setup": setup, "runs": runs, "table": table}
+            pairs = ab_pairs(runs)
+            print(f"## A/B\n\n{setup}\n\n{markdown_table(table)}\n\n{markdown_table(pairs)}\n")
+            result["ab"] = {"setup": setup, "runs": runs, "table": table, "pairs": pairs}
     if args.json:
         import json
 
