@@ -28,8 +28,9 @@ from unetzoo.errors import ConfigError, DataError
 
 LossTerms = dict[str, float]
 
-#: Default (first term, Dice) weights per loss name; the Synapse recipe is 0.4 CE +
-#: 0.6 Dice (ACDC's 0.3 / 0.7 is passed by the pipeline).
+#: Default (first term, Dice) weights per loss name when none are given: 0.4 CE + 0.6 Dice
+#: is Swin-Unet's, SelfReg's and the ResUnet seed's weighting. The recipes pass their own
+#: (TransUNet's and the Synapse recipe's 0.5 / 0.5, ACDC's and EMCAD's 0.3 / 0.7).
 DEFAULT_WEIGHTS: dict[str, tuple[float, ...]] = {
     "ce_dice": (0.4, 0.6),
     "bce_dice": (0.5, 0.5),
