@@ -188,9 +188,10 @@ def test_device_tpu9_in_config_is_refused():
     assert "tpu9" in _one_line(ei)
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "test"])
+@pytest.mark.parametrize("command", ["train", "predict", "test", "bench"])
 def test_cli_device_tpu9_is_refused(tmp_path, capsys, ckpt, command):
     args = {
+        "bench": ["bench", "--models", "unet", "--tiny", "--in-process"],
         "train": ["train", "--output", str(tmp_path / "run"), "--no-progress"],
         "predict": ["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt),
                     "--out", str(tmp_path / "o")],

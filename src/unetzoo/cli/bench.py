@@ -70,7 +70,7 @@ def add_zoo_arguments(p: argparse.ArgumentParser, repeats: bool = True) -> None:
         p.add_argument("--repeats", type=int, default=5, help="max timed repeats (default 5)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="seconds of timing per measurement; fewer repeats for big models")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 helps on an "
                    "oversubscribed machine")
@@ -310,6 +310,10 @@ def run(args: argparse.Namespace) -> int:
         args.size, args.batch, args.repeats, args.budget = 32, 2, 1, 1.0
     if args.size < 8 or args.batch < 1 or args.repeats < 1:
         raise ConfigError("--size must be >= 8, --batch and --repeats >= 1")
+    from unetzoo.engine.distributed import check_device, resolve_device
+
+    resolve_device(args.device)  # `--device tpu9` / cuda without a GPU: one line
+    args.device = check_device(args.device)
     names = select_models(args.models)
     if args.threads:
         import torch

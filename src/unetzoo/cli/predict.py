@@ -11,7 +11,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="segment NIfTI / PNG / TIF files with a checkpoint",
         description="Writes <name>_seg.{nii.gz,png,tif} with the input's geometry and "
         "overlay PNGs. 2-D images larger than the training size use sliding windows "
-        "with Gaussian blending.",
+        "with Gaussian blending. 8/16-bit pictures (PNG, JPEG, TIFF) are scaled by their "
+        "bit depth as in the demo; NIfTI volumes get the checkpoint's normalisation. "
+        "Inputs holding NaN/Inf are refused (mask them yourself), as are 2-D inputs over "
+        "--max-pixels.",
     )
     a = p.add_argument
     a("inputs", nargs="+", metavar="INPUT", help="NIfTI (.nii/.nii.gz), PNG, JPG, BMP or TIF files")

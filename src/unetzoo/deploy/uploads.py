@@ -300,16 +300,11 @@ def to_model_input(upload: Upload, in_channels: int, preprocessing: dict[str, An
     scaled to [0, 1] by their bit depth, except under a ``"range"`` spec (which names
     its own scale) or per-image statistics (``"zscore"``, ``"percentile"``).
     """
-    from unetzoo.data.preprocessing import normalize
+    from unetzoo.data.preprocessing import normalize_picture
 
-    arr = match_channels(upload, in_channels)
-    spec = preprocessing or {"kind": "none"}
-    kind = spec.get("kind")
-    if upload.bit_depth and kind not in ("range", "zscore", "percentile"):
-        return (arr / float(upload.bit_depth)).astype(np.float32)
-    if kind == "channels" or in_channels == 1:
-        return normalize(arr, spec)
-    return np.stack([normalize(ch, spec) for ch in arr]).astype(np.float32)
+    # The same rule as `unetzoo predict` (one home: data.preprocessing).
+    return normalize_picture(match_channels(upload, in_channels),
+                             preprocessing or {"kind": "none"}, upload.bit_depth)
 
 
 def read_mask(path: str | Path, shape: tuple[int, int, int], num_classes: int,
