@@ -205,3 +205,14 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
         (tmp_path / "ro").mkdir(mode=0o500)
     assert main(["train", "--output", str(out), "--no-progress", "--max-epochs", "1"]) == 2
     assert len(_err(capsys)) == 1
+
+
+def test_a_stored_fold_split_is_neither_in_the_way_nor_deleted(tmp_path):
+    out = tmp_path / "fold_0"
+    out.mkdir()
+    (out / "splits_final.json").write_text("[]")
+    with RunFolder(out):
+        pass
+    with RunFolder(out, overwrite=True):
+        pass
+    assert (out / "splits_final.json").read_text() == "[]"

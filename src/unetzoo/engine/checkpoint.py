@@ -311,6 +311,9 @@ RUN_ENTRIES = frozenset({
     "config.yaml", "metrics.csv", "metrics.csv.tmp", "checkpoints", "plots", "tensorboard",
     "report", RUN_MARKER, RUN_MARKER + ".tmp", LOCK_NAME,
 })
+# Files a run may find already in place and reads (a fold split that the caller or the
+# user stored there): they neither make a folder "not empty" nor are ever deleted.
+RUN_INPUTS = frozenset({"splits_final.json"})
 
 
 class RunFolder:
@@ -423,7 +426,8 @@ class RunFolder:
         return any(_peek(ck / n) is not None for n in ("latest.pt", "best.pt") if (ck / n).is_file())
 
     def _check_and_clean(self) -> None:
-        entries = sorted(e.name for e in self.path.iterdir() if e.name != LOCK_NAME)
+        entries = sorted(e.name for e in self.path.iterdir()
+                         if e.name != LOCK_NAME and e.name not in RUN_INPUTS)
         if entries and not self.resume:
             ours = self._is_our_run()
             own = [e for e in entries if e in RUN_ENTRIES]
