@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from unetzoo.cli.main import main
-from unetzoo.engine.checkpoint import LOCK_NAME, RUN_MARKER, RunFolder
+from unetzoo.engine.checkpoint import RUN_MARKER, RunFolder
 from unetzoo.errors import UnetzooError
 
 TINY = ["--dataset-option", "n_train=3", "--dataset-option", "n_test=1",
@@ -139,14 +139,13 @@ def test_resume_and_overwrite_together_is_one_line(tmp_path, capsys):
 
 
 def test_lock_stops_second_process(data_root, tmp_path, capsys):
-    """A process holding the folder (another training) makes `train` stop with one line."""
+    """A process holding the folder (another training: the trainer's own RunFolder) makes
+    `train` stop with one line; killing the holder frees the folder (no stale lock)."""
     out = tmp_path / "run"
-    out.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(out / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+         "import time\nfrom unetzoo.engine.checkpoint import RunFolder\n"
+         f"RunFolder({str(out)!r}).__enter__()\n"
          "print('locked', flush=True)\ntime.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True,
     )
