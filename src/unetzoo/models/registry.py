@@ -213,11 +213,17 @@ def _coerce_one(value: Any, kind: str) -> Any:
             return bool(value)
         raise TypeError("true or false")
     if kind == "int":
-        if _is_number(value) and math.isfinite(float(value)) and float(value).is_integer():
+        if _is_number(value) and isinstance(value, (int, np.integer)):
+            return int(value)
+        if _is_number(value) and math.isfinite(value) and float(value).is_integer():
             return int(value)
         raise TypeError("a whole number")
     if kind == "float":
-        if _is_number(value) and math.isfinite(float(value)):
+        # An int is a valid float (PEP 484's numeric tower): keep it, as the builder
+        # defaults do (EMCAD's mlp_ratios are ints).
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return int(value)
+        if _is_number(value) and math.isfinite(value):
             return float(value)
         raise TypeError("a finite number")
     if kind == "str":
