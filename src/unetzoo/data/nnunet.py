@@ -41,7 +41,7 @@ from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, normalize, spec_for_channel
 from unetzoo.errors import DataError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: label/channel affines checked against the image on build
 
 
 def _is_writable_dir(path: Path) -> bool:
