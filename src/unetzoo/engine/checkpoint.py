@@ -350,7 +350,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CheckpointError(
-                f"output folder {self.path} cannot be created ({exc.strerror or exc}); pass "
+                f"output folder {self.path} is not writable ({exc.strerror or exc}); pass "
                 "--output with a folder you can write to"
             ) from exc
         self._lock()

@@ -184,8 +184,9 @@ def train(
         run_dir = Path(cfg["output"])
         run_folder = None
         if info.is_main:
-            check_output_dir(run_dir)
-            # Lock, refuse someone else's files, clean interrupted writes (main rank only).
+            # Create and lock (which proves it writable), refuse someone else's files,
+            # clean interrupted writes; main rank only. No write probe before the lock:
+            # a concurrent start would see it as a foreign file.
             run_folder = folder_guard.enter_context(
                 RunFolder(run_dir, resume=resume is not None, overwrite=overwrite)
             )
