@@ -107,9 +107,8 @@ def _check_size(shape: tuple[int, ...], where: Path, max_pixels: int, volume: bo
     h, w = sorted(dims, reverse=True)[:2] if volume else dims[:2]
     if h * w > max_pixels:
         side = int(math.isqrt(max_pixels))
-        what = "slices of" if volume else ""
         raise DataError(
-            f"{where}: {what + ' ' if what else ''}{w} x {h} pixels is over predict's limit "
+            f"{where}: {'a slice of ' if volume else ''}{w} x {h} pixels is over predict's limit "
             f"of {max_pixels:,} pixels (about {side} x {side}); crop or downsample it, or "
             "raise --max-pixels if the machine has the memory and time"
         )
@@ -128,8 +127,8 @@ def check_inference_spec(meta: dict[str, Any], where: str | Path) -> dict[str, A
     out = dict(meta)
     for key, lo, hi in (("img_size", 8, MAX_IMG_SIZE), ("in_channels", 1, 64)):
         value = meta.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and float(value).is_integer() and lo <= value <= hi
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+        ok = ok and float(value).is_integer()  # the range check above also rules out NaN
         if not ok:
             raise CheckpointError(
                 f"{where}: {key} is {value!r}, expected a whole number in {lo}..{hi}; the "
