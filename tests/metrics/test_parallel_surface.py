@@ -59,6 +59,7 @@ def test_classes_run_in_worker_threads(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(parallel, "_distances_in_box", spy)
+    monkeypatch.setattr(parallel, "_volume", lambda box: 1)  # equal boxes: none is split
     pred, gt = _case()
     evaluate_case(pred, gt, 8, workers=2)
     assert len(seen) == 4 and all(n.startswith("unetzoo-surface") for n in seen)
@@ -72,3 +73,33 @@ def test_bad_worker_count_is_one_line(bad):
     pred, gt = _case()
     with pytest.raises(ConfigError, match="workers must be a whole number"):
         evaluate_case(pred, gt, 8, workers=bad)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.8)])
+def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing, monkeypatch):
+    from scipy.ndimage import binary_dilation
+
+    from unetzoo.metrics._common import normalize_spacing
+    from unetzoo.metrics.aggregate import _class_boxes
+
+    rng = np.random.default_rng(3)
+    gt = np.zeros((24, 48, 48), np.uint8)
+    gt[2:22, 5:40, 4:44] = rng.random((20, 35, 40)) < 0.97  # a big ragged class 1
+    gt[3:6, 42:46, 42:46] = 2
+    pred = gt.copy()
+    pred = np.where(binary_dilation(gt == 1, iterations=1) & (gt == 0), 1, pred)
+    pred[20:23, 1:3, 1:3] = 1  # a distant false positive widens the class's box
+    boxes = (_class_boxes(pred, 3), _class_boxes(gt, 3))
+    sp = normalize_spacing(spacing, 3)
+    calls = []
+    real = parallel._split_distances
+    monkeypatch.setattr(parallel, "_split_distances", lambda *a: calls.append(a[2]) or real(*a))
+
+    serial = parallel.class_surface_distances(pred, gt, *boxes, sp, workers=1)
+    for workers in (2, 3):
+        split = parallel.class_surface_distances(pred, gt, *boxes, sp, workers=workers)
+        assert split.keys() == serial.keys() == {1, 2}
+        for c in serial:
+            np.testing.assert_array_equal(split[c].pred_to_gt, serial[c].pred_to_gt)
+            np.testing.assert_array_equal(split[c].gt_to_pred, serial[c].gt_to_pred)
+    assert calls == [1, 1]  # the big class was split, the small one was not
