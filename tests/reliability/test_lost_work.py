@@ -216,3 +216,25 @@ def test_a_stored_fold_split_is_neither_in_the_way_nor_deleted(tmp_path):
     with RunFolder(out, overwrite=True):
         pass
     assert (out / "splits_final.json").read_text() == "[]"
+
+
+def test_failed_export_leaves_an_existing_file_alone(tmp_path, monkeypatch):
+    """Exports are written beside the target and renamed: a failure destroys nothing."""
+    import unetzoo.deploy.export as export
+    from unetzoo import create_model
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the user's earlier export")
+
+    def broken(wrapper, x, path, *a):
+        Path(path).write_bytes(b"half a file")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(export, "_export_onnx", broken)
+    model = create_model("unet", base_channels=4)
+    with pytest.raises(export.ExportError):
+        export.export_model(model, out, fmt="onnx", img_size=32)
+    assert out.read_bytes() == b"the user's earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    with pytest.raises(UnetzooError, match="is a folder"):
+        export.export_model(model, tmp_path, fmt="onnx", img_size=32)

@@ -372,6 +372,9 @@ def export_model(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"the export output {out} is a folder; pass a file name such as "
+                          f"{out / 'model.onnx'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -387,56 +390,72 @@ def export_model(
     # Batch 2: torch.export specialises sizes 0 and 1.
     n = 2 if dynamic else 1
 
-    fallback = None
-    target = fmt
-    pt2_bytes = None
-    s = sizes[0]
-    if fmt in ("onnx", "auto"):
-        errors = []
-        for s in sizes:
-            x = torch.randn(n, in_ch, s, s)
+    # Everything is written to a temporary file beside ``out`` and renamed into place
+    # only once written (and verified): a failed export never leaves a half-written file
+    # or destroys one that was there.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {out.parent}: {exc.strerror}") from exc
+    os.close(fd)
+    work = Path(tmp)
+    try:
+        fallback = None
+        target = fmt
+        pt2_bytes = None
+        s = sizes[0]
+        if fmt in ("onnx", "auto"):
+            errors = []
+            for s in sizes:
+                x = torch.randn(n, in_ch, s, s)
+                try:
+                    _export_onnx(wrapper, x, work, dynamic, dyn_hw, opset)
+                    break
+                except Exception as exc:  # noqa: BLE001 - reported as one line below
+                    errors.append(_first_line(exc))
+            else:
+                reason = errors[0]
+                if fmt == "onnx":
+                    raise ExportError(
+                        f"model {name!r} cannot be exported to ONNX ({reason}); use "
+                        "`--format torch-export` for a torch.export program instead"
+                    )
+                fallback, target = reason, "torch-export"
+                if out.suffix == ".onnx":
+                    out = out.with_suffix(".pt2")
+        example_shape = (n, in_ch, s, s)
+        if target == "onnx":
             try:
-                _export_onnx(wrapper, x, out, dynamic, dyn_hw, opset)
-                break
-            except Exception as exc:  # noqa: BLE001 - reported as one line below
-                errors.append(_first_line(exc))
-        else:
-            reason = errors[0]
-            if fmt == "onnx":
+                dyn_axes = _finish_onnx(work, meta)
+            except Exception as exc:  # noqa: BLE001 - the checker's verdict, one line
                 raise ExportError(
-                    f"model {name!r} cannot be exported to ONNX ({reason}); use "
-                    "`--format torch-export` for a torch.export program instead"
-                )
-            fallback, target = reason, "torch-export"
-            if out.suffix == ".onnx":
-                out = out.with_suffix(".pt2")
-    example_shape = (n, in_ch, s, s)
-    if target == "onnx":
-        try:
-            dyn_axes = _finish_onnx(out, meta)
-        except Exception as exc:  # noqa: BLE001 - the checker's verdict, one line
-            raise ExportError(
-                f"the ONNX file for {name!r} fails onnx.checker ({_first_line(exc)}); use "
-                "`--format torch-export` instead"
-            ) from exc
-    else:
-        x = torch.randn(n, in_ch, sizes[0], sizes[0])
-        example_shape = tuple(x.shape)
-        dyn_axes, pt2_bytes = _export_pt2(wrapper, x, out, dynamic, dyn_hw, meta)
+                    f"the ONNX file for {name!r} fails onnx.checker ({_first_line(exc)}); use "
+                    "`--format torch-export` instead"
+                ) from exc
+        else:
+            x = torch.randn(n, in_ch, sizes[0], sizes[0])
+            example_shape = tuple(x.shape)
+            dyn_axes, pt2_bytes = _export_pt2(wrapper, x, work, dynamic, dyn_hw, meta)
 
-    diff = None
-    if verify:
-        shapes = [example_shape]
-        if dyn_axes:
-            other = list(example_shape)
-            if 0 in dyn_axes:
-                other[0] = 3
-            if 2 in dyn_axes:
-                other[2] = max(example_shape[2] // 2 + 1, 17) | 1
-            if 3 in dyn_axes:
-                other[3] = max(example_shape[3] // 2 + 3, 19) | 1
-            shapes.append(tuple(other))
-        diff = _verify(wrapper, out, target, shapes, pt2_bytes)
+        diff = None
+        if verify:
+            shapes = [example_shape]
+            if dyn_axes:
+                other = list(example_shape)
+                if 0 in dyn_axes:
+                    other[0] = 3
+                if 2 in dyn_axes:
+                    other[2] = max(example_shape[2] // 2 + 1, 17) | 1
+                if 3 in dyn_axes:
+                    other[3] = max(example_shape[3] // 2 + 3, 19) | 1
+                shapes.append(tuple(other))
+            diff = _verify(wrapper, work, target, shapes, pt2_bytes)
+        try:
+            os.replace(work, out)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        work.unlink(missing_ok=True)
     return ExportResult(
         path=out,
         format=target,
