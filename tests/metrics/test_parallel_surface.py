@@ -103,3 +103,19 @@ def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing, monk
             np.testing.assert_array_equal(split[c].pred_to_gt, serial[c].pred_to_gt)
             np.testing.assert_array_equal(split[c].gt_to_pred, serial[c].gt_to_pred)
     assert calls == [1, 1]  # the big class was split, the small one was not
+
+
+def test_per_case_nsd_and_hd95_equal_the_one_class_functions():
+    from unetzoo.metrics.nsd import nsd_from_distances
+    from unetzoo.metrics.per_case import case_metrics
+    from unetzoo.metrics.surface import surface_distances
+
+    pred, gt = _case()
+    spacing = (2.5, 0.7, 0.8)
+    got = case_metrics(pred, gt, 8, spacing, nsd_tolerance=1.5)["classes"]
+    for c in range(1, 8):
+        sd = surface_distances(pred == c, gt == c, spacing)
+        for metric, want in (("hd95", sd.hd95()), ("assd", sd.assd()),
+                             ("nsd", nsd_from_distances(sd, 1.5))):
+            value = got[str(c)][metric]
+            assert (math.isnan(value) and math.isnan(want)) or value == want, (c, metric)

@@ -34,7 +34,8 @@ from unetzoo.metrics.overlap import (
     sensitivity_from_confusion,
     specificity_from_confusion,
 )
-from unetzoo.metrics.surface import surface_distances
+from unetzoo.metrics.parallel import class_surface_distances
+from unetzoo.metrics.surface import SurfaceDistances
 
 COUNT_KEYS = ("tp", "fp", "fn", "tn", "n_pred", "n_ref")
 OVERLAP = {
@@ -135,6 +136,8 @@ def case_metrics(
         p = np.where(ign, 0, p)
         g = np.where(ign, 0, g)
     sp = None if spacing is None else normalize_spacing(spacing, p.ndim)
+    wanted = [m for m in metrics if m in DISTANCE]
+    distances = _class_distances(p, g, int(num_classes), sp, connectivity) if wanted else {}
     classes: dict[str, dict[str, Any]] = {}
     for c, conf in counts.items():
         row: dict[str, Any] = {
@@ -146,9 +149,8 @@ def case_metrics(
         for m in metrics:
             if m in OVERLAP:
                 row[m] = OVERLAP[m](conf, protocol)
-        wanted = [m for m in metrics if m in DISTANCE]
         if wanted:
-            sd = surface_distances(p == c, g == c, sp, connectivity=connectivity)
+            sd = distances[c]
             for m in wanted:
                 row[m] = nsd_from_distances(sd, tau) if m == "nsd" else getattr(sd, m)(protocol)
         classes[str(c)] = row
@@ -159,6 +161,22 @@ def case_metrics(
         "protocol": protocol,
         "nsd_tolerance": tau,
     }
+
+
+def _class_distances(p: np.ndarray, g: np.ndarray, k: int, sp: np.ndarray | None,
+                     connectivity: int) -> dict[int, SurfaceDistances]:
+    """Every class's surface distances, the classes in parallel threads (values equal to
+    ``surface_distances(p == c, g == c)``; see :mod:`unetzoo.metrics.parallel`)."""
+    from unetzoo.metrics.aggregate import _class_boxes
+
+    p, g = (a.view(np.uint8) if a.dtype == np.bool_ else a for a in (p, g))
+    boxes_p, boxes_g = _class_boxes(p, k), _class_boxes(g, k)
+    found = class_surface_distances(p, g, boxes_p, boxes_g, normalize_spacing(sp, p.ndim),
+                                    connectivity)
+    empty = np.empty(0, dtype=np.float64)
+    return {c: found.get(c) or SurfaceDistances(empty, empty, boxes_p[c - 1] is None,
+                                                boxes_g[c - 1] is None)
+            for c in range(1, k)}
 
 
 def _mean(values: list[float]) -> float:
