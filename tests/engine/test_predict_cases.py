@@ -170,3 +170,12 @@ def test_pictures_keep_their_seg_naming(tmp_path):
     assert np.asarray(Image.open(rec["output"])).shape == (20, 24)
     with np.load(rec["probabilities"]) as z:
         assert z["probabilities"].shape == (3, 20, 24)
+
+
+def test_an_output_never_overwrites_its_input(tmp_path):
+    src = tmp_path / "scan.mha"
+    sitk.WriteImage(_itk(np.zeros(SHAPE, np.float32)), str(src))
+    before = src.read_bytes()
+    with pytest.raises(DataError, match="would overwrite its input"):
+        predict_cases([src], _model(0, 1), _meta(1), tmp_path, verbose=False)
+    assert src.read_bytes() == before

@@ -7,8 +7,8 @@ file is a one-channel case of its own name, a DICOM series folder is one case
 by :mod:`unetzoo.data.medio` in one convention and segmented slice by slice as
 :func:`unetzoo.engine.predict.predict_array` does; the label map ``CASE<ending>`` keeps the
 input's shape and geometry in the input's own format (NIfTI for DICOM). 2-D pictures are
-read by :func:`unetzoo.engine.predict.read_input` and written as ``<stem>_seg.png`` /
-``.tif`` as before.
+read by :func:`unetzoo.engine.predict.read_input` and written as ``CASE_seg.png`` /
+``.tif`` as before. A label map that would overwrite an input is refused before any work.
 
 Options beyond the single-checkpoint path:
 
@@ -48,6 +48,15 @@ def _write(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -
 
 def _is_picture(files: Sequence[Path]) -> bool:
     return medio.file_ending(files[0]) in medio.PICTURE_ENDINGS
+
+
+def _output_name(case: str, files: Sequence[Path]) -> str:
+    """``CASE<ending>`` for volumes (:func:`unetzoo.data.medio.output_ending`),
+    ``CASE_seg.png`` / ``.tif`` for pictures (a picture's class map, not a photo)."""
+    if _is_picture(files):
+        tif = files[0].suffix.lower() in (".tif", ".tiff")
+        return f"{case}_seg{'.tif' if tif else '.png'}"
+    return f"{case}{medio.output_ending(files[0])}"
 
 
 def read_volume_case(
@@ -170,6 +179,15 @@ def predict_cases(
     img_size, in_ch = meta["img_size"], meta["in_channels"]
     spec = meta.get("preprocessing") or {"kind": "none"}
     class_names = list(meta["class_names"])
+    out = Path(out_dir)
+    targets = {case: out / _output_name(case, files) for case, files in cases.items()}
+    inputs_resolved = {f.resolve() for files in cases.values() for f in files}
+    for case, target in targets.items():
+        if target.resolve() in inputs_resolved:
+            raise DataError(
+                f"the label map of case {case} would overwrite its input {target}; "
+                "choose another --out folder"
+            )
     out = check_output_dir(out_dir)
 
     records = []
@@ -190,12 +208,10 @@ def predict_cases(
                                    batch_size=batch_size)
         if postprocessing is not None:
             labels = apply_postprocessing(labels, postprocessing)
+        target = targets[case]
         if picture:
-            src = files[0]
-            suffix = ".tif" if src.suffix.lower() in (".tif", ".tiff") else ".png"
-            target = out / f"{medio.strip_ending(src)}_seg{suffix}"
             lab2d = labels[0].astype(np.uint8)
-            if suffix == ".tif":
+            if target.suffix == ".tif":
                 import tifffile
 
                 _write(target, tifffile.imwrite, str(target), lab2d)
@@ -209,7 +225,6 @@ def predict_cases(
             file_labels = np.transpose(labels, inv)  # back to the file's (i, j, k)
             if file_ndim == 2:
                 file_labels = file_labels[:, :, 0]
-            target = out / f"{case}{medio.output_ending(files[0])}"
             _write(target, medio.save_labels, file_labels, affine, target)
             file_probs = None
             if probs is not None:
