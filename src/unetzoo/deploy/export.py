@@ -285,19 +285,8 @@ def _export_pt2(
     buf = io.BytesIO()
     torch.export.save(ep, buf, extra_files={PT2_EXTRA_FILE: json.dumps(metadata)})
     data = buf.getvalue()
-    _write_atomic(out, data)
+    out.write_bytes(data)  # a temporary file that export_model renames into place
     return dynamic_axes, data
-
-
-def _write_atomic(out: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _verify(
