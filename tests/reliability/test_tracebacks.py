@@ -277,6 +277,19 @@ def test_export_out_under_a_file(tmp_path, capsys, ckpt):
     assert "is a file" in line and "cannot be exported" not in line
 
 
+def test_export_out_where_nothing_can_be_written(tmp_path, capsys, ckpt):
+    line = _cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", "/proc/m.onnx",
+                               "--no-verify"])
+    assert "cannot write there" in line and "cannot be exported" not in line
+
+
+@pytest.mark.parametrize("option", ["n_train=abc", "shape=[4, 32, x]", "seed=1.5", "shape=5"])
+def test_phantom_option_of_the_wrong_type(tmp_path, capsys, option):
+    line = _cli_error(capsys, ["train", "--dataset-option", option, "--output",
+                               tmp_path / "run", "--device", "cpu", "--no-progress"])
+    assert "phantom" in line and option.split("=")[0] in line
+
+
 # ------------------------------------------------------------ the demo's pixel spacing
 @pytest.mark.parametrize("spacing", [1e308, float("inf"), float("nan"), -1.0, 1e-320])
 def test_demo_pixel_spacing_out_of_range(tmp_path, ckpt, spacing):

@@ -77,6 +77,14 @@ def check_out(out: str | None) -> None:
         raise ConfigError(f"--out {out}: {parent} is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--out {out}: the folder {parent} is not writable; choose another path")
+    if parent == p.parent and not p.exists():
+        try:  # the real test: some folders (/proc, read-only mounts) pass os.access
+            p.open("xb").close()
+        except OSError as exc:
+            raise ConfigError(
+                f"--out {out}: cannot write there ({exc.strerror or exc}); choose another path"
+            ) from None
+        p.unlink()
 
 
 def run(args: argparse.Namespace) -> int:

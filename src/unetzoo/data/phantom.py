@@ -286,12 +286,7 @@ def generate_phantom(
     holds a phantom generated with the same arguments it is reused; any other non-empty
     ``root`` is an error.
     """
-    if kind not in ("ct", "fundus"):
-        raise DataError(f"phantom kind must be 'ct' or 'fundus', got {kind!r}")
-    shape = tuple(shape) if shape is not None else (CT_SHAPE if kind == "ct" else FUNDUS_SHAPE)
-    want = 3 if kind == "ct" else 2
-    if len(shape) != want or min(shape) < 4:
-        raise DataError(f"phantom {kind} shape must be {want} sizes >= 4, got {shape}")
+    shape = _checked(kind, n_train, n_test, shape, seed)
     if n_train < 1 or n_test < 0:
         raise DataError("phantom needs n_train >= 1 and n_test >= 0")
     params = _params(kind, n_train, n_test, shape, seed)
@@ -335,9 +330,28 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
         return None
 
 
+def _checked(kind: str, n_train: Any, n_test: Any, shape: Any, seed: Any) -> tuple[int, ...]:
+    """The shape to generate, after checking the option types (``n_train=abc`` from a
+    ``--dataset-option`` used to end in a traceback)."""
+    if kind not in ("ct", "fundus"):
+        raise DataError(f"phantom kind must be 'ct' or 'fundus', got {kind!r}")
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("seed", seed)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise DataError(f"phantom option {name} must be a whole number, got {value!r}")
+    shape = shape if shape is not None else (CT_SHAPE if kind == "ct" else FUNDUS_SHAPE)
+    want = 3 if kind == "ct" else 2
+    if (
+        not isinstance(shape, (list, tuple)) or len(shape) != want
+        or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 4
+                   for s in shape)
+    ):
+        raise DataError(f"phantom {kind} shape must be {want} whole sizes >= 4, got {shape!r}")
+    return tuple(shape)
+
+
 def default_phantom_root(kind: str, n_train: int, n_test: int, shape, seed: int) -> Path:
     """Cache folder for a phantom with these settings (one folder per setting)."""
-    shape = tuple(shape) if shape is not None else (CT_SHAPE if kind == "ct" else FUNDUS_SHAPE)
+    shape = _checked(kind, n_train, n_test, shape, seed)
     tag = "x".join(str(int(s)) for s in shape)
     return io.cache_root() / (
         f"phantom-{kind}-v{GENERATOR_VERSION}-{n_train}-{n_test}-{tag}-s{seed}"
