@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/unetzoo train --output runs/demo
+	$(BIN)/unetzoo train --output runs/demo --overwrite  # rerunning replaces the previous demo run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
