@@ -114,6 +114,23 @@ def test_nonfinite_float_tif_is_refused(ckpt, tmp_path):
     assert "NaN or Inf" in _one_line(ei)
 
 
+def test_complex_volume_and_page_stack_are_refused(ckpt, tmp_path):
+    """Complex voxels were cast to their real part and a 5-page TIFF read as 30 channels."""
+    import tifffile
+
+    from unetzoo.data.io import save_nifti
+    from unetzoo.engine.predict import predict_files
+
+    cplx = tmp_path / "c.nii.gz"
+    save_nifti(np.ones((20, 20, 2), np.complex64), None, cplx)
+    stack = tmp_path / "s.tif"
+    tifffile.imwrite(stack, np.zeros((5, 30, 30), np.uint8))
+    for p, needle in ((cplx, "complex64"), (stack, "not one 2-D image")):
+        with pytest.raises(DataError) as ei:
+            predict_files([p], ckpt, tmp_path / "o", device="cpu", overlays=0, verbose=False)
+        assert needle in _one_line(ei)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_weights_are_refused(tmp_path, capsys, bad):
     def poison(state):

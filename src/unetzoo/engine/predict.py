@@ -72,6 +72,11 @@ def _to_channels(arr: np.ndarray, in_channels: int, where: Path) -> np.ndarray:
     if arr.ndim != 3:
         raise DataError(f"{where}: expected a 2-D image, got array shape {arr.shape}")
     c = arr.shape[-1]
+    if c > 4 and c != in_channels:  # e.g. a multi-page TIFF read as (pages, H, W)
+        raise DataError(
+            f"{where}: array of shape {arr.shape} is not one 2-D image; predict takes one "
+            "image per file (save a stack as a NIfTI volume)"
+        )
     if c == 4 and in_channels in (1, 3):  # drop alpha
         arr, c = arr[..., :3], 3
     if c == in_channels:
@@ -220,6 +225,8 @@ def read_input(
             raise DataError(f"{p}: expected a 3-D (or 3-D + channels) volume, got shape {shape}")
         _check_size(shape, p, max_pixels, volume=len(shape) > 2)
         arr, affine, zooms = load_nifti(p)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+            raise DataError(f"{p}: voxels of type {arr.dtype} are not intensities; save real numbers")
         if arr.ndim == 2:
             arr, zooms = arr[..., None], (*zooms[:2], 1.0)
         _check_finite(arr, p)
