@@ -178,3 +178,17 @@ def test_unscored_validation_never_wins_but_best_pt_exists(tiny_cfg, monkeypatch
     summary = trainer.train(tiny_cfg(max_epochs=2, output=str(run.parent / "nan-run")))
     assert summary["best_epoch"] == 1  # the first validated model, not a "better" NaN
     assert (Path(summary["run_dir"]) / "checkpoints" / "best.pt").is_file()
+
+
+def test_demo_legend_mean_leaves_unscored_classes_out(tmp_path):
+    """The demo's mean Dice line follows the same rule (minimal edit in webapp.py)."""
+    from unetzoo.deploy.webapp import Segmentation, legend_html
+
+    lab = _labels()["c0"][:1]
+    seg = Segmentation(
+        display=np.zeros(lab.shape, np.uint8), labels=lab, class_names=list(NAMES),
+        spacing=(1.0, 1.0, 1.0), is_volume=False, download=tmp_path / "x.png", gt=lab,
+        metrics={1: {"dice": 1.0, "hd95": 0.0}, 2: {"dice": 0.5, "hd95": 2.0},
+                 3: {"dice": math.nan, "hd95": math.nan}},
+    )
+    assert "mean Dice over the 2 scored class(es): 0.750" in legend_html(seg, 0)

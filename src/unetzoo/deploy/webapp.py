@@ -135,8 +135,11 @@ def legend_html(seg: Segmentation, z: int) -> str:
     head_html = "".join(f"<th>{h}</th>" for h in head)
     note = ""
     if seg.metrics:
-        mean_d = np.mean([m["dice"] for m in seg.metrics.values()])
-        note = f"<p>mean Dice over classes: {mean_d:.3f} (empty-mask protocol: strict)</p>"
+        # strict rule: a class absent from both maps is NaN (not scored), left out
+        scored = [m["dice"] for m in seg.metrics.values() if not np.isnan(m["dice"])]
+        mean_d = f"{np.mean(scored):.3f}" if scored else "n/a"
+        note = (f"<p>mean Dice over the {len(scored)} scored class(es): {mean_d} "
+                "(empty-mask protocol: strict)</p>")
     return (
         f'<div class="unetzoo-legend"><table><tr>{head_html}</tr>{"".join(rows)}</table>'
         f"{note}</div>"
