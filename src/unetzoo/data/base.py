@@ -35,7 +35,8 @@ class Case:
     without one), ``roi`` bool ``(D, H, W)`` or None (DRIVE field of view). 2-D datasets
     have ``D == 1``. ``axes``: for NIfTI sources, the file axis (0, 1, 2 = i, j, k) that
     each of ``(D, H, W)`` came from, so :func:`unetzoo.data.io.save_case_nifti` can write
-    a prediction back in the file's own voxel order.
+    a prediction back in the file's own voxel order. ``ignore_label``: the label value
+    of unannotated voxels (nnU-Net's ``"ignore"``), left out of the metrics; None if none.
     """
 
     id: str
@@ -46,6 +47,7 @@ class Case:
     roi: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     axes: tuple[int, int, int] | None = None
+    ignore_label: int | None = None
 
 
 def check_image(image: np.ndarray, where: str) -> None:
@@ -93,13 +95,18 @@ class SegDataset:
     Attributes: ``name``, ``root``, ``class_names`` (index 0 background), ``num_classes``,
     ``in_channels``, ``modality`` (``"CT"``, ``"MRI"``, ``"fundus"``, ``"image"``),
     ``recipe`` (augmentation recipe key), ``preprocessing`` (JSON-able spec for
-    :func:`unetzoo.data.preprocessing.normalize`), ``spatial_dims`` (3 or 2).
+    :func:`unetzoo.data.preprocessing.normalize`), ``spatial_dims`` (3 or 2),
+    ``ignore_label`` (label value of unannotated pixels, not a class: kept in the label
+    arrays, left out of loss and metrics; None if none), ``title`` (a display name such
+    as dataset.json's ``name``; None: use ``name``).
     """
 
     name: str = "base"
     modality: str = "image"
     recipe: str = "default"
     spatial_dims: int = 2
+    ignore_label: int | None = None
+    title: str | None = None
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

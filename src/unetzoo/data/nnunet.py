@@ -18,10 +18,19 @@ remaining two axes keep file order reversed, so for the usual k-slicing the arra
 ``(k, j, i)`` like SimpleITK's ``(z, y, x)``. ``Case.affine`` is the file affine with its
 columns permuted the same way (it maps ``(d, h, w)`` indices to world mm).
 
+Ignore label (nnU-Net v2): a label named ``"ignore"`` in dataset.json, which must have the
+highest value, marks voxels that are not annotated. It is not a class: ``class_names`` and
+the model's outputs hold the real classes only, and ``ignore_label`` (its value, equal to
+``num_classes``) stays in the label arrays, where the loss (``ignore_index``) and the metrics
+leave those voxels out. ``regions`` (lists of values per label) are refused.
+
 Speed: the first access to a case writes its normalised image and label as ``.npy`` files
-to a cache folder (``ROOT/.unetzoo_cache/<key>/`` or, when ROOT is read-only,
-``$UNETZOO_CACHE/nnunet/<key>/``); training then memory-maps one slice per sample instead
-of re-reading a compressed volume. ``unetzoo prepare nnunet ROOT`` builds the cache ahead.
+to a cache folder, ``$UNETZOO_CACHE/nnunet/<key>/`` (default ``~/.cache/unetzoo``), keyed
+by the dataset's absolute path and the reader options; each case's entry also records the
+size and mtime of its source files, so an edited file is re-read. The raw folder is never
+written to (nnU-Net users expect raw folders untouched) unless ``cache_dir`` names a
+folder inside it. Training then memory-maps one slice per sample instead of re-reading a
+compressed volume. ``unetzoo prepare nnunet ROOT`` builds the cache ahead.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, normalize, spec_for_channel
 from unetzoo.errors import DataError
 
-CACHE_VERSION = 3  # 3: label/channel affines checked against the image on build
+CACHE_VERSION = 4  # 3: label/channel affines checked on build; 4: ignore label kept
+
+#: The label name nnU-Net v2 reserves for unannotated voxels (must be the highest value).
+IGNORE_NAME = "ignore"
 
 
 def _is_writable_dir(path: Path) -> bool:
@@ -102,13 +114,18 @@ class NnUNetDataset(SegDataset):
 
     Options: ``slice_axis`` (file axis 0/1/2 or None = largest spacing), ``ct_window``
     (CT clip window in HU, default [-125, 275]), ``mri_norm`` (``"zscore"`` or
-    ``"percentile"``), ``cache_dir`` (slice cache folder), ``preprocessing`` (a full spec
-    that replaces the one derived from ``channel_names``).
+    ``"percentile"``), ``cache_dir`` (slice cache folder; default the user cache, never
+    the raw folder), ``preprocessing`` (a full spec that replaces the one derived from
+    ``channel_names``).
+
+    ``ignore_label`` is the value of dataset.json's ``"ignore"`` label (None without one);
+    it is ``num_classes``, one above the last real class.
     """
 
     name = "nnunet"
     spatial_dims = 3
     recipe = "default"
+    ignore_label: int | None = None
 
     def __init__(
         self,
@@ -133,6 +150,9 @@ class NnUNetDataset(SegDataset):
             )
         )
         self.meta = meta
+        #: dataset.json's ``name`` (report titles); None when absent.
+        title = meta.get("name")
+        self.title = title.strip() if isinstance(title, str) and title.strip() else None
         self.file_ending = str(meta.get("file_ending", ".nii.gz"))
         self.class_names = self._parse_labels(meta)
         channels = meta.get("channel_names", meta.get("modality"))
@@ -186,6 +206,16 @@ class NnUNetDataset(SegDataset):
                 f"{self.meta_path}: label values {values} must be consecutive from 0 "
                 "(0 = background)"
             )
+        ignore = [v for v, n in by_value.items() if n == IGNORE_NAME]
+        if ignore:
+            # nnU-Net v2: the ignore label is not a class and must be the highest value.
+            if ignore[0] != values[-1] or ignore[0] == 0:
+                raise DataError(
+                    f"{self.meta_path}: the 'ignore' label has value {ignore[0]} but must be "
+                    f"the highest label value ({values[-1]}) and not background"
+                )
+            self.ignore_label = ignore[0]
+            values = values[:-1]
         return [by_value[i] for i in values]
 
     def _discover(self, meta: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -274,28 +304,28 @@ class NnUNetDataset(SegDataset):
                 "pre": self.preprocessing,
                 "axis": self.slice_axis,
                 "classes": self.num_classes,
+                "ignore": self.ignore_label,
             },
             sort_keys=True,
         )
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def _choose_cache(self, cache_dir: str | Path | None) -> Path:
+        # The user cache, keyed by the absolute root and the reader options: the raw
+        # folder stays untouched unless the user names a folder inside it.
         key = self._config_key()
         if cache_dir is not None:
             path = Path(cache_dir) / key
             if not _is_writable_dir(path):
                 raise DataError(f"cache_dir {cache_dir} is not writable; pick another folder")
             return path
-        local = self.root / ".unetzoo_cache" / key
-        if _is_writable_dir(local):
-            return local
-        fallback = io.cache_root() / "nnunet" / key
-        if not _is_writable_dir(fallback):
+        path = io.cache_root() / "nnunet" / key
+        if not _is_writable_dir(path):
             raise DataError(
-                f"neither {local.parent} nor {fallback.parent} is writable; "
-                "pass cache_dir=... (or set UNETZOO_CACHE)"
+                f"the slice cache {path.parent} is not writable; set UNETZOO_CACHE or pass "
+                "--dataset-option cache_dir=DIR"
             )
-        return fallback
+        return path
 
     @property
     def cache_dir(self) -> Path:
@@ -337,7 +367,7 @@ class NnUNetDataset(SegDataset):
         img_p, lab_p, meta_p = self._cache_paths(split, cid)
         io.atomic_save_npy(img_p, np.ascontiguousarray(case.image, dtype=np.float32))
         if case.label is not None:
-            lab_dtype = np.uint8 if self.num_classes <= 256 else np.int16
+            lab_dtype = np.uint8 if self.num_classes < 256 else np.int16  # room for ignore
             io.atomic_save_npy(lab_p, np.ascontiguousarray(case.label, dtype=lab_dtype))
         meta = {
             "signature": self._signature(self._entry(cid, split)),
@@ -425,7 +455,9 @@ class NnUNetDataset(SegDataset):
             check_shapes(ref_shape, larr.shape, f"{entry['label']} vs {entry['images'][0]}")
             check_same_geometry(ref_affine, laff, entry["label"], entry["images"][0])
             lab, _, _, _ = reorient(larr, laff, lz, self.slice_axis)
-            label = check_label(np.asarray(lab), self.num_classes, str(entry["label"]))
+            # The ignore label (one above the last class) is kept for the loss and metrics.
+            n_values = self.num_classes + (self.ignore_label is not None)
+            label = check_label(np.asarray(lab), n_values, str(entry["label"]))
         return Case(
             id=cid,
             image=np.ascontiguousarray(image),
@@ -434,6 +466,7 @@ class NnUNetDataset(SegDataset):
             affine=affine,
             class_names=list(self.class_names),
             axes=order,
+            ignore_label=self.ignore_label,
         )
 
     def _open_cached(self, split: str, cid: str, mmap_mode: str | None = None):
@@ -470,6 +503,7 @@ class NnUNetDataset(SegDataset):
             affine=np.asarray(meta["affine"], dtype=np.float64),
             class_names=list(self.class_names),
             axes=tuple(int(a) for a in meta["axes"]),
+            ignore_label=self.ignore_label,
         )
 
     def _slice_index(self, split: str, cases: Sequence[str]) -> list[tuple[str, int]]:

@@ -254,7 +254,11 @@ def train(
         channels_last = bool(cfg["channels_last"]) and info.device.type == "cuda"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        criterion = build_loss(cfg["loss"], ds.num_classes, weights=cfg["loss_weights"])
+        # nnU-Net's ignore label: unannotated pixels count for neither CE nor Dice.
+        criterion = build_loss(
+            cfg["loss"], ds.num_classes, weights=cfg["loss_weights"],
+            ignore_index=getattr(ds, "ignore_label", None),
+        )
         distill = None
         distill_gen = torch.Generator().manual_seed(int(cfg["seed"]))
         if cfg["distill_ifd"] > 0 or cfg["distill_scr"] > 0:
