@@ -58,7 +58,9 @@ def case_metrics(
 ) -> dict[int, dict[str, float]]:
     """Dice and HD95 per foreground class of one case: ``{class_index: {"dice", "hd95"}}``.
 
-    Pixels outside ``case.roi`` (e.g. the DRIVE field of view) are ignored when present.
+    Pixels outside ``case.roi`` (e.g. the DRIVE field of view) are ignored when present,
+    and so are pixels whose reference is ``case.ignore_label`` (nnU-Net's ignore label:
+    removed from prediction and reference before scoring, as nnU-Net's evaluator).
     HD95 is in mm when the spacing is known under ``"strict"`` (see :func:`hd95_unit`),
     else in voxels. Under ``"strict"`` a class absent from both maps is NaN.
     """
@@ -66,9 +68,15 @@ def case_metrics(
 
     use_mm = hd95_unit(case, protocol) == "mm"
     spacing = tuple(float(s) for s in case.spacing) if use_mm else None
+    gt, roi = case.label, case.roi
+    ignore = getattr(case, "ignore_label", None)
+    if ignore is not None:
+        keep = np.asarray(gt) != ignore
+        gt = np.where(keep, gt, 0)
+        roi = keep if roi is None else keep & np.asarray(roi, dtype=bool)
     result = evaluate_case(
-        pred, case.label, num_classes, spacing=spacing, protocol=protocol,
-        metrics=("dice", "hd95"), roi=case.roi,
+        pred, gt, num_classes, spacing=spacing, protocol=protocol,
+        metrics=("dice", "hd95"), roi=roi,
     )
     return {int(k): {m: float(v) for m, v in vals.items()} for k, vals in result.items() if int(k) != 0}
 
@@ -268,7 +276,8 @@ def run_test(
     model_name = ckpt["model"]["name"]
     summary, table = mean_table(rows, class_names, protocol, predicted=predicted,
                                 model_name=model_name, hd_unit=hd_unit)
-    (out / "summary.md").write_text(f"# Test of {model_name} on {ds.name} ({split})\n\n" + table)
+    title = getattr(ds, "title", None) or ds.name  # dataset.json's "name" when it has one
+    (out / "summary.md").write_text(f"# Test of {model_name} on {title} ({split})\n\n" + table)
     with (out / "cases.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["case", "class_index", "class_name", "dice", "hd95"])
         writer.writeheader()
