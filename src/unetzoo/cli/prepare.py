@@ -40,7 +40,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     n = sub.add_parser("nnunet", help="build the memory-mapped slice cache of an nnU-Net folder")
     n.add_argument("root", help="nnU-Net v2 raw (or MSD) dataset folder")
-    n.add_argument("--cache-dir", help="cache folder (default ROOT/.unetzoo_cache)")
+    n.add_argument("--cache-dir", help="cache folder (default $UNETZOO_CACHE/nnunet)")
     n.add_argument("--slice-axis", type=int, choices=(0, 1, 2), default=None,
                    help="file axis to slice along (default: largest spacing)")
     n.add_argument("--ct-window", type=float, nargs=2, default=(-125.0, 275.0),
