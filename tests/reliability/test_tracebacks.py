@@ -153,6 +153,8 @@ def test_resume_with_other_model_option(tmp_path, capsys, phantom_root):
         ({"loss_weights": "abc"}, "loss-weights"),
         ({"loss_weights": [0.5, "x"]}, "loss-weights"),
         ({"loss_weights": [-1, 2]}, "loss-weights"),
+        ({"loss_weights": ["0.4", "0.6"]}, "loss-weights"),
+        ({"loss_weights": {"ce": "x"}}, "loss-weights"),
         ({"deep_supervision_weights": {"a": 1}}, "deep-supervision-weights"),
         ({"val_fraction": "abc"}, "val-fraction"),
         ({"amp": "yes"}, "amp"),

@@ -381,25 +381,23 @@ def _is_int(value: Any) -> bool:
 
 
 def _weights(cfg: dict[str, Any], key: str) -> None:
+    """A list of numbers >= 0, not all 0 (``loss_weights`` may also map term -> weight,
+    as ``build_loss`` takes); ``"abc"`` used to reach the loss as a traceback."""
     value = cfg[key]
     if value is None:
         return
-    items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    ok = isinstance(items, (list, tuple)) and len(items) > 0
-    if ok:
-        try:
-            nums = [float(v) for v in items]
-        except (TypeError, ValueError):
-            ok = False
-        else:
-            ok = all(not isinstance(v, bool) for v in items) and all(
-                math.isfinite(v) and v >= 0 for v in nums
-            ) and sum(nums) > 0
+    mapping = key == "loss_weights" and isinstance(value, dict)
+    items = list(value.values()) if mapping else value
+    ok = isinstance(items, (list, tuple)) and len(items) > 0 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in items
+    ) and sum(items) > 0
     if not ok:
+        what = "a list (or term: weight mapping)" if key == "loss_weights" else "a list"
         raise ConfigError(
-            f"{key.replace('_', '-')} must be a list of numbers >= 0 (not all 0), got {value!r}"
+            f"{key.replace('_', '-')} must be {what} of numbers >= 0, not all 0; got {value!r}"
         )
-    cfg[key] = nums
+    cfg[key] = {str(k): float(v) for k, v in value.items()} if mapping else [float(v) for v in items]
 
 
 def _positive(cfg: dict[str, Any], key: str, kind: type = int) -> None:
