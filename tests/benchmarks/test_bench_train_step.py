@@ -17,11 +17,14 @@ def test_tiny_rows(tmp_path, capsys):
     rows = bench.main(["--tiny", "--threads", "1", "--json", str(out)])
     assert "Machine:" in capsys.readouterr().out
     by_side = {r["side"]: r for r in rows}
-    assert set(by_side) == {"unetzoo", "smp"}
-    assert by_side["smp"]["time_vs_smp"] == 1.0
+    assert set(by_side) == {"unetzoo", "unetzoo-smpdec", "smp"}
+    assert by_side["smp"]["time_vs_smp"] == 1.0 == by_side["smp"]["memory_vs_smp"]
     assert by_side["unetzoo"]["params"] != by_side["smp"]["params"]  # different decoders
+    # smp's decoder on unetzoo's encoder: the same architecture, the same weight count
+    assert by_side["unetzoo-smpdec"]["params"] == by_side["smp"]["params"]
+    assert "published" in by_side["unetzoo"]["model"]
     assert all(r["step_ms"] > 0 and r["activations_MiB"] > 0 for r in rows)
-    assert len(json.loads(out.read_text())["rows"]) == 2
+    assert len(json.loads(out.read_text())["rows"]) == 3
 
 
 def test_step_updates_weights():
