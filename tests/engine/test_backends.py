@@ -154,3 +154,53 @@ def test_backend_names_and_devices_are_checked():
     with pytest.raises(ConfigError, match="runs on the CPU"):
         make_backend(model, "onnxruntime", device="cuda")
     assert make_backend(model, "auto", device="cuda") is model
+
+
+# ---------------------------------------------------------------- CLI
+def _saved_checkpoint(path):
+    from unetzoo.engine.checkpoint import save_checkpoint
+
+    model = _model()
+    save_checkpoint({
+        "model": {"name": "unet", "options": dict(model.unetzoo_options)},
+        "state_dict": model.state_dict(), "class_names": ["background", "a", "b"],
+        "in_channels": 1, "img_size": SIZE, "preprocessing": {"kind": "none"},
+        "dataset": "phantom", "config": {},
+    }, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["test", "predict"])
+def test_cli_bad_backend_is_one_line(command, tmp_path, capsys):
+    from unetzoo.cli.main import main
+
+    argv = ["--checkpoint", str(tmp_path / "x.pt"), "--backend", "fast"]
+    argv = ["test", *argv] if command == "test" else ["predict", "in.nii.gz", *argv,
+                                                     "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown backend 'fast'; choose one of: auto, torch, onnxruntime"
+
+
+@pytest.mark.skipif(not backends.onnxruntime_available(), reason="needs onnxruntime")
+def test_cli_predict_labels_equal_across_backends_and_the_export_is_cached(tmp_path, capsys):
+    import nibabel as nib
+
+    from unetzoo.cli.main import main
+
+    ckpt = _saved_checkpoint(tmp_path / "ck" / "best.pt")
+    img = tmp_path / "case.nii.gz"
+    vol = np.random.default_rng(1).random((40, 44, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), img)
+    labels = {}
+    for backend in ("torch", "auto", "onnxruntime", "auto"):
+        out = tmp_path / f"out_{backend}_{len(labels)}"
+        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--out", str(out),
+                     "--device", "cpu", "--overlays", "0", "--backend", backend]) == 0
+        labels[len(labels)] = np.asarray(nib.load(out / "case_seg.nii.gz").dataobj)
+    for k in range(1, 4):
+        np.testing.assert_array_equal(labels[k], labels[0])
+    cached = list((tmp_path / "ck").glob("best.*.onnx"))
+    assert len(cached) == 1 and len(cached[0].name.split(".")[1]) == 16
+    # The last auto run found the cached export and measured it beside PyTorch.
+    assert "onnxruntime" in capsys.readouterr().out.splitlines()[-2]

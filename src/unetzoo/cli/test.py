@@ -27,14 +27,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--overlays", type=int, default=3, help="overlay PNG slices per case (0: none)")
     a("--batch-size", type=int, default=16, help="slices per forward pass")
     a("--device", help="cpu or cuda (default: cuda when available)")
+    a("--backend", default="auto", metavar="{auto,torch,onnxruntime}",
+      help="forward pass on CPU: auto (default) measures a channels_last copy and ONNX "
+      "Runtime against PyTorch on the first slices and runs the fastest with identical "
+      "labels; onnxruntime exports once, cached beside the checkpoint; torch as is")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetzoo.engine.backends import check_backend
     from unetzoo.engine.distributed import check_device, resolve_device
     from unetzoo.engine.evaluation import run_test
     from unetzoo.errors import ConfigError
 
+    check_backend(args.backend)
     resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
     args.device = check_device(args.device)
     if args.max_cases is not None and args.max_cases < 1:
@@ -54,5 +60,6 @@ def run(args: argparse.Namespace) -> int:
         overlays=max(args.overlays, 0),
         device=args.device,
         batch_size=args.batch_size,
+        backend=args.backend,
     )
     return 0

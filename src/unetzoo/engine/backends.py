@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -344,8 +343,8 @@ class AutoBackend(nn.Module):
         self.chosen, self.backend = options[best], best
         if self.verbose:
             timed = ", ".join(f"{k} {self.timings[k] * 1e3:.0f} ms" for k in options)
-            print(f"backend: {best} (probe of {probe.shape[0]} slice(s): {timed})",
-                  file=sys.stderr, flush=True)
+            # stdout: stderr is kept for errors and warnings (one line each)
+            print(f"backend: {best} (probe of {probe.shape[0]} slice(s): {timed})", flush=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.chosen is None:
@@ -383,7 +382,7 @@ def make_backend(
         probe_slices: slices of the first batch that ``auto`` times each candidate on.
         defer_after_s: forward seconds after which ``auto`` exports an ONNX file that
             is not cached yet (0: at once).
-        verbose: ``auto`` prints its choice and timings on stderr.
+        verbose: ``auto`` prints its choice and timings on stdout.
 
     Raises:
         ConfigError: an unknown backend, ``onnxruntime`` off the CPU or not installed.

@@ -177,6 +177,7 @@ def run_test(
     device: str | torch.device | None = None,
     batch_size: int = 16,
     verbose: bool = True,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -190,14 +191,19 @@ def run_test(
         tta: flip test-time augmentation.
         protocol: empty-mask protocol, ``"strict"`` or ``"transunet"``.
         overlays: overlay PNG slices per case (0 disables).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"``, the forward pass on CPU
+            (:mod:`unetzoo.engine.backends`; the ONNX export is cached beside the
+            checkpoint file).
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
     """
     from unetzoo.data import get_dataset
+    from unetzoo.engine.backends import check_backend, make_backend
     from unetzoo.metrics import present_classes
     from unetzoo.metrics.per_case import write_json
 
+    check_backend(backend)  # a bad name is one line before any work
     ckpt_path = None if isinstance(checkpoint, dict) else Path(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     if dataset is None or isinstance(dataset, str):
@@ -230,6 +236,8 @@ def run_test(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_from_checkpoint(ckpt, device=device)
+    model = make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
+                         verbose=verbose)
     img_size = int(ckpt["img_size"])
     if out_dir is None:
         base = ckpt_path.parent if ckpt_path is not None else Path(".")

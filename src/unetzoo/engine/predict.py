@@ -301,20 +301,27 @@ def predict_files(
     overlays: int = 3,
     verbose: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    backend: str = "torch",
 ) -> list[dict[str, Any]]:
     """Segment every input file and write label maps plus overlay PNGs to ``out_dir``.
 
     Label maps keep the input's geometry: NIfTI in -> ``<stem>_seg.nii.gz`` with the same
     shape and affine; PNG/JPG/BMP in -> ``<stem>_seg.png``; TIF in -> ``<stem>_seg.tif``
     (class indices as uint8). ``device`` is checked (``cpu``, ``cuda``, ``cuda:N``,
-    ``mps``; default CUDA when available). Returns one record per input.
+    ``mps``; default CUDA when available). ``backend`` (``torch``, ``onnxruntime``,
+    ``auto``) picks the forward pass on CPU (:mod:`unetzoo.engine.backends`). Returns
+    one record per input.
     """
+    from unetzoo.engine.backends import check_backend, make_backend
     from unetzoo.engine.distributed import resolve_device
 
+    check_backend(backend)
     dev = resolve_device(device)
     _check_inputs(inputs)
     ckpt = load_checkpoint(checkpoint)  # checks the inference spec and finite weights
     model = model_from_checkpoint(ckpt, device=dev)
+    model = make_backend(model, backend, checkpoint=checkpoint, ckpt=ckpt, device=dev,
+                         verbose=verbose)
     return predict_files_with_model(
         inputs, model, ckpt, out_dir, tta=tta, device=dev, batch_size=batch_size,
         overlays=overlays, verbose=verbose, max_pixels=max_pixels, source=checkpoint,
