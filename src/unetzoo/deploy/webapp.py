@@ -19,27 +19,17 @@ from typing import Any
 import numpy as np
 
 from unetzoo.deploy import uploads
+from unetzoo.engine.logging import display
+from unetzoo.engine.logging.display import ALPHA, PALETTE, class_color  # noqa: F401 (API)
 from unetzoo.errors import DataError, UnetzooError
 
 DEMO_CHOICE = "phantom demo model"
-# Distinct colours for classes 1..N (background is not painted); tab10 then tab20b.
-PALETTE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (127, 127, 127),
-    (57, 59, 121), (82, 84, 163), (140, 162, 82), (189, 158, 57), (173, 73, 74),
-]
-ALPHA = 0.45
 DISPLAY_SIZE = 384  # small slices are shown enlarged to at least this many pixels
 CSS = """
 #legend table {border-collapse: collapse; font-size: 0.9em}
 #legend td, #legend th {padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: left}
 #legend .swatch {display: inline-block; width: 14px; height: 14px; border-radius: 3px}
 """
-
-
-def class_color(k: int) -> tuple[int, int, int]:
-    """RGB colour of class ``k >= 1``."""
-    return PALETTE[(k - 1) % len(PALETTE)]
 
 
 @dataclass
@@ -66,36 +56,55 @@ class Segmentation:
     download: Path
     gt: np.ndarray | None = None
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: maps ``(d, h, w)`` of ``labels`` to RAS+ world mm (NIfTI uploads), else None
+    affine: np.ndarray | None = None
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
-    """``(D, H, W)`` floats -> uint8 grey, 1st..99th percentile stretched over the volume."""
-    lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
-    if hi <= lo:
-        lo, hi = float(image.min(initial=0)), float(image.max(initial=1))
-        hi = hi if hi > lo else lo + 1.0
-    return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    """``(D, H, W)`` floats -> uint8 grey through the project's window over the volume
+    (:func:`unetzoo.engine.logging.display.display_window`)."""
+    return display.to_grey(image)
 
 
 def render_overlay(
-    grey: np.ndarray, labels: np.ndarray, alpha: float = ALPHA, min_size: int = 1
+    grey: np.ndarray,
+    labels: np.ndarray,
+    alpha: float = ALPHA,
+    min_size: int = 1,
+    orientation: display.SliceOrientation | None = None,
+    errors_against: np.ndarray | None = None,
 ) -> np.ndarray:
-    """RGB uint8: ``grey`` ``(H, W)`` with labels > 0 blended in their colours.
+    """RGB uint8: ``grey`` ``(H, W)`` with labels > 0 blended in their colours (or, with
+    ``errors_against`` a reference, the error map of ``labels`` against it).
 
-    Images smaller than ``min_size`` are enlarged by a whole factor (nearest neighbour,
-    so every pixel stays a visible block): ``(k H, k W, 3)``.
+    ``orientation`` turns the slice to radiological display and draws its L/R/A/P/S/I
+    markers. Images smaller than ``min_size`` are enlarged by a whole factor (nearest
+    neighbour, so every pixel stays a visible block): ``(k H, k W, 3)``.
     """
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    for k in np.unique(labels):
-        if k == 0:
-            continue
-        m = labels == k
-        rgb[m] = (1 - alpha) * rgb[m] + alpha * np.array(class_color(int(k)), np.float32)
-    out = rgb.round().astype(np.uint8)
+    if errors_against is None:
+        out = display.blend(grey, labels, alpha)
+    else:
+        out = display.error_map(grey, labels, errors_against)
+    if orientation is not None:
+        out = orientation.apply(out)
     factor = max(1, -(-int(min_size) // max(out.shape[:2])))
     if factor > 1:
         out = np.repeat(np.repeat(out, factor, axis=0), factor, axis=1)
-    return out
+    return out if orientation is None else display.draw_markers(out, orientation)
+
+
+def render_view(seg: Segmentation, z: int, min_size: int = 1) -> np.ndarray:
+    """The picture the demo shows for slice ``z``: the prediction overlay in radiological
+    orientation with markers and, when a ground truth was given, the ground truth on its
+    left and the error map (false positive / negative, wrong class) on its right."""
+    o = display.slice_orientation(seg.affine)
+    pred = render_overlay(seg.display[z], seg.labels[z], min_size=min_size, orientation=o)
+    if seg.gt is None:
+        return pred
+    ref = render_overlay(seg.display[z], seg.gt[z], min_size=min_size, orientation=o)
+    err = render_overlay(seg.display[z], seg.labels[z], min_size=min_size, orientation=o,
+                         errors_against=seg.gt[z])
+    return display.side_by_side([ref, pred, err])
 
 
 def _fmt(v: float, digits: int = 3) -> str:
@@ -255,6 +264,7 @@ class DemoBackend:
             spacing=spacing,
             is_volume=up.is_volume,
             download=uploads.write_label_map(labels, up, folder),
+            affine=display.file_to_array_affine(up.affine),
         )
         if gt_path:
             gt = uploads.read_mask(gt_path, labels.shape, len(lm.class_names),
@@ -317,8 +327,7 @@ def build_app(backend: DemoBackend) -> Any:
         if seg is None:
             return None, ""
         z = int(np.clip(int(z or 0), 0, seg.labels.shape[0] - 1))
-        overlay = render_overlay(seg.display[z], seg.labels[z], min_size=DISPLAY_SIZE)
-        return overlay, legend_html(seg, z)
+        return render_view(seg, z, min_size=DISPLAY_SIZE), legend_html(seg, z)
 
     def run(file, gt, choice, spacing):
         if file is None:
@@ -358,7 +367,9 @@ def build_app(backend: DemoBackend) -> Any:
         gr.Markdown(
             "# unetzoo: segmentation demo\nUpload a PNG / JPEG / TIFF image or a NIfTI "
             "volume, pick a model and press **Segment**. Add a ground-truth mask to get "
-            "Dice and HD95."
+            "Dice, HD95 and, beside the prediction, the ground truth and an error map "
+            "(red: false positive, blue: false negative, yellow: wrong class). Volumes are "
+            "shown in radiological convention (patient's left on the image's right)."
         )
         state = gr.State(None)
         with gr.Row():

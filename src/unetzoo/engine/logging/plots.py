@@ -1,4 +1,7 @@
-"""metrics.csv per epoch, PNG plots of the history, and label overlays (matplotlib Agg)."""
+"""metrics.csv per epoch, PNG plots of the history, and label overlays (matplotlib Agg).
+
+Colours, intensity window and orientation of the overlays come from
+:mod:`unetzoo.engine.logging.display`, the one home of how slices are shown."""
 
 from __future__ import annotations
 
@@ -14,6 +17,20 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+
+from unetzoo.engine.logging.display import (  # noqa: E402
+    ALPHA,
+    ERROR_COLORS,
+    class_colors,
+    slice_orientation,
+    slice_panels,
+)
+
+# Axes-fraction position and alignment of each orientation marker.
+_MARKER_SPOTS = {
+    "top": (0.5, 0.98, "center", "top"), "bottom": (0.5, 0.02, "center", "bottom"),
+    "left": (0.02, 0.5, "left", "center"), "right": (0.98, 0.5, "right", "center"),
+}
 
 
 class MetricsLog:
@@ -137,23 +154,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def class_colors(num_classes: int) -> np.ndarray:
-    """``(num_classes, 3)`` RGB in [0, 1]; class 0 (background) is black."""
-    cmap = plt.get_cmap("tab10" if num_classes <= 11 else "tab20")
-    colors = np.array([cmap(i % cmap.N)[:3] for i in range(max(num_classes - 1, 1))])
-    return np.vstack([np.zeros((1, 3)), colors])[:num_classes]
-
-
-def _blend(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
-    lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
-    gray = np.clip((image - lo) / (hi - lo + 1e-8), 0, 1)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    mask = labels > 0
-    lab = np.clip(labels, 0, len(colors) - 1)
-    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colors[lab[mask]]
-    return rgb
-
-
 def overlay_png(
     path: str | Path,
     image: np.ndarray,
@@ -161,26 +161,43 @@ def overlay_png(
     class_names: Sequence[str],
     gt: np.ndarray | None = None,
     title: str = "",
-    alpha: float = 0.5,
+    alpha: float = ALPHA,
+    *,
+    affine: np.ndarray | None = None,
+    window: tuple[float, float] | None = None,
+    ignore_label: int | None = None,
 ) -> Path:
-    """Save image | ground truth | prediction panels with a class legend.
+    """Save image | ground truth | prediction | error map panels with a class legend,
+    in radiological orientation with L/R/A/P/S/I markers (:mod:`.display`).
 
     Args:
         image: ``(H, W)`` intensities (first channel of the input).
         pred: ``(H, W)`` integer labels.
         gt: ``(H, W)`` labels or None (then only image and prediction).
+        affine: the case's ``(d, h, w)`` affine (``Case.affine``); None shows the slice
+            as stored, without markers.
+        window: ``(lo, hi)`` intensities (default: percentiles of this slice).
+        ignore_label: gt value of unannotated pixels (grey, not errors).
     """
-    colors = class_colors(len(class_names))
-    panels = [("image", _blend(image, np.zeros_like(pred), colors, 0.0))]
-    if gt is not None:
-        panels.append(("ground truth", _blend(image, gt, colors, alpha)))
-    panels.append(("prediction", _blend(image, pred, colors, alpha)))
+    orientation = slice_orientation(affine)
+    panels = slice_panels(image, pred, gt, orientation=orientation, window=window,
+                          ignore_label=ignore_label, alpha=alpha)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (name, rgb) in zip(np.atleast_1d(axes), panels):
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
+        for edge, letter in orientation.markers.items():
+            x, y, ha, va = _MARKER_SPOTS[edge]
+            ax.text(x, y, letter, transform=ax.transAxes, ha=ha, va=va, fontsize=8,
+                    color="white", fontweight="bold",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+    colors = class_colors(len(class_names))
     handles = [Patch(color=colors[i], label=class_names[i]) for i in range(1, len(class_names))]
+    if gt is not None:
+        handles += [Patch(color=np.asarray(ERROR_COLORS[k]) / 255.0, label=label)
+                    for k, label in (("tp", "correct"), ("fp", "false positive"), ("fn", "false negative"),
+                                     ("wrong", "wrong class"))]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7)
     if title:
