@@ -31,6 +31,7 @@ import torch
 
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
+from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.errors import CheckpointError, DataError
 
@@ -268,11 +269,14 @@ def run_test(
         if save_predictions:
             save_prediction_nifti(out / "predictions" / f"{_safe(cid)}.nii.gz", pred, case)
         if overlays:
+            # Radiological orientation from the affine, one window for the whole volume.
+            window = display_window(case.image[0])
             for z in pick_slices(case.label, overlays):
                 overlay_png(
                     out / "overlays" / f"{_safe(cid)}_slice{z:03d}.png",
                     case.image[0, z], pred[z], class_names, gt=case.label[z],
-                    title=f"{cid}, slice {z}",
+                    title=f"{cid}, slice {z}", affine=case.affine, window=window,
+                    ignore_label=getattr(case, "ignore_label", None),
                 )
         if verbose:
             scored = [r["dice"] for r in rows if r["case"] == cid and not np.isnan(r["dice"])]
