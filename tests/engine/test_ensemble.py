@@ -84,6 +84,9 @@ def test_load_ensemble_from_checkpoints(tmp_path):
     x = torch.randn(1, 1, IMG, IMG)
     ref = (predict_probs(single, x) + predict_probs(ens.load_ensemble([b])[0], x)) / 2
     torch.testing.assert_close(predict_probs(model, x), ref, atol=1e-6, rtol=1e-5)
+    seen = []
+    wrapped, _ = ens.load_ensemble([a, b], wrap=lambda m, p, ck: seen.append(p) or m)
+    assert seen == [str(a), str(b)] and isinstance(wrapped, ens.EnsembleModel)
 
 
 @pytest.mark.parametrize(

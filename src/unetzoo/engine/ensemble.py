@@ -18,7 +18,7 @@ weights: class names, input channels, training image size and intensity preproce
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +86,17 @@ def check_compatible(ckpts: Sequence[dict[str, Any]], names: Sequence[str]) -> N
 
 
 def load_ensemble(
-    paths: Sequence[str | Path], device: str | torch.device = "cpu"
+    paths: Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    wrap: Callable[[nn.Module, str, dict[str, Any]], nn.Module] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` for one checkpoint (the model itself) or several (an
     :class:`EnsembleModel`); ``meta`` is the first checkpoint's dict with ``"members"``
-    (the paths) added, the keys prediction reads being equal across members."""
+    (the paths) added, the keys prediction reads being equal across members.
+
+    ``wrap(model, path, ckpt)`` replaces each member before the ensemble is formed, e.g.
+    with its CPU backend (:func:`unetzoo.engine.backends.make_backend`).
+    """
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     names = [str(p) for p in paths]
@@ -101,6 +107,8 @@ def load_ensemble(
     ckpts = [load_checkpoint(p) for p in names]
     check_compatible(ckpts, names)
     models = [model_from_checkpoint(ck, device=device) for ck in ckpts]
+    if wrap is not None:
+        models = [wrap(m, name, ck) for m, name, ck in zip(models, names, ckpts)]
     meta = dict(ckpts[0])
     meta["members"] = names
     if len(models) == 1:
