@@ -15,7 +15,7 @@ engine's inference functions (:func:`~unetzoo.engine.inference.predict_volume`,
 - ``"auto"``: on CPU, measured once on the first batch: the NCHW model, a
   ``channels_last`` copy of it (the caller's model is never converted) and ONNX Runtime
   (when installed and its export for this checkpoint is cached) each run on a probe of
-  ``probe_slices`` slices, warm-up then timed; among those whose argmax labels equal the
+  ``probe_slices`` slice(s) (default 1: about 1 % of a Synapse volume per candidate), warm-up then timed; among those whose argmax labels equal the
   NCHW model's on the probe, the fastest runs from then on. An export that is not cached
   yet is made, and joins the measurement, only once the job has spent
   :data:`EXPORT_AFTER_S` seconds in forward passes (a short job never pays for it). On
@@ -295,7 +295,7 @@ class AutoBackend(nn.Module):
     def __init__(self, reference: nn.Module,
                  candidates: dict[str, Callable[[], nn.Module]],
                  deferred: dict[str, Callable[[], nn.Module]] | None = None,
-                 probe_slices: int = 2, defer_after_s: float = EXPORT_AFTER_S,
+                 probe_slices: int = 1, defer_after_s: float = EXPORT_AFTER_S,
                  verbose: bool = False) -> None:
         super().__init__()
         self.reference = reference
@@ -366,7 +366,7 @@ def make_backend(
     ckpt: dict[str, Any] | None = None,
     img_size: int | None = None,
     device: str | torch.device | None = None,
-    probe_slices: int = 2,
+    probe_slices: int = 1,
     defer_after_s: float = EXPORT_AFTER_S,
     verbose: bool = False,
 ) -> nn.Module:
