@@ -119,6 +119,19 @@ def _check_size(shape: tuple[int, ...], where: Path, max_pixels: int, volume: bo
         )
 
 
+def _check_header(p: Path, max_pixels: int) -> None:
+    """Shape checks from the file header alone: nothing is decoded."""
+    from unetzoo.data.io import nifti_shape, picture_shape
+
+    if _kind(p) == "nifti":
+        shape = nifti_shape(p)
+        if len(shape) < 2 or len(shape) > 4:
+            raise DataError(f"{p}: expected a 3-D (or 3-D + channels) volume, got shape {shape}")
+        _check_size(shape, p, max_pixels, volume=len(shape) > 2)
+    else:
+        _check_size(picture_shape(p), p, max_pixels, volume=False)
+
+
 def check_inference_spec(meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
     """``meta`` with ``img_size`` / ``in_channels`` as ints, after checking the keys
     prediction needs (a checkpoint's, or an exported file's metadata).
@@ -214,16 +227,13 @@ def read_input(
     or signed pictures (raw intensities) get ``spec``. Size and emptiness are checked
     from the header before decoding, finiteness after.
     """
-    from unetzoo.data.io import load_nifti, load_picture, nifti_shape, picture_shape
+    from unetzoo.data.io import load_nifti, load_picture
     from unetzoo.data.nnunet import reorient
     from unetzoo.data.preprocessing import display_bit_depth, normalize, normalize_picture
 
     p = Path(path)
+    _check_header(p, max_pixels)
     if _kind(p) == "nifti":
-        shape = nifti_shape(p)
-        if len(shape) < 2 or len(shape) > 4:
-            raise DataError(f"{p}: expected a 3-D (or 3-D + channels) volume, got shape {shape}")
-        _check_size(shape, p, max_pixels, volume=len(shape) > 2)
         arr, affine, zooms = load_nifti(p)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
             raise DataError(f"{p}: voxels of type {arr.dtype} are not intensities; save real numbers")
@@ -237,7 +247,6 @@ def read_input(
         if vol.shape[0] != in_channels:
             raise DataError(f"{p}: volume has {vol.shape[0]} channel(s) but the model takes {in_channels}")
         return Input("nifti", normalize(vol.astype(np.float32), spec), affine, tuple(order))
-    _check_size(picture_shape(p), p, max_pixels, volume=False)
     raw = load_picture(p)
     _check_finite(raw, p)
     chans = _to_channels(raw, in_channels, p)
@@ -317,7 +326,7 @@ def predict_files(
 
     check_backend(backend)
     dev = resolve_device(device)
-    _check_inputs(inputs)
+    _check_inputs(inputs, max_pixels)
     ckpt = load_checkpoint(checkpoint)  # checks the inference spec and finite weights
     model = model_from_checkpoint(ckpt, device=dev)
     model = make_backend(model, backend, checkpoint=checkpoint, ckpt=ckpt, device=dev,
@@ -328,7 +337,11 @@ def predict_files(
     )
 
 
-def _check_inputs(inputs: list[str | Path]) -> list[Path]:
+def _check_inputs(inputs: list[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Path]:
+    """Every input exists, has a known type and passes the header checks: a bad file
+    among many stops the run before the model is loaded or anything is written."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise DataError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise DataError("no input files given; pass one or more NIfTI/PNG/TIF paths")
@@ -336,6 +349,7 @@ def _check_inputs(inputs: list[str | Path]) -> list[Path]:
         _kind(p)
         if not p.is_file():
             raise DataError(f"input {p} does not exist")
+        _check_header(p, max_pixels)
     return paths
 
 
@@ -361,9 +375,7 @@ def predict_files_with_model(
     from unetzoo.data.io import save_nifti
     from unetzoo.engine.trainer import check_output_dir
 
-    paths = _check_inputs(inputs)
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise DataError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    paths = _check_inputs(inputs, max_pixels)
     meta = check_inference_spec(meta, source)
     img_size = meta["img_size"]
     in_ch = meta["in_channels"]
