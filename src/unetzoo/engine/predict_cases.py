@@ -146,6 +146,7 @@ def predict_cases(
     ``class_names``, ``preprocessing``), checked as
     :func:`unetzoo.engine.predict.check_inference_spec` does.
     """
+    from unetzoo.engine.logging.display import file_to_array_affine
     from unetzoo.engine.logging.plots import overlay_png, pick_slices
     from unetzoo.engine.postprocess import apply_postprocessing, check_plan
     from unetzoo.engine.predict import (
@@ -243,7 +244,8 @@ def predict_cases(
         if overlays:
             for z in pick_slices(labels, overlays):
                 png = out / f"{case}_overlay{'' if labels.shape[0] == 1 else f'_slice{z:03d}'}.png"
-                _write(png, overlay_png, png, image[0, z], labels[z], class_names, title=case)
+                _write(png, overlay_png, png, image[0, z], labels[z], class_names, title=case,
+                       affine=file_to_array_affine(affine, order))  # radiological display
                 shown.append(str(png))
         counts = {class_names[k]: int((labels == k).sum()) for k in range(1, len(class_names))}
         records.append({

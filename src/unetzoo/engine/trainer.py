@@ -33,6 +33,12 @@ from unetzoo.engine.checkpoint import (
 )
 from unetzoo.engine.config import dump_yaml, poly_lr
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
+from unetzoo.engine.logging.tensorboard import (
+    IMAGES_PER_VALIDATION,
+    log_validation,
+    pick_sample,
+    validation_loss,
+)
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
 
 
@@ -255,10 +261,14 @@ def train(
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         # nnU-Net's ignore label: unannotated pixels count for neither CE nor Dice.
-        criterion = build_loss(
-            cfg["loss"], ds.num_classes, weights=cfg["loss_weights"],
-            ignore_index=getattr(ds, "ignore_label", None),
-        )
+        ignore = getattr(ds, "ignore_label", None)
+        loss_options = {} if ignore is None else {"ignore_index": int(ignore)}
+        criterion = build_loss(cfg["loss"], ds.num_classes, weights=cfg["loss_weights"],
+                               **loss_options)
+        # The same loss for the validation loss, its own instance (stateless losses
+        # today, but nothing of validation may touch the training one).
+        val_criterion = build_loss(cfg["loss"], ds.num_classes, weights=cfg["loss_weights"],
+                                   **loss_options)
         distill = None
         distill_gen = torch.Generator().manual_seed(int(cfg["seed"]))
         if cfg["distill_ifd"] > 0 or cfg["distill_scr"] > 0:
@@ -429,7 +439,13 @@ def train(
             improved = False
             if info.is_main:
                 if do_eval:
-                    val = validate(model, ds, val_split, val_cases, cfg, info.device)
+                    details: dict[str, Any] = {}
+                    val = validate(model, ds, val_split, val_cases, cfg, info.device,
+                                   collect=details if writer is not None else None)
+                    val["val_loss"] = validation_loss(
+                        model, ds, val_split, val_cases, val_criterion, int(cfg["img_size"]),
+                        int(cfg["batch_size"]), info.device,
+                    )
                     row.update(val)
                     # NaN (no class scored) never beats a score, yet the first validation
                     # still gives best.pt a model, so the final test has one to load.
@@ -444,6 +460,9 @@ def train(
                     for k, v in row.items():
                         if k != "epoch" and isinstance(v, (int, float)):
                             writer.add_scalar(k.replace("_", "/", 1) if k.startswith("val_") else f"train/{k}", v, epoch + 1)
+                    if do_eval:  # per-class Dice and a few overlays (engine/logging/tensorboard)
+                        log_validation(writer, epoch + 1, details.get("per_class_dice", {}),
+                                       details.get("samples", ()))
                     writer.flush()
                 rng = capture_rng_state(generator)
                 rng["distill"] = distill_gen.get_state()
@@ -541,7 +560,10 @@ def _supervised_loss(criterion, out, y: torch.Tensor, cfg: dict[str, Any]):
 
 
 @torch.no_grad()
-def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, Any], device) -> dict[str, float]:
+def validate(
+    model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, Any], device,
+    collect: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Mean foreground Dice and HD95 over ``cases`` (volume inference, TransUNet resize).
 
     The same aggregation as the test report (``unetzoo.engine.evaluation.summary_table``):
@@ -549,6 +571,10 @@ def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, 
     at least one scored case. Under ``"strict"`` a class absent from both prediction and
     reference is not scored (it never counts as a success) and a missed class scores Dice
     0; ``val_dice`` is NaN when no class was scored at all, which never beats a best model.
+
+    ``collect`` (for TensorBoard), when given, receives ``"per_class_dice"`` ``{class
+    name: mean Dice}`` and ``"samples"``, one :class:`~unetzoo.engine.logging.tensorboard.
+    ValidationSample` for each of the first ``IMAGES_PER_VALIDATION`` cases.
     """
     from unetzoo.engine.evaluation import case_metrics, summary_table
     from unetzoo.engine.inference import predict_volume
@@ -566,9 +592,15 @@ def validate(model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, 
             )
             per_class = case_metrics(pred, case, ds.num_classes, cfg["protocol"])
             rows += [{"case": cid, "class_index": k, **m} for k, m in per_class.items()]
+            if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
+                collect["samples"].append(pick_sample(case, pred))
     finally:
         model.train(was_training)
     table = summary_table(rows, list(ds.class_names), cfg["protocol"])
+    if collect is not None:
+        collect["per_class_dice"] = {
+            name: float(table.per_class["dice"][k]) for k, name in enumerate(table.class_names)
+        }
     return {"val_dice": float(table.mean["dice"]), "val_hd95": float(table.mean["hd95"])}
 
 

@@ -182,13 +182,17 @@ def slice_orientation(affine: np.ndarray | None) -> SliceOrientation:
     )
 
 
-def file_to_array_affine(affine: np.ndarray | None) -> np.ndarray | None:
-    """The affine of ``(D, H, W) = (k, j, i)`` arrays from a NIfTI file's ``(i, j, k)``
-    affine (the demo's uploads are read that way)."""
-    if affine is None:
+def file_to_array_affine(
+    affine: np.ndarray | None, order: Sequence[int] | None = (2, 1, 0)
+) -> np.ndarray | None:
+    """The affine of ``(D, H, W)`` arrays whose axes are the file axes ``order`` (as
+    :func:`unetzoo.data.nnunet.reorient` returns it) from the file's ``(i, j, k)``
+    affine; the default ``(k, j, i)`` is how the demo reads uploads. None when either is
+    unknown."""
+    if affine is None or order is None:
         return None
     aff = np.asarray(affine, dtype=np.float64)
-    return aff[:, [2, 1, 0, 3]]
+    return aff[:, [*(int(a) for a in order), 3]]
 
 
 # ----------------------------------------------------------------------- panels

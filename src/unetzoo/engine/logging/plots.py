@@ -92,7 +92,8 @@ def _fmt(v: Any) -> Any:
 
 
 def plot_history(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Write ``loss.png`` (every loss term) and ``val_metrics.png`` (val Dice, HD95).
+    """Write ``loss.png`` (every training loss term and the validation loss) and
+    ``val_metrics.png`` (val Dice, HD95).
 
     Returns the written paths (only plots that have data).
     """
@@ -100,14 +101,14 @@ def plot_history(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pa
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     epochs = [r["epoch"] for r in rows]
-    loss_keys = [k for k in _keys(rows) if k.startswith("loss")]
+    loss_keys = [k for k in _keys(rows) if k.startswith("loss") or k == "val_loss"]
     if loss_keys and epochs:
         fig, ax = plt.subplots(figsize=(6, 4))
         for k in loss_keys:
             xs, ys = _series(rows, k)
             ax.plot(xs, ys, marker="o", ms=3, label=k)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("loss")
         ax.set_yscale("log" if all(y > 0 for k in loss_keys for y in _series(rows, k)[1]) else "linear")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
