@@ -358,6 +358,12 @@ def test_huge_png_is_refused_before_decoding(ckpt, tmp_path, capsys):
     line = _cli_error(capsys, ["predict", str(p), "--checkpoint", str(ckpt), "--out",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "8000 x 8000" in line and "--max-pixels" in line
+    # Inputs are checked before the checkpoint is even read.
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    line = _cli_error(capsys, ["predict", str(p), "--checkpoint", str(junk), "--out",
+                               str(tmp_path / "o"), "--device", "cpu"])
+    assert "8000 x 8000" in line and not (tmp_path / "o").exists()
 
 
 def test_max_pixels_applies_to_volumes_and_images(ckpt, tmp_path):
