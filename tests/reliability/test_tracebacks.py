@@ -191,8 +191,9 @@ def test_checkpoint_with_bad_img_size(tmp_path, capsys, png, command, img_size):
 @pytest.mark.parametrize(
     "stored",
     [{"base_channels": 10**6}, {"base_channels": 2**40}, {"base_channels": -3},
-     {"base_channels": 4.5}, {"base_channels": "wide"}],
-    ids=["1e6", "2^40", "negative", "fraction", "string"],
+     {"base_channels": 4.5}, {"base_channels": "wide"}, {"in_channels": "abc"},
+     {"num_classes": 2.5}],
+    ids=["1e6", "2^40", "negative", "fraction", "string", "in-channels-str", "classes-2.5"],
 )
 @pytest.mark.parametrize("command", ["predict", "export"])
 def test_checkpoint_with_absurd_width(tmp_path, capsys, png, command, stored):
@@ -202,7 +203,7 @@ def test_checkpoint_with_absurd_width(tmp_path, capsys, png, command, stored):
         "export": ["export", "--checkpoint", p, "--out", tmp_path / "m.onnx"],
     }[command]
     line = _cli_error(capsys, argv)
-    assert "base_channels" in line or "do not fit" in line
+    assert any(w in line for w in ("base_channels", "do not fit", "in_channels", "inconsistent"))
 
 
 # ------------------------------------------------------------ disk full

@@ -185,8 +185,9 @@ def model_from_checkpoint(
 
     spec = ckpt["model"]
     options = dict(spec.get("options") or {})
-    in_channels = int(options.pop("in_channels", ckpt["in_channels"]))
-    num_classes = int(options.pop("num_classes", len(ckpt["class_names"])))
+    # Not int(): create_model type-checks them and a damaged value is then one line.
+    in_channels = options.pop("in_channels", ckpt["in_channels"])
+    num_classes = options.pop("num_classes", len(ckpt["class_names"]))
     if "encoder_weights" in options:
         # The state dict below overwrites any pretrained encoder: never download or
         # read the original weight file again (it may not exist on this machine).
