@@ -179,3 +179,15 @@ def test_an_output_never_overwrites_its_input(tmp_path):
     with pytest.raises(DataError, match="would overwrite its input"):
         predict_cases([src], _model(0, 1), _meta(1), tmp_path, verbose=False)
     assert src.read_bytes() == before
+
+
+def test_headers_are_checked_before_any_prediction(folder, tmp_path):
+    from unetzoo.engine.predict_cases import check_cases
+
+    assert list(check_cases([folder])) == ["liver_001", "liver_002"]
+    with pytest.raises(DataError, match="over predict's limit"):
+        check_cases([folder], max_pixels=100)  # 13 x 11 slices
+    with pytest.raises(DataError, match="over predict's limit"):
+        predict_cases([folder], _model(0), _meta(), tmp_path / "o", verbose=False,
+                      max_pixels=100)
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -109,6 +109,43 @@ def load_medical_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[
     )
 
 
+def image_shape(path: str | Path) -> tuple[int, ...]:
+    """Array shape ``(i, j[, k][, c])`` that :func:`load_medical_image` would return, read
+    from the header alone (nothing decoded; a DICOM series from its first file and its
+    file count)."""
+    p = Path(path)
+    end = file_ending(p)
+    if end in NIFTI_ENDINGS:
+        return io.nifti_shape(p)
+
+    def info(sitk, f: Path) -> tuple[int, ...]:
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(f))
+        r.ReadImageInformation()
+        comps = r.GetNumberOfComponents()
+        return tuple(int(n) for n in r.GetSize()) + ((comps,) if comps > 1 else ())
+
+    if end in ITK_ENDINGS:
+        io.require_file(p, f"{end} image")
+        return _read_itk(p, lambda sitk: info(sitk, p))
+    if end == "dicom":
+        folder = p if p.is_dir() else p.parent
+
+        def series(sitk) -> tuple[int, ...]:
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            if not ids:
+                raise DataError(f"{folder}: no DICOM series found; give a folder of .dcm files")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
+            first = info(sitk, Path(files[0]))
+            return (*first[:2], len(files)) if len(files) > 1 else first
+
+        return _read_itk(p, series)
+    raise DataError(
+        f"{p}: unsupported medical image format; give NIfTI (.nii, .nii.gz), NRRD (.nrrd), "
+        "MetaImage (.mha, .mhd) or a DICOM series folder"
+    )
+
+
 def _read_itk(p: Path, read):
     sitk = _sitk()
     try:

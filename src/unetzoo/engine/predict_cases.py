@@ -59,6 +59,42 @@ def _output_name(case: str, files: Sequence[Path]) -> str:
     return f"{case}{medio.output_ending(files[0])}"
 
 
+def check_cases(
+    inputs: Sequence[str | Path], max_pixels: int | None = None
+) -> dict[str, list[Path]]:
+    """Group ``inputs`` into cases and check every file from its header (type, empty axes,
+    slice size): a bad file among many stops the run before any model is loaded or anything
+    is written. Returns :func:`unetzoo.data.medio.group_cases`'s mapping."""
+    from unetzoo.engine.predict import DEFAULT_MAX_PIXELS, _check_header, _check_size
+
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise DataError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    cases = medio.group_cases(inputs)
+    for case, files in cases.items():
+        ending = medio.file_ending(files[0])
+        if ending == "":
+            raise DataError(
+                f"{files[0]}: unsupported input type; give NIfTI (.nii, .nii.gz), NRRD, "
+                f"MetaImage (.mha, .mhd), a DICOM series folder, or 2-D pictures "
+                f"({', '.join(medio.PICTURE_ENDINGS)})"
+            )
+        if ending in medio.PICTURE_ENDINGS and len(files) > 1:
+            raise DataError(
+                f"case {case}: channels of a 2-D picture come in one file (RGB); got "
+                f"{len(files)} files"
+            )
+        for f in files:
+            if ending in medio.PICTURE_ENDINGS or ending in medio.NIFTI_ENDINGS:
+                _check_header(f, max_pixels)  # predict's own header rules
+                continue
+            shape = medio.image_shape(f)
+            if len(shape) < 2 or len(shape) > 4:
+                raise DataError(f"{f}: expected a 2-D or 3-D image, got shape {shape}")
+            _check_size(shape, f, max_pixels, volume=len(shape) > 2)
+    return cases
+
+
 def read_volume_case(
     case: str, files: Sequence[Path], in_channels: int, spec: dict[str, Any], max_pixels: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], int]:
@@ -158,22 +194,7 @@ def predict_cases(
     from unetzoo.engine.trainer import check_output_dir
 
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise DataError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
-    cases = medio.group_cases(inputs)
-    for case, files in cases.items():
-        ending = medio.file_ending(files[0])
-        if ending == "":
-            raise DataError(
-                f"{files[0]}: unsupported input type; give NIfTI (.nii, .nii.gz), NRRD, "
-                f"MetaImage (.mha, .mhd), a DICOM series folder, or 2-D pictures "
-                f"({', '.join(medio.PICTURE_ENDINGS)})"
-            )
-        if ending in medio.PICTURE_ENDINGS and len(files) > 1:
-            raise DataError(
-                f"case {case}: channels of a 2-D picture come in one file (RGB); got "
-                f"{len(files)} files"
-            )
+    cases = check_cases(inputs, max_pixels)
     meta = check_inference_spec(meta, source)
     if postprocessing is not None:
         check_plan(postprocessing)
