@@ -267,10 +267,23 @@ def _save(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
 
 def _progress(name: str) -> Callable[[int, int], None]:
+    """Sliding-window progress on stderr: a line rewritten in place on a terminal, at
+    most one line per 10 % in a log file."""
+    tty = sys.stderr.isatty()
+    shown = {"step": -1}
+
     def report(done: int, total: int) -> None:
-        if total > 1:
-            end = "\n" if done == total else ""
-            print(f"\r{name}: {done}/{total} windows", end=end, file=sys.stderr, flush=True)
+        if total <= 1:
+            return
+        step = done * 10 // total
+        if not tty and step == shown["step"]:
+            return
+        shown["step"] = step
+        text = f"{name}: {done}/{total} windows ({100 * done // total} %)"
+        if tty:
+            print("\r" + text, end="\n" if done == total else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     return report
 
