@@ -12,6 +12,9 @@ MSD layout: ``dataset.json`` with ``"modality"``, ``"labels": {"0": "background"
 and a ``"training": [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]``
 list (multi-channel images are 4-D, channel last), ``"test": ["./imagesTs/y.nii.gz"]``.
 
+Image files may be NIfTI, NRRD or MetaImage (``"file_ending"`` in dataset.json, as nnU-Net's
+SimpleITK reader allows), read by :func:`unetzoo.data.medio.load_medical_image`.
+
 Volumes are reoriented so that axis 0 (``D``) is the slicing axis: the through-plane axis
 (largest voxel spacing) unless ``slice_axis`` names a file axis (0, 1, 2 = i, j, k). The
 remaining two axes keep file order reversed, so for the usual k-slicing the arrays are
@@ -45,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.data import io
+from unetzoo.data import io, medio
 from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_shapes
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, normalize, spec_for_channel
 from unetzoo.errors import DataError
@@ -416,7 +419,7 @@ class NnUNetDataset(SegDataset):
         affine = spacing = order = None
         ref_shape = ref_affine = None
         for p in entry["images"]:
-            arr, aff, zooms = io.load_nifti(p)
+            arr, aff, zooms = medio.load_medical_image(p)  # NIfTI, NRRD, MHA
             if ref_affine is None:
                 ref_affine = aff
             else:
@@ -449,7 +452,7 @@ class NnUNetDataset(SegDataset):
         image = normalize(image, self.preprocessing)
         label = None
         if entry["label"] is not None:
-            larr, laff, lz = io.load_nifti(entry["label"])
+            larr, laff, lz = medio.load_medical_image(entry["label"])
             if larr.ndim == 4 and larr.shape[3] == 1:
                 larr = larr[..., 0]
             check_shapes(ref_shape, larr.shape, f"{entry['label']} vs {entry['images'][0]}")
