@@ -102,3 +102,18 @@ def test_ignore_dataset_trains_through_the_cli_and_reports_real_classes(tmp_path
     assert ck["class_names"] == ["background", "organ"]
     head = [v for k, v in ck["state_dict"].items() if v.ndim == 4][-1]
     assert head.shape[0] == 2  # real-class outputs only
+
+
+@pytest.mark.parametrize("recipe", ["default", "synapse"])
+def test_augmentation_and_resizing_keep_the_ignore_value(recipe):
+    from unetzoo.data.transforms import build_eval_transform, build_train_transform
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((20, 20), np.int64)
+    label[:, :10] = 2  # the ignore value
+    label[5:15, 12:18] = 1
+    image = rng.normal(size=(1, 20, 20)).astype(np.float32)
+    for t in (build_train_transform(recipe, 16), build_eval_transform(16)):
+        for _ in range(5):
+            _, lab = t(image, label, rng)
+            assert set(np.unique(lab)) <= {0, 1, 2} and (lab == 2).any()

@@ -159,3 +159,13 @@ def test_markers_are_drawn_and_overlay_png_takes_the_affine(tmp_path):
     lab[1:3, 1:3] = 1
     out = overlay_png(tmp_path / "o.png", img, lab, ["bg", "x"], gt=lab, affine=aff)
     assert out.stat().st_size > 0
+
+
+def test_pick_slices_does_not_count_ignored_pixels():
+    from unetzoo.engine.logging.plots import pick_slices
+
+    labels = np.zeros((3, 4, 4), np.int64)
+    labels[0] = 3  # unannotated everywhere
+    labels[2, 1, 1] = 1
+    assert pick_slices(labels, 1) == [0]
+    assert pick_slices(labels, 1, ignore_label=3) == [2]

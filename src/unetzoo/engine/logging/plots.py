@@ -207,14 +207,17 @@ def overlay_png(
     return _save(fig, Path(path))
 
 
-def pick_slices(labels: np.ndarray, count: int = 3) -> list[int]:
+def pick_slices(
+    labels: np.ndarray, count: int = 3, ignore_label: int | None = None
+) -> list[int]:
     """Indices of up to ``count`` slices of a ``(D, H, W)`` label volume worth showing.
 
     Slices with the most labelled pixels spread over the volume; the middle slice when
-    nothing is labelled.
+    nothing is labelled. ``ignore_label`` pixels (unannotated) do not count as labelled.
     """
     d = labels.shape[0]
-    area = (labels.reshape(d, -1) > 0).sum(1)
+    fg = labels > 0 if ignore_label is None else (labels > 0) & (labels != ignore_label)
+    area = fg.reshape(d, -1).sum(1)
     if area.max() == 0:
         return [d // 2]
     candidates = np.flatnonzero(area > 0)

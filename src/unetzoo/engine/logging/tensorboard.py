@@ -46,12 +46,12 @@ def pick_sample(case, pred: np.ndarray) -> ValidationSample:
     from unetzoo.engine.logging.display import display_window
     from unetzoo.engine.logging.plots import pick_slices
 
-    z = pick_slices(case.label, 1)[0]
+    ignore = getattr(case, "ignore_label", None)
+    z = pick_slices(case.label, 1, ignore_label=ignore)[0]
     return ValidationSample(
         case=str(case.id), z=int(z), image=np.asarray(case.image[0, z]),
         pred=np.asarray(pred[z]), gt=np.asarray(case.label[z]),
-        affine=case.affine, ignore_label=getattr(case, "ignore_label", None),
-        window=display_window(case.image[0]),
+        affine=case.affine, ignore_label=ignore, window=display_window(case.image[0]),
     )
 
 
