@@ -203,7 +203,8 @@ def overlay_png(
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    legend_rows = -(-len(handles) // 6)  # keep the legend clear of the bottom markers
+    fig.tight_layout(rect=(0, 0.02 + 0.06 * legend_rows, 1, 1))
     return _save(fig, Path(path))
 
 
