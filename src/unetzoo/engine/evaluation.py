@@ -54,6 +54,17 @@ def hd95_unit(case, protocol: str = "strict") -> str:
     return "mm" if protocol == "strict" and spacing_known(case) else "voxels"
 
 
+def scored_region(case) -> np.ndarray | None:
+    """Boolean mask of the voxels that are scored: ``case.roi`` without the voxels whose
+    reference is ``case.ignore_label``; None when every voxel counts."""
+    roi = case.roi
+    ignore = getattr(case, "ignore_label", None)
+    if ignore is None or case.label is None:
+        return roi
+    keep = np.asarray(case.label) != ignore
+    return keep if roi is None else keep & np.asarray(roi, dtype=bool)
+
+
 def case_metrics(
     pred: np.ndarray, case, num_classes: int, protocol: str = "strict"
 ) -> dict[int, dict[str, float]]:
@@ -69,12 +80,9 @@ def case_metrics(
 
     use_mm = hd95_unit(case, protocol) == "mm"
     spacing = tuple(float(s) for s in case.spacing) if use_mm else None
-    gt, roi = case.label, case.roi
-    ignore = getattr(case, "ignore_label", None)
-    if ignore is not None:
-        keep = np.asarray(gt) != ignore
-        gt = np.where(keep, gt, 0)
-        roi = keep if roi is None else keep & np.asarray(roi, dtype=bool)
+    gt, roi = case.label, scored_region(case)
+    if getattr(case, "ignore_label", None) is not None:
+        gt = np.where(roi, gt, 0)
     result = evaluate_case(
         pred, gt, num_classes, spacing=spacing, protocol=protocol,
         metrics=("dice", "hd95"), roi=roi,
@@ -264,14 +272,15 @@ def run_test(
         pred = predict_volume(model, case.image, img_size, batch_size=batch_size, tta=tta, device=device)
         for k, vals in case_metrics(pred, case, ds.num_classes, protocol).items():
             rows.append({"case": cid, "class_index": k, "class_name": class_names[k], **vals})
-        predicted |= present_classes(pred, ds.num_classes, case.roi)
+        predicted |= present_classes(pred, ds.num_classes, scored_region(case))
         units.add(hd95_unit(case, protocol))
         if save_predictions:
             save_prediction_nifti(out / "predictions" / f"{_safe(cid)}.nii.gz", pred, case)
         if overlays:
             # Radiological orientation from the affine, one window for the whole volume.
             window = display_window(case.image[0])
-            for z in pick_slices(case.label, overlays):
+            for z in pick_slices(case.label, overlays,
+                                 ignore_label=getattr(case, "ignore_label", None)):
                 overlay_png(
                     out / "overlays" / f"{_safe(cid)}_slice{z:03d}.png",
                     case.image[0, z], pred[z], class_names, gt=case.label[z],
