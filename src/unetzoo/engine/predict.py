@@ -32,6 +32,7 @@ import torch
 
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume, sliding_window_probs
+from unetzoo.engine.logging.display import file_to_array_affine
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.errors import CheckpointError, DataError
 
@@ -424,7 +425,8 @@ def predict_files_with_model(
         if overlays:
             for z in pick_slices(labels, overlays):
                 png = out / f"{stem}_overlay{'' if labels.shape[0] == 1 else f'_slice{z:03d}'}.png"
-                _save(png, overlay_png, png, image[0, z], labels[z], class_names, title=p.name)
+                _save(png, overlay_png, png, image[0, z], labels[z], class_names, title=p.name,
+                      affine=file_to_array_affine(inp.affine, inp.order))  # radiological
                 shown.append(str(png))
         counts = {class_names[k]: int((labels == k).sum()) for k in range(1, len(class_names))}
         records.append({"input": str(p), "output": str(target), "overlays": shown, "voxels": counts})
