@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from unetzoo.data import medio
+from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.errors import DataError
 
 
@@ -183,7 +184,6 @@ def predict_cases(
     :func:`unetzoo.engine.predict.check_inference_spec` does.
     """
     from unetzoo.engine.logging.display import file_to_array_affine
-    from unetzoo.engine.logging.plots import overlay_png, pick_slices
     from unetzoo.engine.postprocess import apply_postprocessing, check_plan
     from unetzoo.engine.predict import (
         DEFAULT_MAX_PIXELS,
