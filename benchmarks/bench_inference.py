@@ -145,6 +145,7 @@ def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: n
         return lambda: predict_volume(module, slab[None], size, batch_size=batch_size)
 
     sides = {"reference": side("reference", lambda: reference_protocol(model, slab, size))}
+    chosen: list[str] = []  # what each auto run picked
     for b in backends:
         if b == "torch":
             sides[b] = side(b, volume(model))
@@ -161,8 +162,6 @@ def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: n
             if b == "onnxruntime":  # the cached file, as a second run finds it
                 sides[b] = side(b, volume(onnx_backend(model, checkpoint=ckpt, img_size=size)))
             else:
-                chosen: list[str] = []
-
                 def auto(ckpt=ckpt, chosen=chosen):
                     backend = make_backend(model, "auto", checkpoint=ckpt, img_size=size)
                     out = predict_volume(backend, slab[None], size, batch_size=batch_size)
@@ -175,6 +174,21 @@ def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: n
     times = compare(sides, repeats=repeats, warmup=1)
 
     ref = results["reference"]
+    pick = {"torch channels_last": "channels_last"}.get(chosen[-1]) if chosen else None
+    pick = pick or (chosen[-1] if chosen else None)
+    if "auto" in times and pick in times:
+        # auto = its chosen backend + a one-time cost per process (probe, session load):
+        # what that cost is on a whole Synapse volume, from the rates measured here.
+        depth = FULL["shape"][0]
+        once = times["auto"] - times[pick]
+        notes.append(
+            f"`{name}` auto: one-time cost {once:.1f} s per process (probe of the first "
+            f"slice, copies, cached ONNX session load); on a {depth}-slice volume that is "
+            f"{depth / n * times['reference']:.0f} s (reference) against "
+            f"{depth / n * times[pick] + once:.0f} s (auto), "
+            f"{times['reference'] * depth / n / (times[pick] * depth / n + once):.2f}x "
+            "(projected from this slab's rates)"
+        )
     rows = []
     for key, t in times.items():
         labels = results[key]
