@@ -1,5 +1,9 @@
 """metrics.csv per epoch, PNG plots of the history, and label overlays (matplotlib Agg).
 
+Figures are drawn on their own Agg canvas (``Figure`` + ``FigureCanvasAgg``), never
+through pyplot: importing this module (or the evaluation that uses it) leaves the
+caller's matplotlib backend, e.g. a notebook's, untouched, and no figure is left open.
+
 Colours, intensity window and orientation of the overlays come from
 :mod:`unetzoo.engine.logging.display`, the one home of how slices are shown."""
 
@@ -11,14 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from unetzoo.engine.logging.display import (  # noqa: E402
+from unetzoo.engine.logging.display import (
     ALPHA,
     ERROR_COLORS,
     class_colors,
@@ -103,7 +105,7 @@ def plot_history(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pa
     epochs = [r["epoch"] for r in rows]
     loss_keys = [k for k in _keys(rows) if k.startswith("loss") or k == "val_loss"]
     if loss_keys and epochs:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _figure(1, 1, (6, 4))
         for k in loss_keys:
             xs, ys = _series(rows, k)
             ax.plot(xs, ys, marker="o", ms=3, label=k)
@@ -117,7 +119,7 @@ def plot_history(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pa
     xs_d, dice = _series(rows, "val_dice")
     xs_h, hd = _series(rows, "val_hd95")
     if dice:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _figure(1, 1, (6, 4))
         ax.plot(xs_d, dice, marker="o", color="tab:blue", label="val Dice")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean Dice (validation)", color="tab:blue")
@@ -149,9 +151,15 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list
     return xs, ys
 
 
-def _save(fig, path: Path) -> Path:
+def _figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure on its own Agg canvas and its axes (as ``plt.subplots`` returns them)."""
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -183,7 +191,7 @@ def overlay_png(
     orientation = slice_orientation(affine)
     panels = slice_panels(image, pred, gt, orientation=orientation, window=window,
                           ignore_label=ignore_label, alpha=alpha)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    fig, axes = _figure(1, len(panels), (3.2 * len(panels), 3.6))
     for ax, (name, rgb) in zip(np.atleast_1d(axes), panels):
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(name, fontsize=9)
