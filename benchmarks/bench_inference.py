@@ -202,6 +202,55 @@ def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: n
     return rows, "; ".join(notes)
 
 
+def profile_model(name: str, options: dict[str, Any], classes: int, size: int,
+                  slices: int = 1, top: int = 8) -> str:
+    """Where one forward's time goes: PyTorch's operators (NCHW, as the reference runs
+    them) and ONNX Runtime's node types, as Markdown tables of the top ``top``."""
+    import json as _json
+
+    import onnxruntime as ort
+
+    from unetzoo.deploy.export import export_model
+
+    model = _build(name, options, classes)
+    x = torch.randn(slices, 1, size, size)
+    with torch.no_grad():
+        model(x)  # warm-up
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model(x)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    torch_rows = [{"operator": e.key, "calls": e.count,
+                   "self_ms": e.self_cpu_time_total / 1e3,
+                   "share_%": 100.0 * e.self_cpu_time_total / total} for e in events[:top]]
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_model(model, path, img_size=size, verify=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess.run(None, {"image": x.numpy()})  # warm-up
+        sess.run(None, {"image": x.numpy()})
+        trace = _json.loads(Path(sess.end_profiling()).read_text())
+    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    last = runs[-1]["ts"] if runs else 0
+    by_op: dict[str, list[float]] = {}
+    for e in trace:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") \
+                and e["ts"] >= last:
+            op = e.get("args", {}).get("op_name", "?")
+            by_op.setdefault(op, []).append(e["dur"])
+    ort_total = sum(sum(v) for v in by_op.values()) or 1
+    ort_rows = sorted(({"node type": k, "nodes": len(v), "ms": sum(v) / 1e3,
+                        "share_%": 100.0 * sum(v) / ort_total} for k, v in by_op.items()),
+                      key=lambda r: -r["ms"])[:top]
+    return (f"### Profile: `{name}`, {slices} x 1 x {size} x {size}, one forward\n\n"
+            f"PyTorch NCHW (self CPU time):\n\n{markdown_table(torch_rows)}\n\n"
+            f"ONNX Runtime (kernel time by node type):\n\n{markdown_table(ort_rows)}\n")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison, print the tables, return ``{"rows": ..., "resize_rows": ...}``."""
     p = base_parser(__doc__)
@@ -214,11 +263,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backends", default=None,
                    help=f"comma-separated unetzoo sides from {','.join(BACKENDS)} "
                    "(default all; --tiny: torch,channels_last)")
+    p.add_argument("--profile", metavar="MODEL", default=None,
+                   help="only print where one forward's time goes (PyTorch and ONNX "
+                   "Runtime operators) for MODEL")
     args = p.parse_args(argv)
     cfg = TINY if args.tiny else FULL
     repeats = 1 if args.tiny else args.repeats
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        options = cfg["options"] if args.tiny else FULL_MODELS.get(args.profile, {})
+        text = profile_model(args.profile, options, cfg["classes"], cfg["img_size"])
+        print(text)
+        return {"profile": text}
     if args.tiny:
         models = {cfg["model"]: cfg["options"]}
     else:

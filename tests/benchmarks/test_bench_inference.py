@@ -43,3 +43,10 @@ def test_reference_protocol_resizes_in_and_out():
     # Same as the threshold pipeline built from the two zooms directly.
     np.testing.assert_array_equal(labels, bench.resize_reference(vol, 20))
     np.testing.assert_array_equal(labels, bench.resize_unetzoo(vol, 20, batch_size=2))
+
+
+@pytest.mark.skipif(pytest.importorskip("onnxruntime") is None, reason="needs onnxruntime")
+def test_profile_names_the_operators(capsys):
+    text = bench.main(["--tiny", "--threads", "1", "--profile", "resunet"])["profile"]
+    assert "PyTorch NCHW" in text and "ONNX Runtime" in text
+    assert "conv" in text.lower() and "Conv" in text  # both sides list their convolutions
