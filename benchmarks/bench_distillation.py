@@ -23,6 +23,7 @@ The target (issue 6): <= 10% step-time overhead for resnet34_unet at 224 px, bat
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import tempfile
@@ -149,14 +150,15 @@ def ab_runs(
     seeds: list[int], model: str | list[str], options: dict[str, Any], epochs: int,
     img_size: int, batch: int, lambda_: float, max_cases: int | None, workdir: Path,
     device: str, data_root: str | None = None, extra_flags: dict[str, Any] | None = None,
-    on_run: Any = None,
+    on_run: Any = None, resume: bool = False,
 ) -> list[dict[str, Any]]:
     """One training run per (seed, model, distill on/off) through the pipeline's ``train``.
 
     ``data_root=None`` trains on the phantom; otherwise on the dataset folder (format
     detected as ``unetzoo train --data-root`` does). ``extra_flags`` pins recipe values
     (loss, optimizer, ...) so the A/B does not move when a recipe changes. ``on_run(runs)``
-    is called after every run (the script writes its JSON there).
+    is called after every run (the script writes its JSON there). ``resume=True`` reads a
+    run whose folder in ``workdir`` already has a test report instead of training it again.
     """
     from unetzoo.data import get_dataset
     from unetzoo.engine.config import resolve_config
@@ -182,8 +184,13 @@ def ab_runs(
                     "device": device, **(extra_flags or {}),
                 }
                 cfg = resolve_config(ds.recipe, None, flags)
+                done = Path(cfg["output"]) / "report" / "summary.json"
                 t0 = time.perf_counter()
-                summary = train(cfg, dataset=ds)
+                if resume and done.is_file():
+                    summary = _finished_run(Path(cfg["output"]))
+                    t0 -= summary["train_seconds"]
+                else:
+                    summary = train(cfg, dataset=ds)
                 test = summary.get("test") or {}
                 runs.append({
                     "model": name, "seed": seed, "distill": distill,
@@ -198,6 +205,20 @@ def ab_runs(
                 if on_run is not None:
                     on_run(runs)
     return runs
+
+
+def _finished_run(run_dir: Path) -> dict[str, Any]:
+    """The summary ``train`` returned for a finished run folder, read back from disk."""
+    import csv
+    import json
+
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return {
+        "test": json.loads((run_dir / "report" / "summary.json").read_text()),
+        "iterations": int(rows[-1]["iteration"]), "best_metric": None,
+        "train_seconds": float(rows[-1]["time_s"]),
+    }
 
 
 def _last_loss(run_dir: Path) -> float | None:
@@ -269,7 +290,9 @@ def _ab_row(model: str | None, distill: bool, sel: list[dict[str, Any]]) -> dict
     row: dict[str, Any] = {} if model is None else {"model": model}
     row.update({"distill": "on" if distill else "off", "runs": len(sel)})
     for key in ("val_dice", "test_dice", "test_hd95"):
-        vals = [r[key] for r in sel if r.get(key) is not None]
+        # No validation (val_fraction 0) leaves val_dice at -inf; HD95 is inf when a class
+        # is missed: statistics.stdev fails on those, and a mean of them says nothing.
+        vals = [r[key] for r in sel if r.get(key) is not None and math.isfinite(r[key])]
         row[f"{key}_mean"] = round(statistics.fmean(vals), 4) if vals else "n/a"
         row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else "n/a"
         row[f"{key}_min..max"] = f"{min(vals):.4f}..{max(vals):.4f}" if vals else "n/a"
@@ -298,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="YAML-like KEY=VALUE pins, comma separated (e.g. base_lr=0.001)")
     p.add_argument("--ab-workdir", type=Path, default=None,
                    help="keep the A/B run folders here (default: a temporary folder)")
+    p.add_argument("--ab-resume", action="store_true",
+                   help="reuse runs in --ab-workdir that already have a test report")
     p.add_argument("--ab-val-fraction", type=float, default=None,
                    help="held-out share of training cases (0: no validation, test the last epoch)")
     p.add_argument("--ab-epochs", type=int, default=6)
@@ -361,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs = ab_runs(seeds, models, opts, epochs, size, args.ab_batch,
                                args.lambda_, max_cases, args.ab_workdir or Path(tmp), args.device,
                                data_root=args.ab_data_root, extra_flags=extra,
-                               on_run=lambda rs: _write_json(args, result, rs, setup))
+                               on_run=lambda rs: _write_json(args, result, rs, setup),
+                               resume=args.ab_resume)
         except ImportError as exc:  # the pipeline (engine, data) is not installed
             result["ab"] = {"status": f"not run: training pipeline unavailable ({exc})"}
             print(result["ab"]["status"])
