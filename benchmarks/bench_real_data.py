@@ -30,7 +30,6 @@ Every finished run is written to ``--json`` at once, so a stopped benchmark keep
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import tempfile
@@ -102,7 +101,8 @@ def training_slices(ds, img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def iterations_per_epoch(n_slices: int, batch: int) -> int:
-    return math.ceil(n_slices / batch)  # the pipeline's DataLoader keeps the last batch
+    # The pipeline's DataLoader drops the last partial batch when there is more than one.
+    return n_slices // batch if n_slices > batch else 1
 
 
 # ------------------------------------------------------------------ scoring
