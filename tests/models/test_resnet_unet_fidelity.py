@@ -113,6 +113,20 @@ def test_init_gyb357_is_pytorch_default_in_the_encoder():
     assert float(w_gy.std()) == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
 
 
+def test_init_kaiming_is_gyb357_init_weights_true():
+    torch.manual_seed(0)
+    model = create_model("resnet34_unet", in_channels=1, num_classes=4, init="kaiming")
+    conv = model.decoder[1].conv[0]  # (256 + 128) -> 256, 3x3
+    fan_out = conv.out_channels * 9
+    assert float(conv.weight.std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
+    up = model.decoder[1].up  # ConvTranspose2d is not a Conv2d: PyTorch's default stays
+    assert float(up.weight.abs().max()) <= 1 / math.sqrt(up.weight.shape[1] * 4) + 1e-7
+    enc = create_model("resnet34_unet", in_channels=1, num_classes=4).encoder
+    torch.testing.assert_close(  # the encoder is untouched (same seed, same draws first)
+        model.encoder.layer1[0].conv1.weight.std(), enc.layer1[0].conv1.weight.std(),
+        rtol=0.1, atol=0)
+
+
 def test_init_smp_matches_smp_initializers():
     torch.manual_seed(0)
     model = create_model("resnet34_unet", in_channels=1, num_classes=4, init="smp")
@@ -127,7 +141,7 @@ def test_init_smp_matches_smp_initializers():
 def test_options_keep_the_published_parameter_count():
     published = parameter_count("resnet34_unet", 3, 1)
     assert published == 30_885_504
-    for options in ({"shortcuts": "gyb357"}, {"init": "gyb357"}, {"init": "smp"},
+    for options in ({"shortcuts": "gyb357"}, {"init": "gyb357"}, {"init": "smp"}, {"init": "kaiming"},
                     {"head_relu": True}):
         assert parameter_count("resnet34_unet", 3, 1, **options) == published
 

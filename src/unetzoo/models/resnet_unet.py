@@ -18,7 +18,9 @@ Deviations from the official code, each switchable (docs/unets.md has the table)
 - ``init="torchvision"`` (default): the encoder keeps torchvision's init (Kaiming normal,
   fan-out); decoder and head keep PyTorch's defaults, as gyb357 (``init_weights=False``).
   gyb357's own ResNet uses PyTorch's defaults in the encoder too: ``init="gyb357"``.
-  ``init="smp"`` is smp's decoder init (Kaiming uniform fan-in, BN 1/0, Xavier head).
+  ``init="kaiming"`` is gyb357's own ``init_weights=True`` switch (Kaiming normal,
+  fan-out, on the decoder's and head's ``Conv2d``; BN 1/0). ``init="smp"`` is smp's
+  decoder init (Kaiming uniform fan-in, BN 1/0, Xavier head).
 - ``head_relu=True`` restores the seed's extra ReLU between the head's transposed
   convolution and its bias-free classifier (not in gyb357; it slowed learning on real MRI,
   see benchmarks/README.md "Real MRI learning benchmark").
@@ -64,7 +66,7 @@ PUBLISHED = {
 
 DECODERS = ("gyb357", "smp")
 SHORTCUTS = ("torchvision", "gyb357")
-INITS = ("torchvision", "gyb357", "smp")
+INITS = ("torchvision", "gyb357", "kaiming", "smp")
 SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 GYB357_DECODER_CHANNELS = (512, 256, 128, 64)
 
@@ -105,6 +107,20 @@ def use_gyb357_shortcuts(encoder: ResNetEncoder) -> None:
             module.__class__ = swap[type(module)]
 
 
+def init_gyb357_kaiming(decoder: nn.Module, head: nn.Module) -> None:
+    """gyb357's ``UNet._init_weights`` (``init_weights=True``) outside the encoder.
+
+    Kaiming normal (fan-out, ReLU) on every ``nn.Conv2d`` (transposed convolutions are
+    not ``nn.Conv2d`` and keep PyTorch's default), BatchNorm weight 1, bias 0.
+    """
+    for m in (*decoder.modules(), *head.modules()):
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def init_smp(decoder: nn.Module, head: nn.Module) -> None:
     """smp's ``initialize_decoder`` / ``initialize_head`` (segmentation_models_pytorch.base)."""
     for m in decoder.modules():
@@ -139,7 +155,7 @@ class ResNetUNet(SegmentationModel):
         decoder: ``"gyb357"`` (published) or ``"smp"`` (see the module docstring).
         head_relu: the seed's extra ReLU inside the gyb357 head (off: as published).
         shortcuts: ``"torchvision"`` (identity shortcuts) or ``"gyb357"`` (projection only).
-        init: ``"torchvision"``, ``"gyb357"`` or ``"smp"`` (see the module docstring).
+        init: ``"torchvision"``, ``"gyb357"``, ``"kaiming"`` or ``"smp"`` (module docstring).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
@@ -215,6 +231,8 @@ class ResNetUNet(SegmentationModel):
             self.head = nn.Sequential(*layers)
         if init == "smp" or decoder == "smp":
             init_smp(self.decoder, self.head)
+        elif init == "kaiming":
+            init_gyb357_kaiming(self.decoder, self.head)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.head_relu = head_relu
