@@ -1,4 +1,4 @@
-"""``unetzoo export --checkpoint CKPT --format onnx [--dynamic] [--out FILE] [--opset N]``."""
+"""``unetzoo export --checkpoint CKPT --format onnx [--dynamic] [--output FILE] [--opset N]``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from unetzoo.cli import add_output_option
 from unetzoo.deploy.export import DEFAULT_OPSET, FORMATS
 
 
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="dynamic batch, height and width (height/width stay fixed for fixed-size "
         "models such as the Transformers); default: the checkpoint's img_size, batch 1",
     )
-    p.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
+    add_output_option(p, help="output file (default: next to the checkpoint)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
                    f"(default {DEFAULT_OPSET})")
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def check_out(out: str | None) -> None:
-    """A bad ``--out`` is the user's path, not the model's fault: one line before any
+    """A bad ``--output`` is the user's path, not the model's fault: one line before any
     export work (it used to surface as "cannot be exported to ONNX")."""
     from unetzoo.errors import ConfigError
 
@@ -68,21 +69,21 @@ def check_out(out: str | None) -> None:
     p = Path(out)
     if out.endswith(("/", os.sep)) or p.is_dir():
         raise ConfigError(
-            f"--out {out} names a folder; give a file name such as {p / 'model.onnx'}"
+            f"--output {out} names a folder; give a file name such as {p / 'model.onnx'}"
         )
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+        raise ConfigError(f"--output {out}: {parent} is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out {out}: the folder {parent} is not writable; choose another path")
+        raise ConfigError(f"--output {out}: the folder {parent} is not writable; choose another path")
     if parent == p.parent and not p.exists():
         try:  # the real test: some folders (/proc, read-only mounts) pass os.access
             p.open("xb").close()
         except OSError as exc:
             raise ConfigError(
-                f"--out {out}: cannot write there ({exc.strerror or exc}); choose another path"
+                f"--output {out}: cannot write there ({exc.strerror or exc}); choose another path"
             ) from None
         p.unlink()
 
@@ -96,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
             f"--opset {args.opset} is not supported; use {SUPPORTED_OPSETS.start}.."
             f"{SUPPORTED_OPSETS.stop - 1} (the range the installed torch exporter writes)"
         )
-    check_out(args.out)
+    check_out(args.output)
     res = export_checkpoint(
         args.checkpoint,
-        args.out,
+        args.output,
         fmt=args.format,
         dynamic=args.dynamic,
         opset=args.opset,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unetzoo.cli import add_output_option
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -22,7 +24,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="a .pt file written by `unetzoo train`")
     src.add_argument("--onnx", metavar="MODEL.onnx",
                      help="an ONNX file from `unetzoo export`, run by ONNX Runtime instead")
-    a("--out", required=True, help="output folder")
+    add_output_option(p, required=True, help="output folder")
     a("--tta", action="store_true", help="flip test-time augmentation")
     a("--overlays", type=int, default=3, help="overlay PNG slices per input (0: none)")
     a("--batch-size", type=int, default=16, help="slices or windows per forward pass")
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.onnx:
         extra["backend"] = args.backend
     predict_files(
-        args.inputs, args.onnx or args.checkpoint, args.out, tta=args.tta,
+        args.inputs, args.onnx or args.checkpoint, args.output, tta=args.tta,
         device=check_device(args.device), batch_size=args.batch_size,
         overlays=max(args.overlays, 0), **extra,
     )

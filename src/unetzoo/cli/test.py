@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unetzoo.cli import add_output_option
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -19,11 +21,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--data-root", help="dataset folder")
     a("--split", default="test", help="split to evaluate (default test)")
     a("--max-cases", type=int, help="evaluate only the first N cases")
-    a("--save-nifti", action="store_true", help="write NIfTI label maps with the input geometry")
+    a("--save-nifti", action="store_true",
+      help="write NIfTI label maps with the input file's shape, voxel order and affine")
     a("--tta", action="store_true", help="flip test-time augmentation")
     a("--protocol", choices=("strict", "transunet"), default="strict",
       help="empty-mask protocol; transunet also reports HD95 in voxels as the paper does")
-    a("--out", help="report folder (default <run>/report)")
+    add_output_option(p, help="report folder (default <run>/report)")
     a("--overlays", type=int, default=3, help="overlay PNG slices per case (0: none)")
     a("--batch-size", type=int, default=16, help="slices per forward pass")
     a("--device", help="cpu or cuda (default: cuda when available)")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         split=args.split,
         max_cases=args.max_cases,
-        out_dir=args.out,
+        out_dir=args.output,
         save_predictions=args.save_nifti,
         tta=args.tta,
         protocol=args.protocol,

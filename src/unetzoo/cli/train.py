@@ -52,7 +52,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--eval-interval", type=int, help="validate every N epochs (and after the last)")
     a("--seed", type=int)
     a("--num-workers", type=int, help="DataLoader worker processes")
-    a("--output", help="run folder (default runs/<model>-<dataset>); a non-empty folder is "
+    a("-o", "--output", help="run folder (default runs/<model>-<dataset>); a non-empty folder is "
       "refused unless --resume or --overwrite")
     a("--overwrite", action="store_true",
       help="replace the run already in --output (deletes only that run's own files; files "

@@ -271,10 +271,10 @@ def prepare_real_dataset(name: str, out: str | Path, *, max_slices: int | None =
     spec = REAL_DATASETS[name]
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a folder (new or existing)")
+        raise DataError(f"--output {out} is a file; give a folder (new or existing)")
     root = out / spec.folder_name
     if root.exists() and not root.is_dir():
-        raise DataError(f"{root} is a file; remove it or choose another --out")
+        raise DataError(f"{root} is a file; remove it or choose another --output")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise DataError(f"{root} already exists and is not empty; pass --overwrite to rebuild it")
     image, label, affine = spec.build()
