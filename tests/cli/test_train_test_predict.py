@@ -76,8 +76,10 @@ def test_test_command_nifti_tta_transunet(trained, roots, tmp_path):
     cid = ds.cases("test")[0]
     case = ds.load_case(cid, "test")
     img = nib.load(str(out / "predictions" / f"{cid}.nii.gz"))
-    assert img.shape == case.label.shape
-    np.testing.assert_allclose(img.affine, case.affine, atol=1e-5)
+    # The label file's own shape, voxel order and affine (issue 14: not the (D, H, W) order).
+    ref = nib.load(str(roots["ct"] / "labelsTs" / f"{cid}.nii.gz"))
+    assert img.shape == ref.shape == tuple(np.transpose(case.label, np.argsort(case.axes)).shape)
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
     assert len(list((out / "overlays").glob("*.png"))) == 1
 
 

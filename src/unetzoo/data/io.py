@@ -133,21 +133,66 @@ def save_case_nifti(
     affine: np.ndarray | None,
     path: str | Path,
     axes: tuple[int, int, int] | None = None,
-) -> None:
-    """Write a ``(D, H, W)`` array (e.g. a prediction) of a :class:`Case` as NIfTI.
+) -> Path:
+    """The project's one label-map writer: a ``(D, H, W)`` array (a prediction) of a
+    :class:`Case` or of an input read by :func:`volume_to_cdhw`, on the input's grid.
 
-    With ``axes`` (``Case.axes``) the array is put back in the source file's voxel order
-    and the affine un-permuted, so the file overlays the original image exactly in any
-    viewer; without it the ``(D, H, W)`` order is written with ``affine`` as is.
+    ``affine`` maps the ``(d, h, w)`` indices of ``array`` to world mm (``Case.affine``).
+    With ``axes`` (``Case.axes``: the file axis each of ``D, H, W`` came from) the array
+    is put back in the source file's voxel order and the affine un-permuted, so the file
+    has the input's shape, voxel order and affine (nnU-Net's evaluator compares shapes;
+    any viewer overlays it on the image); without ``axes`` the array is written as is
+    (sources with no file grid, e.g. Synapse h5). The format follows ``path``'s ending
+    (NIfTI, NRRD, MetaImage: :func:`unetzoo.data.medio.save_labels`); values are stored
+    as uint8 (uint16 beyond 255).
     """
+    from unetzoo.data.medio import save_labels
+
     arr = np.asarray(array)
-    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    aff = None if affine is None else np.asarray(affine, dtype=np.float64)
     if axes is not None:
-        inv = np.argsort(axes)
-        arr = np.transpose(arr, tuple(inv) + tuple(range(3, arr.ndim)))
-        aff = aff.copy()
-        aff[:, :3] = np.asarray(affine, dtype=np.float64)[:, inv]
-    save_nifti(arr, aff, path)
+        inv = tuple(int(a) for a in np.argsort(axes))
+        arr = np.transpose(arr, inv + tuple(range(3, arr.ndim)))
+        if aff is not None:
+            aff = aff.copy()
+            aff[:, :3] = np.asarray(affine, dtype=np.float64)[:, list(inv)]
+    return save_labels(arr, aff, path)
+
+
+def volume_to_cdhw(
+    array: np.ndarray,
+    affine: np.ndarray,
+    zooms: Sequence[float],
+    axes: tuple[int, int, int] | None = None,
+) -> tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float]]:
+    """The one slicing rule of ``predict`` and the demo: a file-order volume
+    ``(i, j, k)`` or ``(i, j, k, C)`` -> ``(C, D, H, W)`` with ``D`` the slicing axis.
+
+    The slicing axis is a single-slice axis when there is one, else the through-plane
+    axis (largest spacing; :func:`unetzoo.data.nnunet.reorient`); ``axes`` forces an
+    order (a mask read in the order of its image). Returns ``(volume, axes, spacing)``:
+    the file axis of each of ``D, H, W`` (for :func:`save_case_nifti`) and the voxel
+    size along them in mm.
+    """
+    from unetzoo.data.nnunet import reorient
+
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr, zooms = arr[..., None], (*zooms[:2], 1.0)
+    if axes is None:
+        flat = next((i for i in range(3) if arr.shape[i] == 1), None)
+        vol, _, spacing, order = reorient(arr, affine, zooms, flat)
+    else:
+        order = tuple(int(a) for a in axes)
+        vol = np.transpose(arr, order + tuple(range(3, arr.ndim)))
+        z3 = [float(z) for z in zooms[:3]]
+        spacing = (z3[order[0]], z3[order[1]], z3[order[2]])
+    vol = vol[None] if vol.ndim == 3 else np.moveaxis(vol, -1, 0)
+    return vol, tuple(int(a) for a in order), spacing
+
+
+#: ITU-R BT.601 luma weights (R, G, B): the one RGB -> grey rule of ``predict`` and the demo.
+RGB_TO_GREY = (0.299, 0.587, 0.114)
 
 
 def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:

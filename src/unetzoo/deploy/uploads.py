@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from unetzoo.data.io import RGB_TO_GREY, save_case_nifti
 from unetzoo.errors import DataError
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -34,10 +35,12 @@ class Upload:
     Attributes:
         kind: ``"png"``, ``"jpeg"``, ``"tiff"`` or ``"nifti"``.
         array: raw intensities ``(C, D, H, W)`` float32 (``D = 1`` for 2-D images).
-        spacing: ``(sz, sy, sx)`` in mm (1.0 where the format has none).
-        affine: the NIfTI affine (4x4) or None.
+        spacing: voxel size along ``(D, H, W)`` in mm (1.0 where the format has none).
+        affine: the NIfTI file's affine (4x4, file ``(i, j, k)`` indices) or None.
         name: a sanitised stem of the original file name, safe for a download name.
         bit_depth: for integer 2-D images the maximum of their dtype (255, 65535), else None.
+        axes: for volumes, the file axis each of ``D, H, W`` came from (``predict``'s
+            slicing rule, :func:`unetzoo.data.io.volume_to_cdhw`), else None.
     """
 
     kind: str
@@ -46,6 +49,7 @@ class Upload:
     affine: np.ndarray | None
     name: str
     bit_depth: int | None = None
+    axes: tuple[int, int, int] | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -197,8 +201,14 @@ def _image_to_cdhw(arr: np.ndarray, label: str) -> np.ndarray:
     return np.ascontiguousarray(out[:, None], dtype=np.float32)
 
 
-def _decode_nifti(data: bytes, label: str) -> tuple[np.ndarray, tuple, np.ndarray]:
+def _decode_nifti(
+    data: bytes, label: str, axes: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, tuple[int, int, int]]:
+    """``(array (C, D, H, W), spacing, file affine, axes)``: sliced as `unetzoo predict`
+    slices (:func:`unetzoo.data.io.volume_to_cdhw`), or along ``axes`` when given."""
     import nibabel as nib
+
+    from unetzoo.data.io import volume_to_cdhw
 
     try:
         cls = nib.Nifti2Image if data[4:8] in (b"n+2\x00", b"ni2\x00") else nib.Nifti1Image
@@ -213,26 +223,27 @@ def _decode_nifti(data: bytes, label: str) -> tuple[np.ndarray, tuple, np.ndarra
         vol = vol[..., None]
     if vol.ndim == 5 and vol.shape[3] == 1:  # (X, Y, Z, 1, C): NIfTI's vector-valued layout
         vol = vol[:, :, :, 0]
-    if vol.ndim == 3:
-        vol = vol[..., None]
-    if vol.ndim != 4:
+    if vol.ndim not in (3, 4):
         raise DataError(
             f"{label}: NIfTI data of shape {vol.shape} is not a volume (X, Y, Z) or "
             "(X, Y, Z, channels)"
         )
     if vol.size > MAX_PIXELS:
         raise DataError(f"{label}: volume of shape {vol.shape} is too large; crop it")
-    # nibabel's (X, Y, Z, C) -> (C, Z, Y, X), i.e. (C, D, H, W) with D the slice axis.
-    arr = np.ascontiguousarray(np.transpose(vol, (3, 2, 1, 0)), dtype=np.float32)
+    if not (np.issubdtype(vol.dtype, np.number) or vol.dtype == np.bool_) or np.iscomplexobj(vol):
+        raise DataError(f"{label}: voxels of type {vol.dtype} are not intensities")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0, 1.0, 1.0)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    cdhw, order, spacing = volume_to_cdhw(vol, affine, zooms[:3], axes)
+    arr = np.ascontiguousarray(cdhw, dtype=np.float32)
     if not np.all(np.isfinite(arr)):
         raise DataError(f"{label}: the volume holds NaN or Inf values")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0, 1.0, 1.0)
-    spacing = (zooms[2], zooms[1], zooms[0])
-    return arr, spacing, np.asarray(img.affine, dtype=np.float64)
+    return arr, spacing, affine, order
 
 
 def read_upload(
-    path: str | Path, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES
+    path: str | Path, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES,
+    axes: tuple[int, int, int] | None = None,
 ) -> Upload:
     """Decode an uploaded image or volume, checking its type by content.
 
@@ -241,6 +252,7 @@ def read_upload(
         name: the client's file name (only its sanitised stem is kept); default the
             stored name.
         max_bytes: size limit of the file (and of an inflated ``.nii.gz``).
+        axes: slice a volume along these file axes (default: predict's rule).
 
     Returns:
         an :class:`Upload` with raw intensities ``(C, D, H, W)``.
@@ -263,8 +275,8 @@ def read_upload(
         )
     stem = safe_stem(name or Path(path).name)
     if kind == "nifti":
-        arr, spacing, affine = _decode_nifti(data, label)
-        return Upload("nifti", arr, spacing, affine, stem)
+        arr, spacing, affine, order = _decode_nifti(data, label, axes)
+        return Upload("nifti", arr, spacing, affine, stem, axes=order)
     arr, depth = _decode_tiff(data, label) if kind == "tiff" else _decode_pil(data, label, kind)
     return Upload(kind, _image_to_cdhw(arr, label), (1.0, 1.0, 1.0), None, stem, depth)
 
@@ -281,7 +293,7 @@ def match_channels(upload: Upload, in_channels: int) -> np.ndarray:
         return arr
     if not upload.is_volume:
         if c == 3 and in_channels == 1:
-            w = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None, None]
+            w = np.array(RGB_TO_GREY, dtype=np.float32)[:, None, None, None]
             return (arr * w).sum(0, keepdims=True)
         if c == 1 and in_channels == 3:
             return np.repeat(arr, 3, axis=0)
@@ -308,12 +320,15 @@ def to_model_input(upload: Upload, in_channels: int, preprocessing: dict[str, An
 
 
 def read_mask(path: str | Path, shape: tuple[int, int, int], num_classes: int,
-              name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+              name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES,
+              axes: tuple[int, int, int] | None = None) -> np.ndarray:
     """A ground-truth label map ``(D, H, W)`` int64 matching ``shape``.
 
-    PNG/TIFF masks with values 0/255 are mapped to 0/1 for binary models.
+    A NIfTI mask is sliced along ``axes`` (its image's ``Upload.axes``), so it lines up
+    with the image whatever its header's spacing says. PNG/TIFF masks with values 0/255
+    are mapped to 0/1 for binary models.
     """
-    up = read_upload(path, name=name, max_bytes=max_bytes)
+    up = read_upload(path, name=name, max_bytes=max_bytes, axes=axes)
     arr = up.array
     label = Path(name or path).name
     if arr.shape[0] != 1:
@@ -355,30 +370,24 @@ def download_dir_under(root: Path) -> Path:
 def write_label_map(labels: np.ndarray, upload: Upload, folder: Path) -> Path:
     """Save ``labels`` ``(D, H, W)`` as ``<stem>_labels.png`` (2-D) or ``.nii.gz`` (volume).
 
-    The name comes from :func:`safe_stem`, and the result is checked to lie inside
-    ``folder``.
+    Volumes go through the project's one label writer
+    (:func:`unetzoo.data.io.save_case_nifti`): the upload's shape, voxel order and
+    affine, as ``unetzoo predict`` writes them. The name comes from :func:`safe_stem`,
+    and the result is checked to lie inside ``folder``.
     """
     folder = Path(folder).resolve()
     stem = safe_stem(upload.name)
-    if upload.is_volume:
-        import nibabel as nib
-
-        out = (folder / f"{stem}_labels.nii.gz").resolve()
-        vol = np.transpose(labels.astype(np.uint16 if labels.max(initial=0) > 255 else np.uint8),
-                           (2, 1, 0))
-        affine = upload.affine if upload.affine is not None else np.eye(4)
-        img = nib.Nifti1Image(vol, affine)
-        img.header.set_zooms(tuple(reversed(upload.spacing)))
-        target = out
-    else:
-        from PIL import Image
-
-        out = (folder / f"{stem}_labels.png").resolve()
-        target = out
+    suffix = ".nii.gz" if upload.is_volume else ".png"
+    target = (folder / f"{stem}_labels{suffix}").resolve()
     if folder not in target.parents:
         raise DataError("refusing to write a download outside its folder")
     if upload.is_volume:
-        nib.save(img, str(target))
-    else:
-        Image.fromarray(labels[0].astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
+        from unetzoo.engine.logging.display import file_to_array_affine
+
+        affine = upload.affine if upload.affine is not None else np.eye(4)
+        axes = upload.axes or (2, 1, 0)
+        return save_case_nifti(labels, file_to_array_affine(affine, axes), target, axes)
+    from PIL import Image
+
+    Image.fromarray(labels[0].astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
     return target

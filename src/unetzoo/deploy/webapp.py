@@ -264,11 +264,12 @@ class DemoBackend:
             spacing=spacing,
             is_volume=up.is_volume,
             download=uploads.write_label_map(labels, up, folder),
-            affine=display.file_to_array_affine(up.affine),
+            affine=display.file_to_array_affine(up.affine, up.axes),
         )
         if gt_path:
             gt = uploads.read_mask(gt_path, labels.shape, len(lm.class_names),
-                                   name=Path(gt_path).name, max_bytes=self.max_bytes)
+                                   name=Path(gt_path).name, max_bytes=self.max_bytes,
+                                   axes=up.axes)
             seg.gt = gt
             seg.metrics = score(labels, gt, len(lm.class_names), spacing, up.is_volume)
         return seg

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetzoo.data.io import save_case_nifti
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
@@ -158,20 +159,6 @@ def mean_table(
     return summary, format_table(table, model_name, distance_unit=hd_unit)
 
 
-def save_prediction_nifti(path: Path, labels: np.ndarray, case) -> Path:
-    """Write a ``(D, H, W)`` label map as NIfTI on the case's grid.
-
-    ``case.affine`` maps ``(d, h, w)`` indices of these arrays to world mm, so the array is
-    stored as is with that affine (zooms follow); without one, a diagonal affine from
-    ``case.spacing``.
-    """
-    from unetzoo.data.io import save_nifti
-
-    affine = case.affine if case.affine is not None else np.diag([*map(float, case.spacing), 1.0])
-    save_nifti(labels.astype(np.uint8), affine, path)
-    return path
-
-
 def run_test(
     checkpoint: str | Path | dict,
     dataset=None,
@@ -196,7 +183,8 @@ def run_test(
         data_root: root folder when ``dataset`` is a name.
         max_cases: evaluate only the first N test cases.
         out_dir: report folder (default: ``<run>/report`` next to ``checkpoints/``).
-        save_predictions: also write NIfTI label maps with the input geometry.
+        save_predictions: also write NIfTI label maps with the input file's shape, voxel
+            order and affine (:func:`unetzoo.data.io.save_case_nifti`).
         tta: flip test-time augmentation.
         protocol: empty-mask protocol, ``"strict"`` or ``"transunet"``.
         overlays: overlay PNG slices per case (0 disables).
@@ -275,7 +263,11 @@ def run_test(
         predicted |= present_classes(pred, ds.num_classes, scored_region(case))
         units.add(hd95_unit(case, protocol))
         if save_predictions:
-            save_prediction_nifti(out / "predictions" / f"{_safe(cid)}.nii.gz", pred, case)
+            # The input file's shape, voxel order and affine (Case.axes undoes the reader's
+            # slicing order), as `predict` writes; no affine: a diagonal one of the spacing.
+            affine = case.affine if case.affine is not None else np.diag([*map(float, case.spacing), 1.0])
+            save_case_nifti(pred, affine, out / "predictions" / f"{_safe(cid)}.nii.gz",
+                            getattr(case, "axes", None))
         if overlays:
             # Radiological orientation from the affine, one window for the whole volume.
             window = display_window(case.image[0])

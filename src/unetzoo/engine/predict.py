@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetzoo.data.io import RGB_TO_GREY
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume, sliding_window_probs
 from unetzoo.engine.logging.display import file_to_array_affine
@@ -83,7 +84,7 @@ def _to_channels(arr: np.ndarray, in_channels: int, where: Path) -> np.ndarray:
     if c == in_channels:
         out = arr
     elif in_channels == 1 and c == 3:
-        luma = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        luma = arr.astype(np.float32) @ np.array(RGB_TO_GREY, dtype=np.float32)
         # Keep the integer type so the bit depth rule still applies to the grey image.
         out = (luma.round().astype(arr.dtype) if arr.dtype.kind == "u" else luma)[..., None]
     elif in_channels == 3 and c == 1:
@@ -228,8 +229,7 @@ def read_input(
     or signed pictures (raw intensities) get ``spec``. Size and emptiness are checked
     from the header before decoding, finiteness after.
     """
-    from unetzoo.data.io import load_nifti, load_picture
-    from unetzoo.data.nnunet import reorient
+    from unetzoo.data.io import load_nifti, load_picture, volume_to_cdhw
     from unetzoo.data.preprocessing import display_bit_depth, normalize, normalize_picture
 
     p = Path(path)
@@ -238,13 +238,8 @@ def read_input(
         arr, affine, zooms = load_nifti(p)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
             raise DataError(f"{p}: voxels of type {arr.dtype} are not intensities; save real numbers")
-        if arr.ndim == 2:
-            arr, zooms = arr[..., None], (*zooms[:2], 1.0)
         _check_finite(arr, p)
-        # A single-slice axis is the slicing axis; otherwise the through-plane one.
-        flat = next((i for i in range(3) if arr.shape[i] == 1), None)
-        vol, _, _, order = reorient(arr, affine, zooms, flat)  # (D, H, W[, C])
-        vol = vol[None] if vol.ndim == 3 else np.moveaxis(vol, -1, 0)
+        vol, order, _ = volume_to_cdhw(arr, affine, zooms)  # the demo's rule too
         if vol.shape[0] != in_channels:
             raise DataError(f"{p}: volume has {vol.shape[0]} channel(s) but the model takes {in_channels}")
         return Input("nifti", normalize(vol.astype(np.float32), spec), affine, tuple(order))
@@ -263,7 +258,7 @@ def _save(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) ->
     except OSError as exc:
         target.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise DataError(f"disk full at {target}; free space or choose another --out") from None
+            raise DataError(f"disk full at {target}; free space or choose another --output") from None
         raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
@@ -386,7 +381,7 @@ def predict_files_with_model(
     ``class_names`` and ``preprocessing`` (checked by :func:`check_inference_spec`;
     ``source`` names the file in its errors).
     """
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.io import save_case_nifti
     from unetzoo.engine.trainer import check_output_dir
 
     paths = _check_inputs(inputs, max_pixels)
@@ -405,10 +400,10 @@ def predict_files_with_model(
         labels = predict_array(model, image, img_size, device, tta=tta, batch_size=batch_size,
                                progress=_progress(p.name) if verbose else None)
         if inp.kind == "nifti":
-            # Undo the reorientation so the label map lies on the input grid.
-            file_labels = np.transpose(labels, np.argsort(inp.order)).astype(np.uint8)
+            # The one label writer puts it back on the input grid (shape, order, affine).
             target = out / f"{stem}_seg.nii.gz"
-            _save(target, save_nifti, file_labels, inp.affine, target)
+            _save(target, save_case_nifti, labels, file_to_array_affine(inp.affine, inp.order),
+                  target, inp.order)
         else:
             suffix = ".tif" if p.suffix.lower() in (".tif", ".tiff") else ".png"
             target = out / f"{stem}_seg{suffix}"

@@ -105,7 +105,7 @@ def read_volume_case(
     file axis of each of ``D, H, W`` (:func:`unetzoo.data.nnunet.reorient`), ``file_ndim``
     the number of spatial axes in the file (2 for a single-slice 2-D file).
     """
-    from unetzoo.data.nnunet import reorient
+    from unetzoo.data.io import volume_to_cdhw
     from unetzoo.data.preprocessing import normalize
 
     arr, affine, zooms = medio.load_case_channels(files)
@@ -133,9 +133,7 @@ def read_volume_case(
             f"case {case}: {bad} voxel(s) hold NaN or Inf; fix or mask them (e.g. set them to "
             "the background intensity) before predicting"
         )
-    flat = next((i for i in range(3) if arr.shape[i] == 1), None)
-    vol, _, _, order = reorient(arr, affine, zooms, flat)  # (D, H, W[, C])
-    vol = vol[None] if vol.ndim == 3 else np.moveaxis(vol, -1, 0)
+    vol, order, _ = volume_to_cdhw(arr, affine, zooms)  # predict's and the demo's rule
     if vol.shape[0] != in_channels:
         names = ", ".join(f.name for f in files)
         raise DataError(
