@@ -68,6 +68,11 @@ def test_every_format_reads_to_the_same_array_affine_and_zooms(files):
         np.testing.assert_allclose(zooms, ref_zooms, atol=1e-4, err_msg=key)
 
 
+def test_header_shape_without_decoding(files):
+    for key in (".nii.gz", ".nrrd", ".mha", "dicom"):
+        assert medio.image_shape(files[key]) == SHAPE, key
+
+
 def test_affine_maps_indices_to_ras_world(files):
     # Voxel (1, 2, 3) in ITK's LPS world, flipped to RAS, equals affine @ (1, 2, 3, 1).
     _, aff, _ = medio.load_medical_image(files[".nrrd"])
@@ -180,3 +185,33 @@ def test_bad_files_are_one_line_errors(files, tmp_path):
         medio.load_medical_image(two)
     with pytest.raises(DataError, match="cannot write a label map"):
         medio.save_labels(np.zeros((2, 2, 2), np.uint8), None, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".mha"])
+def test_nnunet_folder_in_nrrd_or_mha_reads_as_its_nifti_twin(tmp_path, ending, monkeypatch):
+    """dataset.json "file_ending": ".nrrd" / ".mha" (nnU-Net's SimpleITK formats)."""
+    import json
+
+    from _data_writers import write_nnunet
+
+    from unetzoo.data import get_dataset
+
+    monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path / "cache"))
+    nii = write_nnunet(tmp_path / "nii", channels=("CT", "CT"))
+    twin = tmp_path / "twin"
+    for f in nii.rglob("*.nii.gz"):
+        rel = f.relative_to(nii)
+        out = twin / rel.parent / (rel.name[: -len(".nii.gz")] + ending)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(str(f)), str(out))
+    meta = json.loads((nii / "dataset.json").read_text())
+    (twin / "dataset.json").write_text(json.dumps({**meta, "file_ending": ending}))
+    a, b = get_dataset("nnunet", nii), get_dataset("nnunet", twin)
+    assert a.cases("train") == b.cases("train") and a.cases("test") == b.cases("test")
+    for split in ("train", "test"):
+        for cid in a.cases(split):
+            ca, cb = a.load_case(cid, split), b.load_case(cid, split)
+            np.testing.assert_array_equal(ca.image, cb.image)
+            np.testing.assert_array_equal(ca.label, cb.label)
+            np.testing.assert_allclose(ca.affine, cb.affine, atol=1e-5)
+            assert ca.spacing == pytest.approx(cb.spacing)
