@@ -204,3 +204,15 @@ def test_cli_predict_labels_equal_across_backends_and_the_export_is_cached(tmp_p
     assert len(cached) == 1 and len(cached[0].name.split(".")[1]) == 16
     # The last auto run found the cached export and measured it beside PyTorch.
     assert "onnxruntime" in capsys.readouterr().out.splitlines()[-2]
+
+
+def test_auto_survives_a_candidate_that_cannot_write(tmp_path):
+    model = _model()
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    auto = AutoBackend(model, {"onnxruntime": disk_full})
+    got = predict_volume(auto, _volume(), SIZE, batch_size=4)
+    np.testing.assert_array_equal(got, predict_volume(model, _volume(), SIZE, batch_size=4))
+    assert auto.backend == "torch" and "No space left" in auto.rejected["onnxruntime"]

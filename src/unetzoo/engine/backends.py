@@ -226,10 +226,16 @@ def onnx_backend(
             if module is not None:
                 return OnnxBackend(module, target, cached=True, reused=False)
             target = None
-    with tempfile.TemporaryDirectory(prefix="unetzoo-onnx-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        _export(model, path, meta, img_size, opset)
-        module = _load(path, threads)  # the session holds the bytes; the file can go
+    try:
+        with tempfile.TemporaryDirectory(prefix="unetzoo-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            _export(model, path, meta, img_size, opset)
+            module = _load(path, threads)  # the session holds the bytes; the file can go
+    except OSError as exc:  # e.g. a full temporary folder
+        raise ConfigError(
+            f"cannot write the ONNX export to a temporary folder ({exc.strerror or exc}); "
+            "free space or pass --backend torch"
+        ) from None
     return OnnxBackend(module, path, cached=False, reused=False)
 
 
@@ -274,7 +280,7 @@ def _export_to_cache(model: nn.Module, target: Path, meta: dict[str, Any],
                 return None
             os.replace(tmp, target)
         return _load(target, threads)
-    except ConfigError:  # export_model: folder not writable
+    except (ConfigError, OSError):  # folder not writable, disk full: no cache
         return None
     finally:
         tmp.unlink(missing_ok=True)
@@ -345,7 +351,7 @@ class AutoBackend(nn.Module):
                     t0 = time.perf_counter()
                     module(probe)
                     self.timings[name] = time.perf_counter() - t0
-            except (ConfigError, ModelError, CheckpointError, RuntimeError) as exc:
+            except (ConfigError, ModelError, CheckpointError, RuntimeError, OSError) as exc:
                 self.rejected[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 continue
             options[name] = module
