@@ -132,6 +132,12 @@ def _rss_worker(spec_json: str) -> None:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = spec["cfg"]
+    # Both libraries imported on every side, so that the import footprint (unetzoo's
+    # registry, smp's encoders) is the same baseline and the peak compares training.
+    import segmentation_models_pytorch  # noqa: F401
+
+    import unetzoo.models  # noqa: F401
+
     model = build(spec["side"], cfg["classes"])
     x = torch.randn(cfg["batch"], 1, cfg["size"], cfg["size"])
     y = torch.randint(0, cfg["classes"], (cfg["batch"], cfg["size"], cfg["size"]))
@@ -152,11 +158,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--channels-last", action="store_true",
                    help="add both sides with channels_last model and input")
+    p.add_argument("--sides", default=",".join(SIDES),
+                   help=f"comma-separated sides from {','.join(SIDES)} (smp is always kept)")
     p.add_argument("--rss", action="store_true",
                    help="peak RSS per side in a fresh subprocess (slower)")
     args = p.parse_args(argv)
     cfg = TINY if args.tiny else FULL
     repeats = 1 if args.tiny else args.repeats
+    sides = [x for x in SIDES if x in args.sides.split(",") or x == "smp"]
+    unknown = set(args.sides.split(",")) - set(SIDES)
+    if unknown:
+        raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {', '.join(SIDES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     models: dict[str, torch.nn.Module] = {}
     steps: dict[str, Any] = {}
     for cl in variants:
-        for side in SIDES:
+        for side in sides:
             key = f"{side}{' channels_last' if cl else ''}"
             m = build(side, cfg["classes"])
             xi = x
@@ -210,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"median of {repeats} alternating repeats after 1 warm-up. Target: the equal "
         "architecture (`unetzoo-smpdec`) at `time_vs_smp` and `memory_vs_smp` <= 1.0 "
         f"(memory: {'peak RSS' if args.rss else 'activations'}). `activations_MiB`: unique non-weight storages autograd saves in "
-        "one forward; `peak_rss_MiB`: fresh process, one model, 2 steps; "
+        "one forward; `peak_rss_MiB`: fresh process that imports both libraries, builds one model and runs 2 steps; "
         "`GMACs_per_image`: fvcore count of one forward; `ms_per_GMAC`: step time per "
         "forward GMAC of the batch (work-normalised speed)."
     )
