@@ -101,8 +101,15 @@ def test_label_map_has_the_input_grid(setup, written, who):
     np.testing.assert_allclose(out.affine, setup["affine"], atol=1e-5)
     np.testing.assert_allclose(out.header.get_zooms()[:3], ZOOMS, atol=1e-5)
     assert int(out.header["sform_code"]) > 0 and int(out.header["qform_code"]) > 0
-    # The nnU-Net evaluator's own operation works: voxel-wise comparison with the reference.
-    _ = np.asarray(out.dataobj) == np.asarray(ref.dataobj)
+    # nnU-Net's evaluator reads both files with SimpleITK (SimpleITKIO) and compares the
+    # arrays voxel-wise: size, spacing, origin and direction must agree.
+    sitk = pytest.importorskip("SimpleITK")
+    a, b = sitk.ReadImage(str(written[who])), sitk.ReadImage(str(setup["label"]))
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+    _ = sitk.GetArrayFromImage(a)[None] == sitk.GetArrayFromImage(b)[None]  # broadcasts
 
 
 def test_test_predict_and_demo_write_the_same_voxels(written):
@@ -165,3 +172,24 @@ def test_rgb_to_grey_is_one_constant():
     via_predict = predict._to_channels(pix, 1, Path("x.png"))
     assert grey[0, 0, 0, 0] == pytest.approx(100 * RGB_TO_GREY[1])
     assert via_predict[0, 0, 0] == round(100 * RGB_TO_GREY[1])
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nrrd", ".mha"])
+def test_one_writer_puts_any_format_back_on_the_file_grid(tmp_path, ending):
+    """save_case_nifti un-permutes a (D, H, W) map read by volume_to_cdhw, whatever the
+    format its path names (NRRD/MetaImage through medio.save_labels)."""
+    pytest.importorskip("SimpleITK")
+    from unetzoo.data import medio
+    from unetzoo.data.io import save_case_nifti, volume_to_cdhw
+    from unetzoo.engine.logging.display import file_to_array_affine
+
+    rng = np.random.default_rng(2)
+    file_labels = rng.integers(0, 4, SHAPE).astype(np.uint8)
+    aff = _affine()
+    vol, axes, _ = volume_to_cdhw(file_labels, aff, ZOOMS)
+    assert axes[0] == 1
+    out = save_case_nifti(vol[0], file_to_array_affine(aff, axes), tmp_path / f"p{ending}", axes)
+    back, back_aff, _ = medio.load_medical_image(out)
+    np.testing.assert_array_equal(back, file_labels)
+    # ITK stores orthonormal directions: this affine (rotation, flip, zooms) has them.
+    np.testing.assert_allclose(back_aff, aff, atol=1e-4)
