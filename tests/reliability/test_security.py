@@ -268,7 +268,7 @@ def test_no_unsafe_loader_in_sources():
     root = Path(__file__).resolve().parents[2] / "src" / "unetzoo"
     hits = []
     for f in root.rglob("*.py"):
-        for n, line in enumerate(f.read_text().splitlines(), 1):
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
             code = line.split("#")[0]
             if "torch.load(" in code and "weights_only=True" not in code:
                 hits.append(f"{f.name}:{n}")
