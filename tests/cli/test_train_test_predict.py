@@ -98,7 +98,8 @@ def test_predict_nifti_png_tif(trained, roots, tmp_path):
     code = main(["predict", str(src), str(png), str(tif), "--checkpoint",
                  str(trained / "checkpoints" / "best.pt"), "--out", str(out)])
     assert code == 0
-    seg = nib.load(str(out / f"{src.name[:-7]}_seg.nii.gz"))
+    case = src.name[: -len("_0000.nii.gz")]  # nnU-Net naming: CASE_0000 in, CASE out
+    seg = nib.load(str(out / f"{case}.nii.gz"))
     ref = nib.load(str(src))
     assert seg.shape == ref.shape
     np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-6)
@@ -106,7 +107,7 @@ def test_predict_nifti_png_tif(trained, roots, tmp_path):
     assert np.asarray(Image.open(out / "big_seg.png")).shape == (45, 70)
     assert tifffile.imread(str(out / "small_seg.tif")).shape == (20, 24)
     assert (out / "big_overlay.png").is_file() and (out / "small_overlay.png").is_file()
-    assert list(out.glob(f"{src.name[:-7]}_overlay_slice*.png"))
+    assert list(out.glob(f"{case}_overlay_slice*.png"))
 
 
 def _error(capsys, argv) -> str:

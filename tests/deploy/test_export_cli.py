@@ -92,8 +92,8 @@ def test_predict_onnx_equals_checkpoint_path(dynamic_onnx, tiny_checkpoint, phan
     png_a = np.asarray(Image.open(a / "phantom_slice_seg.png"))
     png_b = np.asarray(Image.open(b / "phantom_slice_seg.png"))
     np.testing.assert_array_equal(png_a, png_b)
-    vol_a = np.asarray(nib.load(a / "phantom_case_seg.nii.gz").dataobj)
-    vol_b = np.asarray(nib.load(b / "phantom_case_seg.nii.gz").dataobj)
+    vol_a = np.asarray(nib.load(a / "phantom_case.nii.gz").dataobj)
+    vol_b = np.asarray(nib.load(b / "phantom_case.nii.gz").dataobj)
     assert vol_a.shape == nib.load(phantom_files["nii"]).shape
     np.testing.assert_array_equal(vol_a, vol_b)
     # The checkpoint path is intact after the ONNX run borrowed the engine's loaders.

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "train",
     "test",
     "predict",
+    "postprocess",
     "prepare",
     "ablate",
     "bench",

@@ -1,4 +1,5 @@
-"""``unetzoo predict``: label maps and overlays for NIfTI volumes and 2-D images."""
+"""``unetzoo predict``: label maps and overlays for volumes (NIfTI, NRRD, MetaImage, DICOM)
+and 2-D images, case by case as nnU-Net names them, from one checkpoint or an ensemble."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from unetzoo.cli import add_output_option
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
-        help="segment NIfTI / PNG / TIF files with a checkpoint",
-        description="Writes <name>_seg.{nii.gz,png,tif} with the input's geometry and "
+        help="segment image files and folders with one or more checkpoints",
+        description="Writes CASE.nii.gz (the input's ending: .nrrd, .mha; NIfTI for "
+        "DICOM series) with the input's geometry, CASE_seg.{png,tif} for pictures, and "
         "overlay PNGs. 2-D images larger than the training size use sliding windows "
         "with Gaussian blending. 8/16-bit pictures (PNG, JPEG, TIFF) are scaled by their "
         "bit depth as in the demo; NIfTI volumes get the checkpoint's normalisation. "
@@ -19,12 +21,28 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--max-pixels.",
     )
     a = p.add_argument
-    a("inputs", nargs="+", metavar="INPUT", help="NIfTI (.nii/.nii.gz), PNG, JPG, BMP or TIF files")
+    a("inputs", nargs="+", metavar="INPUT",
+      help="files or folders: NIfTI (.nii/.nii.gz), NRRD, MetaImage (.mha/.mhd), DICOM "
+      "series folders, PNG, JPG, BMP or TIF; nnU-Net's CASE_0000, CASE_0001 ... files are "
+      "the channels of case CASE")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a .pt file written by `unetzoo train`")
+    src.add_argument("--checkpoint", action="append", metavar="CKPT",
+                     help="a .pt file written by `unetzoo train`; repeat it to ensemble "
+                     "several (e.g. the folds of a cross-validation: softmax averaged)")
     src.add_argument("--onnx", metavar="MODEL.onnx",
                      help="an ONNX file from `unetzoo export`, run by ONNX Runtime instead")
-    add_output_option(p, required=True, help="output folder")
+    add_output_option(p, required=True,
+                      help="output folder: CASE.nii.gz (the input's own ending and geometry; "
+                      "NIfTI for DICOM series), CASE_seg.png for pictures")
+    a("--save-probabilities", action="store_true",
+      help="also write CASE.npz with the softmax, 'probabilities' (K, z, y, x) as nnU-Net's "
+      "--save_probabilities (before post-processing)")
+    pp = p.add_mutually_exclusive_group()
+    pp.add_argument("--postprocessing", metavar="PLAN.json",
+                    help="apply this post-processing plan (default: the plan stored beside "
+                    "the (first) checkpoint by `unetzoo postprocess`, when there is one)")
+    pp.add_argument("--no-postprocessing", action="store_true",
+                    help="ignore a stored post-processing plan")
     a("--tta", action="store_true", help="flip test-time augmentation")
     a("--overlays", type=int, default=3, help="overlay PNG slices per input (0: none)")
     a("--batch-size", type=int, default=16, help="slices or windows per forward pass")
@@ -42,7 +60,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from unetzoo.engine.backends import check_backend
-    from unetzoo.engine.predict import predict_files
     from unetzoo.errors import ConfigError
 
     check_backend(args.backend)
@@ -52,21 +69,46 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
-    from unetzoo.engine.distributed import check_device, resolve_device
+    from unetzoo.engine.distributed import resolve_device
 
     resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
-    extra = {}
+    if args.max_pixels is not None and args.onnx:
+        raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
+    from unetzoo.engine.postprocess import load_plan, plan_for_checkpoint
+    from unetzoo.engine.predict_cases import check_cases, predict_cases
+
+    check_cases(args.inputs, args.max_pixels)  # every header, before any model is loaded
+    stored = None
     if args.onnx:  # same pre/post-processing, logits from ONNX Runtime
-        from unetzoo.deploy.onnx_runtime import predict_files
-    if args.max_pixels is not None:
-        if args.onnx:
-            raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
-        extra["max_pixels"] = args.max_pixels
-    if not args.onnx:
-        extra["backend"] = args.backend
-    predict_files(
-        args.inputs, args.onnx or args.checkpoint, args.output, tta=args.tta,
-        device=check_device(args.device), batch_size=args.batch_size,
-        overlays=max(args.overlays, 0), **extra,
+        from unetzoo.deploy.onnx_runtime import OnnxPredictor
+
+        predictor = OnnxPredictor(args.onnx, batch_size=args.batch_size, tta=args.tta)
+        model, meta, dev, source = predictor.model, predictor.checkpoint_like(), "cpu", args.onnx
+        meta["img_size"] = meta["img_size"] or int(model.input_shape[2] or 224)
+    else:
+        from unetzoo.engine.backends import make_backend
+        from unetzoo.engine.ensemble import load_ensemble
+
+        dev = resolve_device(args.device)
+        model, meta = load_ensemble(
+            args.checkpoint, dev,
+            wrap=lambda m, path, ck: make_backend(m, args.backend, checkpoint=path, ckpt=ck,
+                                                  device=dev, verbose=True),
+        )
+        stored = plan_for_checkpoint(meta, args.checkpoint[0])
+        source = args.checkpoint[0]
+    plan = None
+    if args.postprocessing:
+        plan = load_plan(args.postprocessing)
+    elif not args.no_postprocessing:
+        plan = stored
+    if plan is not None:
+        print(f"post-processing: {len(plan['steps'])} keep-largest-component step(s) "
+              f"({args.postprocessing or 'stored with the checkpoint'})", flush=True)
+    predict_cases(
+        args.inputs, model, meta, args.output, tta=args.tta, device=dev,
+        batch_size=args.batch_size, overlays=max(args.overlays, 0),
+        save_probabilities=args.save_probabilities, postprocessing=plan,
+        max_pixels=args.max_pixels, source=source,
     )
     return 0

@@ -23,6 +23,7 @@ _KEYS = (
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
     "test_max_cases", "protocol", "device", "augment", "recipe", "paper_protocol",
     "deep_supervision_loss",
+    "fold",
 )
 
 
@@ -80,6 +81,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--max-cases", type=int, help="use only the first N training cases")
     a("--val-fraction", type=float, help="share of training cases held out (default 0.1)")
     a("--val-cases", type=int, help="evaluate at most N validation cases per epoch")
+    a("--fold", type=int, metavar="K",
+      help="train fold K (0-4) of nnU-Net's 5-fold cross-validation: a seeded split of the "
+      "training cases, stored once in the user cache and copied to the run folder; the "
+      "fold's validation cases pick the best checkpoint (default run folder .../fold_K)")
     a("--model-option", action="append", default=None, metavar="KEY=VALUE",
       help="architecture option (repeatable), e.g. base_channels=16")
     a("--dataset-option", action="append", default=None, metavar="KEY=VALUE",

@@ -54,6 +54,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "augment_options": {},  # passed to the recipe, e.g. {p_rot_flip: 0.0}
     "val_fraction": 0.1,  # share of training cases held out for model selection
     "val_cases": None,  # cap on validation cases evaluated per epoch
+    "fold": None,  # fold K of the stored 5-fold split (data/folds.py) instead of val_fraction
     "test": True,  # run `unetzoo test` on the best checkpoint after training
     "test_max_cases": None,
     "protocol": "strict",
@@ -456,6 +457,17 @@ def validate_config(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{key.replace('_', '-')} must be a whole number >= 1, got {cfg[key]!r}")
     if not _is_int(cfg["seed"]):
         raise ConfigError(f"seed must be a whole number, got {cfg['seed']!r}")
+    if cfg.get("fold") is not None:
+        from unetzoo.data.folds import N_FOLDS
+
+        if not (_is_int(cfg["fold"]) and 0 <= cfg["fold"] < N_FOLDS):
+            raise ConfigError(
+                f"fold must be a whole number in 0..{N_FOLDS - 1} ({N_FOLDS}-fold "
+                f"cross-validation), got {cfg['fold']!r}"
+            )
+        if cfg.get("paper_protocol"):
+            raise ConfigError("--fold holds out validation cases; --paper-protocol trains on "
+                              "all of them: drop one of the two")
     for key in ("loss_weights", "deep_supervision_weights"):
         _weights(cfg, key)
     from unetzoo.engine.distributed import check_device

@@ -187,6 +187,8 @@ def train(
         cfg["dataset"] = ds.name
         if cfg["output"] is None:
             cfg["output"] = str(Path("runs") / f"{cfg['model']}-{ds.name}")
+            if cfg.get("fold") is not None:  # the folds of one model side by side
+                cfg["output"] = str(Path(cfg["output"]) / f"fold_{cfg['fold']}")
         run_dir = Path(cfg["output"])
         run_folder = None
         if info.is_main:
@@ -206,7 +208,16 @@ def train(
             raise DataError(f"dataset {ds.name!r} at {ds.root} has no training cases")
         # --paper-protocol: no validation split at all (not even the dataset's own), so
         # every epoch's checkpoint is "best" and the test scores the last epoch.
-        if "val" in ds.splits() and ds.cases("val") and not cfg.get("paper_protocol"):
+        if cfg.get("fold") is not None:
+            # nnU-Net's cross-validation: fold K of a seeded 5-fold split of the training
+            # cases, stored once (user cache) and recorded in the run folder.
+            from unetzoo.data.folds import dataset_fold
+
+            train_cases, val_cases, _ = dataset_fold(
+                ds, int(cfg["fold"]), run_dir=run_dir if info.is_main else None
+            )
+            val_split = "train"
+        elif "val" in ds.splits() and ds.cases("val") and not cfg.get("paper_protocol"):
             train_cases, val_cases, val_split = all_train, list(ds.cases("val")), "val"
         else:
             train_cases, val_cases = split_train_val(all_train, cfg["val_fraction"], cfg["seed"])
