@@ -111,3 +111,17 @@ def test_bad_input_is_one_line():
         cm.case_metrics(pred, gt, 4, metrics=("dice", "volume"))
     with pytest.raises(DataError):
         cm.class_counts(pred.astype(float) + 0.5, gt, 4)
+
+
+def test_roi_leaves_outside_voxels_out():
+    pred, gt = _maps(2, shape=(10, 12))
+    roi = np.zeros(gt.shape, bool)
+    roi[2:8, 3:9] = True
+    counts = cm.class_counts(pred, gt, 4, roi=roi)
+    for c, conf in counts.items():
+        assert conf == binary_confusion(pred[roi] == c, gt[roi] == c)
+    res = cm.case_metrics(pred, gt, 4, metrics=("dice", "hd95"), roi=roi)
+    inside_p, inside_g = np.where(roi, pred, 0), np.where(roi, gt, 0)
+    assert res["classes"]["2"]["hd95"] == pytest.approx(hd95(inside_p == 2, inside_g == 2))
+    with pytest.raises(DataError, match="roi shape"):
+        cm.class_counts(pred, gt, 4, roi=roi[:5])

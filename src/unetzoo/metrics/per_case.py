@@ -62,11 +62,13 @@ def class_counts(
     gt: np.ndarray,
     num_classes: int,
     ignore_label: int | None = None,
+    roi: np.ndarray | None = None,
 ) -> dict[int, Confusion]:
     """``{class: Confusion(tp, fp, fn, tn)}`` for classes ``1 .. num_classes - 1``.
 
     ``ignore_label`` (nnU-Net's ``"ignore"`` entry of dataset.json): voxels where ``gt``
-    holds it are left out of every count. Values outside ``0 .. num_classes - 1`` (other
+    holds it are left out of every count; so are voxels outside ``roi`` (a boolean mask,
+    e.g. DRIVE's field of view) when given. Values outside ``0 .. num_classes - 1`` (other
     than the ignore label in ``gt``) are a one-line DataError.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
@@ -80,8 +82,8 @@ def class_counts(
             f"prediction shape {p.shape} differs from ground-truth shape {g.shape}; "
             "resample the prediction to the label grid first"
         )
-    if ignore_label is not None:
-        keep = g != ignore_label
+    keep = _scored(g, ignore_label, roi)
+    if keep is not None:
         p, g = p[keep], g[keep]
     for arr, what in ((p, "predicted"), (g, "ground-truth")):
         if arr.size and int(arr.max()) >= k:
@@ -102,6 +104,17 @@ def class_counts(
     return out
 
 
+def _scored(g: np.ndarray, ignore_label: int | None, roi: np.ndarray | None):
+    """Boolean mask of the voxels that count (None: all of them)."""
+    keep = None if ignore_label is None else np.asarray(g) != ignore_label
+    if roi is not None:
+        r = np.asarray(roi, dtype=bool)
+        if r.shape != np.shape(g):
+            raise DataError(f"roi shape {r.shape} differs from label shape {np.shape(g)}")
+        keep = r if keep is None else keep & r
+    return keep
+
+
 def case_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -112,6 +125,7 @@ def case_metrics(
     class_names: Sequence[str] | None = None,
     protocol: str = "strict",
     ignore_label: int | None = None,
+    roi: np.ndarray | None = None,
     nsd_tolerance: float = 1.0,
     connectivity: int = 1,
 ) -> dict[str, Any]:
@@ -122,19 +136,21 @@ def case_metrics(
     <metric>: value ...}, ...}, "spacing": [...] | None, "distance_units": "mm" |
     "voxels", "protocol", "nsd_tolerance"}``. Distances are in the units of ``spacing``
     (mm for real voxel sizes, voxels when None); ``nsd_tolerance`` is in the same units.
+    Voxels of the ``ignore_label`` reference or outside ``roi`` count for nothing (they
+    are background in both maps for the distances).
     """
     check_protocol(protocol)
     unknown = [m for m in metrics if m not in CASE_METRICS]
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown}; choose from: {', '.join(CASE_METRICS)}")
     tau = check_tolerance(nsd_tolerance)
-    counts = class_counts(pred, gt, num_classes, ignore_label)
+    counts = class_counts(pred, gt, num_classes, ignore_label, roi)
     p = np.asarray(pred)
     g = np.asarray(gt)
-    if ignore_label is not None and any(m in DISTANCE for m in metrics):
-        ign = g == ignore_label
-        p = np.where(ign, 0, p)
-        g = np.where(ign, 0, g)
+    keep = _scored(g, ignore_label, roi)
+    if keep is not None and any(m in DISTANCE for m in metrics):
+        p = np.where(keep, p, 0)
+        g = np.where(keep, g, 0)
     sp = None if spacing is None else normalize_spacing(spacing, p.ndim)
     wanted = [m for m in metrics if m in DISTANCE]
     distances = _class_distances(p, g, int(num_classes), sp, connectivity) if wanted else {}
