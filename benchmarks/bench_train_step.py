@@ -26,6 +26,7 @@ and peak memory. smp is a benchmark-only dependency.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="add both sides with channels_last model and input")
     p.add_argument("--sides", default=",".join(SIDES),
                    help=f"comma-separated sides from {','.join(SIDES)} (smp is always kept)")
+    p.add_argument("--rss-repeats", type=int, default=1,
+                   help="fresh processes per side for the peak RSS (median; allocator "
+                   "noise between runs is several percent)")
     p.add_argument("--rss", action="store_true",
                    help="peak RSS per side in a fresh subprocess (slower)")
     args = p.parse_args(argv)
@@ -206,7 +210,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         }
         row["ms_per_GMAC"] = row["step_ms"] / (row["GMACs_per_image"] * cfg["batch"])
         if args.rss:
-            row["peak_rss_MiB"] = rss_in_subprocess(side, cfg, cl, args.threads)
+            row["peak_rss_MiB"] = statistics.median(
+                rss_in_subprocess(side, cfg, cl, args.threads)
+                for _ in range(max(1, args.rss_repeats))
+            )
         rows.append(row)
     # Memory against smp's: peak RSS when measured, else the activations autograd saves.
     mem_key = "peak_rss_MiB" if args.rss else "activations_MiB"
