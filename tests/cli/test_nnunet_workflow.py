@@ -129,3 +129,27 @@ def test_mismatched_ensemble_is_one_line(folds, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "img_size differs" in err[0]
 
+
+
+def test_test_command_ensemble_case_json_and_plan(folds, tmp_path):
+    from unetzoo.engine.postprocess import STEP_KIND, empty_plan, save_plan
+
+    ckpts = [str(r / "checkpoints" / "best.pt") for r in folds["runs"]]
+    plan = empty_plan(9)
+    plan["steps"] = [{"kind": STEP_KIND, "classes": list(range(1, 9))}]
+    out = tmp_path / "rep"
+    args = ["test", "--output", str(out), "--device", "cpu", "--overlays", "0", "--case-json",
+            "--nsd-tolerance", "2", "--postprocessing", str(save_plan(tmp_path / "p.json", plan))]
+    for c in ckpts:
+        args += ["--checkpoint", c]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoints"] == ckpts and summary["postprocessing"] == plan["steps"]
+    cases = json.loads((out / "cases.json").read_text())
+    assert set(cases["metric_per_case"]) == {"phantom_005", "phantom_006"}
+    row = cases["metric_per_case"]["phantom_005"]["classes"]["1"]
+    assert {"tp", "fp", "fn", "tn", "dice", "iou", "hd95", "nsd"} <= set(row)
+    assert cases["metric_per_case"]["phantom_005"]["nsd_tolerance"] == 2.0
+    fg = cases["foreground_mean"]["dice"]
+    assert (fg is None and summary["mean_dice"] is None) or fg == pytest.approx(
+        summary["mean_dice"], abs=1e-6)  # the report's and the per-case file's Dice agree

@@ -197,7 +197,7 @@ def test_cli_predict_labels_equal_across_backends_and_the_export_is_cached(tmp_p
         out = tmp_path / f"out_{backend}_{len(labels)}"
         assert main(["predict", str(img), "--checkpoint", str(ckpt), "--out", str(out),
                      "--device", "cpu", "--overlays", "0", "--backend", backend]) == 0
-        labels[len(labels)] = np.asarray(nib.load(out / "case_seg.nii.gz").dataobj)
+        labels[len(labels)] = np.asarray(nib.load(out / "case.nii.gz").dataobj)
     for k in range(1, 4):
         np.testing.assert_array_equal(labels[k], labels[0])
     cached = list((tmp_path / "ck").glob("best.*.onnx"))

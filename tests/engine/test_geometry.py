@@ -89,7 +89,7 @@ def written(setup):
     finally:
         mp.undo()
     return {"test": rep / "predictions" / "g_002.nii.gz",
-            "predict": next(pred.glob("g_002*_seg.nii.gz")),
+            "predict": pred / "g_002.nii.gz",  # nnU-Net naming: CASE_0000 in, CASE out
             "demo": seg.download, "seg": seg}
 
 

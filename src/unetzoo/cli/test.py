@@ -16,7 +16,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "NIfTI predictions.",
     )
     a = p.add_argument
-    a("--checkpoint", required=True, help="a .pt file written by `unetzoo train`")
+    a("--checkpoint", required=True, action="append", metavar="CKPT",
+      help="a .pt file written by `unetzoo train`; repeat it to test an ensemble (softmax "
+      "averaged, e.g. the folds of a cross-validation)")
     a("--dataset", help="dataset name (default: the checkpoint's dataset)")
     a("--data-root", help="dataset folder")
     a("--split", default="test", help="split to evaluate (default test)")
@@ -24,6 +26,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--save-nifti", action="store_true",
       help="write NIfTI label maps with the input file's shape, voxel order and affine")
     a("--tta", action="store_true", help="flip test-time augmentation")
+    pp = p.add_mutually_exclusive_group()
+    pp.add_argument("--postprocessing", metavar="PLAN.json",
+                    help="apply this post-processing plan (default: the plan stored beside "
+                    "the (first) checkpoint by `unetzoo postprocess`, when there is one)")
+    pp.add_argument("--no-postprocessing", action="store_true",
+                    help="ignore a stored post-processing plan")
+    a("--case-json", action="store_true",
+      help="also write cases.json: per case and class TP/FP/FN/TN and every metric "
+      "(Dice, IoU, sensitivity, specificity, HD95, HD, ASSD, NSD), nnU-Net's summary layout")
+    a("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+      help="NSD tolerance in the HD95 unit (mm; voxels under --protocol transunet)")
     a("--protocol", choices=("strict", "transunet"), default="strict",
       help="empty-mask protocol; transunet also reports HD95 in voxels as the paper does")
     add_output_option(p, help="report folder (default <run>/report)")
@@ -50,8 +63,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-cases must be >= 1, got {args.max_cases}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from unetzoo.engine.postprocess import load_plan
+    from unetzoo.metrics.nsd import check_tolerance
+
+    check_tolerance(args.nsd_tolerance)
+    plan = (load_plan(args.postprocessing) if args.postprocessing
+            else None if args.no_postprocessing else "stored")
     run_test(
-        args.checkpoint,
+        args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0],
         dataset=args.dataset,
         data_root=args.data_root,
         split=args.split,
@@ -64,5 +83,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         backend=args.backend,
+        postprocessing=plan,
+        case_json=args.case_json,
+        nsd_tolerance=args.nsd_tolerance,
     )
     return 0

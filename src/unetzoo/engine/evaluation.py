@@ -160,7 +160,7 @@ def mean_table(
 
 
 def run_test(
-    checkpoint: str | Path | dict,
+    checkpoint: str | Path | dict | list[str | Path],
     dataset=None,
     data_root: str | Path | None = None,
     split: str = "test",
@@ -174,11 +174,16 @@ def run_test(
     batch_size: int = 16,
     verbose: bool = True,
     backend: str = "torch",
+    postprocessing: dict[str, Any] | str | None = "stored",
+    case_json: bool = False,
+    nsd_tolerance: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
     Args:
-        checkpoint: a path (or an already loaded checkpoint dict).
+        checkpoint: a path (or an already loaded checkpoint dict), or a list of paths:
+            an ensemble that averages the members' softmax (e.g. the folds of a
+            cross-validation; :mod:`unetzoo.engine.ensemble`).
         dataset: a ``SegDataset``, a dataset name, or None (the checkpoint's dataset).
         data_root: root folder when ``dataset`` is a name.
         max_cases: evaluate only the first N test cases.
@@ -191,6 +196,13 @@ def run_test(
         backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"``, the forward pass on CPU
             (:mod:`unetzoo.engine.backends`; the ONNX export is cached beside the
             checkpoint file).
+        postprocessing: ``"stored"`` applies the plan stored with the (first) checkpoint
+            when there is one (``unetzoo postprocess``), a plan dict that plan, None none
+            (:mod:`unetzoo.engine.postprocess`).
+        case_json: also write ``cases.json``: per case and class TP / FP / FN / TN and
+            every metric (Dice, IoU, sensitivity, specificity, HD95, HD, ASSD, NSD at
+            ``nsd_tolerance`` in the HD95 unit), nnU-Net's summary layout
+            (:mod:`unetzoo.metrics.per_case`).
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
@@ -201,6 +213,10 @@ def run_test(
     from unetzoo.metrics.per_case import write_json
 
     check_backend(backend)  # a bad name is one line before any work
+    members = None
+    if isinstance(checkpoint, (list, tuple)):
+        members = [str(p) for p in checkpoint]
+        checkpoint = members[0]
     ckpt_path = None if isinstance(checkpoint, dict) else Path(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     if dataset is None or isinstance(dataset, str):
@@ -232,9 +248,19 @@ def run_test(
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model_from_checkpoint(ckpt, device=device)
-    model = make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
-                         verbose=verbose)
+    if members is not None and len(members) > 1:
+        from unetzoo.engine.ensemble import load_ensemble
+
+        model, _ = load_ensemble(members, device, wrap=lambda m, path, ck: make_backend(
+            m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose))
+    else:
+        model = model_from_checkpoint(ckpt, device=device)
+        model = make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
+                             verbose=verbose)
+    from unetzoo.engine.postprocess import apply_postprocessing, check_plan, plan_for_checkpoint
+
+    plan = (plan_for_checkpoint(ckpt, ckpt_path) if postprocessing == "stored"
+            else None if postprocessing is None else check_plan(postprocessing))
     img_size = int(ckpt["img_size"])
     if out_dir is None:
         base = ckpt_path.parent if ckpt_path is not None else Path(".")
@@ -250,6 +276,7 @@ def run_test(
 
     class_names = list(ckpt["class_names"])
     rows: list[dict[str, Any]] = []
+    per_case_json: dict[str, Any] = {}
     predicted: set[int] = set()
     units: set[str] = set()
     t0 = time.time()
@@ -258,6 +285,17 @@ def run_test(
         if case.label is None:
             raise DataError(f"test case {cid!r} of {ds.name!r} has no label; use `unetzoo predict`")
         pred = predict_volume(model, case.image, img_size, batch_size=batch_size, tta=tta, device=device)
+        if plan is not None:
+            pred = apply_postprocessing(pred, plan)
+        if case_json:
+            from unetzoo.metrics.per_case import case_metrics as all_metrics
+
+            per_case_json[cid] = all_metrics(
+                pred, case.label, ds.num_classes,
+                case.spacing if hd95_unit(case, protocol) == "mm" else None,
+                class_names=class_names, protocol=protocol, roi=case.roi,
+                ignore_label=getattr(case, "ignore_label", None), nsd_tolerance=nsd_tolerance,
+            )
         for k, vals in case_metrics(pred, case, ds.num_classes, protocol).items():
             rows.append({"case": cid, "class_index": k, "class_name": class_names[k], **vals})
         predicted |= present_classes(pred, ds.num_classes, scored_region(case))
@@ -306,8 +344,14 @@ def run_test(
             "tta": bool(tta),
             "seconds": round(time.time() - t0, 2),
             "report_dir": str(out),
+            "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
+            "postprocessing": None if plan is None else plan["steps"],
         }
     )
+    if case_json:
+        from unetzoo.metrics.per_case import summarize_cases
+
+        write_json(out / "cases.json", summarize_cases(per_case_json))
     # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
     write_json(out / "summary.json", summary)
     if verbose:
