@@ -23,6 +23,7 @@ from unetzoo.metrics.aggregate import (
     write_case_csv,
     write_summary_csv,
 )
+from unetzoo.metrics.nsd import nsd
 from unetzoo.metrics.overlap import Confusion, auc, confusion, dice, iou, sensitivity, specificity
 from unetzoo.metrics.surface import SurfaceDistances, assd, hd, hd95, surface_distances
 
@@ -42,6 +43,7 @@ __all__ = [
     "hd",
     "hd95",
     "iou",
+    "nsd",
     "sensitivity",
     "specificity",
     "never_predicted_warning",
