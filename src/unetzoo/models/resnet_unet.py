@@ -50,7 +50,7 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
-from unetzoo.models.blocks import UpBlock
+from unetzoo.models.blocks import UpBlock, kaiming_init
 from unetzoo.models.encoders import ResNetEncoder, parse_resnet_name
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
@@ -110,20 +110,6 @@ def use_gyb357_shortcuts(encoder: ResNetEncoder) -> None:
     for module in encoder.modules():
         if type(module) in swap:
             module.__class__ = swap[type(module)]
-
-
-def init_gyb357_kaiming(decoder: nn.Module, head: nn.Module) -> None:
-    """gyb357's ``UNet._init_weights`` (``init_weights=True``) outside the encoder.
-
-    Kaiming normal (fan-out, ReLU) on every ``nn.Conv2d`` (transposed convolutions are
-    not ``nn.Conv2d`` and keep PyTorch's default), BatchNorm weight 1, bias 0.
-    """
-    for m in (*decoder.modules(), *head.modules()):
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def init_smp(decoder: nn.Module, head: nn.Module) -> None:
@@ -237,7 +223,7 @@ class ResNetUNet(SegmentationModel):
         if init == "smp" or decoder == "smp":
             init_smp(self.decoder, self.head)
         elif init == "kaiming":
-            init_gyb357_kaiming(self.decoder, self.head)
+            kaiming_init(self.decoder, self.head)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.head_relu = head_relu
