@@ -106,7 +106,7 @@ def saved_tensor_mib(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
 
 def forward_gmacs(model: torch.nn.Module, size: int) -> float:
     """fvcore multiply-accumulates (GMACs) of one forward at batch 1, ``size`` x ``size``."""
-    from unetzoo.cli.bench import count_macs
+    from unetzoo.measure import count_macs
 
     was_training = model.training
     model.eval()
@@ -148,7 +148,7 @@ def _rss_worker(spec_json: str) -> None:
     step = make_step(model, x, y)
     for _ in range(2):  # the 2nd step holds momentum buffers + activations + grads
         step()
-    from unetzoo.cli.bench import _rss_mib  # VmHWM: ru_maxrss would include the parent's
+    from unetzoo.measure import peak_rss_mib as _rss_mib  # VmHWM, not ru_maxrss (parent's)
 
     print(_rss_mib())
 
