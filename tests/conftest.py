@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+import torchvision.models._api
 from torch import nn
 
-# Models whose default is ImageNet weights (resunet_v0_2+) build without downloading.
-os.environ.setdefault("UNETZOO_NO_PRETRAINED", "1")
+
+@pytest.fixture(autouse=True)
+def _no_weight_downloads(monkeypatch):
+    """Nothing downloads in tests: fetching pretrained weights fails as it does offline.
+
+    Models are built as registered; a test that wants a rung whose default is ImageNet
+    weights passes ``encoder_weights=None`` explicitly (or a local file).
+    """
+
+    def offline(url: str, *args, **kwargs):
+        raise ConnectionError(f"downloads are disabled in tests ({url})")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
 
 
 @pytest.fixture(autouse=True)

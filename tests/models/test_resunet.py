@@ -6,7 +6,7 @@ real forwards use ResNet-18 and ``width_scale=0.125`` except one full v1.0 forwa
 
 from __future__ import annotations
 
-import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,11 +29,6 @@ RUNGS = (
     "resunet_v1_0",
 )
 SMALL = {"encoder": "resnet18", "width_scale": 0.125, "encoder_weights": None}
-
-
-@pytest.fixture(autouse=True)
-def _no_download(monkeypatch):
-    monkeypatch.setenv("UNETZOO_NO_PRETRAINED", "1")
 
 
 def conv_bn(cin: int, cout: int) -> int:
@@ -178,7 +173,9 @@ def test_taps_and_down_sampling(name, reductions, decoder):
 
 
 def test_v1_0_decoder_widths():
-    model = create_model("resunet_v1_0", in_channels=1, num_classes=9, encoder="resnet18")
+    model = create_model(
+        "resunet_v1_0", in_channels=1, num_classes=9, encoder="resnet18", encoder_weights=None
+    )
     assert model.widths == {"layer3": 512, "layer2": 384, "layer1": 128, "stem": 64}
     assert model.dec3.conv[0].in_channels == 768 and model.dec3.conv[0].out_channels == 512
     assert model.dec2.conv[3].in_channels == 384 and model.dec2.conv[3].out_channels == 384
@@ -192,7 +189,6 @@ def _fake_resnet_state(depth: int) -> dict[str, torch.Tensor]:
 
 
 def test_pretrained_rungs_load_through_the_encoder(monkeypatch):
-    monkeypatch.delenv("UNETZOO_NO_PRETRAINED")
     state = _fake_resnet_state(18)
     calls = []
 
@@ -227,12 +223,44 @@ def test_pretrained_from_local_file(tmp_path):
         create_model("resunet_v0_5", encoder="resnet18", encoder_weights=str(tmp_path / "no"))
 
 
-def test_no_pretrained_env_warns_and_skips():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def test_offline_imagenet_default_is_one_line_naming_encoder_weights_none():
+    # conftest makes every weight download fail, as it does offline.
+    with pytest.raises(CheckpointError) as info:
         create_model("resunet_v0_2", in_channels=1, num_classes=2, encoder="resnet18",
                      width_scale=0.125)
-    assert any("UNETZOO_NO_PRETRAINED" in str(w.message) for w in caught)
+    text = str(info.value)
+    assert "\n" not in text and "encoder_weights=none" in text and "resnet18" in text
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "null", "NULL"])
+def test_encoder_weights_none_strings_build_random_init(spelling, monkeypatch):
+    calls = []
+    monkeypatch.setattr(encoders_mod, "load_resnet_weights", lambda *a: calls.append(a))
+    model = create_model("resunet_v1_0", in_channels=1, num_classes=2, encoder="resnet18",
+                         width_scale=0.125, encoder_weights=spelling)
+    assert calls == [] and model.unetzoo_options["encoder_weights"] is None
+
+
+def test_cli_model_option_encoder_weights_none_builds(tmp_path):
+    from unetzoo.cli.main import main as cli_main
+
+    out = tmp_path / "run"
+    rc = cli_main([
+        "train", "--model", "resunet_v0_3", "--dataset", "phantom",
+        "--data-root", str(tmp_path / "data"), "--output", str(out),
+        "--model-option", "encoder=resnet18", "--model-option", "width_scale=0.125",
+        "--model-option", "encoder_weights=none", "--max-epochs", "1", "--img-size", "32",
+        "--batch-size", "2", "--no-test", "--no-progress", "--device", "cpu",
+    ])
+    assert rc == 0
+
+
+def test_no_env_switch_left():
+    root = Path(__file__).resolve().parents[2]
+    needle = "UNETZOO_NO_" + "PRETRAINED"  # split so this file does not match itself
+    hits = [str(p) for d in ("src", "tests") for p in (root / d).rglob("*.py")
+            if needle in p.read_text(encoding="utf-8")]
+    assert hits == []
 
 
 @pytest.mark.parametrize(

@@ -56,13 +56,15 @@ def small_model(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     defaults = get_entry(name).default_options()
     small = {k: _shrink(defaults[k]) for k in WIDTH_OPTIONS if k in defaults}
     small = {k: v for k, v in small.items() if v != defaults[k]}
+    # Random init, explicitly: rungs whose default is ImageNet weights would download.
+    base = {"encoder_weights": None} if "encoder_weights" in defaults else {}
     torch.manual_seed(0)
     if small:
         try:
-            return create_model(name, in_channels=1, num_classes=3, **small), small
+            return create_model(name, in_channels=1, num_classes=3, **base, **small), small
         except (UnetzooError, ValueError, RuntimeError, AssertionError, TypeError):
             pass  # widths tied to other options (heads, groups): use the defaults
-    return create_model(name, in_channels=1, num_classes=3), {}
+    return create_model(name, in_channels=1, num_classes=3, **base), {}
 
 
 def _input_size(model: torch.nn.Module) -> tuple[int, int]:

@@ -43,7 +43,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 # that trained), torch refuses backward passes in its forked children.
 _ZYGOTE = r"""
 import json, os, sys, traceback
-os.environ.setdefault("UNETZOO_NO_PRETRAINED", "1")
 import torch
 torch.set_num_threads(1)
 import unetzoo.engine.evaluation, unetzoo.engine.inference  # once, not per child

@@ -29,7 +29,7 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
-from unetzoo.models.registry import PublishedParams, Taps, register_model
+from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
 from unetzoo.models.weights_maps import load_into, pvt_v2_state_dict, read_torch
 
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "hswish": nn.Hardswish}
@@ -329,8 +329,18 @@ EMCAD_PVT_B2_PARAMS = 26_772_635
 EMCAD_PVT_B2_1CLASS_PARAMS = 26_764_411
 
 
-@register_model(
+# The class is its own builder: the registry reads EMCADNet.__init__ for defaults.
+register_model(
     "emcad",
+    EMCADNet,
+    pretrained=(
+        PretrainedSource(
+            tag="pvt_v2_b2.pth",
+            url="https://github.com/whai362/PVT/releases/download/v2/pvt_v2_b2.pth",
+            filename="pvt_v2_b2.pth",
+            note="PVTv2-B2 ImageNet-1k release (whai362/PVT), as in SLDGroup/EMCAD; pass the local path",
+        ),
+    ),
     description="EMCAD: PVTv2-B2 encoder, multi-scale convolutional attention decoder",
     source="Rahman et al., CVPR 2024; code SLDGroup/EMCAD",
     taps=EMCAD_TAPS,
@@ -349,31 +359,3 @@ EMCAD_PVT_B2_1CLASS_PARAMS = 26_764_411
         ),
     ),
 )
-def emcad(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    embed_dims: tuple[int, int, int, int] = (64, 128, 320, 512),
-    depths: tuple[int, int, int, int] = (3, 4, 6, 3),
-    num_heads: tuple[int, int, int, int] = (1, 2, 5, 8),
-    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1),
-    mlp_ratios: tuple[float, ...] = (8, 8, 4, 4),
-    drop_path_rate: float = 0.1,
-    kernel_sizes: tuple[int, ...] = (1, 3, 5),
-    expansion_factor: float = 2,
-    dw_parallel: bool = True,
-    add: bool = True,
-    lgag_ks: int = 3,
-    activation: str = "relu6",
-    deep_supervision: bool = False,
-    encoder_weights: str | None = None,
-    gate_activation: str | None = "relu",
-) -> EMCADNet:
-    """EMCAD with a PVTv2-B2 encoder (see :class:`EMCADNet` for the options)."""
-    return EMCADNet(
-        in_channels, num_classes, embed_dims=tuple(embed_dims), depths=tuple(depths),
-        num_heads=tuple(num_heads), sr_ratios=tuple(sr_ratios), mlp_ratios=tuple(mlp_ratios),
-        drop_path_rate=drop_path_rate, kernel_sizes=tuple(kernel_sizes),
-        expansion_factor=expansion_factor, dw_parallel=dw_parallel, add=add, lgag_ks=lgag_ks,
-        activation=activation, deep_supervision=deep_supervision,
-        encoder_weights=encoder_weights, gate_activation=gate_activation,
-    )

@@ -1,16 +1,15 @@
 """The model registry: the one place the CLI, tests and benchmarks find models.
 
-A model family module registers thin configurations over one class::
+A model family module registers configurations of its class; the class is the builder
+(its ``__init__`` signature gives the options, their types and defaults)::
 
-    @register_model("unet", description="...", source="Ronneberger et al. 2015",
-                    taps=Taps(encoder=("enc1", ...), decoder=("dec1", ...), final="dec4"))
-    def unet(in_channels: int = 1, num_classes: int = 2, **options) -> UNet:
-        return UNet(in_channels, num_classes, **options)
-
+    register_model("unet", UNet, description="...", source="Ronneberger et al. 2015",
+                   taps=Taps(encoder=("enc1", ...), decoder=("dec1", ...), final="dec4"))
     register_model("resunet_v0_3", ResUnet, defaults={"stem_maxpool": False}, ...)
 
 ``create_model(name, in_channels=1, num_classes=2, **options)`` merges, in order, the
-builder's own keyword defaults, the entry's ``defaults`` and the caller's options.
+class's own keyword defaults, the entry's ``defaults`` (registry data) and the caller's
+options.
 """
 
 from __future__ import annotations
@@ -57,6 +56,21 @@ class PublishedParams:
 
 
 @dataclass(frozen=True)
+class PretrainedSource:
+    """Where the weights an ``encoder_weights`` value names come from (registry data, as
+    timm's pretrained cfgs). Nothing downloads from here at build time except through the
+    encoder's own loader (torchvision's hub cache for ``"imagenet"``); other files are
+    fetched by the user and passed as a path.
+    """
+
+    tag: str  # the ``encoder_weights`` value (``"imagenet"``) or the file name to pass
+    url: str
+    filename: str
+    hash_prefix: str | None = None  # torchvision-style: the file's sha256 starts with it
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One registered model: a builder plus metadata."""
 
@@ -69,6 +83,7 @@ class ModelEntry:
     taps: TapsSpec | None = None
     aliases: tuple[str, ...] = ()
     published: tuple[PublishedParams, ...] = ()
+    pretrained: tuple[PretrainedSource, ...] = ()
 
     def default_options(self) -> dict[str, Any]:
         """Builder keyword defaults overridden by the entry's defaults."""
@@ -108,6 +123,7 @@ def register_model(
     aliases: tuple[str, ...] = (),
     published: tuple[PublishedParams, ...] = (),
     family: str | None = None,
+    pretrained: tuple[PretrainedSource, ...] = (),
 ) -> Any:
     """Register ``builder`` under ``name``; usable as a decorator when builder is None."""
 
@@ -126,6 +142,7 @@ def register_model(
             taps=taps,
             aliases=tuple(a.lower() for a in aliases),
             published=tuple(published),
+            pretrained=tuple(pretrained),
         )
         for alias in aliases:
             if alias.lower() in _REGISTRY or alias.lower() in _ALIASES:
@@ -230,6 +247,8 @@ def _coerce_one(value: Any, kind: str) -> Any:
         if isinstance(value, str):
             return value
         raise TypeError("a string")
+    if kind.startswith("Sequence[") and kind.endswith("]"):
+        kind = f"tuple[{kind[len('Sequence['):-1]}, ...]"
     if kind.startswith("tuple[") and kind.endswith("]"):
         inner = [t.strip() for t in kind[len("tuple["):-1].split(",")]
         if not isinstance(value, (list, tuple)):
@@ -240,7 +259,8 @@ def _coerce_one(value: Any, kind: str) -> Any:
             raise TypeError(f"a list of {len(inner)} values")
         else:
             kinds = inner
-        return type(value)(_coerce(v, k) for v, k in zip(value, kinds))
+        # Always a tuple: classes registered directly receive what YAML/JSON gave (lists).
+        return tuple(_coerce(v, k) for v, k in zip(value, kinds))
     return value  # an annotation this check does not model (a class, Any): pass through
 
 
@@ -273,6 +293,10 @@ def _annotation(param: inspect.Parameter) -> str | None:
     return ann if isinstance(ann, str) else inspect.formatannotation(ann)
 
 
+#: Spellings of "no pretrained weights" accepted for ``encoder_weights`` (CLI, YAML, JSON).
+_NO_WEIGHTS = frozenset({"none", "null"})
+
+
 def check_option_types(entry: ModelEntry, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with each value checked against the builder's annotation.
 
@@ -283,6 +307,9 @@ def check_option_types(entry: ModelEntry, options: dict[str, Any]) -> dict[str, 
     params = inspect.signature(entry.builder).parameters
     out = dict(options)
     for key, value in options.items():
+        if key == "encoder_weights" and isinstance(value, str) and value.lower() in _NO_WEIGHTS:
+            # None cannot be typed on the command line: `encoder_weights=none` is random init.
+            out[key] = value = None
         param = params.get(key)
         ann = None if param is None else _annotation(param)
         if ann is None:

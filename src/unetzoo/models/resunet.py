@@ -69,19 +69,17 @@ commute, but 4x cheaper).
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetzoo.errors import ModelError
+from unetzoo.errors import CheckpointError, ModelError
 from unetzoo.models.base import SegmentationModel
 from unetzoo.models.blocks import DoubleConv
 from unetzoo.models.encoders import ResNetEncoder, parse_resnet_name
-from unetzoo.models.registry import PublishedParams, Taps, register_model
+from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
 
 RESUNET_SOURCE = (
     "Pipaup/ResUnet (ResUnet: Fixing ResNet's Adaptation Defects for Medical Image "
@@ -144,16 +142,6 @@ def _building_on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
 
-def _no_download(weights: object) -> bool:
-    # Tests (and offline runs) set UNETZOO_NO_PRETRAINED=1 so that rungs whose default is
-    # ImageNet weights build without a download; local weight files still load.
-    return (
-        isinstance(weights, str)
-        and weights.lower() == "imagenet"
-        and os.environ.get("UNETZOO_NO_PRETRAINED", "") not in ("", "0")
-    )
-
-
 class ResUnet(SegmentationModel):
     """ResNet U-Net with the ResUnet ablation switches (see the module docstring).
 
@@ -168,8 +156,9 @@ class ResUnet(SegmentationModel):
             (``"resnet18"``, for quick tests).
         encoder_weights: None (random init), ``"imagenet"`` or a path to a torchvision
             ResNet checkpoint; loaded through :class:`ResNetEncoder`. Skipped when the
-            model is built on the meta device (parameter counting); ``"imagenet"`` is
-            also skipped, with a warning, when ``UNETZOO_NO_PRETRAINED=1`` (tests).
+            model is built on the meta device (parameter counting). Offline, a rung
+            whose default is ``"imagenet"`` fails with one line naming
+            ``encoder_weights=none`` (the string is accepted for None by the registry).
         stem_maxpool: keep the stem's 3x3/2 max-pool (v0.1, v0.2).
         layer1_skip: fuse layer1's feature in the decoder (v0.1-v0.3, v0.7).
         bottleneck: replace layer4 with the two-convolution bottleneck (v0.5+).
@@ -208,16 +197,19 @@ class ResUnet(SegmentationModel):
         self.use_bottleneck = bool(bottleneck)
         if _building_on_meta():
             encoder_weights = None
-        elif _no_download(encoder_weights):
-            warnings.warn(
-                "UNETZOO_NO_PRETRAINED=1: building the ResUnet encoder without its ImageNet "
-                "weights (random init)",
-                stacklevel=2,
+        try:
+            self.encoder = ResNetEncoder(
+                depth, self.in_channels, weights=encoder_weights, stem_maxpool=bool(stem_maxpool)
             )
-            encoder_weights = None
-        self.encoder = ResNetEncoder(
-            depth, self.in_channels, weights=encoder_weights, stem_maxpool=bool(stem_maxpool)
-        )
+        except CheckpointError as exc:
+            if not (isinstance(encoder_weights, str) and encoder_weights.lower() == "imagenet"):
+                raise
+            # Offline: say how to build the same network without the download, in one line.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"{first}; or build with random init: --model-option encoder_weights=none "
+                "(encoder_weights=None in Python)"
+            ) from None
         c_stem, c1, c2, c3, c4 = self.encoder.channels
         s = float(width_scale)
         if self.use_bottleneck:
@@ -279,36 +271,22 @@ class ResUnet(SegmentationModel):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def _build_resunet(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    encoder: str = "resnet34",
-    encoder_weights: str | None = None,
-    stem_maxpool: bool = True,
-    layer1_skip: bool = True,
-    bottleneck: bool = False,
-    preserve_layer3: bool = False,
-    preserve_up2: bool = False,
-    width_scale: float = 1.0,
-) -> ResUnet:
-    return ResUnet(
-        in_channels,
-        num_classes,
-        encoder=encoder,
-        encoder_weights=encoder_weights,
-        stem_maxpool=stem_maxpool,
-        layer1_skip=layer1_skip,
-        bottleneck=bottleneck,
-        preserve_layer3=preserve_layer3,
-        preserve_up2=preserve_up2,
-        width_scale=width_scale,
-    )
-
-
 def _taps(model: nn.Module) -> Taps:
     if not isinstance(model, ResUnet):
         raise ModelError(f"resunet taps need a ResUnet, got {type(model).__name__}")
     return model.taps()
+
+
+#: ``encoder_weights="imagenet"`` of the registered encoder (ResNet-34): torchvision's
+#: IMAGENET1K_V1 file, fetched into the torch hub cache by torchvision (hash-checked).
+IMAGENET_RESNET34 = PretrainedSource(
+    tag="imagenet",
+    url="https://download.pytorch.org/models/resnet34-b627a593.pth",
+    filename="resnet34-b627a593.pth",
+    hash_prefix="b627a593",
+    note="torchvision ResNet34_Weights.IMAGENET1K_V1; offline, download it yourself and "
+    "pass its path as encoder_weights, or encoder_weights=none for random init",
+)
 
 
 #: The ladder: (rung name, options over the baseline, role, what the rung changes).
@@ -396,7 +374,7 @@ LADDER_NAMES: tuple[str, ...] = tuple(name for name, *_ in LADDER)
 for _name, _defaults, _role, _change in LADDER:
     register_model(
         _name,
-        _build_resunet,
+        ResUnet,  # the class is its own builder: defaults come from ResUnet.__init__
         description=f"ResUnet {_name[-3:].replace('_', '.')} [{_role}]: {_change}",
         source=RESUNET_SOURCE,
         defaults=_defaults,
@@ -415,4 +393,5 @@ for _name, _defaults, _role, _change in LADDER:
             else ()
         ),
         family="resunet",
+        pretrained=(IMAGENET_RESNET34,),
     )

@@ -250,22 +250,6 @@ class ResUnetPlusPlus(SegmentationModel):
         return self.head(self.aspp_out(d))
 
 
-def _build_resunetpp(
-    in_channels: int = 3,
-    num_classes: int = 1,
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256),
-    se_reduction: int = 8,
-    aspp_rates: tuple[int, ...] = (1, 6, 12, 18),
-) -> ResUnetPlusPlus:
-    return ResUnetPlusPlus(
-        in_channels,
-        num_classes,
-        widths=widths,
-        se_reduction=se_reduction,
-        aspp_rates=aspp_rates,
-    )
-
-
 #: Trainable parameters of the official ResUNet++ (3 input channels, 1 output map).
 OFFICIAL_PARAMS = 4_062_993
 #: Keras' "Total params" of the official m_resunet.py: trainable + BN moving statistics.
@@ -273,7 +257,7 @@ OFFICIAL_KERAS_TOTAL = 4_070_385
 
 register_model(
     "resunetpp",
-    _build_resunetpp,
+    ResUnetPlusPlus,  # the class is its own builder (defaults from __init__)
     description="ResUNet++: residual units + SE, ASPP bridge and output, attention-gated "
     "decoder (widths 16-256, official DebeshJha layout)",
     source=RESUNETPP_SOURCE,

@@ -26,7 +26,7 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import check_input, crop_to
-from unetzoo.models.registry import PublishedParams, Taps, register_model
+from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
 from unetzoo.models.weights_maps import load_into, read_torch, swin_state_dict
 
 
@@ -284,8 +284,18 @@ def _swin_taps(model: nn.Module) -> Taps:
 SWIN_UNET_T_PARAMS = 27_168_900
 
 
-@register_model(
+# The class is its own builder: the registry reads SwinUNet.__init__ for defaults.
+register_model(
     "swin_unet",
+    SwinUNet,
+    pretrained=(
+        PretrainedSource(
+            tag="swin_tiny_patch4_window7_224.pth",
+            url="https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth",
+            filename="swin_tiny_patch4_window7_224.pth",
+            note="Microsoft Swin-T ImageNet-1k release, as in HuCaoFighting/Swin-Unet; pass the local path",
+        ),
+    ),
     description="Swin-UNet: Swin-T encoder, patch-expanding Swin decoder, 4x final expanding",
     source="Cao et al. 2021, arXiv:2105.05537; code HuCaoFighting/Swin-Unet",
     taps=_swin_taps,
@@ -299,26 +309,3 @@ SWIN_UNET_T_PARAMS = 27_168_900
         ),
     ),
 )
-def swin_unet(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    img_size: int = 224,
-    patch_size: int = 4,
-    embed_dim: int = 96,
-    depths: tuple[int, ...] = (2, 2, 2, 2),
-    num_heads: tuple[int, ...] = (3, 6, 12, 24),
-    window_size: int = 7,
-    mlp_ratio: float = 4.0,
-    drop_rate: float = 0.0,
-    attn_drop_rate: float = 0.0,
-    drop_path_rate: float = 0.2,
-    encoder_weights: str | None = None,
-) -> SwinUNet:
-    """Swin-UNet with a Swin-T encoder (see :class:`SwinUNet` for the options)."""
-    return SwinUNet(
-        in_channels, num_classes, img_size=img_size, patch_size=patch_size,
-        embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(num_heads),
-        window_size=window_size, mlp_ratio=mlp_ratio, drop_rate=drop_rate,
-        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-        encoder_weights=encoder_weights,
-    )

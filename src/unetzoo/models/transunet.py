@@ -28,7 +28,7 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel, check_input, crop_to, pad_to_multiple
-from unetzoo.models.registry import PublishedParams, Taps, register_model
+from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
 from unetzoo.models.weights_maps import load_into, read_npz, resize_pos_embed, vit_npz_to_state_dict
 
 # The official StdConv2d standardises with eps 1e-5 (timm's default is 1e-6).
@@ -300,8 +300,18 @@ def _transunet_taps(model: nn.Module) -> Taps:
 TRANSUNET_R50_B16_PARAMS = 105_277_081
 
 
-@register_model(
+# The class is its own builder: the registry reads TransUNet.__init__ for defaults.
+register_model(
     "transunet",
+    TransUNet,
+    pretrained=(
+        PretrainedSource(
+            tag="R50+ViT-B_16.npz",
+            url="https://storage.googleapis.com/vit_models/imagenet21k/R50%2BViT-B_16.npz",
+            filename="R50+ViT-B_16.npz",
+            note="Google's ViT release (ImageNet-21k), as in Beckschen/TransUNet's README; pass the local path",
+        ),
+    ),
     description="TransUNet: R50-ViT-B/16 hybrid encoder, cascaded upsampler with 3 skips",
     source="Chen et al. 2021, arXiv:2102.04306; code Beckschen/TransUNet",
     taps=_transunet_taps,
@@ -314,28 +324,3 @@ TRANSUNET_R50_B16_PARAMS = 105_277_081
         ),
     ),
 )
-def transunet(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    img_size: int = 224,
-    hidden_size: int = 768,
-    num_layers: int = 12,
-    num_heads: int = 12,
-    mlp_dim: int = 3072,
-    resnet_layers: tuple[int, int, int] = (3, 4, 9),
-    resnet_width: int = 64,
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 16),
-    n_skip: int = 3,
-    head_channels: int = 512,
-    dropout: float = 0.1,
-    attention_dropout: float = 0.0,
-    encoder_weights: str | None = None,
-) -> TransUNet:
-    """TransUNet R50-ViT-B/16 (see :class:`TransUNet` for the options)."""
-    return TransUNet(
-        in_channels, num_classes, img_size=img_size, hidden_size=hidden_size,
-        num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
-        resnet_layers=tuple(resnet_layers), resnet_width=resnet_width,
-        decoder_channels=tuple(decoder_channels), n_skip=n_skip, head_channels=head_channels,
-        dropout=dropout, attention_dropout=attention_dropout, encoder_weights=encoder_weights,
-    )

@@ -254,8 +254,10 @@ def unet3p_taps(model: nn.Module) -> Taps:
     return Taps(encoder=encoder, decoder=("decoder.0", "decoder.1", "decoder.2"), final="decoder.3")
 
 
-@register_model(
+# The class is its own builder: the registry reads UNet3Plus.__init__ for defaults.
+register_model(
     "unet3p",
+    UNet3Plus,
     description="UNet 3+: full-scale skips, optional deep supervision and CGM",
     source="Huang et al., UNet 3+, ICASSP 2020 (arXiv:2004.08790); ZJUGiveLab/UNet-Version",
     family="unet3p",
@@ -270,31 +272,3 @@ def unet3p_taps(model: nn.Module) -> Taps:
         ),
     ),
 )
-def unet3p(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    base_channels: int = 64,
-    encoder: str | None = None,
-    encoder_weights: str | None = None,
-    cat_channels: int | None = None,
-    batch_norm: bool = True,
-    bias: bool | None = True,
-    deep_supervision: bool = False,
-    cgm: bool = False,
-    cgm_mode: str = "multiply",
-    init: str = "kaiming",
-) -> UNet3Plus:
-    return UNet3Plus(
-        in_channels,
-        num_classes,
-        base_channels=base_channels,
-        encoder=encoder,
-        encoder_weights=encoder_weights,
-        cat_channels=cat_channels,
-        batch_norm=batch_norm,
-        bias=bias,
-        deep_supervision=deep_supervision,
-        cgm=cgm,
-        cgm_mode=cgm_mode,
-        init=init,
-    )

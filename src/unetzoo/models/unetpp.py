@@ -179,8 +179,10 @@ def unetpp_taps(model: nn.Module) -> Taps:
     )
 
 
-@register_model(
+# The class is its own builder: the registry reads UNetPlusPlus.__init__ for defaults.
+register_model(
     "unetpp",
+    UNetPlusPlus,
     description="UNet++: nested dense skip pathways, 32-512, optional deep supervision",
     source="Zhou et al., UNet++, DLMIA 2018 (arXiv:1807.10165); MrGiovanni/UNetPlusPlus",
     family="unetpp",
@@ -195,25 +197,3 @@ def unetpp_taps(model: nn.Module) -> Taps:
         ),
     ),
 )
-def unetpp(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    base_channels: int = 32,
-    encoder: str | None = None,
-    encoder_weights: str | None = None,
-    decoder_channels: tuple[int, ...] | None = None,
-    batch_norm: bool = True,
-    bias: bool | None = None,
-    deep_supervision: bool = False,
-) -> UNetPlusPlus:
-    return UNetPlusPlus(
-        in_channels,
-        num_classes,
-        base_channels=base_channels,
-        encoder=encoder,
-        encoder_weights=encoder_weights,
-        decoder_channels=decoder_channels,
-        batch_norm=batch_norm,
-        bias=bias,
-        deep_supervision=deep_supervision,
-    )
