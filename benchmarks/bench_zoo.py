@@ -3,7 +3,7 @@
 Per model at 224 x 224, 1 input channel, 9 classes: parameters, fvcore MACs (batch 1),
 forward latency (batch 1), training throughput (forward + CE + backward + SGD step,
 batch 8) and peak memory (process RSS of a fresh subprocess per model; CUDA max allocated
-when a GPU is present). The measurement code lives in ``unetzoo.cli.bench``.
+when a GPU is present). The measurement code lives in ``unetzoo.measure``.
 
     python benchmarks/bench_zoo.py                         # every model, 224 px
     python benchmarks/bench_zoo.py --models 'resnet*,unet' --json zoo.json
@@ -34,7 +34,8 @@ NOTES = (
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure the models and print/write the table; returns the rows."""
-    from unetzoo.cli.bench import add_zoo_arguments, select_models, table_columns, zoo_rows
+    from unetzoo.cli.bench import add_zoo_arguments  # the CLI's options
+    from unetzoo.measure import select_models, table_columns, zoo_rows
 
     parser = base_parser(__doc__)
     add_zoo_arguments(parser, repeats=False)
