@@ -36,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--model", help="registered model name (`unetzoo list-models`); default: the recipe's")
-    a("--dataset", help="dataset name (default: the embedded phantom)")
+    a("--dataset", help="dataset name (default: nnunet when --data-root holds a dataset.json, else the embedded phantom)")
     a("--data-root", help="dataset folder")
     a("--config", help="YAML file with any of these options (flag names, - or _)")
     a("--recipe", metavar="NAME",
