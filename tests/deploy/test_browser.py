@@ -99,8 +99,10 @@ def test_upload_segment_overlay_legend(driver, server, phantom_files, phantom_ca
     natural = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
                                     img)
     h, w = phantom_case[0].shape[1:]
-    k = natural[0] // w
-    assert k >= 1 and natural == [k * w, k * h]  # the upload, enlarged by a whole factor
+    k = natural[1] // h
+    # With a ground truth: ground truth | prediction | errors, each the upload enlarged by a
+    # whole factor, 4 px apart.
+    assert k >= 1 and natural == [3 * k * w + 2 * 4, k * h]
 
     rows = driver.find_elements(By.CSS_SELECTOR, "#legend tr.legend-row")
     listed = [r.get_attribute("data-class") for r in rows]
