@@ -128,3 +128,31 @@ def test_rebuild_does_not_reload_pretrained_encoder_file(tmp_path):
     x = torch.rand(1, 1, 32, 32)
     model.eval()
     torch.testing.assert_close(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("name, small, legacy", [
+    ("unet_selfreg", {"base_channels": 4}, {"align_corners": False, "skip_first": False}),
+    ("unet3p", {"base_channels": 4, "cgm": True}, {"cgm_mode": "background"}),
+    ("resnet18_unet", {}, {"head_relu": True}),
+])
+def test_checkpoint_from_before_a_default_changed_keeps_its_function(name, small, legacy):
+    # Options are stored merged, so a checkpoint lacking one was written before it existed:
+    # it is rebuilt with the old behaviour, not silently as the new default.
+    from unetzoo.models import create_model
+
+    torch.manual_seed(0)
+    old = create_model(name, 1, 3, **small, **legacy).eval()
+    options = {k: v for k, v in old.unetzoo_options.items() if k not in legacy}
+    ck = {"model": {"name": name, "options": options}, "state_dict": old.state_dict(),
+          "class_names": ["background", "a", "b"], "in_channels": 1}
+    rebuilt = model_from_checkpoint(ck)
+    assert all(rebuilt.unetzoo_options[k] == v for k, v in legacy.items())
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), old(x))
+    # A current checkpoint keeps the (new) defaults it stored.
+    cur = create_model(name, 1, 3, **small)
+    ck_new = {**ck, "model": {"name": name, "options": dict(cur.unetzoo_options)},
+              "state_dict": cur.state_dict()}
+    assert all(model_from_checkpoint(ck_new).unetzoo_options[k] == cur.unetzoo_options[k]
+               for k in legacy)

@@ -174,6 +174,24 @@ def _is_torch_export_archive(p: Path) -> bool:
         return False
 
 
+# Options whose default changed to the official behaviour after checkpoints were written
+# without them. Stored options are the merged ones, so a missing key marks such a
+# checkpoint: it is rebuilt as it was trained, never silently as a different function.
+LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
+    "unet_selfreg": {"align_corners": False, "skip_first": False},
+    "unet3p": {"cgm_mode": "background"},
+    "emcad": {"gate_activation": None},
+    **{f"resnet{d}_unet": {"head_relu": True} for d in (18, 34, 50, 101, 152)},
+}
+
+
+def legacy_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with the pre-change values of options they lack."""
+    for key, value in LEGACY_OPTIONS.get(name, {}).items():
+        options.setdefault(key, value)
+    return options
+
+
 def model_from_checkpoint(
     ckpt: dict[str, Any], device: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -184,7 +202,7 @@ def model_from_checkpoint(
     from unetzoo.models import create_model
 
     spec = ckpt["model"]
-    options = dict(spec.get("options") or {})
+    options = legacy_options(spec["name"], dict(spec.get("options") or {}))
     # Not int(): create_model type-checks them and a damaged value is then one line.
     in_channels = options.pop("in_channels", ckpt["in_channels"])
     num_classes = options.pop("num_classes", len(ckpt["class_names"]))
