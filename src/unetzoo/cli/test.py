@@ -37,6 +37,9 @@ def register(subparsers) -> argparse.ArgumentParser:
       "(Dice, IoU, sensitivity, specificity, HD95, HD, ASSD, NSD), nnU-Net's summary layout")
     a("--nsd-tolerance", type=float, default=1.0, metavar="MM",
       help="NSD tolerance in the HD95 unit (mm; voxels under --protocol transunet)")
+    a("--metrics", default="dice,hd95", metavar="LIST",
+      help="report metrics, a comma list of dice, iou, sensitivity, specificity, hd95, "
+      "hd, assd, nsd (default dice,hd95; e.g. dice,hd95,nsd adds NSD at --nsd-tolerance)")
     a("--protocol", choices=("strict", "transunet"), default="strict",
       help="empty-mask protocol; transunet also reports HD95 in voxels as the paper does")
     add_output_option(p, help="report folder (default <run>/report)")
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from unetzoo.metrics.nsd import check_tolerance
 
     check_tolerance(args.nsd_tolerance)
+    from unetzoo.engine.evaluation import check_report_metrics
+
+    metrics = check_report_metrics(args.metrics)
     plan = (load_plan(args.postprocessing) if args.postprocessing
             else None if args.no_postprocessing else "stored")
     run_test(
@@ -86,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         postprocessing=plan,
         case_json=args.case_json,
         nsd_tolerance=args.nsd_tolerance,
+        metrics=metrics,
     )
     return 0

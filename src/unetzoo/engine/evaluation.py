@@ -34,7 +34,25 @@ from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
-from unetzoo.errors import CheckpointError, DataError
+from unetzoo.errors import CheckpointError, ConfigError, DataError
+
+#: Metrics ``unetzoo test --metrics`` may put in the report (AUC needs probabilities).
+REPORT_METRICS = ("dice", "iou", "sensitivity", "specificity", "hd95", "hd", "assd", "nsd")
+DEFAULT_REPORT_METRICS = ("dice", "hd95")
+
+
+def check_report_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"dice,hd95,nsd"`` (or a sequence) as a tuple of known report metrics, in the
+    given order without repeats; an unknown or empty list is a one-line ConfigError."""
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
+    unknown = [n for n in names if n not in REPORT_METRICS]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown metric(s) {', '.join(unknown) or '(none given)'} for --metrics; "
+            f"choose a comma list from: {', '.join(REPORT_METRICS)}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def spacing_known(case) -> bool:
@@ -67,9 +85,15 @@ def scored_region(case) -> np.ndarray | None:
 
 
 def case_metrics(
-    pred: np.ndarray, case, num_classes: int, protocol: str = "strict"
+    pred: np.ndarray,
+    case,
+    num_classes: int,
+    protocol: str = "strict",
+    metrics: tuple[str, ...] = DEFAULT_REPORT_METRICS,
+    nsd_tolerance: float = 1.0,
 ) -> dict[int, dict[str, float]]:
-    """Dice and HD95 per foreground class of one case: ``{class_index: {"dice", "hd95"}}``.
+    """The ``metrics`` (default Dice and HD95) per foreground class of one case:
+    ``{class_index: {metric: value}}``. NSD's ``nsd_tolerance`` is in the HD95 unit.
 
     Pixels outside ``case.roi`` (e.g. the DRIVE field of view) are ignored when present,
     and so are pixels whose reference is ``case.ignore_label`` (nnU-Net's ignore label:
@@ -86,7 +110,7 @@ def case_metrics(
         gt = np.where(roi, gt, 0)
     result = evaluate_case(
         pred, gt, num_classes, spacing=spacing, protocol=protocol,
-        metrics=("dice", "hd95"), roi=roi,
+        metrics=tuple(metrics), roi=roi, nsd_tolerance=nsd_tolerance,
     )
     return {int(k): {m: float(v) for m, v in vals.items()} for k, vals in result.items() if int(k) != 0}
 
@@ -96,16 +120,17 @@ def summary_table(
     class_names: list[str],
     protocol: str = "strict",
     predicted: set[int] | None = None,
+    metrics: tuple[str, ...] = DEFAULT_REPORT_METRICS,
 ):
     """The :class:`unetzoo.metrics.SummaryTable` of per-case rows (``case``,
-    ``class_index``, ``dice``, ``hd95``): the one aggregation the report, the
+    ``class_index`` and each of ``metrics``): the one aggregation the report, the
     validation during training and the benchmarks share."""
     from unetzoo.metrics import summarize
 
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     for r in rows:
         per_case.setdefault(str(r["case"]), {})[int(r["class_index"])] = {
-            "dice": float(r["dice"]), "hd95": float(r["hd95"]),
+            m: float(r[m]) for m in metrics
         }
     return summarize(per_case, class_names, protocol, predicted=predicted)
 
@@ -118,17 +143,19 @@ def mean_table(
     predicted: set[int] | None = None,
     model_name: str = "unetzoo",
     hd_unit: str = "mm",
+    metrics: tuple[str, ...] = DEFAULT_REPORT_METRICS,
 ) -> tuple[dict[str, Any], str]:
     """Per-class means over the scored cases, then the mean over classes (TransUNet's
     order; under ``"strict"`` NaN cells are not scored and left out).
 
     Args:
-        rows: one dict per case x class with ``case``, ``class_index``, ``dice``, ``hd95``.
+        rows: one dict per case x class with ``case``, ``class_index`` and each metric.
         predicted: classes the model predicted in at least one case (None: unchecked).
+        metrics: the report's metrics (default Dice and HD95; e.g. add ``"nsd"``).
 
     Returns:
-        ``(summary, markdown)``: ``summary`` is ``{"mean_dice", "mean_hd95", "per_class":
-        {name: {"dice", "hd95", "n_dice", "n_hd95", "predicted"}}, "cases",
+        ``(summary, markdown)``: ``summary`` is ``{"mean_<metric>"..., "per_class":
+        {name: {<metric>..., "n_<metric>"..., "predicted"}}, "cases",
         "classes_in_mean", "never_predicted": [names], "warning"}``; ``markdown`` the
         table of :func:`unetzoo.metrics.format_table`.
     """
@@ -136,23 +163,21 @@ def mean_table(
 
     if not rows:
         raise DataError("no test case was evaluated; nothing to summarize")
-    table = summary_table(rows, class_names, protocol, predicted)
+    metrics = tuple(metrics)
+    table = summary_table(rows, class_names, protocol, predicted, metrics)
     per_class = {
         name: {
-            "dice": table.per_class["dice"][k],
-            "hd95": table.per_class["hd95"][k],
-            "n_dice": table.counts["dice"][k],
-            "n_hd95": table.counts["hd95"][k],
+            **{m: table.per_class[m][k] for m in metrics},
+            **{f"n_{m}": table.counts[m][k] for m in metrics},
             "predicted": None if predicted is None else c in predicted,
         }
         for k, (c, name) in enumerate(zip(table.class_indices, table.class_names))
     }
     summary = {
-        "mean_dice": table.mean["dice"],
-        "mean_hd95": table.mean["hd95"],
+        **{f"mean_{m}": table.mean[m] for m in metrics},
         "per_class": per_class,
         "cases": table.num_cases,
-        "classes_in_mean": {m: table.classes_in_mean(m) for m in ("dice", "hd95")},
+        "classes_in_mean": {m: table.classes_in_mean(m) for m in metrics},
         "never_predicted": table.never_predicted_names,
         "warning": never_predicted_warning(table),
     }
@@ -177,6 +202,7 @@ def run_test(
     postprocessing: dict[str, Any] | str | None = "stored",
     case_json: bool = False,
     nsd_tolerance: float = 1.0,
+    metrics: str | tuple[str, ...] = DEFAULT_REPORT_METRICS,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -203,6 +229,9 @@ def run_test(
             every metric (Dice, IoU, sensitivity, specificity, HD95, HD, ASSD, NSD at
             ``nsd_tolerance`` in the HD95 unit), nnU-Net's summary layout
             (:mod:`unetzoo.metrics.per_case`).
+        nsd_tolerance: NSD's tolerance in the HD95 unit (mm, or voxels).
+        metrics: the report's metrics, a tuple or a comma list (default Dice and HD95;
+            ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
@@ -213,6 +242,11 @@ def run_test(
     from unetzoo.metrics.per_case import write_json
 
     check_backend(backend)  # a bad name is one line before any work
+    from unetzoo.metrics.nsd import check_tolerance
+
+    metrics = check_report_metrics(metrics)
+    if "nsd" in metrics:
+        check_tolerance(nsd_tolerance)
     members = None
     if isinstance(checkpoint, (list, tuple)):
         members = [str(p) for p in checkpoint]
@@ -296,7 +330,8 @@ def run_test(
                 class_names=class_names, protocol=protocol, roi=case.roi,
                 ignore_label=getattr(case, "ignore_label", None), nsd_tolerance=nsd_tolerance,
             )
-        for k, vals in case_metrics(pred, case, ds.num_classes, protocol).items():
+        for k, vals in case_metrics(pred, case, ds.num_classes, protocol, metrics,
+                                    nsd_tolerance).items():
             rows.append({"case": cid, "class_index": k, "class_name": class_names[k], **vals})
         predicted |= present_classes(pred, ds.num_classes, scored_region(case))
         units.add(hd95_unit(case, protocol))
@@ -317,7 +352,7 @@ def run_test(
                     title=f"{cid}, slice {z}", affine=case.affine, window=window,
                     ignore_label=getattr(case, "ignore_label", None),
                 )
-        if verbose:
+        if verbose and "dice" in metrics:
             scored = [r["dice"] for r in rows if r["case"] == cid and not np.isnan(r["dice"])]
             dice = f"{np.mean(scored):.4f}" if scored else "n/a (no class present)"
             print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice} over {len(scored)} "
@@ -326,14 +361,16 @@ def run_test(
     hd_unit = units.pop() if len(units) == 1 else "mm or voxels (mixed spacing)"
     model_name = ckpt["model"]["name"]
     summary, table = mean_table(rows, class_names, protocol, predicted=predicted,
-                                model_name=model_name, hd_unit=hd_unit)
+                                model_name=model_name, hd_unit=hd_unit, metrics=metrics)
     title = getattr(ds, "title", None) or ds.name  # dataset.json's "name" when it has one
+    if "nsd" in metrics:
+        table += f"\nNSD: normalized surface Dice at tolerance {nsd_tolerance:g} ({hd_unit}).\n"
     (out / "summary.md").write_text(f"# Test of {model_name} on {title} ({split})\n\n" + table)
     with (out / "cases.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["case", "class_index", "class_name", "dice", "hd95"])
+        writer = csv.DictWriter(fh, fieldnames=["case", "class_index", "class_name", *metrics])
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "dice": f"{r['dice']:.6f}", "hd95": f"{r['hd95']:.6f}"})
+            writer.writerow({**r, **{m: f"{r[m]:.6f}" for m in metrics}})
     summary.update(
         {
             "model": model_name,
@@ -341,6 +378,8 @@ def run_test(
             "split": split,
             "protocol": protocol,
             "hd95_unit": hd_unit,
+            "metrics": list(metrics),
+            **({"nsd_tolerance": float(nsd_tolerance)} if "nsd" in metrics else {}),
             "tta": bool(tta),
             "seconds": round(time.time() - t0, 2),
             "report_dir": str(out),

@@ -29,6 +29,7 @@ from unetzoo.metrics._common import (
     normalize_spacing,
     union_box,
 )
+from unetzoo.metrics.nsd import check_tolerance, nsd_from_distances
 from unetzoo.metrics.overlap import (
     Confusion,
     auc,
@@ -42,7 +43,8 @@ from unetzoo.metrics.surface import SurfaceDistances
 
 OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity")
 DISTANCE_METRICS = ("hd95", "hd", "assd")
-METRICS = OVERLAP_METRICS + DISTANCE_METRICS + ("auc",)
+# NSD is a fraction (shown in percent) computed from the same surface distances as HD95.
+METRICS = OVERLAP_METRICS + DISTANCE_METRICS + ("nsd", "auc")
 
 # Column titles used by the tables; fractions are shown in percent.
 _TITLES = {
@@ -51,6 +53,7 @@ _TITLES = {
     "sensitivity": "Sensitivity (%)",
     "specificity": "Specificity (%)",
     "auc": "AUC (%)",
+    "nsd": "NSD (%)",
     "hd95": "HD95",
     "hd": "HD",
     "assd": "ASSD",
@@ -130,6 +133,7 @@ def evaluate_case(
     prob: np.ndarray | None = None,
     connectivity: int = 1,
     workers: int | None = None,
+    nsd_tolerance: float = 1.0,
 ) -> CaseResult:
     """Per-class metrics of one case.
 
@@ -142,7 +146,7 @@ def evaluate_case(
             (voxel units, as TransUNet's published HD95).
         protocol: empty-mask rule, ``"strict"`` (default) or ``"transunet"``; see
             :mod:`unetzoo.metrics.overlap` and :mod:`unetzoo.metrics.surface`.
-        metrics: any of ``dice, iou, sensitivity, specificity, hd95, hd, assd, auc``.
+        metrics: any of ``dice, iou, sensitivity, specificity, hd95, hd, assd, nsd, auc``.
         roi: optional boolean mask of the evaluated region (e.g. DRIVE's field of view);
             voxels outside it are ignored (they count as neither TN nor FP).
         prob: class probabilities ``(num_classes, *pred.shape)``, needed only for
@@ -150,6 +154,9 @@ def evaluate_case(
         connectivity: surface neighbourhood for the distances (1, medpy's default).
         workers: threads for the classes' surface distances (default: the cores this
             process may use; 1: serial). Values do not depend on it.
+        nsd_tolerance: NSD's tolerance ``tau`` in the units of ``spacing`` (mm; voxels
+            when None). NSD follows :mod:`unetzoo.metrics.nsd` under both protocols:
+            both masks empty -> NaN, exactly one empty -> 0.
 
     A ``(1, H, W)`` volume (a 2-D dataset's case) is evaluated as the 2-D image ``(H, W)``
     (the first spacing entry is dropped).
@@ -168,6 +175,7 @@ def evaluate_case(
     """
     check_protocol(protocol)
     metrics = _check_metrics(metrics)
+    tau = check_tolerance(nsd_tolerance) if "nsd" in metrics else None
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 2:
         raise ConfigError(
@@ -208,7 +216,7 @@ def evaluate_case(
         pred, gt, sp = pred[0], gt[0], sp[1:]
         roi = None if roi is None else roi[0]
         prob = None if prob is None else prob[:, 0]
-    want_distances = any(m in DISTANCE_METRICS for m in metrics)
+    want_distances = any(m in DISTANCE_METRICS or m == "nsd" for m in metrics)
     # One pass per map finds every class's bounding box (within the foreground's box);
     # the rest works on crops.
     boxes_p = _class_boxes(pred, num_classes)
@@ -251,6 +259,9 @@ def evaluate_case(
                 if roi is not None:
                     scores, labels = scores[roi], labels[roi]
                 values[m] = auc(scores, labels, protocol)
+            elif m == "nsd":
+                # from the distances HD95 uses: no second distance pass
+                values[m] = nsd_from_distances(sd, tau)
             else:
                 values[m] = getattr(sd, m)(protocol)
         result[c] = values
