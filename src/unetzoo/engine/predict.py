@@ -250,7 +250,7 @@ def read_input(
     return Input("image", image[:, None])
 
 
-def _save(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def write_output(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """``write(*args, **kwargs)``; a full disk or an unwritable folder is one line naming
     ``target``, and no half-written file is left behind."""
     try:
@@ -402,7 +402,7 @@ def predict_files_with_model(
         if inp.kind == "nifti":
             # The one label writer puts it back on the input grid (shape, order, affine).
             target = out / f"{stem}_seg.nii.gz"
-            _save(target, save_case_nifti, labels, file_to_array_affine(inp.affine, inp.order),
+            write_output(target, save_case_nifti, labels, file_to_array_affine(inp.affine, inp.order),
                   target, inp.order)
         else:
             suffix = ".tif" if p.suffix.lower() in (".tif", ".tiff") else ".png"
@@ -411,16 +411,16 @@ def predict_files_with_model(
             if suffix == ".tif":
                 import tifffile
 
-                _save(target, tifffile.imwrite, str(target), lab2d)
+                write_output(target, tifffile.imwrite, str(target), lab2d)
             else:
                 from PIL import Image
 
-                _save(target, Image.fromarray(lab2d).save, target)
+                write_output(target, Image.fromarray(lab2d).save, target)
         shown = []
         if overlays:
             for z in pick_slices(labels, overlays):
                 png = out / f"{stem}_overlay{'' if labels.shape[0] == 1 else f'_slice{z:03d}'}.png"
-                _save(png, overlay_png, png, image[0, z], labels[z], class_names, title=p.name,
+                write_output(png, overlay_png, png, image[0, z], labels[z], class_names, title=p.name,
                       affine=file_to_array_affine(inp.affine, inp.order))  # radiological
                 shown.append(str(png))
         counts = {class_names[k]: int((labels == k).sum()) for k in range(1, len(class_names))}

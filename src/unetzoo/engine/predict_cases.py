@@ -23,8 +23,7 @@ Options beyond the single-checkpoint path:
 
 from __future__ import annotations
 
-import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,8 @@ import torch
 
 from unetzoo.data import medio
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
+from unetzoo.engine.predict import write_output
 from unetzoo.errors import DataError
-
-
-def _write(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """``write(...)``; a full disk or unwritable folder is one line naming ``target``."""
-    try:
-        write(*args, **kwargs)
-    except OSError as exc:
-        target.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise DataError(f"disk full at {target}; free space or choose another --out") from None
-        raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def _is_picture(files: Sequence[Path]) -> bool:
@@ -206,7 +195,7 @@ def predict_cases(
         if target.resolve() in inputs_resolved:
             raise DataError(
                 f"the label map of case {case} would overwrite its input {target}; "
-                "choose another --out folder"
+                "choose another --output folder"
             )
     out = check_output_dir(out_dir)
 
@@ -234,18 +223,18 @@ def predict_cases(
             if target.suffix == ".tif":
                 import tifffile
 
-                _write(target, tifffile.imwrite, str(target), lab2d)
+                write_output(target, tifffile.imwrite, str(target), lab2d)
             else:
                 from PIL import Image
 
-                _write(target, Image.fromarray(lab2d).save, target)
+                write_output(target, Image.fromarray(lab2d).save, target)
             file_probs = None if probs is None else probs[:, 0]  # (K, H, W) = (K, y, x)
         else:
             inv = tuple(np.argsort(order))
             file_labels = np.transpose(labels, inv)  # back to the file's (i, j, k)
             if file_ndim == 2:
                 file_labels = file_labels[:, :, 0]
-            _write(target, medio.save_labels, file_labels, affine, target)
+            write_output(target, medio.save_labels, file_labels, affine, target)
             file_probs = None
             if probs is not None:
                 fp = np.transpose(probs, (0, *(1 + np.asarray(inv))))  # (K, i, j, k)
@@ -256,14 +245,14 @@ def predict_cases(
         npz = None
         if file_probs is not None:
             npz = out / f"{case}.npz"
-            _write(npz, np.savez_compressed, npz,
+            write_output(npz, np.savez_compressed, npz,
                    probabilities=np.ascontiguousarray(file_probs, dtype=np.float32),
                    class_names=np.array(class_names))
         shown = []
         if overlays:
             for z in pick_slices(labels, overlays):
                 png = out / f"{case}_overlay{'' if labels.shape[0] == 1 else f'_slice{z:03d}'}.png"
-                _write(png, overlay_png, png, image[0, z], labels[z], class_names, title=case,
+                write_output(png, overlay_png, png, image[0, z], labels[z], class_names, title=case,
                        affine=file_to_array_affine(affine, order))  # radiological display
                 shown.append(str(png))
         counts = {class_names[k]: int((labels == k).sum()) for k in range(1, len(class_names))}
