@@ -10,3 +10,13 @@ def add_output_option(parser: argparse.ArgumentParser, *, required: bool = False
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("-o", "--output", dest="output", default=default, metavar="PATH", help=help)
     group.add_argument("--out", dest="output", default=default, help=argparse.SUPPRESS)
+
+
+def add_postprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """``--postprocessing PLAN.json`` | ``--no-postprocessing``, shared by test and predict."""
+    pp = parser.add_mutually_exclusive_group()
+    pp.add_argument("--postprocessing", metavar="PLAN.json",
+                    help="apply this post-processing plan (default: the plan stored beside "
+                    "the (first) checkpoint by `unetzoo postprocess`, when there is one)")
+    pp.add_argument("--no-postprocessing", action="store_true",
+                    help="ignore a stored post-processing plan")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from unetzoo.cli import add_output_option
+from unetzoo.cli import add_output_option, add_postprocessing_options
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -37,12 +37,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--save-probabilities", action="store_true",
       help="also write CASE.npz with the softmax, 'probabilities' (K, z, y, x) as nnU-Net's "
       "--save_probabilities (before post-processing)")
-    pp = p.add_mutually_exclusive_group()
-    pp.add_argument("--postprocessing", metavar="PLAN.json",
-                    help="apply this post-processing plan (default: the plan stored beside "
-                    "the (first) checkpoint by `unetzoo postprocess`, when there is one)")
-    pp.add_argument("--no-postprocessing", action="store_true",
-                    help="ignore a stored post-processing plan")
+    add_postprocessing_options(p)
     a("--tta", action="store_true", help="flip test-time augmentation")
     a("--overlays", type=int, default=3, help="overlay PNG slices per input (0: none)")
     a("--batch-size", type=int, default=16, help="slices or windows per forward pass")

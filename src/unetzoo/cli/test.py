@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unetzoo.cli import add_output_option
+from unetzoo.cli import add_output_option, add_postprocessing_options
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -26,12 +26,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--save-nifti", action="store_true",
       help="write NIfTI label maps with the input file's shape, voxel order and affine")
     a("--tta", action="store_true", help="flip test-time augmentation")
-    pp = p.add_mutually_exclusive_group()
-    pp.add_argument("--postprocessing", metavar="PLAN.json",
-                    help="apply this post-processing plan (default: the plan stored beside "
-                    "the (first) checkpoint by `unetzoo postprocess`, when there is one)")
-    pp.add_argument("--no-postprocessing", action="store_true",
-                    help="ignore a stored post-processing plan")
+    add_postprocessing_options(p)
     a("--case-json", action="store_true",
       help="also write cases.json: per case and class TP/FP/FN/TN and every metric "
       "(Dice, IoU, sensitivity, specificity, HD95, HD, ASSD, NSD), nnU-Net's summary layout")
