@@ -18,8 +18,7 @@ import torch
 
 from unetzoo.data.base import Case, SegDataset
 from unetzoo.engine import evaluation
-from unetzoo.engine.evaluation import hd95_unit, run_test, spacing_known
-from unetzoo.engine.trainer import validate
+from unetzoo.engine.evaluation import hd95_unit, run_test, spacing_known, validate
 
 NAMES = ["background", "liver", "kidney", "spleen"]
 

@@ -184,6 +184,52 @@ def mean_table(
     return summary, format_table(table, model_name, distance_unit=hd_unit)
 
 
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module, ds, split: str, cases: list[str], cfg: dict[str, Any], device,
+    collect: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Mean foreground Dice and HD95 over ``cases`` (volume inference, TransUNet resize),
+    as the trainer's validation step.
+
+    The same per-case function (:func:`case_metrics`) and aggregation
+    (:func:`summary_table`) as the test report: per class the mean over the cases that
+    scored it, then the mean over the classes with at least one scored case. Under
+    ``"strict"`` a class absent from both prediction and reference is not scored (it
+    never counts as a success) and a missed class scores Dice 0; ``val_dice`` is NaN
+    when no class was scored at all, which never beats a best model.
+
+    ``collect`` (for TensorBoard), when given, receives ``"per_class_dice"`` ``{class
+    name: mean Dice}`` and ``"samples"``, one :class:`~unetzoo.engine.logging.tensorboard.
+    ValidationSample` for each of the first ``IMAGES_PER_VALIDATION`` cases.
+    """
+    from unetzoo.engine.logging.tensorboard import IMAGES_PER_VALIDATION, pick_sample
+
+    model = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    try:
+        for cid in cases:
+            case = ds.load_case(cid, split)
+            pred = predict_volume(
+                model, case.image, int(cfg["img_size"]), batch_size=int(cfg["batch_size"]),
+                device=device, amp=bool(cfg["amp"]),
+            )
+            per_class = case_metrics(pred, case, ds.num_classes, cfg["protocol"])
+            rows += [{"case": cid, "class_index": k, **m} for k, m in per_class.items()]
+            if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
+                collect["samples"].append(pick_sample(case, pred))
+    finally:
+        model.train(was_training)
+    table = summary_table(rows, list(ds.class_names), cfg["protocol"])
+    if collect is not None:
+        collect["per_class_dice"] = {
+            name: float(table.per_class["dice"][k]) for k, name in enumerate(table.class_names)
+        }
+    return {"val_dice": float(table.mean["dice"]), "val_hd95": float(table.mean["hd95"])}
+
+
 def run_test(
     checkpoint: str | Path | dict | list[str | Path],
     dataset=None,
