@@ -1,0 +1,223 @@
+"""The inference spec: everything besides the weights that prediction needs, in one form.
+
+Training builds it (:meth:`InferenceSpec.for_model`), the checkpoint stores it (its keys
+are the checkpoint's top-level ``model``, ``class_names``, ``in_channels``, ``img_size``,
+``preprocessing``, ... as :meth:`InferenceSpec.to_dict` writes them), ``unetzoo export``
+embeds it in the ONNX file's metadata, and the one loader
+(:func:`unetzoo.engine.predictor.load_predictor`) reads it back from a ``.pt`` or an
+``.onnx``. Checkpoints and ONNX files written before the spec existed hold the same keys
+without ``slicing`` / ``resize``; they read as today's protocol, the only one there was.
+
+The spec is plain data (strings, numbers, lists, dicts), so a checkpoint is read with
+``torch.load(weights_only=True)`` and an ONNX file's metadata with ``json.loads``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from unetzoo.errors import CheckpointError, DataError
+
+#: Largest ``img_size`` a spec may name (the zoo trains at 224-512).
+MAX_IMG_SIZE = 4096
+MAX_IN_CHANNELS = 64
+
+#: How a volume is cut into slices (:func:`unetzoo.data.io.volume_to_cdhw`).
+SLICING_THROUGH_PLANE = "through-plane"
+#: How slices are resized (:mod:`unetzoo.engine.inference`): TransUNet's protocol.
+RESIZE_CUBIC_NEAREST = "cubic-in-nearest-out"
+SLICING_RULES = (SLICING_THROUGH_PLANE,)
+RESIZE_RULES = (RESIZE_CUBIC_NEAREST,)
+
+#: The contract in words, stored beside the spec in exported files so that a deployer
+#: holding only the file can reproduce ``unetzoo predict`` (docs/deploy.md does).
+PROTOCOL_TEXT: dict[str, str] = {
+    "slicing": (
+        "A volume of file shape (i, j, k) is cut along one axis a: the first axis of size 1 "
+        "if any, else the axis with the largest voxel spacing (ties: the later axis). The "
+        "slices are taken as array.transpose(a, r1, r0) with (r0, r1) the other two axes in "
+        "file order, i.e. (z, y, x) order: D = a, H = r1, W = r0; labels are transposed back."
+    ),
+    "resize": (
+        "Each (H, W) slice is resized to (img_size, img_size) with "
+        "scipy.ndimage.zoom(slice, (img_size / H, img_size / W), order=3) (cubic spline, "
+        "mode 'constant', grid_mode False: the first and last pixel centres stay aligned); "
+        "the label map (argmax over classes) is resized back with zoom(order=0) (nearest)."
+    ),
+    "normalisation": (
+        "'preprocessing' is applied to the whole (C, D, H, W) volume before slicing: none; "
+        "ct: clip to window [lo, hi] and (x - lo) / (hi - lo); range: (x - low) / (high - "
+        "low); zscore: (x - mean) / max(std, 1e-8) over the volume (nonzero: over voxels != 0, "
+        "zeros stay 0); percentile: clip to the lower/upper percentiles and scale to [0, 1]; "
+        "channels: one spec per input channel."
+    ),
+    "output": (
+        "The model maps float32 (N, C, H, W) to logits (N, K, H, W); label = argmax over K "
+        "(K = 1: label 1 where the logit > 0). Class k is class_names[k]."
+    ),
+}
+
+
+def _fail(where: str, text: str) -> CheckpointError:
+    return CheckpointError(f"{where}: {text}")
+
+
+def _whole(value: Any, key: str, lo: int, hi: int, where: str) -> int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+    if not (ok and float(value).is_integer()):  # the range check also rules out NaN
+        raise _fail(where, f"{key} is {value!r}, expected a whole number in {lo}..{hi}; the "
+                           "file is damaged or was not written by unetzoo")
+    return int(value)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy (tuples -> lists, enums -> str) so the spec survives weights_only."""
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """What a model needs at inference time besides its weights.
+
+    Attributes:
+        model: registry name of the architecture.
+        options: its constructor options (JSON values; ``deep_supervision`` off).
+        class_names: one name per output class, background first.
+        in_channels: input channels.
+        img_size: the square slice size the model was trained on.
+        preprocessing: the intensity spec of :mod:`unetzoo.data.preprocessing`.
+        dataset: the training dataset's name (informative).
+        spacing: voxel spacing (mm) the model was trained at, when known.
+        slicing: the slicing-axis rule (:data:`SLICING_RULES`).
+        resize: the resize protocol (:data:`RESIZE_RULES`).
+    """
+
+    model: str
+    class_names: tuple[str, ...]
+    in_channels: int
+    img_size: int
+    preprocessing: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    spacing: tuple[float, ...] | None = None
+    slicing: str = SLICING_THROUGH_PLANE
+    resize: str = RESIZE_CUBIC_NEAREST
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def for_model(
+        cls,
+        model: Any,
+        *,
+        class_names: list[str] | tuple[str, ...],
+        in_channels: int,
+        img_size: int,
+        preprocessing: Mapping[str, Any] | None = None,
+        dataset: str | None = None,
+        spacing: tuple[float, ...] | None = None,
+    ) -> InferenceSpec:
+        """The spec of a model built by the registry (``unetzoo_name`` /
+        ``unetzoo_options``), as training records it. Deep supervision only shapes
+        training: it is recorded off, so inference rebuilds the plain model."""
+        options = dict(getattr(model, "unetzoo_options", {}) or {})
+        if "deep_supervision" in options:
+            options["deep_supervision"] = False
+        return cls.from_dict({
+            "model": {"name": getattr(model, "unetzoo_name", None) or type(model).__name__,
+                      "options": options},
+            "class_names": list(class_names), "in_channels": in_channels,
+            "img_size": img_size, "preprocessing": dict(preprocessing or {"kind": "none"}),
+            "dataset": dataset, "spacing": spacing,
+        }, "training")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model metadata") -> InferenceSpec:
+        """Read and check a spec (a checkpoint dict, :meth:`to_dict` output, or the flat
+        metadata of an ONNX file from before the spec); ``where`` names the source in errors.
+
+        Raises:
+            CheckpointError: one line when a value cannot be right (``img_size`` outside
+                8..4096, no class names, an intensity spec that cannot be applied, an
+                unknown slicing or resize rule).
+        """
+        from unetzoo.data.preprocessing import check_spec
+
+        where = str(where)
+        if not isinstance(data, Mapping):
+            raise _fail(where, "holds no inference spec (a dict of model, class_names, ...)")
+        model = data.get("model")
+        name = model.get("name") if isinstance(model, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise _fail(where, "has no model name ('model': {'name', 'options'}); use a file "
+                               "written by `unetzoo train` or `unetzoo export`")
+        options = model.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise _fail(where, f"model options must be a mapping, got {options!r}")
+        names = data.get("class_names")
+        if (not isinstance(names, (list, tuple)) or not names
+                or not all(isinstance(n, str) for n in names)):
+            raise _fail(where, f"class_names must be a non-empty list of names, got {names!r}")
+        prep = data.get("preprocessing") or {"kind": "none"}
+        try:
+            check_spec(prep)
+        except DataError as exc:
+            raise _fail(where, f"{exc}; the file is damaged") from None
+        spacing = data.get("spacing")
+        if spacing is not None:
+            ok = isinstance(spacing, (list, tuple)) and all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+                and s > 0 for s in spacing)
+            if not ok:
+                raise _fail(where, f"spacing must be positive numbers, got {spacing!r}")
+            spacing = tuple(float(s) for s in spacing)
+        slicing = data.get("slicing") or SLICING_THROUGH_PLANE
+        resize = data.get("resize") or RESIZE_CUBIC_NEAREST
+        for key, value, known in (("slicing", slicing, SLICING_RULES),
+                                  ("resize", resize, RESIZE_RULES)):
+            if value not in known:
+                raise _fail(where, f"{key} rule {value!r} is not one this unetzoo knows "
+                                   f"({', '.join(known)}); upgrade unetzoo")
+        dataset = data.get("dataset")
+        return cls(
+            model=name, options=_plain(dict(options)), class_names=tuple(names),
+            in_channels=_whole(data.get("in_channels"), "in_channels", 1, MAX_IN_CHANNELS, where),
+            img_size=_whole(data.get("img_size"), "img_size", 8, MAX_IMG_SIZE, where),
+            preprocessing=_plain(dict(prep)), dataset=None if dataset is None else str(dataset),
+            spacing=spacing, slicing=slicing, resize=resize,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any], where: str = "checkpoint") -> InferenceSpec:
+        """The spec of a loaded checkpoint dict (today's keys and the older ones)."""
+        return cls.from_dict(ckpt, where)
+
+    # ------------------------------------------------------------------ writers
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, keyed as a checkpoint stores them (``model`` = name + options)."""
+        return {
+            "model": {"name": self.model, "options": _plain(dict(self.options))},
+            "class_names": list(self.class_names),
+            "in_channels": self.in_channels,
+            "img_size": self.img_size,
+            "preprocessing": _plain(dict(self.preprocessing)),
+            "dataset": self.dataset,
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "slicing": self.slicing,
+            "resize": self.resize,
+        }
+
+    def same_contract(self, other: InferenceSpec) -> str | None:
+        """The first field two specs must share to be ensembled that differs, else None."""
+        for key in ("class_names", "in_channels", "img_size", "preprocessing", "slicing",
+                    "resize"):
+            if getattr(self, key) != getattr(other, key):
+                return key
+        return None
