@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetzoo.engine.checkpoint import CRASH_ENV, RUN_MARKER, load_checkpoint
+from unetzoo.engine.checkpoint import CRASH_ENV, load_checkpoint
+from unetzoo.engine.run_folder import RUN_MARKER
 from unetzoo.errors import CheckpointError
 
 EPOCHS = 3

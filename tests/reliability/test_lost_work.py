@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from unetzoo.cli.main import main
-from unetzoo.engine.checkpoint import RUN_MARKER, RunFolder
+from unetzoo.engine.run_folder import RUN_MARKER, RunFolder
 from unetzoo.errors import UnetzooError
 
 TINY = ["--dataset-option", "n_train=3", "--dataset-option", "n_test=1",
@@ -144,7 +144,7 @@ def test_lock_stops_second_process(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import time\nfrom unetzoo.engine.checkpoint import RunFolder\n"
+         "import time\nfrom unetzoo.engine.run_folder import RunFolder\n"
          f"RunFolder({str(out)!r}).__enter__()\n"
          "print('locked', flush=True)\ntime.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True,

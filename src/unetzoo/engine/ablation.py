@@ -128,7 +128,8 @@ def run_ladder(
     from unetzoo.data import get_dataset
     from unetzoo.engine.checkpoint import load_checkpoint
     from unetzoo.engine.config import resolve_config
-    from unetzoo.engine.trainer import check_output_dir, train
+    from unetzoo.engine.run_folder import check_output_dir
+    from unetzoo.engine.trainer import train
     from unetzoo.models import create_model, get_entry
 
     names = ladder_rungs(ladder, rungs)

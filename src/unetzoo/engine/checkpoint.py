@@ -1,4 +1,4 @@
-"""Checkpoints and run folders: atomic writes, safe reads, locks, crash repair.
+"""Checkpoints: atomic writes, safe reads, crash repair (run folders: engine/run_folder.py).
 
 A checkpoint is a ``torch.save``d dict of tensors, numbers, strings, lists and dicts,
 so ``torch.load(weights_only=True)`` reads it without running pickled code. The keys are
@@ -9,15 +9,12 @@ Crash consistency: each epoch writes ``latest.pt`` first, then (when the epoch i
 ``best.pt``, each atomically. A kill between the two leaves a ``latest.pt`` whose
 ``best_epoch`` is its own ``epoch`` while ``best.pt`` is older; :func:`repair_best`
 (run on ``--resume``) then copies ``latest.pt`` to ``best.pt``, the only state that
-write order allows. :class:`RunFolder` guards an output folder: one training at a time
-(``flock``), no writing into a folder that is not this run's, and temporary files of
-interrupted writes removed on the next run.
+write order allows. :class:`unetzoo.engine.run_folder.RunFolder` guards the run folder.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pickle
 import random
@@ -77,7 +74,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` atomically: a temporary file in the same folder, then rename.
 
     A crash mid-write leaves the previous file intact (and a ``.NAME.*.tmp`` file that
-    :class:`RunFolder` removes on the next run). ``format`` and ``version`` are added.
+    :class:`~unetzoo.engine.run_folder.RunFolder` removes on the next run). ``format`` and ``version`` are added.
     Returns the final path.
 
     Raises:
@@ -320,194 +317,3 @@ def repair_best(ckpt_dir: str | Path, latest: dict[str, Any] | None = None) -> s
                 "(an interrupted write); copied from latest.pt")
     return (f"warning: {best_path} holds epoch {best_at}, but the run records epoch "
             f"{best_epoch} as its best; the final test uses {best_path} as it is")
-
-
-# ------------------------------------------------------------------ run folders
-RUN_MARKER = ".unetzoo-run.json"
-LOCK_NAME = ".lock"
-# Everything a training run writes into its folder; nothing else is ever deleted.
-RUN_ENTRIES = frozenset({
-    "config.yaml", "metrics.csv", "metrics.csv.tmp", "checkpoints", "plots", "tensorboard",
-    "report", RUN_MARKER, RUN_MARKER + ".tmp", LOCK_NAME,
-})
-# Files a run may find already in place and reads (a fold split that the caller or the
-# user stored there): they neither make a folder "not empty" nor are ever deleted.
-RUN_INPUTS = frozenset({"splits_final.json"})
-
-
-class RunFolder:
-    """The output folder of one training run: locked, checked, recorded.
-
-    On entry: create the folder, take an exclusive ``flock`` on ``DIR/.lock`` (held
-    until exit; the kernel drops it when the process dies, so a killed run leaves no
-    stale lock), then decide whether this run may write there:
-
-    - empty, or a run of ours that died before its first checkpoint: start;
-    - ``resume``: continue whatever is there (the caller resumes a checkpoint);
-    - a run of ours (``.unetzoo-run.json``, or a legacy folder whose checkpoint loads)
-      with ``overwrite``: delete *that run's* entries (:data:`RUN_ENTRIES`) and start;
-      files the user added stay;
-    - files unetzoo did not write: refused, or with ``overwrite`` left untouched beside
-      the new run, unless one is named like a run file (then refused: it would be
-      overwritten);
-    - a finished or resumable run without a flag: refused, with the flag to pass.
-
-    Temporary files of interrupted checkpoint writes are removed. The folder is marked
-    ``running`` until :meth:`finish`.
-    """
-
-    def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False):
-        self.path = Path(path)
-        self.resume = bool(resume)
-        self.overwrite = bool(overwrite)
-        self._fd: int | None = None
-        self.notes: list[str] = []
-
-    # -------------------------------------------------------------- context manager
-    def __enter__(self) -> RunFolder:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CheckpointError(
-                f"output folder {self.path} is not writable ({exc.strerror or exc}); pass "
-                "--output with a folder you can write to"
-            ) from exc
-        self._lock()
-        try:
-            self._check_and_clean()
-            self._write_marker("running")
-        except BaseException:
-            self._unlock()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._unlock()
-
-    def finish(self) -> None:
-        """Record the run as finished (all epochs and the final test done)."""
-        self._write_marker("finished")
-
-    # -------------------------------------------------------------- lock
-    def _lock(self) -> None:
-        lock = self.path / LOCK_NAME
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CheckpointError(
-                f"output folder {self.path} is not writable ({exc.strerror or exc}); pass "
-                "--output with a folder you can write to"
-            ) from exc
-        try:
-            import fcntl
-        except ImportError:  # no flock on this platform: run unlocked
-            self._fd = fd
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = ""
-            try:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            except OSError:
-                pass
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                who = f" (process {holder})" if holder.isdigit() else ""
-                raise CheckpointError(
-                    f"output folder {self.path} is in use by another unetzoo training{who}; "
-                    "wait for it to end or pass another --output"
-                ) from exc
-            raise CheckpointError(f"cannot lock {lock}: {exc.strerror or exc}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-
-    def _unlock(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the flock; the file stays (harmless, reused)
-            self._fd = None
-
-    # -------------------------------------------------------------- checks
-    def marker(self) -> dict[str, Any] | None:
-        """The folder's ``.unetzoo-run.json`` (None when absent or unreadable)."""
-        try:
-            data = json.loads((self.path / RUN_MARKER).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def _is_our_run(self) -> bool:
-        if self.marker() is not None:
-            return True
-        # A run folder from before markers existed: its checkpoint proves it.
-        ck = self.path / "checkpoints"
-        return any(_peek(ck / n) is not None for n in ("latest.pt", "best.pt") if (ck / n).is_file())
-
-    def _check_and_clean(self) -> None:
-        entries = sorted(e.name for e in self.path.iterdir()
-                         if e.name != LOCK_NAME and e.name not in RUN_INPUTS)
-        if entries and not self.resume:
-            ours = self._is_our_run()
-            own = [e for e in entries if e in RUN_ENTRIES]
-            foreign = [e for e in entries if e not in RUN_ENTRIES]
-            has_ckpt = (self.path / "checkpoints" / "latest.pt").is_file()
-            status = (self.marker() or {}).get("status")
-            if ours and (self.overwrite or (status == "running" and not has_ckpt)):
-                self._remove(own)  # that run's own files only
-            elif own and not ours:
-                names = ", ".join(own[:5])
-                raise CheckpointError(
-                    f"output folder {self.path} holds {names}, which unetzoo did not write; "
-                    "a run would overwrite them, so pass another --output"
-                    + ("" if self.overwrite else " (--overwrite never replaces your files)")
-                )
-            elif ours:
-                done = status == "finished"
-                if status is None and has_ckpt:  # legacy folder: judge by the checkpoint
-                    latest = _peek(self.path / "checkpoints" / "latest.pt") or {}
-                    done = int(latest.get("iteration", 0)) >= int(latest.get("max_iterations", 1))
-                what = "a finished run" if done or not has_ckpt else "an unfinished run"
-                hint = ("continue it with --resume, or start over with --overwrite"
-                        if what == "an unfinished run" else
-                        "pass another --output, or --overwrite to replace that run")
-                raise CheckpointError(
-                    f"output folder {self.path} holds {what}; {hint} (--overwrite deletes "
-                    "only the run's own files)"
-                )
-            elif foreign and not self.overwrite:
-                names = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-                raise CheckpointError(
-                    f"output folder {self.path} is not empty ({names}) and is not a unetzoo "
-                    "run; pass an empty or new --output, or --overwrite to write the run's "
-                    "files beside yours (yours are never touched)"
-                )
-        self._clean_temporary()
-
-    def _remove(self, names: list[str]) -> None:
-        for name in names:
-            if name not in RUN_ENTRIES or name == LOCK_NAME:
-                continue
-            p = self.path / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
-
-    def _clean_temporary(self) -> None:
-        """Remove ``.latest.pt.*.tmp`` & co. that a killed write left (we hold the lock)."""
-        ck = self.path / "checkpoints"
-        stale = list(ck.glob(".*.pt.*.tmp")) if ck.is_dir() else []
-        stale += [p for p in (self.path / "metrics.csv.tmp",) if p.exists()]
-        for p in stale:
-            p.unlink(missing_ok=True)
-        if stale:
-            self.notes.append(
-                f"removed {len(stale)} temporary file(s) of an interrupted write in {self.path}"
-            )
-
-    def _write_marker(self, status: str) -> None:
-        data = {"tool": "unetzoo", "status": status, "pid": os.getpid()}
-        tmp = self.path / (RUN_MARKER + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path / RUN_MARKER)

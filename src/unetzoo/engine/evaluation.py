@@ -346,7 +346,7 @@ def run_test(
         base = ckpt_path.parent if ckpt_path is not None else Path(".")
         out_dir = (base.parent if base.name == "checkpoints" else base) / "report"
     out = Path(out_dir)
-    from unetzoo.engine.trainer import check_output_dir
+    from unetzoo.engine.run_folder import check_output_dir
 
     check_output_dir(out)
     if overlays:

@@ -382,7 +382,7 @@ def predict_files_with_model(
     ``source`` names the file in its errors).
     """
     from unetzoo.data.io import save_case_nifti
-    from unetzoo.engine.trainer import check_output_dir
+    from unetzoo.engine.run_folder import check_output_dir
 
     paths = _check_inputs(inputs, max_pixels)
     meta = check_inference_spec(meta, source)

@@ -178,7 +178,7 @@ def predict_cases(
         predict_array,
         read_input,
     )
-    from unetzoo.engine.trainer import check_output_dir
+    from unetzoo.engine.run_folder import check_output_dir
 
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     cases = check_cases(inputs, max_pixels)

@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from unetzoo.engine import distributed as dist_utils
 from unetzoo.engine.checkpoint import (
-    RunFolder,
     capture_rng_state,
     crash_point,
     disk_full_error,
@@ -39,6 +38,7 @@ from unetzoo.engine.logging.tensorboard import (
     pick_sample,
     validation_loss,
 )
+from unetzoo.engine.run_folder import RunFolder
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
 
 
@@ -52,22 +52,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def check_output_dir(path: str | Path) -> Path:
-    """Create ``path`` and prove it is writable; one line if it is not."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".unetzoo-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"output folder {p} is not writable ({exc.strerror or exc}); pass --output "
-            "with a folder you can write to"
-        ) from exc
-    return p
 
 
 def split_train_val(
@@ -167,7 +151,7 @@ def train(
         stop_after_epochs: stop after this many epochs of *this call* without running
             the final test (simulates an interruption; used by the resume test).
         overwrite: replace a finished or unfinished run in ``cfg["output"]`` (its own
-            files only; see :class:`~unetzoo.engine.checkpoint.RunFolder`). Without it
+            files only; see :class:`~unetzoo.engine.run_folder.RunFolder`). Without it
             (and without ``resume``) a non-empty folder that is not a fresh start is
             refused. The folder is locked for the whole call.
 
