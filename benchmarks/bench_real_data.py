@@ -23,6 +23,8 @@ ablations of benchmarks/README.md). ``smp`` is the reference.
     python benchmarks/bench_real_data.py --models smp,resnet34_unet --seeds 0,1,2 \
         --iterations 200 --json benchmarks/results/real_data_200.json
     python benchmarks/bench_real_data.py --models smp,plain:resnet34_unet:head_relu=true
+    python benchmarks/bench_real_data.py --models smp --plain-augment default   # smp with
+                                              # the pipeline's default-recipe augmentation
     python benchmarks/bench_real_data.py --tiny --json out.json   # CI smoke (seconds)
 
 Every finished run is written to ``--json`` at once, so a stopped benchmark keeps its rows.
@@ -152,11 +154,28 @@ def build_plain_model(name: str, options: dict[str, Any], in_channels: int, clas
     return create_model(name, in_channels=in_channels, num_classes=classes, **options)
 
 
+def augmented_batches(ds, recipe: str, img_size: int, seed: int):
+    """A ``draw(idx) -> (x, y)`` that passes the training slices ``idx`` through the
+    pipeline's own training transform of ``recipe`` (the plain loop with augmentation)."""
+    from unetzoo.data.transforms import build_train_transform
+
+    items = ds.slice_dataset("train", transform=build_train_transform(recipe, img_size),
+                             seed=seed)
+
+    def draw(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = [items[int(i)] for i in idx]
+        return (torch.stack([s["image"] for s in samples]),
+                torch.stack([s["label"] for s in samples]))
+
+    return draw
+
+
 def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: int,
-               batch: int, seed: int, num_classes: int) -> float:
+               batch: int, seed: int, num_classes: int, draw=None) -> float:
     """The issue's plain loop: random batches, AdamW + poly per iteration, CE + Dice.
 
-    Returns the last training loss.
+    ``draw`` (see :func:`augmented_batches`) replaces the pre-resized slices ``x, y`` by
+    augmented ones, drawn with the same random indices. Returns the last training loss.
     """
     from unetzoo.losses import build_loss
 
@@ -170,9 +189,10 @@ def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterati
         for group in opt.param_groups:
             group["lr"] = SHARED["base_lr"] * (1 - it / iterations) ** SHARED["poly_power"]
         idx = torch.randperm(len(x), generator=gen)[:batch]
-        out = model(x[idx])
+        xb, yb = draw(idx) if draw is not None else (x[idx], y[idx])
+        out = model(xb)
         out = out[0] if isinstance(out, (list, tuple)) else out
-        loss, _ = criterion(out.float(), y[idx])
+        loss, _ = criterion(out.float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -206,7 +226,8 @@ def pipeline_run(name: str, options: dict[str, Any], ds, epochs: int, img_size: 
 
 
 def run_one(spec: str, ds, slices, budget: int, img_size: int, batch: int, seed: int,
-            workdir: Path, augment: str | None) -> dict[str, Any]:
+            workdir: Path, augment: str | None,
+            plain_augment: str | None = None) -> dict[str, Any]:
     loop, name, options = parse_spec(spec)
     x, y = slices
     epochs = max(1, round(budget / iterations_per_epoch(len(x), batch)))
@@ -215,7 +236,9 @@ def run_one(spec: str, ds, slices, budget: int, img_size: int, batch: int, seed:
     t0 = time.perf_counter()
     if loop == "plain":
         model = build_plain_model(name, options, ds.in_channels, ds.num_classes)
-        loss = plain_loop(model, x, y, iterations, batch, seed, ds.num_classes)
+        draw = (augmented_batches(ds, plain_augment, img_size, seed)
+                if plain_augment not in (None, "none") else None)
+        loss = plain_loop(model, x, y, iterations, batch, seed, ds.num_classes, draw)
     else:
         out = workdir / f"{spec.replace(':', '_').replace(',', '_').replace('=', '-')}-b{budget}-s{seed}"
         model, iterations, loss = pipeline_run(name, options, ds, epochs, img_size, batch,
@@ -274,6 +297,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--augment", default=None,
                    help="pipeline augmentation recipe (default: the dataset recipe's)")
+    p.add_argument("--plain-augment", default=None,
+                   help="augmentation recipe for the plain-loop runs (default: none), e.g. "
+                        "'default': the pipeline's default recipe, to compare like with like")
     p.add_argument("--max-slices", type=int, default=None, help="build a smaller dataset")
     args = p.parse_args(argv)
     if args.tiny:
@@ -294,13 +320,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         info = {"dataset": str(ds.root), "train_slices": len(slices[0]),
                 "test_cases": len(ds.cases("test")), "classes": list(ds.class_names),
                 "size": args.size, "batch": args.batch, "shared": SHARED,
-                "augment": args.augment or "dataset recipe"}
+                "augment": args.augment or "dataset recipe",
+                "plain_augment": args.plain_augment or "none"}
         print(f"data: {info}", flush=True)
         for budget in budgets:
             for spec in specs:
                 for seed in (seeds if args.all_seeds else default_seeds(spec, seeds)):
                     row = run_one(spec, ds, slices, budget, args.size, args.batch, seed,
-                                  work, args.augment)
+                                  work, args.augment, args.plain_augment)
                     runs.append(row)
                     print(f"  {spec} budget {budget} seed {seed}: mean Dice "
                           f"{row['mean_dice']:.4f}, learned {row['learned']}/"

@@ -56,3 +56,20 @@ def test_summary_mean_spread_and_gap_to_smp():
     assert unet_row["vs_smp"] == pytest.approx(-0.05) and unet_row["seeds"] == 1
     assert bench.default_seeds("unetpp", [0, 1, 2]) == [0]
     assert bench.default_seeds("resnet34_unet:init=smp", [0, 1, 2]) == [0, 1, 2]
+
+
+def test_plain_loop_augmentation_uses_the_pipeline_transform(tmp_path):
+    pytest.importorskip("nilearn")
+    import torch
+
+    ds = bench.open_dataset(None, tmp_path, max_slices=24)
+    x, y = bench.training_slices(ds, 32)
+    idx = torch.arange(min(8, len(x)))
+    # Recipe "none" is the pipeline's plain resize: the same tensors as the plain loop's.
+    xn, yn = bench.augmented_batches(ds, "none", 32, seed=0)(idx)
+    assert torch.equal(xn, x[idx]) and torch.equal(yn, y[idx])
+    # The default recipe's augmentation changes some slices, keeps the shapes and labels.
+    xa, ya = bench.augmented_batches(ds, "default", 32, seed=0)(idx)
+    assert xa.shape == x[idx].shape and ya.shape == y[idx].shape
+    assert not torch.equal(xa, x[idx])
+    assert set(ya.unique().tolist()) <= set(y.unique().tolist())
