@@ -80,7 +80,7 @@ def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing, monk
     from scipy.ndimage import binary_dilation
 
     from unetzoo.metrics._common import normalize_spacing
-    from unetzoo.metrics.aggregate import _class_boxes
+    from unetzoo.metrics.case import class_boxes as _class_boxes
 
     rng = np.random.default_rng(3)
     gt = np.zeros((24, 48, 48), np.uint8)

@@ -6,16 +6,15 @@ is a one-line ``DataError``, a ``ValueError``) and a ``protocol`` for empty mask
 means; ``"transunet"`` to reproduce TransUNet's tables; see docs/metrics.md):
 :func:`dice`, :func:`iou`, :func:`sensitivity`, :func:`specificity`, :func:`auc` (scores against a mask), and the medpy-exact surface metrics :func:`hd95`,
 :func:`hd`, :func:`assd` (with ``spacing``). :func:`surface_distances` computes the
-distances once for all three. :func:`evaluate_case` and :func:`summarize` build the
-per-class tables.
+distances once for all three. :func:`score_case` is the one per-case evaluation (counts
+and metrics per class; :func:`evaluate_case` its values) and :func:`summarize` builds the
+per-class tables from per-case results.
 """
 
 from unetzoo.metrics._common import PROTOCOLS
 from unetzoo.metrics.aggregate import (
-    METRICS,
     PROTOCOL_NOTES,
     SummaryTable,
-    evaluate_case,
     format_table,
     never_predicted_warning,
     present_classes,
@@ -23,6 +22,7 @@ from unetzoo.metrics.aggregate import (
     write_case_csv,
     write_summary_csv,
 )
+from unetzoo.metrics.case import METRICS, ClassScore, evaluate_case, score_case
 from unetzoo.metrics.nsd import nsd
 from unetzoo.metrics.overlap import Confusion, auc, confusion, dice, iou, sensitivity, specificity
 from unetzoo.metrics.surface import SurfaceDistances, assd, hd, hd95, surface_distances
@@ -31,6 +31,7 @@ __all__ = [
     "METRICS",
     "PROTOCOLS",
     "PROTOCOL_NOTES",
+    "ClassScore",
     "Confusion",
     "SummaryTable",
     "SurfaceDistances",
@@ -48,6 +49,7 @@ __all__ = [
     "specificity",
     "never_predicted_warning",
     "present_classes",
+    "score_case",
     "summarize",
     "surface_distances",
     "write_case_csv",

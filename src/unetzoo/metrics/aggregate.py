@@ -1,8 +1,7 @@
-"""Per-case, per-class evaluation of label maps and the per-class mean table of the papers.
+"""The per-class mean table of the papers, over per-case results.
 
-``evaluate_case`` turns one predicted label map and its ground truth into
-``{class_index: {metric: value}}`` for the foreground classes ``1 .. num_classes - 1``;
-``summarize`` averages many cases into a :class:`SummaryTable` (per-class means over the
+:func:`unetzoo.metrics.evaluate_case` (:mod:`unetzoo.metrics.case`) gives one case's
+``{class_index: {metric: value}}``; ``summarize`` averages many cases into a :class:`SummaryTable` (per-class means over the
 cases that scored the class, how many did, and the mean over classes, as in
 TransUNet-style tables); ``format_table`` and the CSV writers turn it into files. Every
 table records the empty-mask protocol used and names the classes that the model never
@@ -19,32 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import find_objects
 
 from unetzoo.errors import ConfigError, DataError
-from unetzoo.metrics._common import (
-    bounding_box,
-    check_label_array,
-    check_protocol,
-    normalize_spacing,
-    union_box,
-)
-from unetzoo.metrics.nsd import check_tolerance, nsd_from_distances
-from unetzoo.metrics.overlap import (
-    Confusion,
-    auc,
-    dice_from_confusion,
-    iou_from_confusion,
-    sensitivity_from_confusion,
-    specificity_from_confusion,
-)
-from unetzoo.metrics.parallel import class_surface_distances
-from unetzoo.metrics.surface import SurfaceDistances
-
-OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity")
-DISTANCE_METRICS = ("hd95", "hd", "assd")
-# NSD is a fraction (shown in percent) computed from the same surface distances as HD95.
-METRICS = OVERLAP_METRICS + DISTANCE_METRICS + ("nsd", "auc")
+from unetzoo.metrics._common import check_protocol
+from unetzoo.metrics.case import DISTANCE_METRICS, as_labels
 
 # Column titles used by the tables; fractions are shown in percent.
 _TITLES = {
@@ -71,201 +48,16 @@ PROTOCOL_NOTES = {
 CaseResult = dict[int, dict[str, float]]
 
 
-def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
-    metrics = tuple(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ConfigError(
-            f"unknown metric(s) {unknown or metrics!r}; choose from: {', '.join(METRICS)}"
-        )
-    return metrics
-
-
-def _as_labels(arr: object, what: str, num_classes: int) -> np.ndarray:
-    arr = check_label_array(arr, f"{what} label map", allow_float=False)
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= num_classes:
-        bad = lo if lo < 0 else hi
-        raise DataError(
-            f"{what} label map holds class {bad}, outside 0..{num_classes - 1} "
-            f"(num_classes={num_classes}); pass the dataset's class count"
-        )
-    return arr
-
-
 def present_classes(
     labels: np.ndarray, num_classes: int, roi: np.ndarray | None = None
 ) -> set[int]:
     """The foreground classes ``1 .. num_classes - 1`` that occur in ``labels`` (inside
     ``roi`` when given): feed the predicted ones to :func:`summarize` as ``predicted``."""
-    arr = _as_labels(labels, "predicted", num_classes)
+    arr = as_labels(labels, "predicted", num_classes)
     if roi is not None:
         arr = arr[np.asarray(roi, dtype=bool)]
     counts = np.bincount(arr.ravel().astype(np.intp, copy=False), minlength=num_classes)
     return {c for c in range(1, num_classes) if counts[c] > 0}
-
-
-def _class_boxes(labels: np.ndarray, num_classes: int) -> list[tuple[slice, ...] | None]:
-    """Bounding box of each class ``1 .. num_classes - 1`` (None when absent)."""
-    fg = bounding_box(labels != 0)
-    if fg is None:
-        return [None] * (num_classes - 1)
-    boxes = find_objects(labels[fg], max_label=num_classes - 1)
-    return [
-        None if b is None else tuple(
-            slice(s.start + o.start, s.stop + o.start) for s, o in zip(b, fg)
-        )
-        for b in boxes
-    ]
-
-
-def evaluate_case(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    num_classes: int,
-    spacing: float | Sequence[float] | None = None,
-    protocol: str = "strict",
-    metrics: Sequence[str] = ("dice", "hd95"),
-    roi: np.ndarray | None = None,
-    *,
-    prob: np.ndarray | None = None,
-    connectivity: int = 1,
-    workers: int | None = None,
-    nsd_tolerance: float = 1.0,
-) -> CaseResult:
-    """Per-class metrics of one case.
-
-    Args:
-        pred, gt: integer label maps of one shape, 2-D ``(H, W)`` or 3-D ``(D, H, W)``;
-            0 is background.
-        num_classes: number of classes including background; classes
-            ``1 .. num_classes - 1`` are evaluated.
-        spacing: voxel size per array axis (``(sz, sy, sx)`` in mm), one number, or None
-            (voxel units, as TransUNet's published HD95).
-        protocol: empty-mask rule, ``"strict"`` (default) or ``"transunet"``; see
-            :mod:`unetzoo.metrics.overlap` and :mod:`unetzoo.metrics.surface`.
-        metrics: any of ``dice, iou, sensitivity, specificity, hd95, hd, assd, nsd, auc``.
-        roi: optional boolean mask of the evaluated region (e.g. DRIVE's field of view);
-            voxels outside it are ignored (they count as neither TN nor FP).
-        prob: class probabilities ``(num_classes, *pred.shape)``, needed only for
-            ``"auc"`` (one-vs-rest AUC of class ``c`` against ``gt == c``).
-        connectivity: surface neighbourhood for the distances (1, medpy's default).
-        workers: threads for the classes' surface distances (default: the cores this
-            process may use; 1: serial). Values do not depend on it.
-        nsd_tolerance: NSD's tolerance ``tau`` in the units of ``spacing`` (mm; voxels
-            when None). NSD follows :mod:`unetzoo.metrics.nsd` under both protocols:
-            both masks empty -> NaN, exactly one empty -> 0.
-
-    A ``(1, H, W)`` volume (a 2-D dataset's case) is evaluated as the 2-D image ``(H, W)``
-    (the first spacing entry is dropped).
-
-    Returns:
-        ``{class_index: {metric: float}}`` for every foreground class. Under ``"strict"``
-        a metric that is undefined for the case is NaN (e.g. Dice and HD95 of a class
-        absent from both maps) and a distance to an empty mask is ``inf``; under
-        ``"transunet"`` values are always finite.
-
-    Bad input (None, NaN, non-integer label maps, labels outside ``0..num_classes-1``,
-    mismatched shapes, bad spacing) is a one-line :class:`DataError`.
-
-    The surface distances are computed once per class for all distance metrics, on the
-    bounding box of that class in either map (found for all classes in one pass).
-    """
-    check_protocol(protocol)
-    metrics = _check_metrics(metrics)
-    tau = check_tolerance(nsd_tolerance) if "nsd" in metrics else None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 2:
-        raise ConfigError(
-            f"num_classes={num_classes!r}; it must be an integer that counts background "
-            "too (>= 2)"
-        )
-    num_classes = int(num_classes)
-    pred = _as_labels(pred, "predicted", num_classes)
-    gt = _as_labels(gt, "ground-truth", num_classes)
-    if pred.shape != gt.shape:
-        raise DataError(
-            f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; "
-            "resample the prediction to the label grid first"
-        )
-    sp = normalize_spacing(spacing, pred.ndim)
-    n_voxels = pred.size
-    if roi is not None:
-        roi = check_label_array(roi, "roi") != 0
-        if roi.shape != pred.shape:
-            raise DataError(f"roi shape {roi.shape} differs from label shape {pred.shape}")
-        pred = np.where(roi, pred, 0)
-        gt = np.where(roi, gt, 0)
-        n_voxels = int(np.count_nonzero(roi))
-    if "auc" in metrics:
-        if prob is None:
-            raise ConfigError("metric 'auc' needs class probabilities: pass prob=")
-        prob = np.asarray(prob)
-        if prob.dtype.kind not in "biuf":
-            raise DataError(f"prob has dtype {prob.dtype}; pass class probabilities")
-        if prob.shape != (num_classes, *pred.shape):
-            raise DataError(
-                f"prob shape {prob.shape} must be (num_classes, *label shape) = "
-                f"{(num_classes, *pred.shape)}"
-            )
-    if pred.ndim == 3 and pred.shape[0] == 1:
-        # a 2-D image stored as a one-slice volume (D = 1): evaluate it as 2-D, so that
-        # its surface is the in-plane contour rather than every foreground pixel
-        pred, gt, sp = pred[0], gt[0], sp[1:]
-        roi = None if roi is None else roi[0]
-        prob = None if prob is None else prob[:, 0]
-    want_distances = any(m in DISTANCE_METRICS or m == "nsd" for m in metrics)
-    # One pass per map finds every class's bounding box (within the foreground's box);
-    # the rest works on crops.
-    boxes_p = _class_boxes(pred, num_classes)
-    boxes_g = _class_boxes(gt, num_classes)
-    empty = np.empty(0, dtype=np.float64)
-    # The classes' surface distances in parallel threads (metrics/parallel.py).
-    distances = (class_surface_distances(pred, gt, boxes_p, boxes_g, sp, connectivity,
-                                         workers=workers) if want_distances else {})
-
-    result: CaseResult = {}
-    for c in range(1, num_classes):
-        box_p, box_g = boxes_p[c - 1], boxes_g[c - 1]
-        box = union_box(box_p, box_g)
-        if box is None:
-            conf = Confusion(0, 0, 0, n_voxels)
-        else:
-            pc = pred[box] == c
-            gc = gt[box] == c
-            tp = int(np.count_nonzero(pc & gc))
-            n_p = int(np.count_nonzero(pc))
-            n_g = int(np.count_nonzero(gc))
-            conf = Confusion(tp, n_p - tp, n_g - tp, n_voxels - n_p - n_g + tp)
-        values: dict[str, float] = {}
-        if want_distances:
-            if conf.pred_size and conf.gt_size:
-                sd = distances[c]
-            else:
-                sd = SurfaceDistances(empty, empty, conf.pred_size == 0, conf.gt_size == 0)
-        for m in metrics:
-            if m == "dice":
-                values[m] = dice_from_confusion(conf, protocol)
-            elif m == "iou":
-                values[m] = iou_from_confusion(conf, protocol)
-            elif m == "sensitivity":
-                values[m] = sensitivity_from_confusion(conf, protocol)
-            elif m == "specificity":
-                values[m] = specificity_from_confusion(conf, protocol)
-            elif m == "auc":
-                scores, labels = prob[c], gt == c
-                if roi is not None:
-                    scores, labels = scores[roi], labels[roi]
-                values[m] = auc(scores, labels, protocol)
-            elif m == "nsd":
-                # from the distances HD95 uses: no second distance pass
-                values[m] = nsd_from_distances(sd, tau)
-            else:
-                values[m] = getattr(sd, m)(protocol)
-        result[c] = values
-    return result
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Per-case, per-class voxel counts (TP / FP / FN / TN) and every metric, as JSON.
 
-:func:`class_counts` gets the confusion counts of all classes from one joint histogram of
-the two label maps (nnU-Net's ``compute_metrics`` counts, with its ``ignore_label``: voxels
-whose reference is the ignore label count for nothing). :func:`case_metrics` adds every
-metric per class -- Dice, IoU, sensitivity, specificity, HD95, HD, ASSD and NSD -- from
-those counts and one surface-distance computation per class, and :func:`summarize_cases`
+:func:`class_counts` gives the confusion counts of all classes (nnU-Net's
+``compute_metrics`` counts, with its ``ignore_label``: voxels whose reference is the
+ignore label count for nothing). :func:`case_metrics` adds every metric per class --
+Dice, IoU, sensitivity, specificity, HD95, HD, ASSD and NSD. Both are projections of the
+one per-case evaluation, :func:`unetzoo.metrics.case.score_case`; :func:`summarize_cases`
 gives the per-class means over the cases that scored each class plus the mean over
 foreground classes, the layout of nnU-Net's ``summary.json``
 (``metric_per_case`` / ``mean`` / ``foreground_mean``).
@@ -24,37 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.errors import ConfigError, DataError
-from unetzoo.metrics._common import check_label_array, check_protocol, normalize_spacing
-from unetzoo.metrics.nsd import check_tolerance, nsd_from_distances
-from unetzoo.metrics.overlap import (
-    Confusion,
-    dice_from_confusion,
-    iou_from_confusion,
-    sensitivity_from_confusion,
-    specificity_from_confusion,
-)
-from unetzoo.metrics.parallel import class_surface_distances
-from unetzoo.metrics.surface import SurfaceDistances
+from unetzoo.errors import ConfigError
+from unetzoo.metrics._common import check_protocol, normalize_spacing
+from unetzoo.metrics.case import OVERLAP_METRICS, ClassScore, score_case
+from unetzoo.metrics.nsd import check_tolerance
+from unetzoo.metrics.overlap import Confusion
 
 COUNT_KEYS = ("tp", "fp", "fn", "tn", "n_pred", "n_ref")
-OVERLAP = {
-    "dice": dice_from_confusion,
-    "iou": iou_from_confusion,
-    "sensitivity": sensitivity_from_confusion,
-    "specificity": specificity_from_confusion,
-}
 DISTANCE = ("hd95", "hd", "assd", "nsd")
-CASE_METRICS = tuple(OVERLAP) + DISTANCE
-
-
-def _labels(arr: object, what: str) -> np.ndarray:
-    out = check_label_array(arr, f"{what} label map", allow_float=False)
-    if out.dtype == np.bool_:
-        out = out.view(np.uint8)
-    if out.min() < 0:
-        raise DataError(f"{what} label map holds negative values; pass class indices >= 0")
-    return out
+CASE_METRICS = OVERLAP_METRICS + DISTANCE
 
 
 def class_counts(
@@ -71,48 +49,8 @@ def class_counts(
     e.g. DRIVE's field of view) when given. Values outside ``0 .. num_classes - 1`` (other
     than the ignore label in ``gt``) are a one-line DataError.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 2:
-        raise ConfigError(f"num_classes={num_classes!r}; it must be an integer >= 2")
-    k = int(num_classes)
-    p = _labels(pred, "predicted")
-    g = _labels(gt, "ground-truth")
-    if p.shape != g.shape:
-        raise DataError(
-            f"prediction shape {p.shape} differs from ground-truth shape {g.shape}; "
-            "resample the prediction to the label grid first"
-        )
-    keep = _scored(g, ignore_label, roi)
-    if keep is not None:
-        p, g = p[keep], g[keep]
-    for arr, what in ((p, "predicted"), (g, "ground-truth")):
-        if arr.size and int(arr.max()) >= k:
-            raise DataError(
-                f"{what} label map holds class {int(arr.max())}, outside 0..{k - 1}"
-                + ("" if ignore_label is None else f" and the ignore label {ignore_label}")
-            )
-    joint = np.bincount(
-        g.ravel().astype(np.intp) * k + p.ravel().astype(np.intp), minlength=k * k
-    ).reshape(k, k)  # joint[true class, predicted class]
-    total = int(joint.sum())
-    out: dict[int, Confusion] = {}
-    for c in range(1, k):
-        tp = int(joint[c, c])
-        fp = int(joint[:, c].sum()) - tp
-        fn = int(joint[c, :].sum()) - tp
-        out[c] = Confusion(tp, fp, fn, total - tp - fp - fn)
-    return out
-
-
-def _scored(g: np.ndarray, ignore_label: int | None, roi: np.ndarray | None):
-    """Boolean mask of the voxels that count (None: all of them)."""
-    keep = None if ignore_label is None else np.asarray(g) != ignore_label
-    if roi is not None:
-        r = np.asarray(roi, dtype=bool)
-        if r.shape != np.shape(g):
-            raise DataError(f"roi shape {r.shape} differs from label shape {np.shape(g)}")
-        keep = r if keep is None else keep & r
-    return keep
+    scores = score_case(pred, gt, num_classes, metrics=(), roi=roi, ignore_label=ignore_label)
+    return {c: s.confusion for c, s in scores.items()}
 
 
 def case_metrics(
@@ -130,69 +68,62 @@ def case_metrics(
     connectivity: int = 1,
 ) -> dict[str, Any]:
     """One case's counts and metrics per foreground class, JSON-ready (see the module
-    docstring for NaN / inf).
+    docstring for NaN / inf): :func:`case_record` of :func:`unetzoo.metrics.score_case`.
 
-    Returns ``{"classes": {"1": {"name", "tp", "fp", "fn", "tn", "n_pred", "n_ref",
-    <metric>: value ...}, ...}, "spacing": [...] | None, "distance_units": "mm" |
-    "voxels", "protocol", "nsd_tolerance"}``. Distances are in the units of ``spacing``
-    (mm for real voxel sizes, voxels when None); ``nsd_tolerance`` is in the same units.
-    Voxels of the ``ignore_label`` reference or outside ``roi`` count for nothing (they
-    are background in both maps for the distances).
+    Distances are in the units of ``spacing`` (mm for real voxel sizes, voxels when
+    None); ``nsd_tolerance`` is in the same units. Voxels of the ``ignore_label``
+    reference or outside ``roi`` count for nothing (they are background in both maps for
+    the distances).
     """
-    check_protocol(protocol)
+    metrics = check_case_metrics(metrics)
+    tau = check_tolerance(nsd_tolerance)
+    scores = score_case(pred, gt, num_classes, spacing, protocol, metrics, roi,
+                        ignore_label=ignore_label, connectivity=connectivity,
+                        nsd_tolerance=tau)
+    sp = None if spacing is None else normalize_spacing(spacing, np.ndim(pred))
+    return case_record(scores, class_names, sp, protocol, tau, metrics)
+
+
+def check_case_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    """The metrics a per-case record may hold (no AUC: it needs probabilities)."""
     unknown = [m for m in metrics if m not in CASE_METRICS]
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown}; choose from: {', '.join(CASE_METRICS)}")
-    tau = check_tolerance(nsd_tolerance)
-    counts = class_counts(pred, gt, num_classes, ignore_label, roi)
-    p = np.asarray(pred)
-    g = np.asarray(gt)
-    keep = _scored(g, ignore_label, roi)
-    if keep is not None and any(m in DISTANCE for m in metrics):
-        p = np.where(keep, p, 0)
-        g = np.where(keep, g, 0)
-    sp = None if spacing is None else normalize_spacing(spacing, p.ndim)
-    wanted = [m for m in metrics if m in DISTANCE]
-    distances = _class_distances(p, g, int(num_classes), sp, connectivity) if wanted else {}
+    return tuple(metrics)
+
+
+def case_record(
+    scores: Mapping[int, ClassScore],
+    class_names: Sequence[str] | None,
+    spacing: Sequence[float] | None,
+    protocol: str,
+    nsd_tolerance: float,
+    metrics: Sequence[str] = CASE_METRICS,
+) -> dict[str, Any]:
+    """The per-case JSON record of :func:`unetzoo.metrics.score_case` results.
+
+    Returns ``{"classes": {"1": {"name", "tp", "fp", "fn", "tn", "n_pred", "n_ref",
+    <metric>: value ...}, ...}, "spacing": [...] | None, "distance_units": "mm" |
+    "voxels", "protocol", "nsd_tolerance"}`` with the ``metrics`` the scores hold.
+    """
+    check_protocol(protocol)
     classes: dict[str, dict[str, Any]] = {}
-    for c, conf in counts.items():
-        row: dict[str, Any] = {
+    for c, score in scores.items():
+        conf = score.confusion
+        classes[str(c)] = {
             "name": class_names[c] if class_names is not None and c < len(class_names)
             else str(c),
             "tp": conf.tp, "fp": conf.fp, "fn": conf.fn, "tn": conf.tn,
             "n_pred": conf.pred_size, "n_ref": conf.gt_size,
+            **{m: score.values[m] for m in metrics if m in score.values},
         }
-        for m in metrics:
-            if m in OVERLAP:
-                row[m] = OVERLAP[m](conf, protocol)
-        if wanted:
-            sd = distances[c]
-            for m in wanted:
-                row[m] = nsd_from_distances(sd, tau) if m == "nsd" else getattr(sd, m)(protocol)
-        classes[str(c)] = row
     return {
         "classes": classes,
-        "spacing": None if sp is None else [float(s) for s in sp],
-        "distance_units": "voxels" if sp is None else "mm",
+        "spacing": None if spacing is None else [float(s) for s in spacing],
+        "distance_units": "voxels" if spacing is None else "mm",
         "protocol": protocol,
-        "nsd_tolerance": tau,
+        "nsd_tolerance": float(nsd_tolerance),
     }
-
-
-def _class_distances(p: np.ndarray, g: np.ndarray, k: int, sp: np.ndarray | None,
-                     connectivity: int) -> dict[int, SurfaceDistances]:
-    """Every class's surface distances, the classes in parallel threads (values equal to
-    ``surface_distances(p == c, g == c)``; see :mod:`unetzoo.metrics.parallel`)."""
-    from unetzoo.metrics.aggregate import _class_boxes
-
-    p, g = (a.view(np.uint8) if a.dtype == np.bool_ else a for a in (p, g))
-    boxes_p, boxes_g = _class_boxes(p, k), _class_boxes(g, k)
-    found = class_surface_distances(p, g, boxes_p, boxes_g, normalize_spacing(sp, p.ndim),
-                                    connectivity)
-    empty = np.empty(0, dtype=np.float64)
-    return {c: found.get(c) or SurfaceDistances(empty, empty, boxes_p[c - 1] is None,
-                                                boxes_g[c - 1] is None)
-            for c in range(1, k)}
 
 
 def _mean(values: list[float]) -> float:
