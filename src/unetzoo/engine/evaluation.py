@@ -20,21 +20,35 @@ known (NIfTI sources: the case carries an affine, or the reader sets
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from unetzoo.data.io import save_case_nifti
+from unetzoo.data.medio import save_case_nifti
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
+from unetzoo.engine.run_folder import ReportLayout, RunLayout, check_output_dir
 from unetzoo.errors import CheckpointError, ConfigError, DataError
+from unetzoo.metrics import (
+    ClassScore,
+    format_table,
+    never_predicted_warning,
+    present_classes,
+    score_case,
+    summarize,
+    write_case_csv,
+)
+from unetzoo.metrics.case import check_metrics
+from unetzoo.metrics.nsd import check_tolerance
+from unetzoo.metrics.per_case import summarize_cases, write_json
 
 #: Metrics ``unetzoo test --metrics`` may put in the report (AUC needs probabilities).
 REPORT_METRICS = ("dice", "iou", "sensitivity", "specificity", "hd95", "hd", "assd", "nsd")
@@ -84,74 +98,65 @@ def scored_region(case) -> np.ndarray | None:
     return keep if roi is None else keep & np.asarray(roi, dtype=bool)
 
 
-def case_metrics(
+def case_scores(
     pred: np.ndarray,
     case,
     num_classes: int,
     protocol: str = "strict",
-    metrics: tuple[str, ...] = DEFAULT_REPORT_METRICS,
+    metrics: Sequence[str] = DEFAULT_REPORT_METRICS,
     nsd_tolerance: float = 1.0,
-) -> dict[int, dict[str, float]]:
-    """The ``metrics`` (default Dice and HD95) per foreground class of one case:
-    ``{class_index: {metric: value}}``. NSD's ``nsd_tolerance`` is in the HD95 unit.
+) -> dict[int, ClassScore]:
+    """The one per-case evaluation of a :class:`~unetzoo.data.base.Case`: counts and
+    ``metrics`` per foreground class (:func:`unetzoo.metrics.score_case`) under the
+    case's own rules. The report, its ``cases.json`` and :func:`validate` all call it.
 
     Pixels outside ``case.roi`` (e.g. the DRIVE field of view) are ignored when present,
     and so are pixels whose reference is ``case.ignore_label`` (nnU-Net's ignore label:
     removed from prediction and reference before scoring, as nnU-Net's evaluator).
     HD95 is in mm when the spacing is known under ``"strict"`` (see :func:`hd95_unit`),
-    else in voxels. Under ``"strict"`` a class absent from both maps is NaN.
+    else in voxels; NSD's ``nsd_tolerance`` is in that unit. Under ``"strict"`` a class
+    absent from both maps is NaN.
     """
-    from unetzoo.metrics import evaluate_case
-
-    use_mm = hd95_unit(case, protocol) == "mm"
-    spacing = tuple(float(s) for s in case.spacing) if use_mm else None
-    gt, roi = case.label, scored_region(case)
-    if getattr(case, "ignore_label", None) is not None:
-        gt = np.where(roi, gt, 0)
-    result = evaluate_case(
-        pred, gt, num_classes, spacing=spacing, protocol=protocol,
-        metrics=tuple(metrics), roi=roi, nsd_tolerance=nsd_tolerance,
+    spacing = tuple(float(s) for s in case.spacing) if hd95_unit(case, protocol) == "mm" \
+        else None
+    return score_case(
+        pred, case.label, num_classes, spacing, protocol, tuple(metrics), case.roi,
+        ignore_label=getattr(case, "ignore_label", None), nsd_tolerance=nsd_tolerance,
     )
-    return {int(k): {m: float(v) for m, v in vals.items()} for k, vals in result.items() if int(k) != 0}
 
 
-def summary_table(
-    rows: list[dict[str, Any]],
-    class_names: list[str],
+def case_metrics(
+    pred: np.ndarray,
+    case,
+    num_classes: int,
     protocol: str = "strict",
-    predicted: set[int] | None = None,
-    metrics: tuple[str, ...] = DEFAULT_REPORT_METRICS,
-):
-    """The :class:`unetzoo.metrics.SummaryTable` of per-case rows (``case``,
-    ``class_index`` and each of ``metrics``): the one aggregation the report, the
-    validation during training and the benchmarks share."""
-    from unetzoo.metrics import summarize
-
-    per_case: dict[str, dict[int, dict[str, float]]] = {}
-    for r in rows:
-        per_case.setdefault(str(r["case"]), {})[int(r["class_index"])] = {
-            m: float(r[m]) for m in metrics
-        }
-    return summarize(per_case, class_names, protocol, predicted=predicted)
+    metrics: Sequence[str] = DEFAULT_REPORT_METRICS,
+    nsd_tolerance: float = 1.0,
+) -> dict[int, dict[str, float]]:
+    """The ``metrics`` (default Dice and HD95) per foreground class of one case,
+    ``{class_index: {metric: value}}``: the values of :func:`case_scores`."""
+    metrics = check_metrics(metrics)
+    scores = case_scores(pred, case, num_classes, protocol, metrics, nsd_tolerance)
+    return {k: {m: float(v) for m, v in s.values.items()} for k, s in scores.items()}
 
 
 def mean_table(
-    rows: list[dict[str, Any]],
-    class_names: list[str],
+    per_case: dict[str, dict[int, dict[str, float]]],
+    class_names: Sequence[str],
     protocol: str = "strict",
     *,
     predicted: set[int] | None = None,
     model_name: str = "unetzoo",
     hd_unit: str = "mm",
-    metrics: tuple[str, ...] = DEFAULT_REPORT_METRICS,
 ) -> tuple[dict[str, Any], str]:
     """Per-class means over the scored cases, then the mean over classes (TransUNet's
-    order; under ``"strict"`` NaN cells are not scored and left out).
+    order; under ``"strict"`` NaN cells are not scored and left out), through
+    :func:`unetzoo.metrics.summarize` and :func:`unetzoo.metrics.format_table`.
 
     Args:
-        rows: one dict per case x class with ``case``, ``class_index`` and each metric.
+        per_case: ``{case id: {class index: {metric: value}}}`` (:func:`case_metrics`).
+        class_names: names indexed by class (index 0 background).
         predicted: classes the model predicted in at least one case (None: unchecked).
-        metrics: the report's metrics (default Dice and HD95; e.g. add ``"nsd"``).
 
     Returns:
         ``(summary, markdown)``: ``summary`` is ``{"mean_<metric>"..., "per_class":
@@ -159,12 +164,10 @@ def mean_table(
         "classes_in_mean", "never_predicted": [names], "warning"}``; ``markdown`` the
         table of :func:`unetzoo.metrics.format_table`.
     """
-    from unetzoo.metrics import format_table, never_predicted_warning
-
-    if not rows:
+    if not per_case:
         raise DataError("no test case was evaluated; nothing to summarize")
-    metrics = tuple(metrics)
-    table = summary_table(rows, class_names, protocol, predicted, metrics)
+    table = summarize(per_case, class_names, protocol, predicted=predicted)
+    metrics = table.metrics
     per_class = {
         name: {
             **{m: table.per_class[m][k] for m in metrics},
@@ -184,20 +187,26 @@ def mean_table(
     return summary, format_table(table, model_name, distance_unit=hd_unit)
 
 
+def _cfg(cfg: Mapping[str, Any] | Any, key: str) -> Any:
+    # the trainer passes its TrainConfig, callers of the old signature a dict
+    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
+
+
 @torch.no_grad()
 def validate(
-    model: torch.nn.Module, ds, split: str, cases: list[str], cfg: dict[str, Any], device,
-    collect: dict[str, Any] | None = None,
+    model: torch.nn.Module, ds, split: str, cases: list[str], cfg: Mapping[str, Any] | Any,
+    device, collect: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Mean foreground Dice and HD95 over ``cases`` (volume inference, TransUNet resize),
-    as the trainer's validation step.
+    as the trainer's validation step. ``cfg`` gives ``img_size``, ``batch_size``,
+    ``amp`` and ``protocol`` (a dict or the trainer's config object).
 
     The same per-case function (:func:`case_metrics`) and aggregation
-    (:func:`summary_table`) as the test report: per class the mean over the cases that
-    scored it, then the mean over the classes with at least one scored case. Under
-    ``"strict"`` a class absent from both prediction and reference is not scored (it
-    never counts as a success) and a missed class scores Dice 0; ``val_dice`` is NaN
-    when no class was scored at all, which never beats a best model.
+    (:func:`unetzoo.metrics.summarize`) as the test report: per class the mean over the
+    cases that scored it, then the mean over the classes with at least one scored case.
+    Under ``"strict"`` a class absent from both prediction and reference is not scored
+    (it never counts as a success) and a missed class scores Dice 0; ``val_dice`` is
+    NaN when no class was scored at all, which never beats a best model.
 
     ``collect`` (for TensorBoard), when given, receives ``"per_class_dice"`` ``{class
     name: mean Dice}`` and ``"samples"``, one :class:`~unetzoo.engine.logging.tensorboard.
@@ -208,26 +217,53 @@ def validate(
     model = getattr(model, "module", model)  # DistributedDataParallel wraps the model
     was_training = model.training
     model.eval()
-    rows: list[dict[str, Any]] = []
+    protocol = _cfg(cfg, "protocol")
+    per_case: dict[str, dict[int, dict[str, float]]] = {}
     try:
         for cid in cases:
             case = ds.load_case(cid, split)
             pred = predict_volume(
-                model, case.image, int(cfg["img_size"]), batch_size=int(cfg["batch_size"]),
-                device=device, amp=bool(cfg["amp"]),
+                model, case.image, int(_cfg(cfg, "img_size")),
+                batch_size=int(_cfg(cfg, "batch_size")), device=device,
+                amp=bool(_cfg(cfg, "amp")),
             )
-            per_class = case_metrics(pred, case, ds.num_classes, cfg["protocol"])
-            rows += [{"case": cid, "class_index": k, **m} for k, m in per_class.items()]
+            per_case[str(cid)] = case_metrics(pred, case, ds.num_classes, protocol)
             if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
                 collect["samples"].append(pick_sample(case, pred))
     finally:
         model.train(was_training)
-    table = summary_table(rows, list(ds.class_names), cfg["protocol"])
+    table = summarize(per_case, list(ds.class_names), protocol)
     if collect is not None:
         collect["per_class_dice"] = {
             name: float(table.per_class["dice"][k]) for k, name in enumerate(table.class_names)
         }
     return {"val_dice": float(table.mean["dice"]), "val_hd95": float(table.mean["hd95"])}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How ``run_test`` evaluates and what it writes (its keyword arguments, checked)."""
+
+    split: str
+    protocol: str
+    metrics: tuple[str, ...]
+    nsd_tolerance: float
+    tta: bool
+    batch_size: int
+    overlays: int
+    save_predictions: bool
+    case_json: bool
+    verbose: bool
+
+
+@dataclass
+class _Results:
+    """What the case loop of ``run_test`` gathers."""
+
+    values: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # cases.json
+    predicted: set[int] = field(default_factory=set)
+    units: set[str] = field(default_factory=set)
 
 
 def run_test(
@@ -261,7 +297,7 @@ def run_test(
         max_cases: evaluate only the first N test cases.
         out_dir: report folder (default: ``<run>/report`` next to ``checkpoints/``).
         save_predictions: also write NIfTI label maps with the input file's shape, voxel
-            order and affine (:func:`unetzoo.data.io.save_case_nifti`).
+            order and affine (:func:`unetzoo.data.medio.save_case_nifti`).
         tta: flip test-time augmentation.
         protocol: empty-mask protocol, ``"strict"`` or ``"transunet"``.
         overlays: overlay PNG slices per case (0 disables).
@@ -282,23 +318,53 @@ def run_test(
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
     """
-    from unetzoo.data import get_dataset
-    from unetzoo.engine.backends import check_backend, make_backend
-    from unetzoo.metrics import present_classes
-    from unetzoo.metrics.per_case import write_json
+    from unetzoo.engine.backends import check_backend
 
     check_backend(backend)  # a bad name is one line before any work
-    from unetzoo.metrics.nsd import check_tolerance
-
-    metrics = check_report_metrics(metrics)
-    if "nsd" in metrics:
+    settings = _Settings(
+        split=split, protocol=protocol, metrics=check_report_metrics(metrics),
+        nsd_tolerance=nsd_tolerance, tta=bool(tta), batch_size=int(batch_size),
+        overlays=int(overlays or 0), save_predictions=bool(save_predictions),
+        case_json=bool(case_json), verbose=bool(verbose),
+    )
+    if "nsd" in settings.metrics:
         check_tolerance(nsd_tolerance)
-    members = None
-    if isinstance(checkpoint, (list, tuple)):
-        members = [str(p) for p in checkpoint]
-        checkpoint = members[0]
-    ckpt_path = None if isinstance(checkpoint, dict) else Path(checkpoint)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    members = [str(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else None
+    first = members[0] if members else checkpoint
+    ckpt_path = None if isinstance(first, dict) else Path(first)
+    ckpt = first if isinstance(first, dict) else load_checkpoint(first)
+    ds = _test_dataset(ckpt, dataset, data_root)
+    cases = _test_cases(ds, ckpt, split, max_cases)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
+    plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
+    report = _report_folder(out_dir, ckpt_path, settings)
+    t0 = time.time()
+    results = _evaluate_cases(model, ds, cases, ckpt, plan, report, settings, device)
+    summary = _write_report(report, results, ds, ckpt, settings)
+    summary.update({
+        "tta": settings.tta,
+        "seconds": round(time.time() - t0, 2),
+        "report_dir": str(report.root),
+        "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
+        "postprocessing": None if plan is None else plan["steps"],
+    })
+    # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
+    write_json(report.summary_json, summary)
+    if verbose:
+        print(f"report written to {report.root}", flush=True)
+    if summary["never_predicted"]:
+        # on stderr as well, so that it shows even when stdout goes to a log
+        print(summary["warning"], file=sys.stderr, flush=True)
+    return summary
+
+
+def _test_dataset(ckpt: dict[str, Any], dataset, data_root: str | Path | None):
+    """The dataset to test on (a ``SegDataset``, a name, or None: the checkpoint's),
+    checked against the checkpoint's classes and input channels."""
+    from unetzoo.data import get_dataset
+
     if dataset is None or isinstance(dataset, str):
         name = dataset or ckpt.get("dataset")
         options: dict[str, Any] = {}
@@ -320,131 +386,150 @@ def run_test(
             f"checkpoint takes {ckpt['in_channels']} input channel(s) but dataset "
             f"{ds.name!r} has {ds.in_channels}"
         )
+    return ds
+
+
+def _test_cases(ds, ckpt: dict[str, Any], split: str, max_cases: int | None) -> list[str]:
     if split not in ds.splits() or not ds.cases(split):
         raise DataError(f"dataset {ds.name!r} at {ds.root} has no {split!r} cases to test on")
     cases = list(ds.cases(split))
-    if max_cases:
-        cases = cases[: int(max_cases)]
+    return cases[: int(max_cases)] if max_cases else cases
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str] | None,
+                backend: str, device, verbose: bool) -> torch.nn.Module:
+    """The checkpoint's model (or the ensemble of ``members``) behind ``backend``."""
+    from unetzoo.engine.backends import make_backend
+
     if members is not None and len(members) > 1:
         from unetzoo.engine.ensemble import load_ensemble
 
         model, _ = load_ensemble(members, device, wrap=lambda m, path, ck: make_backend(
             m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose))
+        return model
+    model = model_from_checkpoint(ckpt, device=device)
+    return make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
+                        verbose=verbose)
+
+
+def _postprocessing_plan(ckpt: dict[str, Any], ckpt_path: Path | None,
+                         postprocessing: dict[str, Any] | str | None) -> dict[str, Any] | None:
+    from unetzoo.engine.postprocess import check_plan, plan_for_checkpoint
+
+    if postprocessing == "stored":
+        return plan_for_checkpoint(ckpt, ckpt_path)
+    return None if postprocessing is None else check_plan(postprocessing)
+
+
+def _report_folder(out_dir: str | Path | None, ckpt_path: Path | None,
+                   settings: _Settings) -> ReportLayout:
+    """The report folder (default ``RUN/report`` of the checkpoint's run), checked and
+    with its sub-folders made."""
+    if out_dir is not None:
+        report = ReportLayout(Path(out_dir))
+    elif ckpt_path is not None:
+        report = RunLayout.of_checkpoint(ckpt_path).report
     else:
-        model = model_from_checkpoint(ckpt, device=device)
-        model = make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
-                             verbose=verbose)
-    from unetzoo.engine.postprocess import apply_postprocessing, check_plan, plan_for_checkpoint
+        report = RunLayout(".").report
+    check_output_dir(report.root)
+    if settings.overlays:
+        report.overlays.mkdir(exist_ok=True)
+    if settings.save_predictions:
+        report.predictions.mkdir(exist_ok=True)
+    return report
 
-    plan = (plan_for_checkpoint(ckpt, ckpt_path) if postprocessing == "stored"
-            else None if postprocessing is None else check_plan(postprocessing))
-    img_size = int(ckpt["img_size"])
-    if out_dir is None:
-        base = ckpt_path.parent if ckpt_path is not None else Path(".")
-        out_dir = (base.parent if base.name == "checkpoints" else base) / "report"
-    out = Path(out_dir)
-    from unetzoo.engine.run_folder import check_output_dir
 
-    check_output_dir(out)
-    if overlays:
-        (out / "overlays").mkdir(exist_ok=True)
-    if save_predictions:
-        (out / "predictions").mkdir(exist_ok=True)
+def _evaluate_cases(model, ds, cases: list[str], ckpt: dict[str, Any], plan, report: ReportLayout,
+                    settings: _Settings, device) -> _Results:
+    """Predict, score and draw every case; one console line per case when verbose."""
+    from unetzoo.engine.postprocess import apply_postprocessing
+    from unetzoo.metrics.per_case import CASE_METRICS, case_record
 
     class_names = list(ckpt["class_names"])
-    rows: list[dict[str, Any]] = []
-    per_case_json: dict[str, Any] = {}
-    predicted: set[int] = set()
-    units: set[str] = set()
-    t0 = time.time()
+    # cases.json holds every metric: score them all in the same pass as the report's
+    wanted = tuple(dict.fromkeys(settings.metrics + (CASE_METRICS if settings.case_json else ())))
+    res = _Results()
     for i, cid in enumerate(cases):
-        case = ds.load_case(cid, split)
+        case = ds.load_case(cid, settings.split)
         if case.label is None:
             raise DataError(f"test case {cid!r} of {ds.name!r} has no label; use `unetzoo predict`")
-        pred = predict_volume(model, case.image, img_size, batch_size=batch_size, tta=tta, device=device)
+        pred = predict_volume(model, case.image, int(ckpt["img_size"]),
+                              batch_size=settings.batch_size, tta=settings.tta, device=device)
         if plan is not None:
             pred = apply_postprocessing(pred, plan)
-        if case_json:
-            from unetzoo.metrics.per_case import case_metrics as all_metrics
-
-            per_case_json[cid] = all_metrics(
-                pred, case.label, ds.num_classes,
-                case.spacing if hd95_unit(case, protocol) == "mm" else None,
-                class_names=class_names, protocol=protocol, roi=case.roi,
-                ignore_label=getattr(case, "ignore_label", None), nsd_tolerance=nsd_tolerance,
-            )
-        for k, vals in case_metrics(pred, case, ds.num_classes, protocol, metrics,
-                                    nsd_tolerance).items():
-            rows.append({"case": cid, "class_index": k, "class_name": class_names[k], **vals})
-        predicted |= present_classes(pred, ds.num_classes, scored_region(case))
-        units.add(hd95_unit(case, protocol))
-        if save_predictions:
-            # The input file's shape, voxel order and affine (Case.axes undoes the reader's
-            # slicing order), as `predict` writes; no affine: a diagonal one of the spacing.
-            affine = case.affine if case.affine is not None else np.diag([*map(float, case.spacing), 1.0])
-            save_case_nifti(pred, affine, out / "predictions" / f"{_safe(cid)}.nii.gz",
-                            getattr(case, "axes", None))
-        if overlays:
-            # Radiological orientation from the affine, one window for the whole volume.
-            window = display_window(case.image[0])
-            for z in pick_slices(case.label, overlays,
-                                 ignore_label=getattr(case, "ignore_label", None)):
-                overlay_png(
-                    out / "overlays" / f"{_safe(cid)}_slice{z:03d}.png",
-                    case.image[0, z], pred[z], class_names, gt=case.label[z],
-                    title=f"{cid}, slice {z}", affine=case.affine, window=window,
-                    ignore_label=getattr(case, "ignore_label", None),
-                )
-        if verbose and "dice" in metrics:
-            scored = [r["dice"] for r in rows if r["case"] == cid and not np.isnan(r["dice"])]
+        scores = case_scores(pred, case, ds.num_classes, settings.protocol, wanted,
+                             settings.nsd_tolerance)
+        res.values[cid] = {k: {m: float(s.values[m]) for m in settings.metrics}
+                           for k, s in scores.items()}
+        unit = hd95_unit(case, settings.protocol)
+        if settings.case_json:
+            spacing = case.spacing if unit == "mm" else None
+            res.records[cid] = case_record(scores, class_names, spacing, settings.protocol,
+                                           settings.nsd_tolerance)
+        res.predicted |= present_classes(pred, ds.num_classes, scored_region(case))
+        res.units.add(unit)
+        _write_case_files(report, cid, case, pred, class_names, settings)
+        if settings.verbose and "dice" in settings.metrics:
+            scored = [v["dice"] for v in res.values[cid].values() if not np.isnan(v["dice"])]
             dice = f"{np.mean(scored):.4f}" if scored else "n/a (no class present)"
             print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice} over {len(scored)} "
                   "scored class(es)", flush=True)
+    return res
 
-    hd_unit = units.pop() if len(units) == 1 else "mm or voxels (mixed spacing)"
+
+def _write_case_files(report: ReportLayout, cid: str, case, pred: np.ndarray,
+                      class_names: list[str], settings: _Settings) -> None:
+    """The case's label map (``--save-nifti``) and overlay PNGs."""
+    ignore = getattr(case, "ignore_label", None)
+    if settings.save_predictions:
+        # The input file's shape, voxel order and affine (Case.axes undoes the reader's
+        # slicing order), as `predict` writes; no affine: a diagonal one of the spacing.
+        affine = case.affine if case.affine is not None else np.diag([*map(float, case.spacing), 1.0])
+        save_case_nifti(pred, affine, report.predictions / f"{_safe(cid)}.nii.gz",
+                        getattr(case, "axes", None))
+    if settings.overlays:
+        # Radiological orientation from the affine, one window for the whole volume.
+        window = display_window(case.image[0])
+        for z in pick_slices(case.label, settings.overlays, ignore_label=ignore):
+            overlay_png(
+                report.overlays / f"{_safe(cid)}_slice{z:03d}.png",
+                case.image[0, z], pred[z], class_names, gt=case.label[z],
+                title=f"{cid}, slice {z}", affine=case.affine, window=window,
+                ignore_label=ignore,
+            )
+
+
+def _write_report(report: ReportLayout, res: _Results, ds, ckpt: dict[str, Any],
+                  settings: _Settings) -> dict[str, Any]:
+    """summary.md, cases.csv and (on request) cases.json; returns the summary that
+    ``run_test`` completes and writes as summary.json."""
+    metrics = settings.metrics
+    class_names = list(ckpt["class_names"])
+    hd_unit = res.units.pop() if len(res.units) == 1 else "mm or voxels (mixed spacing)"
     model_name = ckpt["model"]["name"]
-    summary, table = mean_table(rows, class_names, protocol, predicted=predicted,
-                                model_name=model_name, hd_unit=hd_unit, metrics=metrics)
+    summary, table = mean_table(res.values, class_names, settings.protocol,
+                                predicted=res.predicted, model_name=model_name,
+                                hd_unit=hd_unit)
     title = getattr(ds, "title", None) or ds.name  # dataset.json's "name" when it has one
     if "nsd" in metrics:
-        table += f"\nNSD: normalized surface Dice at tolerance {nsd_tolerance:g} ({hd_unit}).\n"
-    (out / "summary.md").write_text(f"# Test of {model_name} on {title} ({split})\n\n" + table)
-    with (out / "cases.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["case", "class_index", "class_name", *metrics])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, **{m: f"{r[m]:.6f}" for m in metrics}})
-    summary.update(
-        {
-            "model": model_name,
-            "dataset": ds.name,
-            "split": split,
-            "protocol": protocol,
-            "hd95_unit": hd_unit,
-            "metrics": list(metrics),
-            **({"nsd_tolerance": float(nsd_tolerance)} if "nsd" in metrics else {}),
-            "tta": bool(tta),
-            "seconds": round(time.time() - t0, 2),
-            "report_dir": str(out),
-            "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
-            "postprocessing": None if plan is None else plan["steps"],
-        }
-    )
-    if case_json:
-        from unetzoo.metrics.per_case import summarize_cases
-
-        write_json(out / "cases.json", summarize_cases(per_case_json))
-    # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
-    write_json(out / "summary.json", summary)
-    if verbose:
+        table += (f"\nNSD: normalized surface Dice at tolerance {settings.nsd_tolerance:g} "
+                  f"({hd_unit}).\n")
+    report.summary_md.write_text(
+        f"# Test of {model_name} on {title} ({settings.split})\n\n" + table)
+    write_case_csv(res.values, report.cases_csv, class_names, protocol=None, digits=6)
+    if settings.case_json:
+        write_json(report.cases_json, summarize_cases(res.records))
+    if settings.verbose:
         print(table, end="", flush=True)
-        print(f"report written to {out}", flush=True)
-    if summary["never_predicted"]:
-        # on stderr as well, so that it shows even when stdout goes to a log
-        print(summary["warning"], file=sys.stderr, flush=True)
+    summary.update({
+        "model": model_name,
+        "dataset": ds.name,
+        "split": settings.split,
+        "protocol": settings.protocol,
+        "hd95_unit": hd_unit,
+        "metrics": list(metrics),
+        **({"nsd_tolerance": float(settings.nsd_tolerance)} if "nsd" in metrics else {}),
+    })
     return summary
 
 

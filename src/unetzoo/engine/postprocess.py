@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unetzoo.errors import ConfigError, DataError
-from unetzoo.metrics.overlap import dice_from_confusion
-from unetzoo.metrics.per_case import class_counts, jsonable
+from unetzoo.errors import DataError
+from unetzoo.metrics import evaluate_case, summarize
+from unetzoo.metrics.case import check_num_classes
+from unetzoo.metrics.per_case import jsonable
 
 PLAN_FORMAT = "unetzoo-postprocessing"
 PLAN_VERSION = 1
@@ -121,21 +122,15 @@ def apply_postprocessing(labels: np.ndarray, plan: dict[str, Any] | None) -> np.
 def _class_means(
     preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
     ignore_label: int | None,
-) -> dict[int, float]:
-    per_class: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
-    for p, g in zip(preds, refs):
-        for c, conf in class_counts(p, g, num_classes, ignore_label).items():
-            per_class[c].append(dice_from_confusion(conf))
-    out = {}
-    for c, vals in per_class.items():
-        scored = [v for v in vals if not math.isnan(v)]
-        out[c] = float(np.mean(scored)) if scored else math.nan
-    return out
-
-
-def _fg_mean(means: dict[int, float]) -> float:
-    vals = [v for v in means.values() if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else math.nan
+) -> tuple[dict[int, float], float]:
+    """Per class the mean Dice over the cases that scored it, and the mean over the
+    scored classes (the report's aggregation, :func:`unetzoo.metrics.summarize`)."""
+    per_case = {
+        str(i): evaluate_case(p, g, num_classes, metrics=("dice",), ignore_label=ignore_label)
+        for i, (p, g) in enumerate(zip(preds, refs))
+    }
+    table = summarize(per_case)
+    return dict(zip(table.class_indices, table.per_class["dice"])), table.mean["dice"]
 
 
 def _better(new: float, old: float) -> bool:
@@ -176,8 +171,7 @@ def determine_postprocessing(
         )
     if not predictions:
         raise DataError("no cross-validation predictions to decide post-processing on")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes={num_classes!r}; it must be an integer >= 2")
+    num_classes = check_num_classes(num_classes)
 
     def name(c: int) -> str:
         return class_names[c] if class_names is not None and c < len(class_names) else str(c)
@@ -188,27 +182,27 @@ def determine_postprocessing(
 
     fg = list(range(1, num_classes))
     current = [np.asarray(p) for p in predictions]
-    base = _class_means(current, references, num_classes, ignore_label)
-    before = dict(base)
+    base, base_fg = _class_means(current, references, num_classes, ignore_label)
+    before, before_fg = dict(base), base_fg
     steps: list[dict[str, Any]] = []
 
     cand = [remove_all_but_largest_component(p, fg) for p in current]
-    new = _class_means(cand, references, num_classes, ignore_label)
-    if _better(_fg_mean(new), _fg_mean(base)) and not any(_worse(new[c], base[c]) for c in fg):
-        say(f"largest foreground component: mean Dice {_fg_mean(base):.5f} -> {_fg_mean(new):.5f}")
+    new, new_fg = _class_means(cand, references, num_classes, ignore_label)
+    if _better(new_fg, base_fg) and not any(_worse(new[c], base[c]) for c in fg):
+        say(f"largest foreground component: mean Dice {base_fg:.5f} -> {new_fg:.5f}")
         steps.append({"kind": STEP_KIND, "classes": fg})
-        current, base = cand, new
+        current, base, base_fg = cand, new, new_fg
     else:
         say("largest foreground component: no improvement")
 
     if len(fg) > 1:
         for c in fg:
             cand = [remove_all_but_largest_component(p, [c]) for p in current]
-            new = _class_means(cand, references, num_classes, ignore_label)
+            new, new_fg = _class_means(cand, references, num_classes, ignore_label)
             if _better(new[c], base[c]):
                 say(f"largest component of {name(c)}: Dice {base[c]:.5f} -> {new[c]:.5f}")
                 steps.append({"kind": STEP_KIND, "classes": [c]})
-                current, base = cand, new
+                current, base, base_fg = cand, new, new_fg
             else:
                 say(f"largest component of {name(c)}: no improvement")
 
@@ -218,8 +212,8 @@ def determine_postprocessing(
         cases=len(current),
         rule="nnU-Net v2 determine_postprocessing: foreground step if the foreground mean "
         "Dice improves and no class gets worse; then per class if its mean Dice improves",
-        dice_before={name(c): before[c] for c in fg} | {"foreground_mean": _fg_mean(before)},
-        dice_after={name(c): base[c] for c in fg} | {"foreground_mean": _fg_mean(base)},
+        dice_before={name(c): before[c] for c in fg} | {"foreground_mean": before_fg},
+        dice_after={name(c): base[c] for c in fg} | {"foreground_mean": base_fg},
     )
     if class_names is not None:
         plan["class_names"] = list(class_names)

@@ -271,11 +271,19 @@ def write_case_csv(
     per_case: Mapping[str, CaseResult],
     path: str | Path,
     class_names: Sequence[str] | None = None,
-    protocol: str = "strict",
+    protocol: str | None = "strict",
+    *,
+    digits: int | None = None,
 ) -> Path:
     """Write one row per case x class: ``case, class_index, class_name, protocol,
-    <metric>...`` (values as fractions and in the distance unit). Returns the path."""
-    check_protocol(protocol)
+    <metric>...`` (values as fractions and in the distance unit). Returns the path.
+
+    ``protocol=None`` leaves the protocol column out (the test report's ``cases.csv``
+    records it in summary.json); ``digits`` rounds the values (``nan`` / ``inf`` stay
+    words), None writes them exactly (``repr``).
+    """
+    if protocol is not None:
+        check_protocol(protocol)
     path = Path(path)
     metrics: list[str] = []
     for res in per_case.values():
@@ -284,14 +292,20 @@ def write_case_csv(
             break
         if metrics:
             break
+
+    def cell(v: float) -> str:
+        return repr(float(v)) if digits is None else f"{float(v):.{digits}f}"
+
     with _open_for_writing(path) as fh:
         writer = csv.writer(fh)
-        writer.writerow(["case", "class_index", "class_name", "protocol", *metrics])
+        extra = [] if protocol is None else ["protocol"]
+        writer.writerow(["case", "class_index", "class_name", *extra, *metrics])
         for case_id, res in per_case.items():
             for c in sorted(res):
                 writer.writerow(
-                    [case_id, c, _class_name(class_names, c), protocol]
-                    + [repr(float(res[c][m])) for m in metrics]
+                    [case_id, c, _class_name(class_names, c)]
+                    + ([] if protocol is None else [protocol])
+                    + [cell(res[c][m]) for m in metrics]
                 )
     return path
 
