@@ -191,3 +191,42 @@ def test_demo_legend_mean_leaves_unscored_classes_out(tmp_path):
                  3: {"dice": math.nan, "hd95": math.nan}},
     )
     assert "mean Dice over the 2 scored class(es): 0.750" in legend_html(seg, 0)
+
+
+def test_one_scoring_for_cases_csv_cases_json_and_the_summary(fake_predictor, tmp_path,
+                                                              monkeypatch):
+    """The report's rows and cases.json come from one score_case call per case."""
+    from unetzoo.metrics import score_case
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("ignore_label"))
+        return score_case(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score_case", counting)
+    summary = run_test(_checkpoint(), dataset=_MemDataset(affine=True), out_dir=tmp_path / "r",
+                       overlays=0, device="cpu", verbose=False, case_json=True)
+    assert len(calls) == 2  # one per case, not one for the report and one for the JSON
+    cases = json.loads((tmp_path / "r" / "cases.json").read_text())
+    rows = {(r["case"], r["class_index"]): r
+            for r in csv.DictReader((tmp_path / "r" / "cases.csv").open())}
+    for (cid, k), row in rows.items():
+        rec = cases["metric_per_case"][cid]["classes"][k]
+        for m in ("dice", "hd95"):
+            want = math.nan if rec[m] is None else float(rec[m])
+            assert float(row[m]) == pytest.approx(want, nan_ok=True)
+    assert cases["foreground_mean"]["dice"] == pytest.approx(summary["mean_dice"])
+    assert list(rows[("c0", "1")]) == ["case", "class_index", "class_name", "dice", "hd95"]
+
+
+def test_validate_reads_a_config_object_as_a_dict(fake_predictor):
+    """The trainer passes its typed config; the same numbers as with a plain dict."""
+    from types import SimpleNamespace
+
+    ds = _MemDataset(affine=True)
+    cfg = {"img_size": 16, "batch_size": 2, "amp": False, "protocol": "strict"}
+    as_dict = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
+    as_obj = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"],
+                      SimpleNamespace(**cfg), "cpu")
+    assert as_obj == as_dict and as_dict["val_dice"] == pytest.approx(0.5)

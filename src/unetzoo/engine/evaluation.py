@@ -329,35 +329,31 @@ def run_test(
     )
     if "nsd" in settings.metrics:
         check_tolerance(nsd_tolerance)
-    members = [str(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else None
-    first = members[0] if members else checkpoint
-    ckpt_path = None if isinstance(first, dict) else Path(first)
-    ckpt = first if isinstance(first, dict) else load_checkpoint(first)
+    members, ckpt_path, ckpt = _read_checkpoints(checkpoint)
     ds = _test_dataset(ckpt, dataset, data_root)
     cases = _test_cases(ds, ckpt, split, max_cases)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
     report = _report_folder(out_dir, ckpt_path, settings)
     t0 = time.time()
     results = _evaluate_cases(model, ds, cases, ckpt, plan, report, settings, device)
-    summary = _write_report(report, results, ds, ckpt, settings)
-    summary.update({
+    return _write_report(report, results, ds, ckpt, settings, {
         "tta": settings.tta,
         "seconds": round(time.time() - t0, 2),
         "report_dir": str(report.root),
         "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
         "postprocessing": None if plan is None else plan["steps"],
     })
-    # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
-    write_json(report.summary_json, summary)
-    if verbose:
-        print(f"report written to {report.root}", flush=True)
-    if summary["never_predicted"]:
-        # on stderr as well, so that it shows even when stdout goes to a log
-        print(summary["warning"], file=sys.stderr, flush=True)
-    return summary
+
+
+def _read_checkpoints(checkpoint) -> tuple[list[str] | None, Path | None, dict[str, Any]]:
+    """``(ensemble members or None, path of the first checkpoint or None, its dict)``."""
+    members = [str(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else None
+    first = members[0] if members else checkpoint
+    if isinstance(first, dict):
+        return members, None, first
+    return members, Path(first), load_checkpoint(first)
 
 
 def _test_dataset(ckpt: dict[str, Any], dataset, data_root: str | Path | None):
@@ -500,9 +496,9 @@ def _write_case_files(report: ReportLayout, cid: str, case, pred: np.ndarray,
 
 
 def _write_report(report: ReportLayout, res: _Results, ds, ckpt: dict[str, Any],
-                  settings: _Settings) -> dict[str, Any]:
-    """summary.md, cases.csv and (on request) cases.json; returns the summary that
-    ``run_test`` completes and writes as summary.json."""
+                  settings: _Settings, provenance: dict[str, Any]) -> dict[str, Any]:
+    """summary.md, cases.csv, summary.json (the summary, then ``provenance``) and, on
+    request, cases.json; prints the table and the never-predicted warning."""
     metrics = settings.metrics
     class_names = list(ckpt["class_names"])
     hd_unit = res.units.pop() if len(res.units) == 1 else "mm or voxels (mixed spacing)"
@@ -529,7 +525,15 @@ def _write_report(report: ReportLayout, res: _Results, ds, ckpt: dict[str, Any],
         "hd95_unit": hd_unit,
         "metrics": list(metrics),
         **({"nsd_tolerance": float(settings.nsd_tolerance)} if "nsd" in metrics else {}),
+        **provenance,
     })
+    # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
+    write_json(report.summary_json, summary)
+    if settings.verbose:
+        print(f"report written to {report.root}", flush=True)
+    if summary["never_predicted"]:
+        # on stderr as well, so that it shows even when stdout goes to a log
+        print(summary["warning"], file=sys.stderr, flush=True)
     return summary
 
 
