@@ -25,7 +25,6 @@ applied by :func:`apply_postprocessing` -- never a pickle of functions, as nnU-N
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from scipy import ndimage
 from unetzoo.errors import DataError
 from unetzoo.metrics import evaluate_case, summarize
 from unetzoo.metrics.case import check_num_classes
-from unetzoo.metrics.per_case import jsonable
+from unetzoo.metrics.per_case import write_json
 
 PLAN_FORMAT = "unetzoo-postprocessing"
 PLAN_VERSION = 1
@@ -222,12 +221,8 @@ def determine_postprocessing(
 
 def save_plan(path: str | Path, plan: dict[str, Any]) -> Path:
     """Write a plan as strict JSON (NaN -> null), atomically."""
-    from unetzoo.data.io import atomic_write_text
-
     check_plan(plan)
-    p = Path(path)
-    atomic_write_text(p, json.dumps(jsonable(plan), indent=2, allow_nan=False) + "\n")
-    return p
+    return write_json(path, plan)
 
 
 def load_plan(path: str | Path) -> dict[str, Any]:

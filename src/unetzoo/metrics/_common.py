@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -125,3 +126,10 @@ def union_box(
     if b is None:
         return a
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def scored_mean(values: Sequence[float]) -> tuple[float, int]:
+    """Mean of the non-NaN values (the scored ones) and how many there are: NaN, 0 when
+    none is scored; inf is kept (nnU-Net's ``nanmean``)."""
+    kept = [float(v) for v in values if not math.isnan(float(v))]
+    return (float(np.mean(kept)) if kept else math.nan), len(kept)

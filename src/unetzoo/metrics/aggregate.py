@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from unetzoo.errors import ConfigError, DataError
-from unetzoo.metrics._common import check_protocol
+from unetzoo.metrics._common import check_protocol, scored_mean
 from unetzoo.metrics.case import DISTANCE_METRICS, as_labels
 
 # Column titles used by the tables; fractions are shown in percent.
@@ -122,12 +122,6 @@ def _class_name(class_names: Sequence[str] | None, c: int) -> str:
     return f"class {c}"
 
 
-def _scored_mean(values: Sequence[float]) -> tuple[float, int]:
-    """Mean of the non-NaN values and how many there are (NaN, 0 when none); inf stays."""
-    kept = [float(v) for v in values if not math.isnan(float(v))]
-    return (float(np.mean(kept)) if kept else math.nan), len(kept)
-
-
 def summarize(
     per_case: Mapping[str, CaseResult],
     class_names: Sequence[str] | None = None,
@@ -165,10 +159,10 @@ def summarize(
     per_class: dict[str, list[float]] = {}
     counts: dict[str, list[int]] = {}
     for m in metrics:
-        pairs = [_scored_mean([res[c][m] for res in per_case.values()]) for c in classes]
+        pairs = [scored_mean([res[c][m] for res in per_case.values()]) for c in classes]
         per_class[m] = [p[0] for p in pairs]
         counts[m] = [p[1] for p in pairs]
-    mean = {m: _scored_mean(per_class[m])[0] for m in metrics}
+    mean = {m: scored_mean(per_class[m])[0] for m in metrics}
     seen = None if predicted is None else {int(c) for c in predicted}
     return SummaryTable(
         metrics=metrics,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from unetzoo.errors import ConfigError
-from unetzoo.metrics._common import check_protocol, normalize_spacing
+from unetzoo.metrics._common import check_protocol, normalize_spacing, scored_mean
 from unetzoo.metrics.case import OVERLAP_METRICS, ClassScore, score_case
 from unetzoo.metrics.nsd import check_tolerance
 from unetzoo.metrics.overlap import Confusion
@@ -126,12 +126,6 @@ def case_record(
     }
 
 
-def _mean(values: list[float]) -> float:
-    """Mean over the scored (non-NaN) values; NaN when none scored; inf propagates."""
-    vals = [v for v in values if not math.isnan(v)]
-    return math.nan if not vals else float(np.mean(vals))
-
-
 def summarize_cases(per_case: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """nnU-Net-style summary of :func:`case_metrics` results keyed by case id.
 
@@ -150,13 +144,12 @@ def summarize_cases(per_case: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
             if key in COUNT_KEYS:
                 entry[key] = int(sum(r[key] for r in rows))
             elif key != "name":
-                vals = [float(r[key]) for r in rows]
-                entry[key] = _mean(vals)
-                entry.setdefault("scored", {})[key] = sum(not math.isnan(v) for v in vals)
+                entry[key], entry.setdefault("scored", {})[key] = scored_mean(
+                    [r[key] for r in rows])
         mean[c] = entry
     metric_keys = [k for k in first["classes"][next(iter(first["classes"]))]
                    if k not in COUNT_KEYS and k != "name"] if first["classes"] else []
-    fg = {m: _mean([mean[c][m] for c in mean]) for m in metric_keys}
+    fg = {m: scored_mean([mean[c][m] for c in mean])[0] for m in metric_keys}
     return {"metric_per_case": dict(per_case), "mean": mean, "foreground_mean": fg}
 
 
