@@ -43,6 +43,7 @@ from unetzoo.metrics import (
     never_predicted_warning,
     present_classes,
     score_case,
+    scored_mean,
     summarize,
     write_case_csv,
 )
@@ -466,9 +467,9 @@ def _evaluate_cases(model, ds, cases: list[str], ckpt: dict[str, Any], plan, rep
         res.units.add(unit)
         _write_case_files(report, cid, case, pred, class_names, settings)
         if settings.verbose and "dice" in settings.metrics:
-            scored = [v["dice"] for v in res.values[cid].values() if not np.isnan(v["dice"])]
-            dice = f"{np.mean(scored):.4f}" if scored else "n/a (no class present)"
-            print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice} over {len(scored)} "
+            mean, n = scored_mean([v["dice"] for v in res.values[cid].values()])
+            dice = f"{mean:.4f}" if n else "n/a (no class present)"
+            print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice} over {n} "
                   "scored class(es)", flush=True)
     return res
 

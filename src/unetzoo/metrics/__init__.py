@@ -11,7 +11,7 @@ and metrics per class; :func:`evaluate_case` its values) and :func:`summarize` b
 per-class tables from per-case results.
 """
 
-from unetzoo.metrics._common import PROTOCOLS
+from unetzoo.metrics._common import PROTOCOLS, scored_mean
 from unetzoo.metrics.aggregate import (
     PROTOCOL_NOTES,
     SummaryTable,
@@ -50,6 +50,7 @@ __all__ = [
     "never_predicted_warning",
     "present_classes",
     "score_case",
+    "scored_mean",
     "summarize",
     "surface_distances",
     "write_case_csv",
