@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from unetzoo.engine.config import RECIPES, load_yaml, poly_lr, resolve_config
@@ -205,7 +207,7 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
     with pytest.raises(Validated):  # control: without the switch the val split is used
         trainer.train(tiny_cfg(max_epochs=1), dataset=ds)
     cfg = tiny_cfg(paper_protocol=True, max_epochs=2, test=True, output=None)
-    cfg["output"] = str(tiny_root.parent / "paper-run")
+    cfg = dataclasses.replace(cfg, output=str(tiny_root.parent / "paper-run"))
     summary = trainer.train(cfg, dataset=ds)
     assert summary["best_epoch"] == 2 and seen == {"epoch": 2, "protocol": "transunet"}
 
@@ -229,8 +231,11 @@ def test_emcad_recipe_and_mutation_deep_supervision():
 def test_trainer_combines_heads_with_the_configured_deep_supervision_loss():
     import torch
 
-    from unetzoo.engine.trainer import _supervised_loss
-    from unetzoo.losses import build_loss, mutation_loss
+    from unetzoo.losses import build_loss, mutation_loss, supervised_loss
+
+    def _supervised_loss(loss, outs, y, cfg):  # as the trainer calls it
+        return supervised_loss(loss, outs, y, cfg.deep_supervision_loss,
+                               cfg.deep_supervision_weights)
 
     loss = build_loss("ce_dice", 3)
     outs = [torch.randn(1, 3, 8, 8) for _ in range(4)]
@@ -240,3 +245,40 @@ def test_trainer_combines_heads_with_the_configured_deep_supervision_loss():
     assert torch.allclose(total, mutation_loss(loss, outs, y)[0])
     weighted, _ = _supervised_loss(loss, outs, y, resolve_config("synapse"))
     assert not torch.allclose(total, weighted)
+
+
+def test_resolved_config_is_a_frozen_typed_object(tmp_path):
+    from types import MappingProxyType
+
+    import yaml
+
+    from unetzoo.engine.config import BASE_DEFAULTS, DistillConfig, TrainConfig, dump_yaml
+
+    cfg = resolve_config("phantom", None, {"distill_ifd": 0.5})
+    assert isinstance(cfg, TrainConfig)
+    assert [f.name for f in dataclasses.fields(cfg)] == list(BASE_DEFAULTS)  # one field per key
+    assert cfg["img_size"] == cfg.img_size == 128 and cfg.get("no_such_key", 7) == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.img_size = 64  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg["img_size"] = 64  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg["model_options"]["base_channels"] = 4  # read-only view
+    with pytest.raises(KeyError):
+        cfg["no_such_key"]
+    assert cfg.distill == DistillConfig(ifd=0.5, scr=0.0)
+    assert resolve_config("phantom").distill is None
+    # to_dict holds plain values only (checkpoints are read with weights_only=True) and
+    # round-trips; config.yaml is that dict.
+    plain = cfg.to_dict()
+    assert type(plain["model_options"]) is dict and not isinstance(plain["model_options"],
+                                                                   MappingProxyType)
+    assert TrainConfig.from_dict(plain) == cfg == TrainConfig.from_dict(dict(cfg))
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == plain
+    changed = dataclasses.replace(cfg, output="elsewhere")
+    assert changed.output == "elsewhere" and cfg.output is None
+    with pytest.raises(ConfigError, match="unknown configuration key"):
+        TrainConfig.from_dict({**plain, "img_szie": 3})
+    with pytest.raises(ConfigError, match="img-size"):
+        TrainConfig.from_dict({**plain, "img_size": 0})

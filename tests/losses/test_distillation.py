@@ -327,7 +327,6 @@ def test_missing_taps_name_the_model(monkeypatch):
     entry = ModelEntry(
         name="toy_without_taps", builder=_Toy, description="t", source="t", family="t"
     )
-    registry._ensure_loaded()
     monkeypatch.setitem(registry._REGISTRY, "toy_without_taps", entry)
     with pytest.raises(ModelError, match="toy_without_taps.*declares no feature taps"):
         FeatureTapper(model)

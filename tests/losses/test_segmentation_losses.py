@@ -162,3 +162,32 @@ def test_mutation_loss_sums_the_loss_of_every_subset_of_summed_logits():
     assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outs)
     single, _ = mutation_loss(loss, a, target)  # a bare tensor: the loss itself
     assert torch.allclose(single, loss(a, target)[0])
+
+
+def test_supervised_loss_is_the_one_deep_supervision_home():
+    """The trainer's objective: weighted heads log the final head's terms plus each head's
+    total; mutation is EMCAD's; one tensor is the loss itself; bad weights: one line."""
+    from unetzoo.losses import deep_supervision_weights, mutation_loss, supervised_loss
+
+    logits, target = _data(seed=7)
+    loss = build_loss("ce_dice", 4)
+    outs = [logits, logits * 2, logits * 3]
+    total, terms = supervised_loss(loss, outs, target, "weighted", [1, 1, 2])
+    heads = [loss(o, target) for o in outs]
+    assert total.item() == pytest.approx(
+        0.25 * heads[0][0].item() + 0.25 * heads[1][0].item() + 0.5 * heads[2][0].item(), rel=1e-6)
+    assert set(terms) == set(heads[2][1]) | {"head0", "head1", "head2"}
+    assert terms["head1"] == pytest.approx(heads[1][0].item())
+    assert terms["ce"] == pytest.approx(float(heads[2][1]["ce"]))  # the final head's term
+    assert all(isinstance(v, float) for v in terms.values())
+    m_total, _ = supervised_loss(loss, outs, target, "mutation")
+    assert m_total.item() == pytest.approx(mutation_loss(loss, outs, target)[0].item())
+    single, _ = supervised_loss(loss, logits, target)
+    assert single.item() == pytest.approx(heads[0][0].item())
+    assert deep_supervision_weights(2, None) == [0.5, 0.5]
+    with pytest.raises(ConfigError, match="has 2 values but the model has 3 heads"):
+        supervised_loss(loss, outs, target, "weighted", [1, 1])
+    with pytest.raises(ConfigError, match="sum to a positive"):
+        deep_supervision_weights(2, [0, 0])
+    with pytest.raises(ConfigError, match="deep-supervision-loss 'powerset'"):
+        supervised_loss(loss, outs, target, "powerset")

@@ -144,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
             out = flags.get("output") or file_values.get("output")
             if not out:
                 raise ConfigError("bare --resume needs --output (the run folder to continue)")
-            resume = Path(out) / "checkpoints" / "latest.pt"
+            from unetzoo.engine.run_folder import RunLayout
+
+            resume = RunLayout(out).latest
         else:
             resume = Path(args.resume)
         ck = load_checkpoint(resume)

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unetzoo.errors import ConfigError, UnetzooError
+
+if TYPE_CHECKING:
+    from unetzoo.engine.config import TrainConfig
 
 #: Registered ladders: name -> rung model names, in order.
 LADDERS: dict[str, tuple[str, ...]] = {}
@@ -83,10 +87,10 @@ def _last_time(history: list[dict[str, Any]]) -> float:
     return float(history[-1].get("time_s", 0.0) or 0.0) if history else 0.0
 
 
-def _recipe_key(cfg: dict[str, Any]) -> dict[str, Any]:
+def _recipe_key(cfg: TrainConfig) -> dict[str, Any]:
     """The parts of a resolved config that must agree across rungs of one table."""
     skip = {"model", "output", "progress", "device", "num_workers"}
-    return {k: v for k, v in cfg.items() if k not in skip}
+    return {k: v for k, v in cfg.to_dict().items() if k not in skip}
 
 
 def _jsonable(value: Any) -> Any:
@@ -126,11 +130,7 @@ def run_ladder(
         The table rows (one dict per finished rung, ladder order).
     """
     from unetzoo.data import get_dataset
-    from unetzoo.engine.checkpoint import load_checkpoint
-    from unetzoo.engine.config import resolve_config
     from unetzoo.engine.run_folder import check_output_dir
-    from unetzoo.engine.trainer import train
-    from unetzoo.models import create_model, get_entry
 
     names = ladder_rungs(ladder, rungs)
     flags = dict(flag_values or {})
@@ -147,97 +147,142 @@ def run_ladder(
         weights = None
 
     for name in names:
-        entry = get_entry(name)
-        run_dir = out / name
-        options = dict((file_values or {}).get("model_options") or {})
-        options.update(flags.get("model_options") or {})
-        if weights != "default" and entry.default_options().get("encoder_weights") is not None:
-            options["encoder_weights"] = weights
-        rung_flags = {**flags, "model": name, "output": str(run_dir), "model_options": options}
-        cfg = resolve_config(ds.recipe, copy.deepcopy(file_values or {}), rung_flags)
-        cfg["model_options"] = options  # exactly these (the recipe's are another model's)
-        cfg["dataset"] = ds.name
+        cfg = rung_config(name, ds, out / name, file_values, flags, weights)
         recipe = _jsonable(_recipe_key(cfg))
-        result_path = run_dir / "result.json"
-        if result_path.exists() and not retrain:
-            old = json.loads(result_path.read_text())
-            if old.get("recipe") != recipe:
-                diff = sorted(
-                    k for k in set(old.get("recipe", {})) | set(recipe)
-                    if old.get("recipe", {}).get(k) != recipe.get(k)
-                )
-                raise ConfigError(
-                    f"rung {name} in {out} was trained with another recipe (differs in "
-                    f"{', '.join(diff)}); use another --output-dir or --retrain"
-                )
-            if verbose:
-                print(f"[ablate] {name}: finished earlier, kept ({result_path})", flush=True)
+        if not retrain and _kept_earlier(name, out, recipe, verbose):
             continue
-        latest = run_dir / "checkpoints" / "latest.pt"
-        resume = latest if latest.exists() and not retrain else None
-        # Training time over interrupted segments: each resume adds the time the previous
-        # segment had reached at its last checkpoint (the trainer's clock restarts).
-        clock = run_dir / "train_time.json"
-        earlier = 0.0
-        if resume is not None:
-            earlier = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
-            earlier += _last_time(load_checkpoint(resume).get("history", []))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clock.write_text(json.dumps({"seconds": earlier}))
-        if verbose:
-            how = f"resuming from {latest}" if resume else "training"
-            print(f"[ablate] {name}: {how}", flush=True)
-        # The rung folder is the ladder's (it also holds train_time.json): a rung that is
-        # not resumed replaces any earlier run there.
-        summary = train(cfg, dataset=ds, resume=resume, overwrite=resume is None)
-        if not summary.get("test"):
-            raise UnetzooError(
-                f"rung {name} trained but was not tested (no test split in {ds.name!r}, "
-                "or --no-test); the ablation table needs test metrics"
-            )
-        history = load_checkpoint(latest).get("history", [])
-        with torch.device("meta"):
-            n_params = sum(
-                p.numel()
-                for p in create_model(
-                    name, in_channels=ds.in_channels, num_classes=ds.num_classes, **options
-                ).parameters()
-            )
-        macs_model = create_model(
-            name,
-            in_channels=ds.in_channels,
-            num_classes=ds.num_classes,
-            **{**options, "encoder_weights": None},  # weights do not change MACs
-        )
-        test = summary["test"]
-        result = {
-            "rung": name,
-            "description": entry.description,
-            "params": int(n_params),
-            "macs": count_macs(macs_model, ds.in_channels, int(cfg["img_size"])),
-            "img_size": int(cfg["img_size"]),
-            "train_seconds": round(earlier + _last_time(history), 1),
-            "epochs": int(summary["epochs"]),
-            "best_epoch": int(summary["best_epoch"]),
-            "mean_dice": float(test["mean_dice"]),
-            "mean_hd95": float(test["mean_hd95"]),
-            "hd95_unit": test.get("hd95_unit", ""),
-            "per_class_dice": {k: float(v["dice"]) for k, v in test["per_class"].items()},
-            "test_cases": int(test.get("cases", 0)),
-            "dataset": ds.name,
-            "encoder_weights": options.get(
-                "encoder_weights", entry.default_options().get("encoder_weights")
-            ),
-            "recipe": recipe,
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        result_path.write_text(json.dumps(result, indent=2))
+        summary, earlier = train_rung(cfg, ds, retrain=retrain, verbose=verbose)
+        result = rung_result(cfg, ds, summary, earlier, recipe)
+        (out / name / "result.json").write_text(json.dumps(result, indent=2))
 
     rows = collect_results(ladder, out)
     write_tables(rows, out)
     if verbose:
         print(f"[ablate] table: {out / 'ablation.md'} and {out / 'ablation.csv'}", flush=True)
     return rows
+
+
+def rung_config(
+    name: str, ds, run_dir: Path, file_values: dict[str, Any] | None,
+    flags: dict[str, Any], weights: str | None,
+) -> TrainConfig:
+    """The resolved config of one rung: the shared recipe, this rung's model and folder,
+    and exactly the model options given (the recipe's belong to another model), with
+    ``encoder_weights`` replaced on pretrained rungs unless ``weights`` is ``"default"``."""
+    from unetzoo.engine.config import resolve_config
+    from unetzoo.models import get_entry
+
+    options = dict((file_values or {}).get("model_options") or {})
+    options.update(flags.get("model_options") or {})
+    if weights != "default" and get_entry(name).default_options().get("encoder_weights") is not None:
+        options["encoder_weights"] = weights
+    rung_flags = {**flags, "model": name, "output": str(run_dir), "model_options": options}
+    cfg = resolve_config(ds.recipe, copy.deepcopy(file_values or {}), rung_flags)
+    return dataclasses.replace(cfg, model_options=options, dataset=ds.name)
+
+
+def _kept_earlier(name: str, out: Path, recipe: dict[str, Any], verbose: bool) -> bool:
+    """True when the rung has a ``result.json`` under the same recipe (kept as it is);
+    a different recipe is an error, so one table never mixes recipes."""
+    result_path = out / name / "result.json"
+    if not result_path.exists():
+        return False
+    old = json.loads(result_path.read_text())
+    if old.get("recipe") != recipe:
+        diff = sorted(
+            k for k in set(old.get("recipe", {})) | set(recipe)
+            if old.get("recipe", {}).get(k) != recipe.get(k)
+        )
+        raise ConfigError(
+            f"rung {name} in {out} was trained with another recipe (differs in "
+            f"{', '.join(diff)}); use another --output-dir or --retrain"
+        )
+    if verbose:
+        print(f"[ablate] {name}: finished earlier, kept ({result_path})", flush=True)
+    return True
+
+
+def train_rung(
+    cfg: TrainConfig, ds, *, retrain: bool, verbose: bool
+) -> tuple[dict[str, Any], float]:
+    """Train (or resume from ``latest.pt``) and test one rung; returns the trainer's
+    summary and the training seconds of earlier, interrupted segments."""
+    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.run_folder import RunLayout
+    from unetzoo.engine.trainer import train
+
+    layout = RunLayout(cfg.output)
+    latest = layout.latest
+    resume = latest if latest.exists() and not retrain else None
+    # Training time over interrupted segments: each resume adds the time the previous
+    # segment had reached at its last checkpoint (the trainer's clock restarts).
+    clock = layout.root / "train_time.json"
+    earlier = 0.0
+    if resume is not None:
+        earlier = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
+        earlier += _last_time(load_checkpoint(resume).get("history", []))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    clock.write_text(json.dumps({"seconds": earlier}))
+    if verbose:
+        how = f"resuming from {latest}" if resume else "training"
+        print(f"[ablate] {cfg.model}: {how}", flush=True)
+    # The rung folder is the ladder's (it also holds train_time.json): a rung that is
+    # not resumed replaces any earlier run there.
+    summary = train(cfg, dataset=ds, resume=resume, overwrite=resume is None)
+    if not summary.get("test"):
+        raise UnetzooError(
+            f"rung {cfg.model} trained but was not tested (no test split in {ds.name!r}, "
+            "or --no-test); the ablation table needs test metrics"
+        )
+    return summary, earlier
+
+
+def rung_result(
+    cfg: TrainConfig, ds, summary: dict[str, Any], earlier: float, recipe: dict[str, Any]
+) -> dict[str, Any]:
+    """One row of the table (``result.json``): size, MACs, time, test metrics, recipe."""
+    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.run_folder import RunLayout
+    from unetzoo.models import create_model, get_entry
+
+    name, options = str(cfg.model), dict(cfg.model_options)
+    entry = get_entry(name)
+    history = load_checkpoint(RunLayout(cfg.output).latest).get("history", [])
+    with torch.device("meta"):
+        n_params = sum(
+            p.numel()
+            for p in create_model(
+                name, in_channels=ds.in_channels, num_classes=ds.num_classes, **options
+            ).parameters()
+        )
+    macs_model = create_model(
+        name,
+        in_channels=ds.in_channels,
+        num_classes=ds.num_classes,
+        **{**options, "encoder_weights": None},  # weights do not change MACs
+    )
+    test = summary["test"]
+    return {
+        "rung": name,
+        "description": entry.description,
+        "params": int(n_params),
+        "macs": count_macs(macs_model, ds.in_channels, int(cfg.img_size)),
+        "img_size": int(cfg.img_size),
+        "train_seconds": round(earlier + _last_time(history), 1),
+        "epochs": int(summary["epochs"]),
+        "best_epoch": int(summary["best_epoch"]),
+        "mean_dice": float(test["mean_dice"]),
+        "mean_hd95": float(test["mean_hd95"]),
+        "hd95_unit": test.get("hd95_unit", ""),
+        "per_class_dice": {k: float(v["dice"]) for k, v in test["per_class"].items()},
+        "test_cases": int(test.get("cases", 0)),
+        "dataset": ds.name,
+        "encoder_weights": options.get(
+            "encoder_weights", entry.default_options().get("encoder_weights")
+        ),
+        "recipe": recipe,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def collect_results(ladder: str, out: str | Path) -> list[dict[str, Any]]:

@@ -3,15 +3,22 @@
 Precedence, lowest first: :data:`BASE_DEFAULTS`, the recipe (:data:`RECIPES`: the one
 named by ``--recipe`` / ``recipe:``, else the dataset's ``SegDataset.recipe``), a YAML file
 (``--config``), then flags given on the command line. ``--paper-protocol`` then fixes the
-evaluation protocol of the published tables (:func:`apply_paper_protocol`). The resolved dictionary is what the run folder stores as ``config.yaml``
-and what every checkpoint carries under ``"config"``.
+evaluation protocol of the published tables (:func:`apply_paper_protocol`).
+
+:func:`resolve_config` returns a frozen :class:`TrainConfig`; a run changes it only with
+``dataclasses.replace``. Its :meth:`TrainConfig.to_dict` (plain values) is what the run
+folder stores as ``config.yaml`` and what every checkpoint carries under ``"config"``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -215,6 +222,112 @@ PROTOCOLS = ("strict", "transunet")
 DEEP_SUPERVISION_LOSSES = ("weighted", "mutation")  # unetzoo.losses.DEEP_SUPERVISION_LOSSES
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """SelfReg's feature distillation weights (``--distill``): IFD and SCR terms."""
+
+    ifd: float
+    scr: float
+
+
+@dataclass(frozen=True)
+class TrainConfig(Mapping):
+    """A resolved, validated training configuration (one field per :data:`BASE_DEFAULTS`
+    key; see there for what each means). Frozen: derive a changed copy with
+    ``dataclasses.replace``. The option mappings are read-only views.
+
+    It is also a read-only :class:`~collections.abc.Mapping` of its keys (``cfg["key"]``,
+    ``cfg.get("key")``, ``dict(cfg)``), so code that only reads the configuration
+    dictionary keeps working; there is no item assignment.
+    """
+
+    recipe: str | None
+    paper_protocol: bool
+    model: str | None
+    model_options: Mapping[str, Any]
+    dataset: str | None
+    data_root: str | None
+    dataset_options: Mapping[str, Any]
+    max_cases: int | None
+    max_epochs: int
+    batch_size: int
+    base_lr: float
+    img_size: int
+    eval_interval: int
+    seed: int
+    num_workers: int
+    output: str | None
+    loss: str | None
+    loss_weights: list[float] | Mapping[str, float] | None
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    lr_schedule: str
+    poly_power: float
+    amp: bool
+    channels_last: bool
+    deep_supervision: bool
+    deep_supervision_weights: list[float] | None
+    deep_supervision_loss: str
+    distill_ifd: float
+    distill_scr: float
+    augment: str | None
+    augment_options: Mapping[str, Any]
+    val_fraction: float
+    val_cases: int | None
+    fold: int | None
+    test: bool
+    test_max_cases: int | None
+    protocol: str
+    progress: bool
+    device: str | None
+
+    def __post_init__(self) -> None:
+        # Read-only views over private copies: `cfg["model_options"]["x"] = 1` fails too.
+        for key in MAPPING_KEYS:
+            object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key) or {})))
+        if isinstance(self.loss_weights, Mapping):
+            object.__setattr__(self, "loss_weights", MappingProxyType(dict(self.loss_weights)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Validate a configuration mapping (missing keys take :data:`BASE_DEFAULTS`).
+
+        Raises:
+            ConfigError: an unknown key or a bad value, in one line.
+        """
+        unknown = sorted(set(values) - set(BASE_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}; valid "
+                              f"keys: {', '.join(sorted(BASE_DEFAULTS))}")
+        cfg = {**copy.deepcopy(BASE_DEFAULTS), **_plain(dict(values))}
+        validate_config(cfg)
+        return cls(**cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (dicts, lists, str, numbers): what ``config.yaml`` and the
+        checkpoint's ``"config"`` hold (checkpoints are read with ``weights_only=True``)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @property
+    def distill(self) -> DistillConfig | None:
+        """The distillation weights, None when both are 0 (no distillation)."""
+        if self.distill_ifd > 0 or self.distill_scr > 0:
+            return DistillConfig(self.distill_ifd, self.distill_scr)
+        return None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in BASE_DEFAULTS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (f.name for f in dataclasses.fields(self))
+
+    def __len__(self) -> int:
+        return len(dataclasses.fields(self))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of configuration keys (flag names, ``-`` or ``_``)."""
     p = Path(path)
@@ -256,7 +369,7 @@ def resolve_config(
     recipe: str | None,
     file_values: dict[str, Any] | None = None,
     flag_values: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> TrainConfig:
     """Merge defaults < recipe < YAML values < flags and validate the result.
 
     Args:
@@ -266,7 +379,7 @@ def resolve_config(
         flag_values: values given explicitly on the command line (``None`` = not given).
 
     Returns:
-        A new dictionary with every key of :data:`BASE_DEFAULTS` filled in.
+        A frozen :class:`TrainConfig` with every key of :data:`BASE_DEFAULTS` filled in.
     """
     for source in (file_values or {}, flag_values or {}):
         _check_mappings(source)
@@ -294,13 +407,8 @@ def resolve_config(
             user_options.update(source.get("model_options") or {})
         cfg["model_options"] = user_options
     apply_paper_protocol(cfg, file_values, flag_values)
-    if cfg.get("deep_supervision_loss") not in DEEP_SUPERVISION_LOSSES:
-        raise ConfigError(
-            f"unknown deep-supervision-loss {cfg.get('deep_supervision_loss')!r}; choose one "
-            f"of {', '.join(DEEP_SUPERVISION_LOSSES)}"
-        )
     validate_config(cfg)
-    return cfg
+    return TrainConfig(**cfg)
 
 
 def pick_recipe(
@@ -370,7 +478,7 @@ OPTIONAL_INT_KEYS = ("max_cases", "val_cases", "test_max_cases")
 def _check_mappings(values: dict[str, Any]) -> None:
     # Checked before merging: `model_options: 5` in a YAML file used to reach dict.update.
     for key in MAPPING_KEYS:
-        if values.get(key) is not None and not isinstance(values[key], dict):
+        if values.get(key) is not None and not isinstance(values[key], Mapping):
             raise ConfigError(
                 f"{key} must be a mapping of option: value (e.g. {{base_channels: 16}}), "
                 f"got {values[key]!r}"
@@ -428,6 +536,11 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if cfg["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(
             f"unknown lr-schedule {cfg['lr_schedule']!r}; choose one of {', '.join(LR_SCHEDULES)}"
+        )
+    if cfg.get("deep_supervision_loss") not in DEEP_SUPERVISION_LOSSES:
+        raise ConfigError(
+            f"unknown deep-supervision-loss {cfg.get('deep_supervision_loss')!r}; choose one "
+            f"of {', '.join(DEEP_SUPERVISION_LOSSES)}"
         )
     if cfg["protocol"] not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {cfg['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -506,13 +619,14 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
     return base_lr * (1.0 - frac) ** power
 
 
-def dump_yaml(cfg: dict[str, Any], path: str | Path) -> None:
+def dump_yaml(cfg: TrainConfig | Mapping[str, Any], path: str | Path) -> None:
     """Write the resolved configuration (plain YAML, keys sorted)."""
-    Path(path).write_text(yaml.safe_dump(_plain(cfg), sort_keys=True))
+    plain = cfg.to_dict() if isinstance(cfg, TrainConfig) else _plain(cfg)
+    Path(path).write_text(yaml.safe_dump(plain, sort_keys=True))
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

@@ -1,17 +1,24 @@
-"""The training loop: one function, :func:`train`, driven by a resolved config.
+"""The training loop: :func:`train`, a handful of named steps driven by a :class:`TrainConfig`.
 
-A run folder holds ``config.yaml``, ``checkpoints/{latest,best}.pt``, ``metrics.csv``,
-``tensorboard/``, ``plots/`` and, after the final test, ``report/``. Model selection uses
-a validation split carved from the training cases (never the test set).
+The steps, in order: open the dataset and name the run (:func:`open_run`), split the
+cases and build the loader (:func:`make_loader`), build the model (:func:`build_model`)
+and its objective (:func:`build_objective`: losses, distillation, optimizer, scaler),
+resume (:func:`resume_state`), then per epoch :func:`train_epoch` and
+:func:`end_epoch` (validation, logs, checkpoints), and :func:`final_test`. The run
+folder's files are named in :mod:`unetzoo.engine.run_folder`. Model selection uses a
+validation split carved from the training cases (never the test set).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from unetzoo.data.transforms import build_train_transform, seed_worker
 from unetzoo.engine import distributed as dist_utils
 from unetzoo.engine.checkpoint import (
     capture_rng_state,
@@ -30,16 +38,14 @@ from unetzoo.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from unetzoo.engine.config import dump_yaml, poly_lr
+from unetzoo.engine.config import TrainConfig, check_resume_options, dump_yaml, poly_lr
+from unetzoo.engine.evaluation import validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
-from unetzoo.engine.logging.tensorboard import (
-    IMAGES_PER_VALIDATION,
-    log_validation,
-    pick_sample,
-    validation_loss,
-)
-from unetzoo.engine.run_folder import RunFolder
+from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
+from unetzoo.engine.run_folder import RunFolder, RunLayout
+from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
+from unetzoo.losses import supervised_loss
 
 
 class TrainingDiverged(UnetzooError):
@@ -98,7 +104,7 @@ def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str)
         )
 
 
-def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig | Mapping[str, Any], params) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay), Adam or AdamW at ``base_lr``."""
     name = cfg["optimizer"]
     lr, wd = float(cfg["base_lr"]), float(cfg["weight_decay"] or 0.0)
@@ -111,31 +117,80 @@ def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {name!r}; choose sgd, adam or adamw")
 
 
-def deep_supervision_weights(n: int, weights: list[float] | None) -> list[float]:
-    """Per-head weights (final head last), normalised to sum 1; equal when None."""
-    if weights is None:
-        return [1.0 / n] * n
-    if len(weights) != n:
-        raise ConfigError(
-            f"deep-supervision-weights has {len(weights)} values but the model has {n} heads"
-        )
-    total = float(sum(weights))
-    if total <= 0:
-        raise ConfigError("deep-supervision-weights must sum to a positive number")
-    return [float(w) / total for w in weights]
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _loss_terms(terms: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v.detach().item() if torch.is_tensor(v) else v) for k, v in terms.items()}
+# ------------------------------------------------------------------------------ state
+@dataclass
+class TrainData:
+    """The cases of a run and the loader over its training slices."""
+
+    ds: Any
+    train_cases: list[str]
+    val_cases: list[str]
+    val_split: str
+    train_set: Any
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator  # the loader's shuffling generator (saved for resume)
+
+
+@dataclass
+class Distillation:
+    """SelfReg feature distillation: where to tap features and the loss on them."""
+
+    taps: Any
+    loss: nn.Module
+
+
+@dataclass
+class Objective:
+    """What one optimisation step needs besides the model and the batch."""
+
+    criterion: nn.Module
+    val_criterion: nn.Module  # its own instance: validation never touches the training one
+    distill: Distillation | None
+    distill_gen: torch.Generator  # drawn by distillation; saved every epoch even when off
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    channels_last: bool
+
+
+@dataclass
+class Progress:
+    """Counters a resumed run continues from."""
+
+    start_epoch: int = 0
+    iteration: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything the epoch steps share (one training call)."""
+
+    cfg: TrainConfig
+    info: dist_utils.DistInfo
+    layout: RunLayout
+    data: TrainData
+    model: nn.Module
+    train_model: nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    obj: Objective
+    progress: Progress
+    base: dict[str, Any]  # the checkpoint keys every epoch shares (inference spec, config)
+    log: MetricsLog
+    writer: Any  # a TensorBoard SummaryWriter on the main rank, else None
+    max_it: int
+    t_start: float = field(default_factory=time.time)
 
 
 # ------------------------------------------------------------------------------- train
 def train(
-    cfg: dict[str, Any],
+    cfg: TrainConfig | Mapping[str, Any],
     dataset=None,
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
@@ -144,386 +199,58 @@ def train(
     """Train a model as ``cfg`` says; returns a summary dict.
 
     Args:
-        cfg: a resolved configuration (:func:`unetzoo.engine.config.resolve_config`).
+        cfg: a resolved configuration (:func:`unetzoo.engine.config.resolve_config`; a
+            plain mapping is validated into a :class:`TrainConfig`).
         dataset: an already opened ``SegDataset`` (opened from ``cfg`` when None).
         resume: a checkpoint to continue from exactly (model, optimizer, scaler, epoch,
             iteration, RNG states including the DataLoader generator).
         stop_after_epochs: stop after this many epochs of *this call* without running
             the final test (simulates an interruption; used by the resume test).
-        overwrite: replace a finished or unfinished run in ``cfg["output"]`` (its own
+        overwrite: replace a finished or unfinished run in ``cfg.output`` (its own
             files only; see :class:`~unetzoo.engine.run_folder.RunFolder`). Without it
             (and without ``resume``) a non-empty folder that is not a fresh start is
             refused. The folder is locked for the whole call.
 
     Returns:
-        ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations", "test"}``.
+        ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations",
+        "train_seconds", "test"}``.
     """
-    from unetzoo.data import get_dataset
-    from unetzoo.losses import build_loss
-    from unetzoo.models import create_model, get_entry
-
-    info = dist_utils.setup(cfg.get("device"))
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_dict(cfg)
+    info = dist_utils.setup(cfg.device)
     folder_guard = contextlib.ExitStack()
     try:
-        ds = dataset
-        if ds is None:
-            ds = get_dataset(cfg["dataset"], cfg["data_root"], **cfg["dataset_options"])
-        cfg["dataset"] = ds.name
-        if cfg["output"] is None:
-            cfg["output"] = str(Path("runs") / f"{cfg['model']}-{ds.name}")
-            if cfg.get("fold") is not None:  # the folds of one model side by side
-                cfg["output"] = str(Path(cfg["output"]) / f"fold_{cfg['fold']}")
-        run_dir = Path(cfg["output"])
+        ds, cfg = open_run(cfg, dataset)
+        layout = RunLayout(cfg.output)
         run_folder = None
         if info.is_main:
             # Create and lock (which proves it writable), refuse someone else's files,
             # clean interrupted writes; main rank only. No write probe before the lock:
             # a concurrent start would see it as a foreign file.
             run_folder = folder_guard.enter_context(
-                RunFolder(run_dir, resume=resume is not None, overwrite=overwrite)
+                RunFolder(layout.root, resume=resume is not None, overwrite=overwrite)
             )
             for note in run_folder.notes:
                 print(note, flush=True)
         dist_utils.barrier(info)
-
-        # ---- data: train / validation cases (validation carved from training cases)
-        all_train = list(ds.cases("train"))
-        if not all_train:
-            raise DataError(f"dataset {ds.name!r} at {ds.root} has no training cases")
-        # --paper-protocol: no validation split at all (not even the dataset's own), so
-        # every epoch's checkpoint is "best" and the test scores the last epoch.
-        if cfg.get("fold") is not None:
-            # nnU-Net's cross-validation: fold K of a seeded 5-fold split of the training
-            # cases, stored once (user cache) and recorded in the run folder.
-            from unetzoo.data.folds import dataset_fold
-
-            train_cases, val_cases, _ = dataset_fold(
-                ds, int(cfg["fold"]), run_dir=run_dir if info.is_main else None
-            )
-            val_split = "train"
-        elif "val" in ds.splits() and ds.cases("val") and not cfg.get("paper_protocol"):
-            train_cases, val_cases, val_split = all_train, list(ds.cases("val")), "val"
-        else:
-            train_cases, val_cases = split_train_val(all_train, cfg["val_fraction"], cfg["seed"])
-            val_split = "train"
-        if cfg["max_cases"]:
-            train_cases = train_cases[: int(cfg["max_cases"])]
-        if cfg["val_cases"]:
-            val_cases = val_cases[: int(cfg["val_cases"])]
-
-        seed_everything(int(cfg["seed"]) + info.rank)
-        transform = _train_transform(
-            cfg["augment"] or ds.recipe, int(cfg["img_size"]), cfg["augment_options"]
-        )
-        train_set = ds.slice_dataset(
-            "train", cases=train_cases, transform=transform, seed=int(cfg["seed"]) + info.rank
-        )
-        if len(train_set) == 0:
-            raise DataError(f"dataset {ds.name!r} at {ds.root} has no training slices")
-        generator = torch.Generator()
-        generator.manual_seed(int(cfg["seed"]) + info.rank)
-        sampler = None
-        if info.enabled:
-            sampler = DistributedSampler(
-                train_set, num_replicas=info.world_size, rank=info.rank,
-                shuffle=True, seed=int(cfg["seed"]),
-            )
-        loader = DataLoader(
-            train_set,
-            batch_size=int(cfg["batch_size"]),
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=int(cfg["num_workers"]),
-            generator=generator,
-            worker_init_fn=_seed_worker(),
-            pin_memory=info.device.type == "cuda",
-            drop_last=len(train_set) > int(cfg["batch_size"]) * info.world_size,
-        )
-
-        # ---- model, loss, optimizer
-        options = dict(cfg["model_options"] or {})
-        if cfg["deep_supervision"]:
-            options["deep_supervision"] = True
-        if "img_size" in get_entry(cfg["model"]).default_options():
-            # Transformers build their position grid for the training size.
-            options.setdefault("img_size", int(cfg["img_size"]))
-        model = create_model(
-            cfg["model"], in_channels=ds.in_channels, num_classes=ds.num_classes, **options
-        )
-        check_img_size(model, int(cfg["img_size"]), ds.in_channels, cfg["model"])
-        model.to(info.device)
-        channels_last = bool(cfg["channels_last"]) and info.device.type == "cuda"
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        # nnU-Net's ignore label: unannotated pixels count for neither CE nor Dice.
-        ignore = getattr(ds, "ignore_label", None)
-        loss_options = {} if ignore is None else {"ignore_index": int(ignore)}
-        criterion = build_loss(cfg["loss"], ds.num_classes, weights=cfg["loss_weights"],
-                               **loss_options)
-        # The same loss for the validation loss, its own instance (stateless losses
-        # today, but nothing of validation may touch the training one).
-        val_criterion = build_loss(cfg["loss"], ds.num_classes, weights=cfg["loss_weights"],
-                                   **loss_options)
-        distill = None
-        distill_gen = torch.Generator().manual_seed(int(cfg["seed"]))
-        if cfg["distill_ifd"] > 0 or cfg["distill_scr"] > 0:
-            from unetzoo.losses import FeatureDistillationLoss
-
-            taps = get_entry(cfg["model"]).taps_for(model)
-            if taps is None:
-                raise ModelError(f"model {cfg['model']!r} declares no feature taps; drop --distill")
-            distill = (
-                taps,
-                FeatureDistillationLoss(
-                    cfg["distill_ifd"], cfg["distill_scr"], generator=distill_gen
-                ),
-            )
-        optimizer = build_optimizer(cfg, model.parameters())
-        use_amp = bool(cfg["amp"]) and info.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-        # ---- resume
-        start_epoch, iteration, best_metric, best_epoch = 0, 0, -math.inf, -1
-        history: list[dict[str, Any]] = []
-        if resume is not None:
-            ck = load_checkpoint(resume, map_location=info.device)
-            if ck["model"]["name"] != model.unetzoo_name:
-                raise ConfigError(
-                    f"--resume checkpoint holds model {ck['model']['name']!r}, not "
-                    f"{model.unetzoo_name!r}"
-                )
-            if len(ck["class_names"]) != ds.num_classes:
-                raise ConfigError(
-                    f"--resume checkpoint has {len(ck['class_names'])} classes but dataset "
-                    f"{ds.name!r} has {ds.num_classes}"
-                )
-            from unetzoo.engine.config import check_resume_options
-
-            check_resume_options(ck["model"].get("options") or {}, model.unetzoo_options, resume)
-            model.load_state_dict(ck["state_dict"])
-            if "optimizer" not in ck:
-                raise ConfigError(f"{resume} holds weights only (no optimizer state); it cannot be resumed")
-            optimizer.load_state_dict(ck["optimizer"])
-            if ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            start_epoch, iteration = int(ck["epoch"]), int(ck["iteration"])
-            best_metric = float(ck.get("best_metric", -math.inf))
-            best_epoch = int(ck.get("best_epoch", -1))
-            history = list(ck.get("history", []))
-            if info.is_main:
-                # A kill between the latest.pt and best.pt writes: make best.pt agree.
-                note = repair_best(run_dir / "checkpoints", ck)
-                if note:
-                    print(note, flush=True)
-            if ck.get("rng"):
-                restore_rng_state(ck["rng"], generator)
-                if "dataset" in ck["rng"] and hasattr(train_set, "rng"):
-                    # The main-process augmentation generator (num_workers=0) moves on
-                    # across epochs; its state is JSON because PCG64 holds 128-bit ints.
-                    train_set.rng.bit_generator.state = json.loads(ck["rng"]["dataset"])
-                if "distill" in ck["rng"]:
-                    distill_gen.set_state(ck["rng"]["distill"].cpu())
-
-        train_model: nn.Module = model
-        if info.enabled:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-            )
-
-        max_epochs = int(cfg["max_epochs"])
-        max_it = max_epochs * len(loader)
-        writer = _tensorboard(run_dir) if info.is_main else None
-        log = MetricsLog(run_dir / "metrics.csv", history)
-        if info.is_main:
-            if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
-                log.write()
-            dump_yaml(cfg, run_dir / "config.yaml")
-            print(
-                f"training {cfg['model']} on {ds.name}: {len(train_cases)} train / "
-                f"{len(val_cases)} val cases, {len(train_set)} slices, {max_epochs} epochs "
-                f"x {len(loader)} iterations, device {info.device}"
-                + (f", {info.world_size} processes" if info.enabled else ""),
-                flush=True,
-            )
-
-        base = {
-            "model": {"name": model.unetzoo_name, "options": dict(model.unetzoo_options)},
-            "class_names": list(ds.class_names),
-            "in_channels": int(ds.in_channels),
-            "img_size": int(cfg["img_size"]),
-            "preprocessing": dict(ds.preprocessing),
-            "dataset": ds.name,
-            "config": _plain_config(cfg),
+        run = start_run(cfg, ds, info, layout, resume)
+        epochs_done = run_epochs(run, stop_after_epochs)
+        finished = run.progress.start_epoch + epochs_done >= cfg.max_epochs
+        summary = {
+            "run_dir": str(layout.root),
+            "best_metric": run.progress.best_metric,
+            "best_epoch": run.progress.best_epoch,
+            "epochs": run.progress.start_epoch + epochs_done,
+            "iterations": run.progress.iteration,
+            "train_seconds": round(time.time() - run.t_start, 1),
+            "test": final_test(run) if finished and info.is_main else None,
         }
-        # Deep supervision only shapes training; inference rebuilds the plain model.
-        base["model"]["options"].pop("deep_supervision", None)
-        if "deep_supervision" in model.unetzoo_options:
-            base["model"]["options"]["deep_supervision"] = False
-
-        epochs_done = 0
-        t_start = time.time()
-        for epoch in range(start_epoch, max_epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            train_model.train()
-            sums: dict[str, float] = {}
-            steps = 0
-            bar = _progress(loader, epoch, max_epochs, info.is_main and cfg["progress"])
-            for batch in bar:
-                lr = (
-                    poly_lr(cfg["base_lr"], iteration, max_it, cfg["poly_power"])
-                    if cfg["lr_schedule"] == "poly" else float(cfg["base_lr"])
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = batch["image"].to(info.device, non_blocking=True)
-                y = batch["label"].to(info.device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(info.device.type, enabled=use_amp):
-                    if distill is not None:
-                        from unetzoo.losses import FeatureTapper
-
-                        with FeatureTapper(model, distill[0]) as tapper:
-                            out = train_model(x)
-                        features = tapper.features
-                    else:
-                        out = train_model(x)
-                total, terms = _supervised_loss(criterion, out, y, cfg)
-                if distill is not None:
-                    d_total, d_terms = distill[1](features)
-                    total = total + d_total
-                    terms.update({f"distill_{k}": float(v) for k, v in d_terms.items()})
-                    terms["total"] = float(total.detach().item())
-                loss_value = float(total.detach().item())
-                bad = not math.isfinite(loss_value)
-                if info.enabled:
-                    bad = dist_utils.all_reduce_mean(float(bad), info) > 0
-                if bad:
-                    latest = run_dir / "checkpoints" / "latest.pt"
-                    kept = f"; the last good checkpoint is {latest}" if latest.exists() else ""
-                    raise TrainingDiverged(
-                        f"loss became {loss_value} at epoch {epoch + 1}, iteration "
-                        f"{iteration + 1} (step {iteration + 1} of {max_it}){kept}; lower "
-                        "--base-lr or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                iteration += 1
-                steps += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                sums.setdefault("total", 0.0)
-                if "total" not in terms:
-                    sums["total"] += loss_value
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if hasattr(bar, "close"):
-                bar.close()
-
-            row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration}
-            for k, v in sums.items():
-                key = "loss" if k == "total" else f"loss_{k}"
-                row[key] = dist_utils.all_reduce_mean(v / max(steps, 1), info)
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            row["time_s"] = round(time.time() - t_start, 2)
-
-            do_eval = val_cases and ((epoch + 1) % int(cfg["eval_interval"]) == 0 or epoch + 1 == max_epochs)
-            improved = False
-            if info.is_main:
-                if do_eval:
-                    details: dict[str, Any] = {}
-                    val = validate(model, ds, val_split, val_cases, cfg, info.device,
-                                   collect=details if writer is not None else None)
-                    val["val_loss"] = validation_loss(
-                        model, ds, val_split, val_cases, val_criterion, int(cfg["img_size"]),
-                        int(cfg["batch_size"]), info.device,
-                    )
-                    row.update(val)
-                    # NaN (no class scored) never beats a score, yet the first validation
-                    # still gives best.pt a model, so the final test has one to load.
-                    score = -math.inf if math.isnan(val["val_dice"]) else val["val_dice"]
-                    if score > best_metric or best_epoch < 0:
-                        best_metric, best_epoch, improved = score, epoch + 1, True
-                elif not val_cases:
-                    improved = True  # no validation split: the latest model is the best
-                    best_epoch = epoch + 1
-                log.append(row)
-                if writer is not None:
-                    for k, v in row.items():
-                        if k != "epoch" and isinstance(v, (int, float)):
-                            writer.add_scalar(k.replace("_", "/", 1) if k.startswith("val_") else f"train/{k}", v, epoch + 1)
-                    if do_eval:  # per-class Dice and a few overlays (engine/logging/tensorboard)
-                        log_validation(writer, epoch + 1, details.get("per_class_dice", {}),
-                                       details.get("samples", ()))
-                    writer.flush()
-                rng = capture_rng_state(generator)
-                rng["distill"] = distill_gen.get_state()
-                if hasattr(train_set, "rng"):
-                    rng["dataset"] = json.dumps(train_set.rng.bit_generator.state)
-                payload = {
-                    **base,
-                    "state_dict": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if use_amp else {},
-                    "epoch": epoch + 1,
-                    "iteration": iteration,
-                    "max_iterations": max_it,
-                    "best_metric": float(best_metric) if math.isfinite(best_metric) else -1.0,
-                    "best_epoch": best_epoch,
-                    "history": log.rows,
-                    "rng": rng,
-                }
-                # Order matters for crash repair (see checkpoint.repair_best): latest.pt
-                # first, then best.pt; the crash points are the kill test's hooks.
-                crash_point(f"before-latest:{epoch + 1}")
-                save_checkpoint(payload, run_dir / "checkpoints" / "latest.pt")
-                crash_point(f"between-writes:{epoch + 1}")
-                if improved:
-                    save_checkpoint(payload, run_dir / "checkpoints" / "best.pt")
-                crash_point(f"after-best:{epoch + 1}")
-                plot_history(log.rows, run_dir / "plots")
-                msg = f"epoch {epoch + 1}/{max_epochs}: loss {row.get('loss', float('nan')):.4f}"
-                if "val_dice" in row:
-                    msg += f", val Dice {row['val_dice']:.4f}, val HD95 {row['val_hd95']:.2f}"
-                    msg += " (best)" if improved else ""
-                print(msg, flush=True)
-            dist_utils.barrier(info)
-            epochs_done += 1
-            if stop_after_epochs is not None and epochs_done >= stop_after_epochs:
-                break
-        if writer is not None:
-            writer.close()
-
-        summary: dict[str, Any] = {
-            "run_dir": str(run_dir),
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "epochs": start_epoch + epochs_done,
-            "iterations": iteration,
-            "train_seconds": round(time.time() - t_start, 1),
-            "test": None,
-        }
-        finished = start_epoch + epochs_done >= max_epochs
-        if info.is_main and finished and cfg["test"] and "test" in ds.splits() and ds.cases("test"):
-            from unetzoo.engine.evaluation import run_test
-
-            summary["test"] = run_test(
-                run_dir / "checkpoints" / "best.pt",
-                dataset=ds,
-                out_dir=run_dir / "report",
-                max_cases=cfg["test_max_cases"],
-                protocol=cfg["protocol"],
-                device=info.device,
-            )
         if run_folder is not None and finished:
             run_folder.finish()
         dist_utils.barrier(info)
         return summary
     except OSError as exc:  # a full disk while writing logs, plots or caches: one line
-        full = disk_full_error(exc, cfg.get("output"))
+        full = disk_full_error(exc, cfg.output)
         if full is None:
             raise
         raise full from exc
@@ -532,89 +259,446 @@ def train(
         dist_utils.cleanup()
 
 
-def _supervised_loss(criterion, out, y: torch.Tensor, cfg: dict[str, Any]):
-    """Main loss; deep-supervision heads combine with weights (final head last), or
-    with EMCAD's mutation loss (``deep_supervision_loss: mutation``)."""
-    if isinstance(out, (list, tuple)) and cfg.get("deep_supervision_loss") == "mutation":
-        from unetzoo.losses import mutation_loss
-
-        total, terms = mutation_loss(criterion, [o.float() for o in out], y)
-        return total, _loss_terms(terms)
-    if isinstance(out, (list, tuple)):
-        weights = deep_supervision_weights(len(out), cfg["deep_supervision_weights"])
-        total = 0.0
-        heads: dict[str, float] = {}
-        for i, (w, o) in enumerate(zip(weights, out)):
-            t, tm = criterion(o.float(), y)
-            total = total + w * t
-            heads[f"head{i}"] = float(t.detach().item())
-        # The terms of the final head, plus each head's total loss.
-        return total, {**_loss_terms(tm), **heads}
-    total, terms = criterion(out.float(), y)
-    return total, _loss_terms(terms)
+def run_epochs(run: Run, stop_after_epochs: int | None = None) -> int:
+    """Train from the run's start epoch to ``max_epochs`` (or ``stop_after_epochs`` of
+    them); returns the number of epochs done by this call."""
+    epochs_done = 0
+    for epoch in range(run.progress.start_epoch, run.cfg.max_epochs):
+        row = train_epoch(run, epoch)
+        end_epoch(run, epoch, row)
+        epochs_done += 1
+        if stop_after_epochs is not None and epochs_done >= stop_after_epochs:
+            break
+    if run.writer is not None:
+        run.writer.close()
+    return epochs_done
 
 
-@torch.no_grad()
-def validate(
-    model: nn.Module, ds, split: str, cases: list[str], cfg: dict[str, Any], device,
-    collect: dict[str, Any] | None = None,
-) -> dict[str, float]:
-    """Mean foreground Dice and HD95 over ``cases`` (volume inference, TransUNet resize).
+def open_run(cfg: TrainConfig, dataset=None) -> tuple[Any, TrainConfig]:
+    """Open the dataset (unless given) and name the run: the config gains the dataset's
+    name and, when ``output`` is None, ``runs/MODEL-DATASET`` (``/fold_K`` for a fold)."""
+    from unetzoo.data import get_dataset
 
-    The same aggregation as the test report (``unetzoo.engine.evaluation.summary_table``):
-    per class the mean over the cases that scored it, then the mean over the classes with
-    at least one scored case. Under ``"strict"`` a class absent from both prediction and
-    reference is not scored (it never counts as a success) and a missed class scores Dice
-    0; ``val_dice`` is NaN when no class was scored at all, which never beats a best model.
+    ds = dataset
+    if ds is None:
+        ds = get_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+    output = cfg.output
+    if output is None:
+        output = str(Path("runs") / f"{cfg.model}-{ds.name}")
+        if cfg.fold is not None:  # the folds of one model side by side
+            output = str(Path(output) / f"fold_{cfg.fold}")
+    return ds, dataclasses.replace(cfg, dataset=ds.name, output=output)
 
-    ``collect`` (for TensorBoard), when given, receives ``"per_class_dice"`` ``{class
-    name: mean Dice}`` and ``"samples"``, one :class:`~unetzoo.engine.logging.tensorboard.
-    ValidationSample` for each of the first ``IMAGES_PER_VALIDATION`` cases.
+
+def start_run(
+    cfg: TrainConfig, ds, info: dist_utils.DistInfo, layout: RunLayout,
+    resume: str | Path | None,
+) -> Run:
+    """Everything before the first epoch: data, model, objective, resumed state, logs.
+
+    The order is part of the run's reproducibility (seeding, then the loader, then the
+    model's initialisation draws from torch's generator), so it stays as it is.
     """
-    from unetzoo.engine.evaluation import case_metrics, summary_table
-    from unetzoo.engine.inference import predict_volume
+    data = make_loader(cfg, ds, info, layout)
+    model = build_model(cfg, ds, info)
+    obj = build_objective(cfg, ds, model, info)
+    progress = Progress()
+    if resume is not None:
+        progress = resume_state(resume, cfg, model, obj, data, info, layout)
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    spec = InferenceSpec.for_model(
+        model, class_names=ds.class_names, in_channels=ds.in_channels,
+        img_size=cfg.img_size, preprocessing=ds.preprocessing, dataset=ds.name,
+    )
+    run = Run(
+        cfg=cfg, info=info, layout=layout, data=data, model=model, train_model=train_model,
+        obj=obj, progress=progress, base={**spec.to_dict(), "config": cfg.to_dict()},
+        log=MetricsLog(layout.metrics_csv, progress.history),
+        writer=_tensorboard(layout.tensorboard) if info.is_main else None,
+        max_it=cfg.max_epochs * len(data.loader),
+    )
+    if info.is_main:
+        if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
+            run.log.write()
+        dump_yaml(cfg, layout.config)
+        print(
+            f"training {cfg.model} on {ds.name}: {len(data.train_cases)} train / "
+            f"{len(data.val_cases)} val cases, {len(data.train_set)} slices, "
+            f"{cfg.max_epochs} epochs x {len(data.loader)} iterations, device {info.device}"
+            + (f", {info.world_size} processes" if info.enabled else ""),
+            flush=True,
+        )
+    return run
 
-    model = _unwrap(model)
-    was_training = model.training
-    model.eval()
-    rows: list[dict[str, Any]] = []
-    try:
-        for cid in cases:
-            case = ds.load_case(cid, split)
-            pred = predict_volume(
-                model, case.image, int(cfg["img_size"]), batch_size=int(cfg["batch_size"]),
-                device=device, amp=bool(cfg["amp"]),
-            )
-            per_class = case_metrics(pred, case, ds.num_classes, cfg["protocol"])
-            rows += [{"case": cid, "class_index": k, **m} for k, m in per_class.items()]
-            if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
-                collect["samples"].append(pick_sample(case, pred))
-    finally:
-        model.train(was_training)
-    table = summary_table(rows, list(ds.class_names), cfg["protocol"])
-    if collect is not None:
-        collect["per_class_dice"] = {
-            name: float(table.per_class["dice"][k]) for k, name in enumerate(table.class_names)
-        }
-    return {"val_dice": float(table.mean["dice"]), "val_hd95": float(table.mean["hd95"])}
+
+# ------------------------------------------------------------------------------- data
+def split_cases(
+    cfg: TrainConfig, ds, layout: RunLayout, is_main: bool
+) -> tuple[list[str], list[str], str]:
+    """``(train cases, validation cases, the split the validation cases are read from)``.
+
+    A fold (``--fold K``) takes nnU-Net's stored 5-fold split (recorded in the run
+    folder); else the dataset's own ``val`` split; else a seeded share of the training
+    cases. ``--paper-protocol`` uses no validation at all (not even the dataset's own),
+    so every epoch's checkpoint is "best" and the test scores the last epoch.
+    """
+    all_train = list(ds.cases("train"))
+    if not all_train:
+        raise DataError(f"dataset {ds.name!r} at {ds.root} has no training cases")
+    if cfg.fold is not None:
+        from unetzoo.data.folds import dataset_fold
+
+        train_cases, val_cases, _ = dataset_fold(
+            ds, int(cfg.fold), run_dir=layout.root if is_main else None
+        )
+        val_split = "train"
+    elif "val" in ds.splits() and ds.cases("val") and not cfg.paper_protocol:
+        train_cases, val_cases, val_split = all_train, list(ds.cases("val")), "val"
+    else:
+        train_cases, val_cases = split_train_val(all_train, cfg.val_fraction, cfg.seed)
+        val_split = "train"
+    if cfg.max_cases:
+        train_cases = train_cases[: int(cfg.max_cases)]
+    if cfg.val_cases:
+        val_cases = val_cases[: int(cfg.val_cases)]
+    return train_cases, val_cases, val_split
 
 
-def _train_transform(recipe: str, img_size: int, options: dict[str, Any]):
-    try:
-        from unetzoo.data.transforms import build_train_transform
-    except ModuleNotFoundError as exc:  # data transforms not installed yet: no augmentation
-        if exc.name != "unetzoo.data.transforms":
-            raise
+def make_loader(cfg: TrainConfig, ds, info: dist_utils.DistInfo, layout: RunLayout) -> TrainData:
+    """Split the cases, seed this rank, and build the augmented, shuffled slice loader."""
+    train_cases, val_cases, val_split = split_cases(cfg, ds, layout, info.is_main)
+    seed = cfg.seed + info.rank
+    seed_everything(seed)
+    transform = build_train_transform(
+        cfg.augment or ds.recipe, cfg.img_size, **dict(cfg.augment_options)
+    )
+    train_set = ds.slice_dataset("train", cases=train_cases, transform=transform, seed=seed)
+    if len(train_set) == 0:
+        raise DataError(f"dataset {ds.name!r} at {ds.root} has no training slices")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    sampler = None
+    if info.enabled:
+        sampler = DistributedSampler(
+            train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed,
+        )
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        generator=generator,
+        worker_init_fn=seed_worker,
+        pin_memory=info.device.type == "cuda",
+        drop_last=len(train_set) > cfg.batch_size * info.world_size,
+    )
+    return TrainData(ds, train_cases, val_cases, val_split, train_set, loader, sampler, generator)
+
+
+# ------------------------------------------------------------------------------ model
+def build_model(cfg: TrainConfig, ds, info: dist_utils.DistInfo) -> nn.Module:
+    """The registered model for the dataset's channels and classes, checked against
+    ``img_size`` and placed on the device (channels-last on CUDA when asked)."""
+    from unetzoo.models import create_model, get_entry
+
+    options = dict(cfg.model_options)
+    if cfg.deep_supervision:
+        options["deep_supervision"] = True
+    if "img_size" in get_entry(cfg.model).default_options():
+        # Transformers build their position grid for the training size.
+        options.setdefault("img_size", cfg.img_size)
+    model = create_model(
+        cfg.model, in_channels=ds.in_channels, num_classes=ds.num_classes, **options
+    )
+    check_img_size(model, cfg.img_size, ds.in_channels, cfg.model)
+    model.to(info.device)
+    if _channels_last(cfg, info):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _channels_last(cfg: TrainConfig, info: dist_utils.DistInfo) -> bool:
+    return cfg.channels_last and info.device.type == "cuda"
+
+
+def build_objective(
+    cfg: TrainConfig, ds, model: nn.Module, info: dist_utils.DistInfo
+) -> Objective:
+    """Training and validation losses, SelfReg distillation (when its weights are set),
+    the optimizer and the AMP grad scaler."""
+    from unetzoo.losses import build_loss  # looked up per call: tests replace it
+    from unetzoo.models import get_entry
+
+    # nnU-Net's ignore label: unannotated pixels count for neither CE nor Dice.
+    ignore = getattr(ds, "ignore_label", None)
+    loss_options = {} if ignore is None else {"ignore_index": int(ignore)}
+    criterion = build_loss(cfg.loss, ds.num_classes, weights=cfg.loss_weights, **loss_options)
+    val_criterion = build_loss(cfg.loss, ds.num_classes, weights=cfg.loss_weights,
+                               **loss_options)
+    distill = None
+    distill_gen = torch.Generator().manual_seed(cfg.seed)
+    weights = cfg.distill
+    if weights is not None:
+        from unetzoo.losses import FeatureDistillationLoss
+
+        taps = get_entry(cfg.model).taps_for(model)
+        if taps is None:
+            raise ModelError(f"model {cfg.model!r} declares no feature taps; drop --distill")
+        distill = Distillation(
+            taps, FeatureDistillationLoss(weights.ifd, weights.scr, generator=distill_gen)
+        )
+    optimizer = build_optimizer(cfg, model.parameters())
+    use_amp = cfg.amp and info.device.type == "cuda"
+    return Objective(
+        criterion=criterion, val_criterion=val_criterion, distill=distill,
+        distill_gen=distill_gen, optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp,
+        channels_last=_channels_last(cfg, info),
+    )
+
+
+def resume_state(
+    path: str | Path, cfg: TrainConfig, model: nn.Module, obj: Objective, data: TrainData,
+    info: dist_utils.DistInfo, layout: RunLayout,
+) -> Progress:
+    """Load ``path`` into the model, optimizer, scaler and every generator, exactly.
+
+    Raises:
+        ConfigError: another model, class count or model options than this run's, or a
+            weights-only checkpoint (nothing to continue).
+    """
+    ck = load_checkpoint(path, map_location=info.device)
+    if ck["model"]["name"] != model.unetzoo_name:
+        raise ConfigError(
+            f"--resume checkpoint holds model {ck['model']['name']!r}, not "
+            f"{model.unetzoo_name!r}"
+        )
+    if len(ck["class_names"]) != data.ds.num_classes:
+        raise ConfigError(
+            f"--resume checkpoint has {len(ck['class_names'])} classes but dataset "
+            f"{data.ds.name!r} has {data.ds.num_classes}"
+        )
+    check_resume_options(ck["model"].get("options") or {}, model.unetzoo_options, path)
+    model.load_state_dict(ck["state_dict"])
+    if "optimizer" not in ck:
+        raise ConfigError(f"{path} holds weights only (no optimizer state); it cannot be resumed")
+    obj.optimizer.load_state_dict(ck["optimizer"])
+    if ck.get("scaler"):
+        obj.scaler.load_state_dict(ck["scaler"])
+    if info.is_main:
+        # A kill between the latest.pt and best.pt writes: make best.pt agree.
+        note = repair_best(layout.checkpoints, ck)
+        if note:
+            print(note, flush=True)
+    rng = ck.get("rng")
+    if rng:
+        restore_rng_state(rng, data.generator)
+        if "dataset" in rng and hasattr(data.train_set, "rng"):
+            # The main-process augmentation generator (num_workers=0) moves on across
+            # epochs; its state is JSON because PCG64 holds 128-bit ints.
+            data.train_set.rng.bit_generator.state = json.loads(rng["dataset"])
+        if "distill" in rng:
+            obj.distill_gen.set_state(rng["distill"].cpu())
+    return Progress(
+        start_epoch=int(ck["epoch"]), iteration=int(ck["iteration"]),
+        best_metric=float(ck.get("best_metric", -math.inf)),
+        best_epoch=int(ck.get("best_epoch", -1)), history=list(ck.get("history", [])),
+    )
+
+
+# ------------------------------------------------------------------------------ epochs
+def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over the loader; returns the epoch's metrics row (losses averaged over
+    steps and ranks, the last learning rate, the elapsed time)."""
+    cfg, info = run.cfg, run.info
+    if run.data.sampler is not None:
+        run.data.sampler.set_epoch(epoch)
+    run.train_model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    bar = _progress(run.data.loader, epoch, cfg.max_epochs, info.is_main and cfg.progress)
+    for batch in bar:
+        lr = (
+            poly_lr(cfg.base_lr, run.progress.iteration, run.max_it, cfg.poly_power)
+            if cfg.lr_schedule == "poly" else float(cfg.base_lr)
+        )
+        for group in run.obj.optimizer.param_groups:
+            group["lr"] = lr
+        loss_value, terms = train_step(run, batch, epoch)
+        run.progress.iteration += 1
+        steps += 1
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        sums.setdefault("total", 0.0)
+        if "total" not in terms:
+            sums["total"] += loss_value
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+    if hasattr(bar, "close"):
+        bar.close()
+    row: dict[str, Any] = {"epoch": epoch + 1, "iteration": run.progress.iteration}
+    for k, v in sums.items():
+        key = "loss" if k == "total" else f"loss_{k}"
+        row[key] = dist_utils.all_reduce_mean(v / max(steps, 1), info)
+    row["lr"] = run.obj.optimizer.param_groups[0]["lr"]
+    row["time_s"] = round(time.time() - run.t_start, 2)
+    return row
+
+
+def train_step(run: Run, batch: dict[str, Any], epoch: int) -> tuple[float, dict[str, float]]:
+    """Forward, loss (deep supervision and distillation included), backward, step.
+
+    Raises:
+        TrainingDiverged: the loss is NaN or Inf on any rank (nothing is stepped).
+    """
+    info, obj = run.info, run.obj
+    x = batch["image"].to(info.device, non_blocking=True)
+    y = batch["label"].to(info.device, non_blocking=True)
+    if obj.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(info.device.type, enabled=obj.use_amp):
+        if obj.distill is not None:
+            from unetzoo.losses import FeatureTapper
+
+            with FeatureTapper(run.model, obj.distill.taps) as tapper:
+                out = run.train_model(x)
+            features = tapper.features
+        else:
+            out = run.train_model(x)
+        total, terms = supervised_loss(obj.criterion, out, y, run.cfg.deep_supervision_loss,
+                                       run.cfg.deep_supervision_weights)
+        if obj.distill is not None:
+            d_total, d_terms = obj.distill.loss(features)
+            total = total + d_total
+            terms.update({f"distill_{k}": float(v) for k, v in d_terms.items()})
+            terms["total"] = float(total.detach().item())
+    loss_value = float(total.detach().item())
+    bad = not math.isfinite(loss_value)
+    if info.enabled:
+        bad = dist_utils.all_reduce_mean(float(bad), info) > 0
+    if bad:
+        it = run.progress.iteration
+        kept = f"; the last good checkpoint is {run.layout.latest}" if run.layout.latest.exists() else ""
+        raise TrainingDiverged(
+            f"loss became {loss_value} at epoch {epoch + 1}, iteration {it + 1} (step "
+            f"{it + 1} of {run.max_it}){kept}; lower --base-lr or check the data"
+        )
+    obj.optimizer.zero_grad(set_to_none=True)
+    obj.scaler.scale(total).backward()
+    obj.scaler.step(obj.optimizer)
+    obj.scaler.update()
+    return loss_value, terms
+
+
+def end_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
+    """Main rank: validate when due, pick the best model, log, write the checkpoints
+    and plots; then every rank waits for it."""
+    cfg, p = run.cfg, run.progress
+    if run.info.is_main:
+        val_cases = run.data.val_cases
+        do_eval = bool(val_cases) and (
+            (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.max_epochs
+        )
+        improved = False
+        details: dict[str, Any] = {}
+        if do_eval:
+            row.update(validation_row(run, details))
+            # NaN (no class scored) never beats a score, yet the first validation still
+            # gives best.pt a model, so the final test has one to load.
+            score = -math.inf if math.isnan(row["val_dice"]) else row["val_dice"]
+            if score > p.best_metric or p.best_epoch < 0:
+                p.best_metric, p.best_epoch, improved = score, epoch + 1, True
+        elif not val_cases:
+            improved = True  # no validation split: the latest model is the best
+            p.best_epoch = epoch + 1
+        run.log.append(row)
+        if run.writer is not None:
+            _log_tensorboard(run.writer, epoch, row, details if do_eval else None)
+        save_epoch(run, epoch, improved)
+        plot_history(run.log.rows, run.layout.plots)
+        msg = f"epoch {epoch + 1}/{cfg.max_epochs}: loss {row.get('loss', float('nan')):.4f}"
+        if "val_dice" in row:
+            msg += f", val Dice {row['val_dice']:.4f}, val HD95 {row['val_hd95']:.2f}"
+            msg += " (best)" if improved else ""
+        print(msg, flush=True)
+    dist_utils.barrier(run.info)
+
+
+def validation_row(run: Run, details: dict[str, Any]) -> dict[str, float]:
+    """``val_dice``, ``val_hd95`` (:func:`unetzoo.engine.evaluation.validate`) and
+    ``val_loss``; ``details`` receives the per-class Dice and samples for TensorBoard."""
+    d, cfg = run.data, run.cfg
+    val = validate(run.model, d.ds, d.val_split, d.val_cases, cfg, run.info.device,
+                   collect=details if run.writer is not None else None)
+    val["val_loss"] = validation_loss(
+        run.model, d.ds, d.val_split, d.val_cases, run.obj.val_criterion, cfg.img_size,
+        cfg.batch_size, run.info.device,
+    )
+    return val
+
+
+def _log_tensorboard(writer, epoch: int, row: dict[str, Any], details: dict[str, Any] | None) -> None:
+    for k, v in row.items():
+        if k != "epoch" and isinstance(v, (int, float)):
+            tag = k.replace("_", "/", 1) if k.startswith("val_") else f"train/{k}"
+            writer.add_scalar(tag, v, epoch + 1)
+    if details is not None:  # per-class Dice and a few overlays (engine/logging/tensorboard)
+        log_validation(writer, epoch + 1, details.get("per_class_dice", {}),
+                       details.get("samples", ()))
+    writer.flush()
+
+
+def save_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """Write ``latest.pt`` then, when the epoch improved, ``best.pt`` (the order crash
+    repair relies on, see :func:`~unetzoo.engine.checkpoint.repair_best`)."""
+    obj, p, d = run.obj, run.progress, run.data
+    rng = capture_rng_state(d.generator)
+    rng["distill"] = obj.distill_gen.get_state()
+    if hasattr(d.train_set, "rng"):
+        rng["dataset"] = json.dumps(d.train_set.rng.bit_generator.state)
+    payload = {
+        **run.base,
+        "state_dict": _unwrap(run.model).state_dict(),
+        "optimizer": obj.optimizer.state_dict(),
+        "scaler": obj.scaler.state_dict() if obj.use_amp else {},
+        "epoch": epoch + 1,
+        "iteration": p.iteration,
+        "max_iterations": run.max_it,
+        "best_metric": float(p.best_metric) if math.isfinite(p.best_metric) else -1.0,
+        "best_epoch": p.best_epoch,
+        "history": run.log.rows,
+        "rng": rng,
+    }
+    # The crash points are the kill test's hooks.
+    crash_point(f"before-latest:{epoch + 1}")
+    save_checkpoint(payload, run.layout.latest)
+    crash_point(f"between-writes:{epoch + 1}")
+    if improved:
+        save_checkpoint(payload, run.layout.best)
+    crash_point(f"after-best:{epoch + 1}")
+
+
+def final_test(run: Run) -> dict[str, Any] | None:
+    """``unetzoo test`` of ``best.pt`` on the test split into ``report/`` (when asked
+    and the dataset has test cases); None otherwise."""
+    cfg, ds = run.cfg, run.data.ds
+    if not (cfg.test and "test" in ds.splits() and ds.cases("test")):
         return None
-    return build_train_transform(recipe, img_size, **(options or {}))
+    from unetzoo.engine import evaluation  # looked up at call time (tests replace run_test)
 
-
-def _seed_worker():
-    try:
-        from unetzoo.data.transforms import seed_worker
-    except ImportError:  # pragma: no cover - the data package always provides it
-        return None
-    return seed_worker
+    return evaluation.run_test(
+        run.layout.best,
+        dataset=ds,
+        out_dir=run.layout.report_dir,
+        max_cases=cfg.test_max_cases,
+        protocol=cfg.protocol,
+        device=run.info.device,
+    )
 
 
 def _progress(loader, epoch: int, max_epochs: int, enabled: bool):
@@ -625,21 +709,9 @@ def _progress(loader, epoch: int, max_epochs: int, enabled: bool):
     return tqdm(loader, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, dynamic_ncols=True)
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(log_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency, but keep training without it
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _plain_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    # Checkpoints are read with weights_only=True: plain values only.
-    out: dict[str, Any] = {}
-    for k, v in cfg.items():
-        if isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[k] = v
-    return out
+    return SummaryWriter(log_dir=str(log_dir))

@@ -1,5 +1,6 @@
 """Losses: segmentation losses by name (``build_loss``) and feature distillation."""
 
+from unetzoo.losses.distillation import FeatureDistillationLoss, FeatureTapper
 from unetzoo.losses.segmentation import (
     DEEP_SUPERVISION_LOSSES,
     DEFAULT_WEIGHTS,
@@ -7,31 +8,27 @@ from unetzoo.losses.segmentation import (
     SegmentationLoss,
     build_loss,
     deep_supervision_loss,
+    deep_supervision_weights,
     list_losses,
     mutation_loss,
     mutation_subsets,
     soft_dice_per_class,
+    supervised_loss,
 )
 
 __all__ = [
     "DEEP_SUPERVISION_LOSSES",
     "DEFAULT_WEIGHTS",
     "BinarySegmentationLoss",
+    "FeatureDistillationLoss",
+    "FeatureTapper",
     "SegmentationLoss",
     "build_loss",
     "deep_supervision_loss",
+    "deep_supervision_weights",
     "list_losses",
     "mutation_loss",
     "mutation_subsets",
     "soft_dice_per_class",
+    "supervised_loss",
 ]
-
-# Feature distillation (issue 6) lives in its own module, written separately; the guard
-# keeps this package importable until that module exists.
-try:
-    from unetzoo.losses.distillation import FeatureDistillationLoss, FeatureTapper
-except ModuleNotFoundError as exc:
-    if exc.name != "unetzoo.losses.distillation":
-        raise
-else:
-    __all__ += ["FeatureDistillationLoss", "FeatureTapper"]

@@ -287,34 +287,85 @@ def build_loss(
     )
 
 
+def deep_supervision_weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    """Per-head weights (final head last), normalised to sum 1; equal when None.
+
+    Raises:
+        ConfigError: a weight count that is not the number of heads, or a sum <= 0.
+    """
+    if weights is None:
+        return [1.0 / n] * n
+    if len(weights) != n:
+        raise ConfigError(
+            f"deep-supervision-weights has {len(weights)} values but the model has {n} heads"
+        )
+    total = float(sum(weights))
+    if total <= 0:
+        raise ConfigError("deep-supervision-weights must sum to a positive number")
+    return [float(w) / total for w in weights]
+
+
 def deep_supervision_loss(
     loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, LossTerms]],
     outputs: Sequence[torch.Tensor] | torch.Tensor,
     target: torch.Tensor,
     weights: Sequence[float] | None = None,
+    *,
+    per_head: bool = False,
 ) -> tuple[torch.Tensor, LossTerms]:
     """Weighted mean of ``loss`` over deep-supervision heads (final output last).
 
-    ``weights`` default to equal weights (UNet++); they are normalised to sum to 1.
-    Terms are the same weighted means. A single tensor is passed straight to ``loss``.
+    ``weights`` default to equal weights (UNet++); they are normalised to sum to 1
+    (:func:`deep_supervision_weights`). Terms are the same weighted means; with
+    ``per_head`` they are instead the final head's terms plus ``head{i}``, each head's
+    total loss (what the trainer logs). A single tensor is passed straight to ``loss``.
     """
     if isinstance(outputs, torch.Tensor):
         return loss(outputs, target)
     outputs = list(outputs)
-    w = [1.0] * len(outputs) if weights is None else [float(x) for x in weights]
-    if len(w) != len(outputs) or sum(w) <= 0:
-        raise ConfigError(
-            f"deep supervision has {len(outputs)} heads but {len(w)} weights were given"
-        )
-    norm = sum(w)
+    w = deep_supervision_weights(len(outputs), weights)
     total = None
     terms: LossTerms = {}
-    for wi, out in zip(w, outputs):
+    heads: LossTerms = {}
+    for i, (wi, out) in enumerate(zip(w, outputs)):
         t, parts = loss(out, target)
-        total = t * (wi / norm) if total is None else total + t * (wi / norm)
+        total = t * wi if total is None else total + t * wi
+        heads[f"head{i}"] = float(t.detach().item())
         for k, v in parts.items():
-            terms[k] = terms.get(k, 0.0) + v * wi / norm
+            terms[k] = terms.get(k, 0.0) + v * wi
+    if per_head:
+        terms = {**{k: _as_float(v) for k, v in parts.items()}, **heads}
     return total, terms  # type: ignore[return-value]
+
+
+def supervised_loss(
+    loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, LossTerms]],
+    outputs: Sequence[torch.Tensor] | torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "weighted",
+    weights: Sequence[float] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One training batch's loss: one output, or deep-supervision heads combined by
+    ``mode`` (:data:`DEEP_SUPERVISION_LOSSES`): ``"weighted"`` (per-head terms, see
+    :func:`deep_supervision_loss`) or ``"mutation"`` (:func:`mutation_loss`). Outputs are
+    scored in float32 (under autocast they may be half). Terms are plain floats.
+    """
+    if isinstance(outputs, torch.Tensor):
+        total, terms = loss(outputs.float(), target)
+    elif mode == "mutation":
+        total, terms = mutation_loss(loss, [o.float() for o in outputs], target)
+    elif mode == "weighted":
+        total, terms = deep_supervision_loss(
+            loss, [o.float() for o in outputs], target, weights, per_head=True
+        )
+    else:
+        raise ConfigError(f"unknown deep-supervision-loss {mode!r}; choose one of "
+                          f"{', '.join(DEEP_SUPERVISION_LOSSES)}")
+    return total, {k: _as_float(v) for k, v in terms.items()}
+
+
+def _as_float(v: torch.Tensor | float) -> float:
+    return float(v.detach().item() if torch.is_tensor(v) else v)
 
 
 #: How deep-supervision heads are combined: ``"weighted"`` (weighted mean of the heads'
