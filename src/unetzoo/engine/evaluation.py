@@ -1,4 +1,11 @@
-"""``unetzoo test``: volume inference on a test split, per-case metrics and the report.
+"""Evaluation: the one per-case evaluation of a case, the trainer's validation and
+``unetzoo test`` (volume inference on a test split, per-case metrics and the report).
+
+:func:`case_scores` scores one case under its own rules (ROI, ignore label, spacing,
+protocol) through :func:`unetzoo.metrics.score_case`; :func:`validate` (called by the
+trainer each validation) and :func:`run_test` (the report and its ``cases.json``) both
+use it and aggregate with :func:`unetzoo.metrics.summarize`. Nothing here imports the
+trainer or ``unetzoo.deploy``.
 
 The report folder holds ``summary.md`` (the mean table laid out as in the papers: mean
 DSC, mean HD95, one Dice column per class; then per class each mean with ``n``, the
