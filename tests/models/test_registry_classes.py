@@ -5,22 +5,25 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
 import torchvision
 
 from unetzoo.errors import ModelError
-from unetzoo.models import create_model, get_entry, list_models
+from unetzoo.models import create_model, get_entry, list_models, registry
 from unetzoo.models.emcad import EMCADNet
+from unetzoo.models.resnet_unet import ResNetUNet
 from unetzoo.models.resunet import ResUnet
 from unetzoo.models.resunetpp import ResUnetPlusPlus
 from unetzoo.models.swin_unet import SwinUNet
 from unetzoo.models.transunet import TransUNet
+from unetzoo.models.unet import UNet
 from unetzoo.models.unet3p import UNet3Plus
 from unetzoo.models.unetpp import UNetPlusPlus
 
 CLASSES = {
     "resunet_v1_0": ResUnet, "unetpp": UNetPlusPlus, "unet3p": UNet3Plus,
     "resunetpp": ResUnetPlusPlus, "transunet": TransUNet, "swin_unet": SwinUNet,
-    "emcad": EMCADNet,
+    "emcad": EMCADNet, "resnet34_unet": ResNetUNet, "unet": UNet,
 }
 
 
@@ -31,6 +34,22 @@ def test_family_registers_its_class(name):
     # Options, types and defaults are the class's own signature.
     params = inspect.signature(CLASSES[name]).parameters
     assert set(entry.default_options()) - set(entry.defaults) <= set(params)
+
+
+def test_every_registered_model_is_a_class():
+    # No builder functions left: every entry's builder is an nn.Module class, and the
+    # registry refuses a function (it would re-type the class's signature).
+    for name in list_models():
+        builder = get_entry(name).builder
+        assert inspect.isclass(builder) and issubclass(builder, torch.nn.Module), name
+    assert {get_entry(f"resnet{d}_unet").builder for d in (18, 34, 50, 101, 152)} == {ResNetUNet}
+
+    def build_unet(in_channels: int = 1, num_classes: int = 2) -> UNet:
+        return UNet(in_channels, num_classes)
+
+    with pytest.raises(TypeError, match="class itself"):
+        registry.register_model("function_builder", build_unet, description="d", source="s")
+    assert "function_builder" not in list_models()
 
 
 def test_every_rung_of_the_ladder_is_the_class():

@@ -96,6 +96,40 @@ def test_parameter_count_matches_plan(name):
     assert parameter_count(name, in_channels=1, num_classes=9) == plan_count(opts)
 
 
+@pytest.fixture(scope="module")
+def imagenet_stand_in() -> dict[str, torch.Tensor]:
+    """A ResNet-34 state dict in torchvision's file layout, served instead of the
+    ImageNet download (nothing downloads in tests)."""
+    torch.manual_seed(3)
+    return torchvision.models.resnet34().state_dict()
+
+
+@pytest.mark.parametrize("name", RUNGS)
+def test_every_rung_builds_as_registered(name, monkeypatch, imagenet_stand_in):
+    """``create_model(name)`` with the registry's defaults only: ResNet-34, full widths
+    and, from v0.2 on, ImageNet weights fetched by torchvision from the registered URL."""
+    urls = []
+
+    def fetch(url: str, *args, **kwargs):
+        urls.append(url)
+        return imagenet_stand_in
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fetch)
+    model = create_model(name, in_channels=1, num_classes=9)
+    entry = get_entry(name)
+    assert model.unetzoo_options == {**entry.default_options(), "num_classes": 9}
+    if entry.default_options()["encoder_weights"] is None:
+        assert urls == []
+    else:
+        assert urls == [source.url for source in entry.pretrained]
+        for key in ("layer1.0.conv1.weight", "layer3.5.conv2.weight", "bn1.running_var"):
+            mine = model.encoder.state_dict()[key.replace("bn1.", "stem.1.")]
+            assert torch.equal(mine, imagenet_stand_in[key]), key
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(
+        name, in_channels=1, num_classes=9
+    )
+
+
 def test_parameter_deltas_between_rungs():
     n = {r: parameter_count(r, in_channels=1, num_classes=9) for r in RUNGS}
     # v0.2 is a training configuration and v0.3 drops a parameter-free max-pool.

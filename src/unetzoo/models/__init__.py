@@ -1,9 +1,24 @@
-"""The model zoo. Importing this package registers every model family."""
+"""The model zoo. Importing this package registers every model family.
+
+Family discovery happens here and only here: each family module registers its class's
+configurations with :mod:`unetzoo.models.registry` when imported. The registry never
+imports this package back (Python runs this file before any submodule is usable).
+"""
 
 from __future__ import annotations
 
-import importlib
-
+# One module per architecture family; each registers its models on import.
+from unetzoo.models import (  # noqa: F401
+    emcad,
+    resnet_unet,
+    resunet,
+    resunetpp,
+    swin_unet,
+    transunet,
+    unet,
+    unet3p,
+    unetpp,
+)
 from unetzoo.models.registry import (
     ModelEntry,
     PublishedParams,
@@ -16,27 +31,6 @@ from unetzoo.models.registry import (
     parameter_count,
     register_model,
 )
-
-# One module per architecture family; each registers its models on import.
-FAMILY_MODULES = (
-    "unet",
-    "resnet_unet",
-    "unetpp",
-    "unet3p",
-    "resunet",
-    "resunetpp",
-    "transunet",
-    "swin_unet",
-    "emcad",
-)
-
-for _family in FAMILY_MODULES:
-    _name = f"unetzoo.models.{_family}"
-    try:
-        importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:  # family not written yet
-        if _exc.name != _name:
-            raise
 
 __all__ = [
     "ModelEntry",

@@ -70,9 +70,10 @@ class DoubleConv(nn.Sequential):
 
 
 def kaiming_init(*modules: nn.Module) -> None:
-    """gyb357's ``init_weights=True``: Kaiming normal (fan-out, ReLU) on every ``nn.Conv2d``
-    of ``modules``, BatchNorm weight 1 and bias 0; transposed convolutions (not
-    ``nn.Conv2d``) keep PyTorch's default.
+    """gyb357's ``init_weights=True`` (torchvision ResNet's own init): Kaiming normal
+    (fan-out, ReLU) on every ``nn.Conv2d`` of ``modules`` with its bias (if any) 0,
+    BatchNorm weight 1 and bias 0; transposed convolutions (not ``nn.Conv2d``) keep
+    PyTorch's default. ``resnet*_unet`` and the ResUnet decoders use it.
 
     PyTorch's default (Kaiming uniform, a = sqrt(5)) draws weights sqrt(6) times smaller;
     in ``resnet34_unet``'s decoder that stalled learning on real MRI (benchmarks/README.md,
@@ -82,6 +83,8 @@ def kaiming_init(*modules: nn.Module) -> None:
         for m in root.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

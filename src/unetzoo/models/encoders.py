@@ -4,6 +4,8 @@ Every encoder here is an ``nn.Module`` with
 
 - ``channels: list[int]`` -- channels of each returned feature map, shallow to deep;
 - ``reductions: list[int]`` -- the stride of each feature map w.r.t. the input;
+- ``feature_modules: tuple[str, ...]`` -- the submodule whose output is each feature map
+  (what ``Taps`` hook; :func:`feature_taps`);
 - ``forward(x (N, C, H, W)) -> list[Tensor]`` -- the feature maps in the same order;
   feature ``i`` has shape ``(N, channels[i], H / reductions[i], W / reductions[i])`` when
   H and W are multiples of ``reductions[-1]`` (models pad to that; see models/base.py).
@@ -95,6 +97,7 @@ class PlainEncoder(nn.Module):
                 )
             )
         self.stages = nn.ModuleList(stages)
+        self.feature_modules = tuple(f"stages.{i}" for i in range(depth + 1))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -136,6 +139,7 @@ class ResNetEncoder(nn.Module):
         expansion = 4 if self.depth >= 50 else 1
         self.channels = [64] + [w * expansion for w in (64, 128, 256, 512)]
         self.reductions = [2, 4, 8, 16, 32] if stem_maxpool else [2, 2, 4, 8, 16]
+        self.feature_modules = ("stem", "layer1", "layer2", "layer3", "layer4")
         if weights is not None:
             self.load_torchvision_state_dict(load_resnet_weights(weights, self.depth))
 
@@ -277,6 +281,8 @@ def build_encoder(
     bias: bool | None = None,
 ) -> nn.Module:
     """``None``/``"plain"`` -> :class:`PlainEncoder`; ``"resnet18"``.. -> :class:`ResNetEncoder`."""
+    if int(base_channels) < 1:
+        raise ModelError(f"base_channels must be >= 1, got {base_channels}")
     if encoder is None or str(encoder).lower() in ("plain", "none", "unet"):
         if weights is not None:
             raise ModelError(
@@ -284,3 +290,9 @@ def build_encoder(
             )
         return PlainEncoder(in_channels, base_channels, batch_norm=batch_norm, bias=bias)
     return ResNetEncoder(parse_resnet_name(encoder), in_channels, weights=weights)
+
+
+def feature_taps(encoder: nn.Module, prefix: str = "encoder", n: int = 4) -> tuple[str, ...]:
+    """Dotted names (under ``prefix``) of the modules producing ``encoder``'s first ``n``
+    feature maps, shallow to deep: the encoder ``Taps`` of the models built on it."""
+    return tuple(f"{prefix}.{name}" for name in encoder.feature_modules[:n])

@@ -10,6 +10,10 @@ A model family module registers configurations of its class; the class is the bu
 ``create_model(name, in_channels=1, num_classes=2, **options)`` merges, in order, the
 class's own keyword defaults, the entry's ``defaults`` (registry data) and the caller's
 options.
+
+Family discovery lives in ``unetzoo.models`` (the package imports every family module,
+and Python runs it before any of its submodules can be used), so this module imports no
+family and nothing of the package: imports flow families -> registry, never back.
 """
 
 from __future__ import annotations
@@ -125,9 +129,18 @@ def register_model(
     family: str | None = None,
     pretrained: tuple[PretrainedSource, ...] = (),
 ) -> Any:
-    """Register ``builder`` under ``name``; usable as a decorator when builder is None."""
+    """Register the model class ``builder`` under ``name``; a decorator when it is None.
+
+    Only ``nn.Module`` classes are accepted: a builder function would re-type the class's
+    signature (the options, their types and defaults), and the copies drift apart.
+    """
 
     def _register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not (inspect.isclass(fn) and issubclass(fn, nn.Module)):
+            raise TypeError(
+                f"register_model({name!r}): register the model class itself, not {fn!r}; "
+                "put option defaults in `defaults=`"
+            )
         key = name.lower()
         if key in _REGISTRY or key in _ALIASES:
             raise RuntimeError(f"model name {name!r} is registered twice")
@@ -156,11 +169,6 @@ def register_model(
     return _register
 
 
-def _ensure_loaded() -> None:
-    # Importing the package imports every family module, which registers its models.
-    import unetzoo.models  # noqa: F401
-
-
 def _closest(name: str) -> list[str]:
     names = sorted(set(_REGISTRY) | set(_ALIASES))
     return difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
@@ -168,7 +176,6 @@ def _closest(name: str) -> list[str]:
 
 def get_entry(name: str) -> ModelEntry:
     """Return the registry entry for ``name`` (or an alias); one-line error if unknown."""
-    _ensure_loaded()
     if not isinstance(name, str):
         raise ModelError(f"model name must be a string, got {type(name).__name__}")
     key = name.lower()
@@ -184,7 +191,6 @@ def get_entry(name: str) -> ModelEntry:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names (aliases excluded), sorted; ``pattern`` takes wildcards."""
-    _ensure_loaded()
     names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]

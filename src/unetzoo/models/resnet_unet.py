@@ -254,36 +254,12 @@ def _adopt_seed_head(module: ResNetUNet, state_dict, prefix: str, *args: Any) ->
             options["head_relu"] = True
 
 
-def _build_resnet_unet(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    encoder: str = "resnet34",
-    encoder_weights: str | None = None,
-    decoder_channels: tuple[int, ...] | None = None,
-    freeze_encoder: bool = False,
-    decoder: str = "gyb357",
-    head_relu: bool = False,
-    shortcuts: str = "torchvision",
-    init: str = "kaiming",
-) -> ResNetUNet:
-    return ResNetUNet(
-        in_channels,
-        num_classes,
-        encoder=encoder,
-        encoder_weights=encoder_weights,
-        decoder_channels=decoder_channels,
-        freeze_encoder=freeze_encoder,
-        decoder=decoder,
-        head_relu=head_relu,
-        shortcuts=shortcuts,
-        init=init,
-    )
-
-
+# The class is its own builder: the registry reads ResNetUNet.__init__ for the options;
+# each depth is a registration whose only default is its encoder.
 for _depth, _count in PUBLISHED.items():
     register_model(
         f"resnet{_depth}_unet",
-        _build_resnet_unet,
+        ResNetUNet,
         description=f"U-Net decoder 512-256-128-64 on a torchvision ResNet-{_depth} encoder",
         source=SEED_SOURCE,
         family="resnet_unet",

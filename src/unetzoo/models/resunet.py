@@ -77,8 +77,8 @@ from torch import nn
 
 from unetzoo.errors import CheckpointError, ModelError
 from unetzoo.models.base import SegmentationModel
-from unetzoo.models.blocks import DoubleConv
-from unetzoo.models.encoders import ResNetEncoder, parse_resnet_name
+from unetzoo.models.blocks import DoubleConv, kaiming_init, match_size
+from unetzoo.models.encoders import ResNetEncoder, feature_taps, parse_resnet_name
 from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
 
 RESUNET_SOURCE = (
@@ -113,9 +113,7 @@ class FusionStage(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         if skip is not None:
-            if x.shape[-2:] != skip.shape[-2:]:
-                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = torch.cat([x, skip], dim=1)
+            x = torch.cat([match_size(x, tuple(skip.shape[-2:]), crop=False), skip], dim=1)
         return self.conv(x)
 
 
@@ -233,26 +231,15 @@ class ResUnet(SegmentationModel):
         self.dec0 = FusionStage(prev, c_stem, w["stem"])
         self.head = nn.Conv2d(w["stem"], self.num_classes, kernel_size=1)
         self.size_multiple = 16 if not stem_maxpool else 32
-        self._init_decoder()
-
-    def _init_decoder(self) -> None:
-        for name, m in self.named_modules():
-            if name.startswith("encoder"):
-                continue  # torchvision's own init (or the loaded weights)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # Everything but the encoder (torchvision's own init, or the loaded weights).
+        kaiming_init(*(m for name, m in self.named_children() if name != "encoder"))
 
     def taps(self) -> Taps:
         """Encoder block outputs, decoder stage outputs (deep to shallow), final feature."""
         tail = "bottleneck" if self.use_bottleneck else "encoder.layer4"
         decoder = ("dec3", "dec2", "dec1") if self.layer1_skip else ("dec3", "dec2")
         return Taps(
-            encoder=("encoder.stem", "encoder.layer1", "encoder.layer2", "encoder.layer3", tail),
+            encoder=(*feature_taps(self.encoder), tail),
             decoder=decoder,
             final="dec0",
         )

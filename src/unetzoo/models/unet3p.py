@@ -51,8 +51,8 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
-from unetzoo.models.blocks import conv_unit
-from unetzoo.models.encoders import ResNetEncoder, build_encoder
+from unetzoo.models.blocks import conv_unit, match_size
+from unetzoo.models.encoders import ResNetEncoder, build_encoder, feature_taps
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
 CGM_MODES = ("multiply", "background")
@@ -137,8 +137,6 @@ class UNet3Plus(SegmentationModel):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        if int(base_channels) < 1:
-            raise ModelError(f"base_channels must be >= 1, got {base_channels}")
         if cgm_mode not in CGM_MODES:
             raise ModelError(f"cgm_mode must be one of {', '.join(CGM_MODES)}, got {cgm_mode!r}")
         if init not in INITS:
@@ -208,11 +206,6 @@ class UNet3Plus(SegmentationModel):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
-    def _full_size(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(logits.shape[-2:]) == size:
-            return logits
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
     def _gate(self, logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         background = torch.zeros_like(logits)
         if self.num_classes == 1:
@@ -229,10 +222,10 @@ class UNet3Plus(SegmentationModel):
             # sources fine to coarse: h_1..h_{t+1}, then hd_{t+2}..hd_5
             sources = feats[: t + 1] + decoded[::-1]
             decoded.append(stage(sources))
-        final = self._full_size(self.head(decoded[-1]), size)
+        final = match_size(self.head(decoded[-1]), size, crop=False)
         outputs = [final]
         if self.deep_supervision and self.training:
-            aux = [self._full_size(h(d), size) for h, d in zip(self.aux_heads, decoded[:4])]
+            aux = [match_size(h(d), size, crop=False) for h, d in zip(self.aux_heads, decoded[:4])]
             outputs = [*aux, final]
         if self.cls_head is not None:
             self.cgm_logits = self.cls_head(feats[4])
@@ -247,10 +240,7 @@ class UNet3Plus(SegmentationModel):
 
 def unet3p_taps(model: nn.Module) -> Taps:
     """Encoder scales 0-3, decoder stages hd4, hd3, hd2, final hd1."""
-    if isinstance(model.encoder, ResNetEncoder):
-        encoder = ("encoder.stem", "encoder.layer1", "encoder.layer2", "encoder.layer3")
-    else:
-        encoder = tuple(f"encoder.stages.{i}" for i in range(4))
+    encoder = feature_taps(model.encoder)
     return Taps(encoder=encoder, decoder=("decoder.0", "decoder.1", "decoder.2"), final="decoder.3")
 
 

@@ -28,13 +28,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
 from unetzoo.models.blocks import DoubleConv, match_size, resolve_bias
-from unetzoo.models.encoders import ResNetEncoder, build_encoder
+from unetzoo.models.encoders import build_encoder, feature_taps
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
 
@@ -104,8 +103,6 @@ class UNetPlusPlus(SegmentationModel):
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
-        if int(base_channels) < 1:
-            raise ModelError(f"base_channels must be >= 1, got {base_channels}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.deep_supervision = bool(deep_supervision)
@@ -128,7 +125,6 @@ class UNetPlusPlus(SegmentationModel):
                     f"{decoder_channels}"
                 )
         self.size_multiple = self.encoder.reductions[-1]
-        self.out_stride = self.encoder.reductions[0]
         self.nodes = nn.ModuleDict()
         for j in range(1, 5):
             for i in range(0, 5 - j):
@@ -144,11 +140,6 @@ class UNetPlusPlus(SegmentationModel):
             for _ in range(3 if self.deep_supervision else 0)
         )
 
-    def _full_size(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(logits.shape[-2:]) == size:
-            return logits
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = tuple(x.shape[-2:])
         feats = self.encoder(x)
@@ -157,10 +148,11 @@ class UNetPlusPlus(SegmentationModel):
             for i in range(0, 5 - j):
                 same = [grid[(i, k)] for k in range(j)]
                 grid[(i, j)] = self.nodes[f"x{i}_{j}"](grid[(i + 1, j - 1)], *same)
-        final = self._full_size(self.head(grid[(0, 4)]), size)
+        final = match_size(self.head(grid[(0, 4)]), size, crop=False)
         if self.deep_supervision and self.training:
             aux = [
-                self._full_size(h(grid[(0, j)]), size) for j, h in zip((1, 2, 3), self.aux_heads)
+                match_size(h(grid[(0, j)]), size, crop=False)
+                for j, h in zip((1, 2, 3), self.aux_heads)
             ]
             return [*aux, final]
         return final
@@ -168,10 +160,7 @@ class UNetPlusPlus(SegmentationModel):
 
 def unetpp_taps(model: nn.Module) -> Taps:
     """Encoder scales 0-3, decoder nodes X(3,1), X(2,2), X(1,3), final X(0,4)."""
-    if isinstance(model.encoder, ResNetEncoder):
-        encoder = ("encoder.stem", "encoder.layer1", "encoder.layer2", "encoder.layer3")
-    else:
-        encoder = tuple(f"encoder.stages.{i}" for i in range(4))
+    encoder = feature_taps(model.encoder)
     return Taps(
         encoder=encoder,
         decoder=("nodes.x3_1", "nodes.x2_2", "nodes.x1_3"),
