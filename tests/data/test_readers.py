@@ -15,7 +15,7 @@ from _data_writers import (
 from PIL import Image
 
 from unetzoo.data import get_dataset
-from unetzoo.data.nnunet import reorient
+from unetzoo.data.geometry import reorient
 from unetzoo.data.preprocessing import normalize
 
 
@@ -118,7 +118,7 @@ def test_nnunet_v2_multichannel_spacing_and_affine(tmp_path):
     assert np.allclose(world_case, world_file)
     # Round trip: a prediction saved with Case.affine/axes lands on the file's voxels
     # in the file's own axis order, and reads back as the same Case arrays.
-    from unetzoo.data.io import save_case_nifti
+    from unetzoo.data.medio import save_case_nifti
 
     assert case.axes == (2, 1, 0)
     save_case_nifti(case.label.astype(np.uint8), case.affine, tmp_path / "p.nii.gz", case.axes)

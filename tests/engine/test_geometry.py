@@ -122,7 +122,8 @@ def test_test_predict_and_demo_write_the_same_voxels(written):
 def test_demo_slices_and_scores_like_predict(setup, written):
     """The demo cuts the volume along predict's axis (j, the largest spacing), and its
     ground truth lines up with the image."""
-    from unetzoo.data.io import load_nifti, volume_to_cdhw
+    from unetzoo.data.geometry import volume_to_cdhw
+    from unetzoo.data.io import load_nifti
     from unetzoo.deploy import uploads
 
     seg = written["seg"]
@@ -157,7 +158,7 @@ def test_anisotropic_volume_cut_along_the_same_axis(tmp_path):
 
 def test_rgb_to_grey_is_one_constant():
     import unetzoo.deploy.uploads as uploads
-    import unetzoo.engine.predict as predict
+    import unetzoo.engine.inputs as predict  # the reader of predict (moved from engine.predict)
     from unetzoo.data.io import RGB_TO_GREY
 
     assert predict.RGB_TO_GREY is RGB_TO_GREY and uploads.RGB_TO_GREY is RGB_TO_GREY
@@ -180,7 +181,8 @@ def test_one_writer_puts_any_format_back_on_the_file_grid(tmp_path, ending):
     format its path names (NRRD/MetaImage through medio.save_labels)."""
     pytest.importorskip("SimpleITK")
     from unetzoo.data import medio
-    from unetzoo.data.io import save_case_nifti, volume_to_cdhw
+    from unetzoo.data.geometry import volume_to_cdhw
+    from unetzoo.data.medio import save_case_nifti
     from unetzoo.engine.logging.display import file_to_array_affine
 
     rng = np.random.default_rng(2)

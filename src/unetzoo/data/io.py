@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -20,6 +21,21 @@ def require_file(path: Path, what: str, fix: str = "") -> Path:
     if not path.is_file():
         raise DataError(f"missing {what}: {path}" + (f"; {fix}" if fix else ""))
     return path
+
+
+@contextmanager
+def unreadable_as_data_error(path: Path, what: str) -> Iterator[None]:
+    """Turn whatever a decoder raises inside the block into one :class:`DataError`
+    line naming ``path`` (``what``: "npz file", "NIfTI file", "image", ...)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
+        raise DataError(
+            f"{path}: unreadable or truncated {what} ({type(exc).__name__}: {exc}); "
+            "re-create or re-download it"
+        ) from exc
 
 
 def read_list(path: Path) -> list[str]:
@@ -34,22 +50,14 @@ def read_list(path: Path) -> list[str]:
 def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     """Arrays ``keys`` of an ``.npz`` file (unreadable file or missing key -> DataError)."""
     require_file(path, "npz file", "check the list file and the data folder")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in keys if k not in data.files]
-            if missing:
-                raise DataError(
-                    f"{path}: missing key(s) {missing} (file has {data.files}); "
-                    f"expected keys {list(keys)}"
-                )
-            return {k: np.asarray(data[k]) for k in keys}
-    except DataError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
-        raise DataError(
-            f"{path}: unreadable or truncated npz file ({type(exc).__name__}: {exc}); "
-            "re-create or re-download it"
-        ) from exc
+    with unreadable_as_data_error(path, "npz file"), np.load(path, allow_pickle=False) as data:
+        missing = [k for k in keys if k not in data.files]
+        if missing:
+            raise DataError(
+                f"{path}: missing key(s) {missing} (file has {data.files}); "
+                f"expected keys {list(keys)}"
+            )
+        return {k: np.asarray(data[k]) for k in keys}
 
 
 def open_h5(path: Path):
@@ -90,16 +98,11 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     import nibabel as nib
 
     require_file(path, "NIfTI file", "check the dataset folder and dataset.json")
-    try:
+    with unreadable_as_data_error(path, "NIfTI file"):
         img = nib.load(str(path))
         arr = np.asarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
         zooms = tuple(float(z) for z in img.header.get_zooms())
-    except Exception as exc:
-        raise DataError(
-            f"{path}: unreadable or truncated NIfTI file ({type(exc).__name__}: {exc}); "
-            "re-create or re-download it"
-        ) from exc
     return arr, affine, zooms
 
 
@@ -108,13 +111,8 @@ def nifti_shape(path: Path) -> tuple[int, ...]:
     import nibabel as nib
 
     require_file(path, "NIfTI file")
-    try:
+    with unreadable_as_data_error(path, "NIfTI file"):
         return tuple(int(n) for n in nib.load(str(path)).shape)
-    except Exception as exc:
-        raise DataError(
-            f"{path}: unreadable or truncated NIfTI file ({type(exc).__name__}: {exc}); "
-            "re-create or re-download it"
-        ) from exc
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -> None:
@@ -126,69 +124,6 @@ def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -
     img.header.set_qform(aff, code=1)
     img.header.set_sform(aff, code=1)
     nib.save(img, str(path))
-
-
-def save_case_nifti(
-    array: np.ndarray,
-    affine: np.ndarray | None,
-    path: str | Path,
-    axes: tuple[int, int, int] | None = None,
-) -> Path:
-    """The project's one label-map writer: a ``(D, H, W)`` array (a prediction) of a
-    :class:`Case` or of an input read by :func:`volume_to_cdhw`, on the input's grid.
-
-    ``affine`` maps the ``(d, h, w)`` indices of ``array`` to world mm (``Case.affine``).
-    With ``axes`` (``Case.axes``: the file axis each of ``D, H, W`` came from) the array
-    is put back in the source file's voxel order and the affine un-permuted, so the file
-    has the input's shape, voxel order and affine (nnU-Net's evaluator compares shapes;
-    any viewer overlays it on the image); without ``axes`` the array is written as is
-    (sources with no file grid, e.g. Synapse h5). The format follows ``path``'s ending
-    (NIfTI, NRRD, MetaImage: :func:`unetzoo.data.medio.save_labels`); values are stored
-    as uint8 (uint16 beyond 255).
-    """
-    from unetzoo.data.medio import save_labels
-
-    arr = np.asarray(array)
-    aff = None if affine is None else np.asarray(affine, dtype=np.float64)
-    if axes is not None:
-        inv = tuple(int(a) for a in np.argsort(axes))
-        arr = np.transpose(arr, inv + tuple(range(3, arr.ndim)))
-        if aff is not None:
-            aff = aff.copy()
-            aff[:, :3] = np.asarray(affine, dtype=np.float64)[:, list(inv)]
-    return save_labels(arr, aff, path)
-
-
-def volume_to_cdhw(
-    array: np.ndarray,
-    affine: np.ndarray,
-    zooms: Sequence[float],
-    axes: tuple[int, int, int] | None = None,
-) -> tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float]]:
-    """The one slicing rule of ``predict`` and the demo: a file-order volume
-    ``(i, j, k)`` or ``(i, j, k, C)`` -> ``(C, D, H, W)`` with ``D`` the slicing axis.
-
-    The slicing axis is a single-slice axis when there is one, else the through-plane
-    axis (largest spacing; :func:`unetzoo.data.nnunet.reorient`); ``axes`` forces an
-    order (a mask read in the order of its image). Returns ``(volume, axes, spacing)``:
-    the file axis of each of ``D, H, W`` (for :func:`save_case_nifti`) and the voxel
-    size along them in mm.
-    """
-    from unetzoo.data.nnunet import reorient
-
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr, zooms = arr[..., None], (*zooms[:2], 1.0)
-    if axes is None:
-        flat = next((i for i in range(3) if arr.shape[i] == 1), None)
-        vol, _, spacing, order = reorient(arr, affine, zooms, flat)
-    else:
-        order = tuple(int(a) for a in axes)
-        vol = np.transpose(arr, order + tuple(range(3, arr.ndim)))
-        z3 = [float(z) for z in zooms[:3]]
-        spacing = (z3[order[0]], z3[order[1]], z3[order[2]])
-    vol = vol[None] if vol.ndim == 3 else np.moveaxis(vol, -1, 0)
-    return vol, tuple(int(a) for a in order), spacing
 
 
 #: ITU-R BT.601 luma weights (R, G, B): the one RGB -> grey rule of ``predict`` and the demo.
@@ -203,7 +138,7 @@ def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
     """
     require_file(path, "image file")
     suffix = path.suffix.lower()
-    try:
+    with unreadable_as_data_error(path, "image"):
         if suffix in (".tif", ".tiff") and mode is None:
             import tifffile
 
@@ -218,17 +153,12 @@ def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
             if mode is not None and im.mode != mode:
                 im = im.convert(mode)
             return np.asarray(im)
-    except Exception as exc:
-        raise DataError(
-            f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc}); "
-            "re-create or re-download it"
-        ) from exc
 
 
 def picture_shape(path: Path) -> tuple[int, ...]:
     """``(H, W)`` of a png/jpg/bmp/tif from its header only (nothing decoded)."""
     require_file(path, "image file")
-    try:
+    with unreadable_as_data_error(path, "image"):
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -240,11 +170,6 @@ def picture_shape(path: Path) -> tuple[int, ...]:
 
         with Image.open(path) as im:
             return (int(im.height), int(im.width))
-    except Exception as exc:
-        raise DataError(
-            f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc}); "
-            "re-create or re-download it"
-        ) from exc
 
 
 def load_picture(path: Path) -> np.ndarray:
@@ -260,7 +185,7 @@ def load_picture(path: Path) -> np.ndarray:
             arr = arr[..., :-1]  # grey + alpha, RGB + alpha
         return arr
     require_file(path, "image file")
-    try:
+    with unreadable_as_data_error(path, "image"):
         from PIL import Image
 
         with Image.open(path) as im:
@@ -272,11 +197,6 @@ def load_picture(path: Path) -> np.ndarray:
             if im.mode == "1":
                 im = im.convert("L")
             return np.asarray(im)
-    except Exception as exc:
-        raise DataError(
-            f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc}); "
-            "re-create or re-download it"
-        ) from exc
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -290,31 +210,29 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` (``.npy``) via a temp file + rename (safe for workers)."""
+def _atomic_write(path: Path, mode: str, suffix: str, write: Callable[[IO], object]) -> None:
+    """``write(handle)`` into a temp file beside ``path``, then rename: readers (and other
+    workers) see the old file or the whole new one, never a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (``.npy``) via a temp file + rename (safe for workers)."""
+    _atomic_write(path, "wb", ".npy", lambda fh: np.save(fh, array))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` via a temp file + rename."""
+    _atomic_write(path, "w", "", lambda fh: fh.write(text))
 
 
 def cache_root() -> Path:

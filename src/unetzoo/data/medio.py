@@ -6,7 +6,7 @@ Formats: NIfTI (``.nii``, ``.nii.gz``, read by nibabel exactly as
 SimpleITK.
 
 Every reader returns what :func:`unetzoo.data.io.load_nifti` returns, so the rest of the
-pipeline (:func:`unetzoo.data.nnunet.reorient`, prediction, evaluation) is unchanged:
+pipeline (:func:`unetzoo.data.geometry.reorient`, prediction, evaluation) is unchanged:
 
 * ``array`` in file index order ``(i, j, k[, c])``. SimpleITK hands out ``(z, y, x)``
   (index order reversed) and vector pixels last; both are turned back to ``(x, y, z, c)``.
@@ -18,7 +18,9 @@ pipeline (:func:`unetzoo.data.nnunet.reorient`, prediction, evaluation) is uncha
 :func:`save_labels` writes a label map in the format its path names, with the geometry of
 ``affine`` (origin, spacing, direction); :func:`output_ending` picks that format for an
 input: the input's own ending, ``.nii.gz`` for DICOM series and 2-D pictures (a label map
-is no DICOM image, and nnU-Net users expect NIfTI).
+is no DICOM image, and nnU-Net users expect NIfTI). :func:`save_case_nifti`, the
+pipeline's one label writer, puts a ``(D, H, W)`` prediction back in the input's voxel
+order and writes it through :func:`save_labels`.
 
 :func:`group_cases` turns files and folders into cases the nnU-Net way: ``CASE_0000``,
 ``CASE_0001`` ... are the channels of case ``CASE``.
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.data import io
+from unetzoo.data.geometry import array_to_file, check_same_geometry
 from unetzoo.errors import DataError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -78,12 +81,10 @@ def output_ending(path: str | Path) -> str:
 
 
 def _sitk():
-    try:
-        import SimpleITK as sitk
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise DataError(
-            "reading NRRD / MetaImage / DICOM needs SimpleITK; pip install SimpleITK"
-        ) from exc
+    # Imported on first use: SimpleITK (a declared dependency) is slow to import and
+    # NIfTI-only runs never need it.
+    import SimpleITK as sitk
+
     return sitk
 
 
@@ -286,6 +287,32 @@ def save_labels(labels: np.ndarray, affine: np.ndarray | None, path: str | Path)
     return p
 
 
+def save_case_nifti(
+    array: np.ndarray,
+    affine: np.ndarray | None,
+    path: str | Path,
+    axes: tuple[int, int, int] | None = None,
+) -> Path:
+    """The project's one label-map writer: a ``(D, H, W)`` array (a prediction) of a
+    :class:`~unetzoo.data.base.Case` or of an input read by
+    :func:`~unetzoo.data.geometry.volume_to_cdhw`, on the input's grid.
+
+    ``affine`` maps the ``(d, h, w)`` indices of ``array`` to world mm (``Case.affine``).
+    With ``axes`` (``Case.axes``: the file axis each of ``D, H, W`` came from) the array
+    is put back in the source file's voxel order and the affine un-permuted, so the file
+    has the input's shape, voxel order and affine (nnU-Net's evaluator compares shapes;
+    any viewer overlays it on the image); without ``axes`` the array is written as is
+    (sources with no file grid, e.g. Synapse h5). The format follows ``path``'s ending
+    (NIfTI, NRRD, MetaImage: :func:`save_labels`); values are stored as uint8 (uint16
+    beyond 255).
+    """
+    arr = np.asarray(array)
+    aff = None if affine is None else np.asarray(affine, dtype=np.float64)
+    if axes is not None:
+        arr, aff = array_to_file(arr, aff, axes)
+    return save_labels(arr, aff, path)
+
+
 # -- cases ----------------------------------------------------------------------------------
 def _is_dicom_dir(folder: Path) -> bool:
     """A folder of ``.dcm`` files, or of files without any ending (as scanners write)."""
@@ -381,11 +408,9 @@ def load_case_channels(
                 f"{f}: shape {arr.shape} differs from {files[0].name}'s {arrays[0].shape}; "
                 "the channels of one case must lie on one grid"
             )
-        elif not np.allclose(aff, affine, atol=1e-3):
-            raise DataError(
-                f"{f}: geometry (affine) differs from {files[0].name}'s; the channels of "
-                "one case must be co-registered on one grid"
-            )
+        else:
+            check_same_geometry(affine, aff, f, files[0],
+                                "the channels of one case must be co-registered on one grid")
         arrays.append(arr)
     assert affine is not None
     if len(arrays) == 1:

@@ -50,6 +50,7 @@ import numpy as np
 
 from unetzoo.data import io, medio
 from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_shapes
+from unetzoo.data.geometry import check_same_geometry, reorient
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, normalize, spec_for_channel
 from unetzoo.errors import DataError
 
@@ -65,51 +66,6 @@ def _is_writable_dir(path: Path) -> bool:
     except OSError:
         return False
     return os.access(path, os.W_OK)
-
-
-#: Largest difference between two affines (mm, or direction cosine x spacing) that still
-#: counts as the same grid; nnU-Net's dataset check compares geometry with a similar 1e-3.
-AFFINE_TOLERANCE = 1e-3
-
-
-def check_same_geometry(ref: np.ndarray, other: np.ndarray, path: Path, ref_path: Path) -> None:
-    """Raise :class:`DataError` unless ``other`` (a label's or extra channel's affine)
-    puts its voxels where ``ref`` (the first image channel's) does.
-
-    A label map on another grid (flipped, shifted, other spacing) is not the label of
-    this image, and training on it teaches nonsense without any error.
-    """
-    diff = float(np.max(np.abs(np.asarray(ref) - np.asarray(other))))
-    if not diff <= AFFINE_TOLERANCE:
-        raise DataError(
-            f"{path}: its affine differs from {Path(ref_path).name}'s by up to {diff:.4g} "
-            f"(tolerance {AFFINE_TOLERANCE:g}): it does not lie on the image's voxel grid; "
-            "resample it onto the image (or fix its header)"
-        )
-
-
-def reorient(
-    array: np.ndarray, affine: np.ndarray, zooms: Sequence[float], slice_axis: int | None
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[int, int, int]]:
-    """Put the slicing axis first: returns ``(array, affine, spacing, order)``.
-
-    ``array`` is ``(i, j, k)`` or ``(i, j, k, ...)``; trailing axes are kept after the three
-    spatial ones. ``order`` is the permutation of the file axes.
-    """
-    z3 = [float(z) for z in zooms[:3]]
-    if slice_axis is None:
-        # Largest spacing; ties go to the later axis (k for isotropic data).
-        a = max(range(3), key=lambda i: (round(z3[i], 6), i))
-    else:
-        a = int(slice_axis)
-    rest = [i for i in range(3) if i != a]
-    order = (a, rest[1], rest[0])
-    perm = order + tuple(range(3, array.ndim))
-    out = np.transpose(array, perm)
-    new_aff = np.array(affine, dtype=np.float64, copy=True)
-    new_aff[:, :3] = affine[:, list(order)]
-    spacing = (z3[order[0]], z3[order[1]], z3[order[2]])
-    return out, new_aff, spacing, order
 
 
 class NnUNetDataset(SegDataset):
