@@ -119,6 +119,55 @@ def count_macs(model: Any, x: Any) -> tuple[float, dict[str, int]]:
     return total, dict(fca.unsupported_ops())
 
 
+def _build_random(name: str, classes: int, size: int, dev: Any) -> Any:
+    """``name`` with random weights (rungs whose default is an ImageNet encoder must not
+    download), built for ``size`` when it needs a fixed input size (Transformers)."""
+    import torch
+
+    from unetzoo.models import create_model, get_entry
+
+    opts: dict[str, Any] = {}
+    if get_entry(name).default_options().get("encoder_weights") is not None:
+        opts["encoder_weights"] = None
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, num_classes=classes, **opts).to(dev)
+    fixed = getattr(model, "fixed_input_size", None)
+    if fixed and fixed != size:
+        opts["img_size"] = size
+        model = create_model(name, in_channels=1, num_classes=classes, **opts).to(dev)
+    return model
+
+
+def _timed_with_memory(
+    row: dict[str, Any], stage: str, fn: Callable[[], None], sync: Callable[[], None],
+    cuda: bool, repeats: int, min_repeats: int, budget: float,
+) -> tuple[float, int]:
+    """Time ``fn`` (see :func:`repeat`) and record the peak RSS (and CUDA memory) after it
+    as ``rss_<stage>_MiB`` / ``cuda_<stage>_MiB``."""
+    import torch
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = repeat(fn, sync, repeats, min_repeats, budget)
+    row[f"rss_{stage}_MiB"] = round(peak_rss_mib(), 1)
+    if cuda:
+        row[f"cuda_{stage}_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def _macs_columns(model: Any, x: Any) -> dict[str, Any]:
+    """``GMACs`` and ``uncounted ops`` of ``model(x)``; "n/a" when tracing fails (a
+    tracing failure must not lose the timing row)."""
+    try:
+        total, skipped = count_macs(model, x)
+    except Exception as exc:  # noqa: BLE001 - reported in the row instead
+        return {"GMACs": "n/a", "uncounted ops": f"fvcore failed: {type(exc).__name__}"}
+    ops = ", ".join(
+        k.replace("aten::", "") for k, _ in sorted(skipped.items(), key=lambda kv: -kv[1])
+    )
+    return {"GMACs": total / 1e9, "uncounted ops": ops or "-"}
+
+
 def measure_model(
     name: str, size: int = 224, batch: int = 8, classes: int = 9, repeats: int = 5,
     budget: float = 20.0, device: str | None = None, macs: bool = True,
@@ -128,7 +177,7 @@ def measure_model(
     import torch
     import torch.nn.functional as F
 
-    from unetzoo.models import count_parameters, create_model, get_entry
+    from unetzoo.models import count_parameters
 
     if threads:
         torch.set_num_threads(threads)
@@ -140,16 +189,7 @@ def measure_model(
             torch.cuda.synchronize()
 
     row: dict[str, Any] = {"model": name, "rss_base_MiB": round(peak_rss_mib(), 1)}
-    # Random weights: rungs whose default is an ImageNet encoder must not download.
-    opts: dict[str, Any] = {}
-    if get_entry(name).default_options().get("encoder_weights") is not None:
-        opts["encoder_weights"] = None
-    torch.manual_seed(0)
-    model = create_model(name, in_channels=1, num_classes=classes, **opts).to(dev)
-    fixed = getattr(model, "fixed_input_size", None)
-    if fixed and fixed != size:  # Transformers are built for one input size
-        opts["img_size"] = size
-        model = create_model(name, in_channels=1, num_classes=classes, **opts).to(dev)
+    model = _build_random(name, classes, size, dev)
     row["params"] = count_parameters(model)
 
     # Inference: batch 1, eval mode.
@@ -160,13 +200,8 @@ def measure_model(
         with torch.inference_mode():
             model(x1)
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    lat, n_inf = repeat(infer, sync, repeats, 2, budget / 2)
+    lat, n_inf = _timed_with_memory(row, "infer", infer, sync, cuda, repeats, 2, budget / 2)
     row["latency_ms"] = lat * 1e3
-    row["rss_infer_MiB"] = round(peak_rss_mib(), 1)
-    if cuda:
-        row["cuda_infer_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
     # Training step: batch `batch`, CE loss, SGD with momentum.
     model.train()
@@ -182,27 +217,14 @@ def measure_model(
         F.cross_entropy(out, yb).backward()
         opt.step()
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t_step, n_train = repeat(step, sync, repeats, 1, budget)
+    t_step, n_train = _timed_with_memory(row, "train", step, sync, cuda, repeats, 1, budget)
     row["train_img_s"] = batch / t_step
-    row["rss_train_MiB"] = round(peak_rss_mib(), 1)
-    if cuda:
-        row["cuda_train_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     row["repeats"] = f"{n_inf}/{n_train}"
 
     # MACs last: tracing allocates, and must not inflate the memory columns.
     if macs:
         model.eval()
-        try:
-            total, skipped = count_macs(model, x1)
-            row["GMACs"] = total / 1e9
-            row["uncounted ops"] = ", ".join(
-                k.replace("aten::", "") for k, _ in sorted(skipped.items(), key=lambda kv: -kv[1])
-            ) or "-"
-        except Exception as exc:  # a tracing failure must not lose the timing row
-            row["GMACs"] = "n/a"
-            row["uncounted ops"] = f"fvcore failed: {type(exc).__name__}"
+        row.update(_macs_columns(model, x1))
     return row
 
 

@@ -42,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unetzoo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in COMMAND_MODULES:
-        full = f"unetzoo.cli.{mod_name}"
-        try:
-            module = importlib.import_module(full)
-        except ModuleNotFoundError as exc:  # subcommand not written yet
-            if exc.name != full:
-                raise
-            continue
+        module = importlib.import_module(f"unetzoo.cli.{mod_name}")
         p = module.register(sub)
         p.set_defaults(_run=module.run)
     return parser
