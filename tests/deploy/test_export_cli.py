@@ -96,12 +96,14 @@ def test_predict_onnx_equals_checkpoint_path(dynamic_onnx, tiny_checkpoint, phan
     vol_b = np.asarray(nib.load(b / "phantom_case.nii.gz").dataobj)
     assert vol_a.shape == nib.load(phantom_files["nii"]).shape
     np.testing.assert_array_equal(vol_a, vol_b)
-    # The checkpoint path is intact after the ONNX run borrowed the engine's loaders.
-    import unetzoo.engine.checkpoint as ck
-    import unetzoo.engine.predict as engine_predict
+    # One loader, two kinds: the checkpoint still loads as PyTorch after the ONNX run,
+    # and both carry the same inference spec.
+    from unetzoo.engine.onnx import OnnxModule
+    from unetzoo.engine.predict import load_predictor
 
-    assert engine_predict.load_checkpoint is ck.load_checkpoint
-    assert engine_predict.model_from_checkpoint is ck.model_from_checkpoint
+    via_ckpt, via_onnx = load_predictor(tiny_checkpoint), load_predictor(dynamic_onnx)
+    assert not isinstance(via_ckpt.model, OnnxModule) and isinstance(via_onnx.model, OnnxModule)
+    assert via_ckpt.spec == via_onnx.spec
 
 
 # An operator with no ONNX translation: stands in for a model ONNX cannot express.

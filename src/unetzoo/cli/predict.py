@@ -69,41 +69,27 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
     if args.max_pixels is not None and args.onnx:
         raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
-    from unetzoo.engine.postprocess import load_plan, plan_for_checkpoint
-    from unetzoo.engine.predict_cases import check_cases, predict_cases
+    from unetzoo.engine.postprocess import load_plan
+    from unetzoo.engine.predict import load_predictor
+    from unetzoo.engine.predict_cases import check_cases
 
     check_cases(args.inputs, args.max_pixels)  # every header, before any model is loaded
-    stored = None
-    if args.onnx:  # same pre/post-processing, logits from ONNX Runtime
-        from unetzoo.deploy.onnx_runtime import OnnxPredictor
-
-        predictor = OnnxPredictor(args.onnx, batch_size=args.batch_size, tta=args.tta)
-        model, meta, dev, source = predictor.model, predictor.checkpoint_like(), "cpu", args.onnx
-        meta["img_size"] = meta["img_size"] or int(model.input_shape[2] or 224)
-    else:
-        from unetzoo.engine.backends import make_backend
-        from unetzoo.engine.ensemble import load_ensemble
-
-        dev = resolve_device(args.device)
-        model, meta = load_ensemble(
-            args.checkpoint, dev,
-            wrap=lambda m, path, ck: make_backend(m, args.backend, checkpoint=path, ckpt=ck,
-                                                  device=dev, verbose=True),
-        )
-        stored = plan_for_checkpoint(meta, args.checkpoint[0])
-        source = args.checkpoint[0]
+    # One loader for both: same pre/post-processing, logits from PyTorch or ONNX Runtime.
+    predictor = load_predictor(
+        [args.onnx] if args.onnx else args.checkpoint, kind="onnx" if args.onnx else "checkpoint",
+        device=args.device, backend="torch" if args.onnx else args.backend,
+        batch_size=args.batch_size, tta=args.tta, verbose=True,
+    )
     plan = None
     if args.postprocessing:
         plan = load_plan(args.postprocessing)
     elif not args.no_postprocessing:
-        plan = stored
+        plan = predictor.stored_postprocessing()
     if plan is not None:
         print(f"post-processing: {len(plan['steps'])} keep-largest-component step(s) "
               f"({args.postprocessing or 'stored with the checkpoint'})", flush=True)
-    predict_cases(
-        args.inputs, model, meta, args.output, tta=args.tta, device=dev,
-        batch_size=args.batch_size, overlays=max(args.overlays, 0),
-        save_probabilities=args.save_probabilities, postprocessing=plan,
-        max_pixels=args.max_pixels, source=source,
+    predictor.predict_files(
+        args.inputs, args.output, postprocessing=plan, overlays=args.overlays,
+        save_probabilities=args.save_probabilities, max_pixels=args.max_pixels,
     )
     return 0

@@ -7,10 +7,13 @@ fixed input size, the Transformers, keep H and W fixed and only the batch dynami
 file is checked with ``onnx.checker`` and, by default, run once through ONNX Runtime
 against PyTorch.
 
-The checkpoint's metadata travels in the file: ONNX ``metadata_props`` key ``"unetzoo"``
-holds a JSON object (see :func:`build_metadata`), plus a few plain keys for viewers
-such as Netron. ``torch.export`` programs (``.pt2``) carry the same JSON as the extra
-file ``unetzoo.json``.
+The checkpoint's inference spec travels in the file: ONNX ``metadata_props`` key
+``"unetzoo"`` holds a JSON object (:func:`unetzoo.engine.onnx.build_metadata`: the spec,
+the protocol in words, readable dim names), plus a few plain keys for viewers such as
+Netron. ``torch.export`` programs (``.pt2``) carry the same JSON as the extra file
+``unetzoo.json``. The ONNX capture, reading and running live in :mod:`unetzoo.engine.onnx`
+(the engine's ``onnxruntime`` backend uses them too); this module adds the format choice,
+the ``torch.export`` fallback and the checkpoint entry point.
 
 Safety: ``torch.export.load`` unpickles parts of the archive with ``weights_only=False``,
 so a ``.pt2`` from elsewhere can run code. unetzoo loads a program only from the bytes it
@@ -21,7 +24,6 @@ recognised by content, never by file name.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -32,28 +34,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from unetzoo.errors import CheckpointError, ConfigError, ModelError
+from unetzoo.engine.onnx import (  # noqa: F401 - the ONNX format's names, re-exported
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    METADATA_FORMAT,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    CaptureError,
+    ExportError,
+    Logits,
+    build_metadata,
+    decode_metadata,
+    example_sizes,
+    existing_file,
+    export_onnx,
+    first_line,
+    is_zip_bytes,
+    load_onnx,
+    onnx_metadata_raw,
+    parse_onnx,
+    read_bytes,
+    spec_for_model,
+    verification_shapes,
+    verify_outputs,
+)
+from unetzoo.engine.spec import InferenceSpec
+from unetzoo.errors import CheckpointError, ConfigError
 
 FORMATS = ("onnx", "torch-export", "auto")
-DEFAULT_OPSET = 18
-METADATA_KEY = "unetzoo"
-METADATA_FORMAT = "unetzoo-export"
 PT2_EXTRA_FILE = "unetzoo.json"
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-_AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
-# Zip archives (torch.export programs, torch.save checkpoints) start with a local file
-# header, or the end-of-central-directory record when empty.
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _MAX_METADATA_BYTES = 1 << 20  # the JSON is ~1 kB; a larger member is not ours
-
-
-class ExportError(ModelError):
-    """A model that the requested export format cannot express (message names a fallback)."""
 
 
 @dataclass
@@ -80,193 +93,23 @@ class ExportResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-class _Logits(nn.Module):
-    """Forward ``image -> logits`` only: deep-supervision lists collapse to the last head."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.model(image)
-        if isinstance(out, (list, tuple)):
-            out = out[-1]
-        return out
-
-
-def _jsonable(value: Any) -> Any:
-    # Options may hold tuples or enums; JSON keeps lists, numbers, strings, None.
-    return json.loads(json.dumps(value, default=str))
-
-
-def build_metadata(
-    model: nn.Module,
-    *,
-    class_names: list[str] | None = None,
-    in_channels: int | None = None,
-    img_size: int | None = None,
-    preprocessing: dict[str, Any] | None = None,
-    dataset: str | None = None,
-) -> dict[str, Any]:
-    """The JSON object stored in an exported file.
-
-    Keys: ``format`` ("unetzoo-export"), ``version``, ``model`` (``name``, ``options``),
-    ``class_names``, ``num_classes``, ``in_channels``, ``img_size``, ``preprocessing``,
-    ``dataset``, ``size_multiple``, ``fixed_input_size``, ``torch_version``. Missing
-    values default to what the model itself records (``unetzoo_name`` / ``unetzoo_options``).
-    """
-    name = getattr(model, "unetzoo_name", None) or type(model).__name__
-    options = dict(getattr(model, "unetzoo_options", {}) or {})
-    in_ch = int(in_channels or options.get("in_channels") or getattr(model, "in_channels", 1))
-    n_cls = int(options.get("num_classes") or getattr(model, "num_classes", 0) or 0)
-    if class_names is None:
-        class_names = ["background"] + [f"class {i}" for i in range(1, max(n_cls, 2))]
-    return _jsonable(
-        {
-            "format": METADATA_FORMAT,
-            "version": 1,
-            "model": {"name": name, "options": options},
-            "class_names": list(class_names),
-            "num_classes": n_cls or len(class_names),
-            "in_channels": in_ch,
-            "img_size": int(img_size) if img_size else None,
-            "preprocessing": preprocessing or {"kind": "none"},
-            "dataset": dataset,
-            "size_multiple": int(getattr(model, "size_multiple", 1) or 1),
-            "fixed_input_size": getattr(model, "fixed_input_size", None),
-            "torch_version": torch.__version__,
-        }
-    )
-
-
-def metadata_from_checkpoint(ckpt: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """:func:`build_metadata` filled from a loaded checkpoint dict (``load_checkpoint``)."""
-    spec = ckpt.get("model")
-    if not isinstance(spec, dict) or not spec.get("name"):
-        raise CheckpointError(
-            "checkpoint has no model metadata ('model': {'name', 'options'}); export needs "
-            "a checkpoint written by `unetzoo train`"
-        )
-    meta = build_metadata(
-        model,
-        class_names=list(ckpt["class_names"]),
-        in_channels=int(ckpt["in_channels"]),
-        img_size=int(ckpt["img_size"]),
-        preprocessing=ckpt.get("preprocessing") or {"kind": "none"},
-        dataset=ckpt.get("dataset"),
-    )
-    meta["model"] = _jsonable({"name": spec["name"], "options": dict(spec.get("options") or {})})
-    return meta
-
-
-def _example_sizes(model: nn.Module, img_size: int | None) -> tuple[list[int], bool]:
-    """Candidate example sizes and whether H/W may be dynamic.
-
-    An odd size is tried first: it is not a multiple of any even size multiple, so the
-    capture records the padding branch and the graph pads every other size correctly.
-    """
-    fixed = getattr(model, "fixed_input_size", None)
-    if fixed:
-        return [int(fixed)], False
-    s = int(img_size or 64)
-    odd = s + 1 if s % 2 == 0 else s
-    return [odd, s], True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # torch.onnx wraps the cause; its summary line is the most telling.
-    for i, ln in enumerate(lines):
-        if ln.startswith("## Exception summary") and i + 1 < len(lines):
-            return lines[i + 1][:300]
-    return (lines[0] if lines else type(exc).__name__)[:300]
-
-
-def _rename_dims(onnx_model: Any) -> dict[int, str]:
-    """Give the input's symbolic dims readable names; return the dynamic input axes."""
-    graph = onnx_model.graph
-    inp = graph.input[0]
-    mapping: dict[str, str] = {}
-    dynamic: dict[int, str] = {}
-    for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
-        if dim.dim_param and axis in _AXIS_NAMES:
-            mapping[dim.dim_param] = _AXIS_NAMES[axis]
-            dynamic[axis] = _AXIS_NAMES[axis]
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.dim_param in mapping:
-                dim.dim_param = mapping[dim.dim_param]
-    return dynamic
-
-
-def _export_onnx(
-    wrapper: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, dyn_hw: bool, opset: int
-) -> None:
-    dims = torch.export.Dim.DYNAMIC
-    shapes = None
-    if dynamic:
-        axes = {0: dims}
-        if dyn_hw:
-            axes.update({2: dims, 3: dims})
-        shapes = {INPUT_NAME: axes}
-    # The exporter prints progress lines and warns about its own internals; the CLI
-    # reports the outcome itself.
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (x,),
-            str(out),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=shapes,
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
-
-
-def _finish_onnx(out: Path, metadata: dict[str, Any]) -> dict[int, str]:
-    import onnx
-
-    model = onnx.load(str(out))
-    dynamic = _rename_dims(model)
-    meta = dict(metadata)
-    meta["dynamic_axes"] = {str(k): v for k, v in dynamic.items()}
-    del model.metadata_props[:]
-    props = {
-        METADATA_KEY: json.dumps(meta),
-        "model_name": str(meta["model"]["name"]),
-        "class_names": json.dumps(meta["class_names"]),
-        "img_size": str(meta.get("img_size")),
-    }
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.producer_name = "unetzoo"
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(out))
-    metadata.update(meta)
-    return dynamic
-
-
 def _export_pt2(
-    wrapper: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, dyn_hw: bool,
-    metadata: dict[str, Any],
-) -> tuple[dict[int, str], bytes]:
-    """Capture, save to ``out``; returns the dynamic axes and the bytes written."""
-    dims = torch.export.Dim.DYNAMIC
-    shapes = None
-    axes_req = {}
-    if dynamic:
-        axes_req = {0: "batch"} | ({2: "height", 3: "width"} if dyn_hw else {})
-        shapes = {INPUT_NAME: {a: dims for a in axes_req}}
+    model: nn.Module, out: Path, metadata: dict[str, Any], dynamic: bool, verify: bool,
+) -> tuple[tuple[int, ...], dict[int, str], float | None]:
+    """Capture to a ``torch.export`` program at ``out`` (metadata as the extra file
+    ``unetzoo.json``); returns the example shape, the dynamic axes and the verified diff.
+
+    The program is verified from the bytes this process has just serialised, never from
+    the file on disk (which anyone could have replaced meanwhile): ``torch.export.load``
+    unpickles with ``weights_only=False``.
+    """
+    wrapper = Logits(model.eval()).eval()
+    sizes, dyn_hw = example_sizes(model, metadata.get("img_size"))
+    n = 2 if dynamic else 1
+    s = sizes[0] if dynamic else sizes[-1]  # a static program takes the training size
+    x = torch.randn(n, int(metadata["in_channels"]), s, s)
+    axes_req = ({0: "batch"} | ({2: "height", 3: "width"} if dyn_hw else {})) if dynamic else {}
+    shapes = {INPUT_NAME: {a: torch.export.Dim.DYNAMIC for a in axes_req}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -274,58 +117,49 @@ def _export_pt2(
         except Exception as exc:  # noqa: BLE001 - any capture failure is one message
             raise ExportError(
                 f"model {metadata['model']['name']!r} cannot be captured by torch.export "
-                f"either ({_first_line(exc)}); use the checkpoint with `unetzoo predict` "
+                f"either ({first_line(exc)}); use the checkpoint with `unetzoo predict` "
                 "instead"
             ) from exc
     # Which requested axes stayed symbolic in the captured program.
     placeholder = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == INPUT_NAME)
     shape = placeholder.meta["val"].shape
-    dynamic_axes = {a: n for a, n in axes_req.items() if not isinstance(shape[a], int)}
+    dynamic_axes = {a: name for a, name in axes_req.items() if not isinstance(shape[a], int)}
     metadata["dynamic_axes"] = {str(k): v for k, v in dynamic_axes.items()}
     buf = io.BytesIO()
     torch.export.save(ep, buf, extra_files={PT2_EXTRA_FILE: json.dumps(metadata)})
-    data = buf.getvalue()
-    out.write_bytes(data)  # a temporary file that export_model renames into place
-    return dynamic_axes, data
-
-
-def _verify(
-    wrapper: nn.Module, path: Path, fmt: str, shapes: list[tuple[int, ...]],
-    pt2_bytes: bytes | None = None,
-) -> float:
-    """Max |runtime - PyTorch| over random inputs of the given shapes.
-
-    A torch.export program is loaded from ``pt2_bytes``, the bytes this process has just
-    serialised, never from the file on disk (which anyone could have replaced meanwhile):
-    ``torch.export.load`` unpickles with ``weights_only=False``.
-    """
-    gen = torch.Generator().manual_seed(0)
-    worst = 0.0
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    else:
-        if pt2_bytes is None:
-            raise ExportError("internal: a torch.export program is verified from its own bytes")
+    out.write_bytes(buf.getvalue())  # a temporary file that export_model renames into place
+    diff = None
+    if verify:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.export.load(io.BytesIO(pt2_bytes)).module()
-    for shape in shapes:
-        x = torch.randn(*shape, generator=gen)
-        with torch.no_grad():
-            ref = wrapper(x).float().numpy()
-            if fmt == "onnx":
-                got = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-            else:
-                got = prog(x).float().numpy()
-        if got.shape != ref.shape:
-            raise ExportError(
-                f"exported {fmt} gives shape {got.shape} for input {shape}, PyTorch "
-                f"{ref.shape}; export without --dynamic"
-            )
-        worst = max(worst, float(np.abs(got - ref).max()))
-    return worst
+            prog = torch.export.load(io.BytesIO(buf.getvalue())).module()
+        diff = verify_outputs(wrapper, prog, "torch-export",
+                              verification_shapes(tuple(x.shape), dynamic_axes))
+    return tuple(x.shape), dynamic_axes, diff
+
+
+def _check_target(out: Path, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if out.is_dir():
+        raise ConfigError(f"the export output {out} is a folder; pass a file name such as "
+                          f"{out / 'model.onnx'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {out.parent}: {exc.strerror}") from exc
+
+
+def _temporary_beside(out: Path) -> Path:
+    """An empty temporary file in ``out``'s folder: everything is written there and renamed
+    into place only once written and verified, so a failed export never leaves a
+    half-written file or destroys one that was there."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {out.parent}: {exc.strerror}") from exc
+    os.close(fd)
+    return Path(tmp)
 
 
 def export_model(
@@ -338,6 +172,7 @@ def export_model(
     metadata: dict[str, Any] | None = None,
     img_size: int | None = None,
     verify: bool = True,
+    spec: InferenceSpec | None = None,
 ) -> ExportResult:
     """Export ``model`` (``(N, C, H, W)`` -> logits ``(N, K, H, W)``) to ``out``.
 
@@ -349,111 +184,43 @@ def export_model(
         dynamic: dynamic batch, height and width (height/width stay fixed for models with
             ``fixed_input_size``). False fixes the example shape.
         opset: ONNX opset (default 18).
-        metadata: from :func:`build_metadata`; default built from the model.
-        img_size: example H = W for the capture (default metadata ``img_size`` or 64).
+        metadata: the stored JSON (:func:`unetzoo.engine.onnx.build_metadata`); default
+            built from ``spec``, else from the model (:func:`unetzoo.engine.onnx.spec_for_model`).
+        img_size: the spec's ``img_size`` when no spec is given (and the capture size).
         verify: run the file once (ONNX Runtime or the loaded program) against PyTorch
             at two sizes (the example and a smaller odd one) and record the max abs diff.
+        spec: the model's inference spec (a checkpoint's).
 
     Raises:
         ExportError: the format cannot express the model; the message names the fallback.
         ConfigError: an unknown format or an unwritable output path.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"the export output {out} is a folder; pass a file name such as "
-                          f"{out / 'model.onnx'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the output folder {out.parent}: {exc.strerror}") from exc
+    _check_target(out, fmt)
     model = model.eval()
-    meta = dict(metadata or build_metadata(model, img_size=img_size))
-    name = meta["model"]["name"]
-    in_ch = int(meta["in_channels"])
-    sizes, dyn_hw = _example_sizes(model, img_size or meta.get("img_size"))
-    if not dynamic:  # a static file takes exactly the training size
-        sizes = sizes[-1:]
-    wrapper = _Logits(model).eval()
-    # Batch 2: torch.export specialises sizes 0 and 1.
-    n = 2 if dynamic else 1
-
-    # Everything is written to a temporary file beside ``out`` and renamed into place
-    # only once written (and verified): a failed export never leaves a half-written file
-    # or destroys one that was there.
+    meta = dict(metadata or build_metadata(spec or spec_for_model(model, img_size), model))
+    work = _temporary_beside(out)
+    fallback, target = None, "torch-export" if fmt == "torch-export" else "onnx"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise ConfigError(f"cannot write to the output folder {out.parent}: {exc.strerror}") from exc
-    os.close(fd)
-    work = Path(tmp)
-    try:
-        fallback = None
-        target = fmt
-        pt2_bytes = None
-        s = sizes[0]
-        if fmt in ("onnx", "auto"):
-            errors = []
-            for s in sizes:
-                x = torch.randn(n, in_ch, s, s)
-                try:
-                    _export_onnx(wrapper, x, work, dynamic, dyn_hw, opset)
-                    break
-                except Exception as exc:  # noqa: BLE001 - reported as one line below
-                    errors.append(_first_line(exc))
-            else:
-                reason = errors[0]
-                if fmt == "onnx":
-                    raise ExportError(
-                        f"model {name!r} cannot be exported to ONNX ({reason}); use "
-                        "`--format torch-export` for a torch.export program instead"
-                    )
-                fallback, target = reason, "torch-export"
-                if out.suffix == ".onnx":
-                    out = out.with_suffix(".pt2")
-        example_shape = (n, in_ch, s, s)
         if target == "onnx":
             try:
-                dyn_axes = _finish_onnx(work, meta)
-            except Exception as exc:  # noqa: BLE001 - the checker's verdict, one line
-                raise ExportError(
-                    f"the ONNX file for {name!r} fails onnx.checker ({_first_line(exc)}); use "
-                    "`--format torch-export` instead"
-                ) from exc
-        else:
-            x = torch.randn(n, in_ch, sizes[0], sizes[0])
-            example_shape = tuple(x.shape)
-            dyn_axes, pt2_bytes = _export_pt2(wrapper, x, work, dynamic, dyn_hw, meta)
-
-        diff = None
-        if verify:
-            shapes = [example_shape]
-            if dyn_axes:
-                other = list(example_shape)
-                if 0 in dyn_axes:
-                    other[0] = 3
-                if 2 in dyn_axes:
-                    other[2] = max(example_shape[2] // 2 + 1, 17) | 1
-                if 3 in dyn_axes:
-                    other[3] = max(example_shape[3] // 2 + 3, 19) | 1
-                shapes.append(tuple(other))
-            diff = _verify(wrapper, work, target, shapes, pt2_bytes)
+                example, dyn_axes, diff = export_onnx(model, work, meta, dynamic=dynamic,
+                                                      opset=opset, verify=verify)
+            except CaptureError as exc:
+                if fmt == "onnx":
+                    raise
+                fallback, target = exc.reason, "torch-export"
+                out = out.with_suffix(".pt2") if out.suffix == ".onnx" else out
+        if target == "torch-export":
+            example, dyn_axes, diff = _export_pt2(model, work, meta, dynamic, verify)
         try:
             os.replace(work, out)
         except OSError as exc:
             raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         work.unlink(missing_ok=True)
-    return ExportResult(
-        path=out,
-        format=target,
-        dynamic_axes=dyn_axes,
-        example_shape=tuple(example_shape),
-        max_abs_diff=diff,
-        fallback_reason=fallback,
-        metadata=meta,
-    )
+    return ExportResult(path=out, format=target, dynamic_axes=dyn_axes, example_shape=example,
+                        max_abs_diff=diff, fallback_reason=fallback, metadata=meta)
 
 
 def default_output_path(checkpoint: str | Path, fmt: str) -> Path:
@@ -471,44 +238,18 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
 ) -> ExportResult:
-    """Load a unetzoo checkpoint and export its model with its metadata.
+    """Load a unetzoo checkpoint and export its model with its inference spec.
 
     The example capture size is the checkpoint's ``img_size``. See :func:`export_model`.
     """
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    if not isinstance(ckpt.get("model"), dict) or not ckpt["model"].get("name"):
-        raise CheckpointError(
-            f"checkpoint {checkpoint} has no model metadata ('model': name, options); "
-            "export needs a checkpoint written by `unetzoo train`"
-        )
+    ckpt = load_checkpoint(checkpoint)  # checks the spec: it has a model name
+    spec = InferenceSpec.from_checkpoint(ckpt, str(checkpoint))
     model = model_from_checkpoint(ckpt)
-    meta = metadata_from_checkpoint(ckpt, model)
     out = Path(out) if out else default_output_path(checkpoint, fmt)
-    return export_model(
-        model, out, fmt=fmt, dynamic=dynamic, opset=opset, metadata=meta,
-        img_size=int(ckpt["img_size"]), verify=verify,
-    )
-
-
-def _existing_file(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"exported model {p} does not exist")
-    return p
-
-
-def _read_bytes(p: Path) -> bytes:
-    try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {p}: {exc.strerror or exc}") from exc
-
-
-def is_zip_bytes(head: bytes) -> bool:
-    """Whether ``head`` (the first bytes of a file) starts a zip archive."""
-    return head[:4] in _ZIP_MAGIC
+    return export_model(model, out, fmt=fmt, dynamic=dynamic, opset=opset, spec=spec,
+                        verify=verify)
 
 
 def _pt2_metadata_raw(p: Path) -> str | None:
@@ -533,91 +274,7 @@ def _pt2_metadata_raw(p: Path) -> str | None:
                 raise CheckpointError(f"{p} has an oversized unetzoo metadata entry")
             return zf.read(hits[0]).decode("utf-8")
     except (zipfile.BadZipFile, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {p} as a torch.export archive ({_first_line(exc)})") from exc
-
-
-def _parse_onnx(p: Path, data: bytes) -> Any:
-    """The ``ModelProto`` in ``data`` (protobuf parsing runs no code); one line otherwise."""
-    import onnx
-
-    if is_zip_bytes(data):
-        raise CheckpointError(
-            f"{p} is a zip archive (a torch.export program or a checkpoint), not an ONNX "
-            "model; pass an .onnx file written by `unetzoo export --format onnx` (unetzoo "
-            "never loads torch.export programs: they can run code)"
-        )
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not an ONNX file"
-        raise CheckpointError(
-            f"cannot read {p} as an ONNX model ({_first_line(exc)}); pass an .onnx file "
-            "written by `unetzoo export --format onnx`"
-        ) from exc
-    if not len(model.graph.node) and not len(model.graph.output):
-        # Protobuf accepts many byte strings as an empty message.
-        raise CheckpointError(f"{p} is not an ONNX model (no graph); pass an .onnx file")
-    return model
-
-
-def _uses_external_data(graph: Any) -> bool:
-    from onnx import AttributeProto, TensorProto
-
-    tensors = list(graph.initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR:
-                tensors.append(attr.t)
-            elif attr.type == AttributeProto.TENSORS:
-                tensors.extend(attr.tensors)
-            elif attr.type == AttributeProto.GRAPH and _uses_external_data(attr.g):
-                return True
-            elif attr.type == AttributeProto.GRAPHS and any(
-                _uses_external_data(g) for g in attr.graphs
-            ):
-                return True
-    return any(t.data_location == TensorProto.EXTERNAL for t in tensors)
-
-
-def _onnx_metadata_raw(model: Any) -> str | None:
-    return next((e.value for e in model.metadata_props if e.key == METADATA_KEY), None)
-
-
-def _decode_metadata(p: Path, raw: str | None) -> dict[str, Any]:
-    if not raw:
-        raise CheckpointError(
-            f"{p} has no unetzoo metadata (class names, img_size, preprocessing); export "
-            "it with `unetzoo export --checkpoint CKPT`"
-        )
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{p} has corrupt unetzoo metadata ({exc.msg})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{p} has metadata of an unknown format {fmt!r}")
-    return meta
-
-
-def load_onnx(path: str | Path) -> tuple[bytes, dict[str, Any]]:
-    """The bytes and unetzoo metadata of an ONNX file, checked by content.
-
-    Only ONNX protobuf is accepted: a zip archive (a ``torch.export`` program, a
-    checkpoint, whatever its name) is refused, and so is a model whose tensors live in
-    external files. Hand the returned bytes, not the path, to ONNX Runtime, so the file
-    that runs is the file that was checked.
-
-    Raises:
-        CheckpointError: one line for a missing, non-ONNX or metadata-less file.
-    """
-    p = _existing_file(path)
-    data = _read_bytes(p)
-    model = _parse_onnx(p, data)
-    if _uses_external_data(model.graph):
-        raise CheckpointError(
-            f"{p} keeps tensors in external files; unetzoo serves self-contained ONNX "
-            "files only (`unetzoo export` writes one)"
-        )
-    return data, _decode_metadata(p, _onnx_metadata_raw(model))
+        raise CheckpointError(f"cannot read {p} as a torch.export archive ({first_line(exc)})") from exc
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -630,11 +287,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: unreadable file, or a file without unetzoo metadata.
     """
-    p = _existing_file(path)
+    p = existing_file(path)
     with p.open("rb") as fh:
         head = fh.read(4)
     if is_zip_bytes(head):
         raw = _pt2_metadata_raw(p)
     else:
-        raw = _onnx_metadata_raw(_parse_onnx(p, _read_bytes(p)))
-    return _decode_metadata(p, raw)
+        raw = onnx_metadata_raw(parse_onnx(p, read_bytes(p)))
+    return decode_metadata(p, raw)

@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from unetzoo.engine.logging import display
 from unetzoo.engine.logging.display import ALPHA, PALETTE, class_color  # noqa: F401 (API)
 from unetzoo.errors import DataError, UnetzooError
 
+if TYPE_CHECKING:
+    from unetzoo.engine.predict import Predictor
+
 DEMO_CHOICE = "phantom demo model"
 DISPLAY_SIZE = 384  # small slices are shown enlarged to at least this many pixels
 CSS = """
@@ -30,18 +33,6 @@ CSS = """
 #legend td, #legend th {padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: left}
 #legend .swatch {display: inline-block; width: 14px; height: 14px; border-radius: 3px}
 """
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to predict, with the metadata the app needs."""
-
-    label: str
-    model: Any
-    class_names: list[str]
-    img_size: int
-    in_channels: int
-    preprocessing: dict[str, Any]
 
 
 @dataclass
@@ -180,7 +171,7 @@ class DemoBackend:
             self.paths[f"{p.parent.name}/{p.name}" if p.parent.name else p.name] = p
         self.max_bytes = int(max_bytes)
         self.device = device
-        self._cache: dict[str, LoadedModel] = {}
+        self._cache: dict[str, Predictor] = {}
         self._lock = threading.Lock()
         self.download_root = uploads.download_dir()
 
@@ -194,7 +185,7 @@ class DemoBackend:
 
         return find_demo_checkpoint()
 
-    def load(self, label: str) -> LoadedModel:
+    def load(self, label: str) -> Predictor:
         """Load (once) the model behind a choice label; one clear error otherwise."""
         with self._lock:
             if label in self._cache:
@@ -214,23 +205,12 @@ class DemoBackend:
             self._cache[label] = loaded
             return loaded
 
-    def _load_path(self, label: str, path: Path) -> LoadedModel:
-        # Checked again here: the file may have changed since start-up. Both readers are
-        # safe on hostile files (ONNX protobuf by content; torch.load weights_only=True).
-        if path.suffix == ".onnx":
-            from unetzoo.deploy.onnx_runtime import OnnxPredictor
+    def _load_path(self, label: str, path: Path) -> Predictor:
+        # Checked again here: the file may have changed since start-up. The one loader
+        # is safe on hostile files (ONNX protobuf by content; torch.load weights_only=True).
+        from unetzoo.engine.predict import load_predictor
 
-            pred = OnnxPredictor(path)
-            return LoadedModel(label, pred.model, pred.class_names, pred.img_size or 224,
-                               pred.in_channels, pred.preprocessing)
-        from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt, device=self.device)
-        return LoadedModel(
-            label, model, list(ckpt["class_names"]), int(ckpt["img_size"]),
-            int(ckpt["in_channels"]), ckpt.get("preprocessing") or {"kind": "none"},
-        )
+        return load_predictor(path, device=self.device)
 
     # ------------------------------------------------------------------ inference
     def segment(
@@ -244,12 +224,10 @@ class DemoBackend:
 
         ``pixel_spacing`` (mm) applies to 2-D images, whose files carry none.
         """
-        from unetzoo.engine.predict import predict_array
-
         up = uploads.read_upload(upload_path, name=Path(upload_path).name, max_bytes=self.max_bytes)
         lm = self.load(choice)
         x = uploads.to_model_input(up, lm.in_channels, lm.preprocessing)
-        labels = predict_array(lm.model, x, lm.img_size, self.device)
+        labels = lm.predict_volume(x)
         spacing = up.spacing
         if not up.is_volume and pixel_spacing:
             # Bounds keep areas and distances finite (1e308 mm overflowed them).
@@ -283,7 +261,7 @@ def check_model_file(path: Path) -> None:
     ``torch.load(weights_only=True)``. Nothing here runs code from the file.
     """
     if path.suffix == ".onnx":
-        from unetzoo.deploy.export import load_onnx
+        from unetzoo.engine.onnx import load_onnx
 
         load_onnx(path)
     else:
@@ -296,17 +274,14 @@ def score(
     labels: np.ndarray, gt: np.ndarray, num_classes: int, spacing: tuple[float, float, float],
     is_volume: bool,
 ) -> dict[int, dict[str, float]]:
-    """Per-class Dice and HD95 (``unetzoo.metrics``, strict protocol) of ``(D, H, W)`` maps."""
-    from unetzoo.metrics import dice, hd95
+    """Per-class Dice and HD95 (strict protocol, HD95 in mm) of ``(D, H, W)`` maps: the
+    one per-case evaluation of the report (:func:`unetzoo.metrics.evaluate_case`)."""
+    from unetzoo.metrics import evaluate_case
 
-    out = {}
     pred, ref, sp = labels, gt, spacing
     if not is_volume:  # a 2-D image: score the plane, not a one-slice volume
         pred, ref, sp = labels[0], gt[0], spacing[1:]
-    for k in range(1, num_classes):
-        out[k] = {"dice": float(dice(pred == k, ref == k)),
-                  "hd95": float(hd95(pred == k, ref == k, spacing=sp))}
-    return out
+    return evaluate_case(pred, ref, num_classes, sp, "strict", ("dice", "hd95"))
 
 
 def _slice_update(seg: Segmentation | None):

@@ -5,7 +5,7 @@ engine's inference functions (:func:`~unetzoo.engine.inference.predict_volume`,
 :func:`~unetzoo.engine.inference.predict_probs`, sliding windows, TTA) run it unchanged.
 
 - ``"torch"``: the model as given (NCHW PyTorch, the reference).
-- ``"onnxruntime"``: the model exported to ONNX by :func:`unetzoo.deploy.export.export_model`
+- ``"onnxruntime"``: the model exported to ONNX by :func:`unetzoo.engine.onnx.export_onnx`
   and run by ONNX Runtime's CPU provider. The file is cached beside the checkpoint as
   ``<stem>.<key>.onnx``, where ``key`` hashes the checkpoint's bytes, the opset and the
   export options, so a changed checkpoint gets a new file and an unchanged one reuses it.
@@ -157,16 +157,15 @@ class OnnxBackend(nn.Module):
         return self.module(x)
 
 
-def _export(model: nn.Module, out: Path, meta: dict[str, Any], img_size: int | None,
-            opset: int) -> None:
-    from unetzoo.deploy.export import export_model
+def _export(model: nn.Module, out: Path, meta: dict[str, Any], opset: int) -> None:
+    from unetzoo.engine.onnx import export_onnx
 
-    export_model(copy.deepcopy(model).cpu().eval(), out, fmt="onnx", dynamic=True,
-                 opset=opset, metadata=meta, img_size=img_size, verify=True)
+    export_onnx(copy.deepcopy(model).cpu().eval(), out, dict(meta), dynamic=True,
+                opset=opset, verify=True)
 
 
 def _load(path: Path, threads: int | None) -> nn.Module:
-    from unetzoo.deploy.onnx_runtime import OnnxModule
+    from unetzoo.engine.onnx import OnnxModule
 
     return OnnxModule(path, session_options=_session_options(threads))
 
@@ -199,15 +198,19 @@ def onnx_backend(
             "backend 'onnxruntime' needs the onnxruntime and onnx packages; install them "
             "(pip install onnxruntime onnx) or pass --backend torch"
         )
-    from unetzoo.deploy.export import DEFAULT_OPSET, build_metadata, metadata_from_checkpoint
+    from unetzoo.engine.onnx import DEFAULT_OPSET, build_metadata, spec_for_model
+    from unetzoo.engine.spec import InferenceSpec
 
     opset = int(opset or DEFAULT_OPSET)
     model = model.eval()
     if ckpt is not None:
         img_size = img_size or int(ckpt["img_size"])
-        meta = metadata_from_checkpoint(ckpt, model)
+        spec = InferenceSpec.from_checkpoint(ckpt, str(checkpoint or "checkpoint"))
     else:
-        meta = build_metadata(model, img_size=img_size)
+        spec = spec_for_model(model, img_size)
+    meta = build_metadata(spec, model)
+    if img_size:  # the capture size is the inference size asked for
+        meta["img_size"] = int(img_size)
     size = int(img_size or 64)
     probe = _probe_input(int(meta["in_channels"]), size)
 
@@ -229,7 +232,7 @@ def onnx_backend(
     try:
         with tempfile.TemporaryDirectory(prefix="unetzoo-onnx-") as tmp:
             path = Path(tmp) / "model.onnx"
-            _export(model, path, meta, img_size, opset)
+            _export(model, path, meta, opset)
             module = _load(path, threads)  # the session holds the bytes; the file can go
     except OSError as exc:  # e.g. a full temporary folder
         raise ConfigError(
@@ -270,7 +273,7 @@ def _export_to_cache(model: nn.Module, target: Path, meta: dict[str, Any],
         return None  # read-only folder: no cache
     tmp = Path(tmp_name)
     try:
-        _export(model, tmp, meta, img_size, opset)
+        _export(model, tmp, meta, opset)
         try:
             os.link(tmp, target)
         except FileExistsError:
@@ -440,7 +443,7 @@ def make_backend(
 
 
 def _cached_onnx_exists(checkpoint: str | Path, img_size: int | None) -> bool:
-    from unetzoo.deploy.export import DEFAULT_OPSET
+    from unetzoo.engine.onnx import DEFAULT_OPSET
 
     p = Path(checkpoint)
     if not p.is_file():

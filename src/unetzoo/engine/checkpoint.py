@@ -155,9 +155,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {p} lacks key(s) {', '.join(missing)}; it is incomplete")
-    from unetzoo.engine.predict import check_finite_weights, check_inference_spec
+    from unetzoo.engine.spec import InferenceSpec
 
-    check_inference_spec(ckpt, p)  # img_size, in_channels, class names, preprocessing
+    InferenceSpec.from_checkpoint(ckpt, str(p))  # model, img_size, classes, preprocessing
     if isinstance(ckpt["state_dict"], dict):
         check_finite_weights(ckpt["state_dict"], p)
     return ckpt
@@ -212,8 +212,6 @@ def model_from_checkpoint(
             f"checkpoint is inconsistent: the model has {num_classes} outputs but "
             f"{len(ckpt['class_names'])} class names"
         )
-    from unetzoo.engine.predict import check_rebuild_size
-
     state = ckpt["state_dict"]
     try:
         # On the meta device first: absurd stored widths must not allocate anything.
@@ -229,6 +227,43 @@ def model_from_checkpoint(
             f"checkpoint weights do not fit model {spec['name']!r}: {first[:160]}"
         ) from exc
     return model.to(device).eval()
+
+
+def check_finite_weights(weights: torch.nn.Module | dict[str, Any], where: str | Path) -> None:
+    """One line if any weight or buffer (of a model or a state dict) is NaN/Inf: such a
+    model predicts background (argmax of NaN) everywhere, which looks like an answer."""
+    if isinstance(weights, torch.nn.Module):
+        items = [*weights.named_parameters(), *weights.named_buffers()]
+    else:
+        items = [(k, v) for k, v in weights.items() if torch.is_tensor(v)]
+    for name, t in items:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{where}: weight {name} holds NaN or Inf (a diverged or damaged training); "
+                "use an earlier checkpoint"
+            )
+
+
+def check_rebuild_size(
+    name: str, in_channels: int, num_classes: int, options: dict[str, Any], state: Any
+) -> None:
+    """Raise :class:`CheckpointError` unless the model that ``options`` describe holds as many
+    values as ``state``; built on the meta device, so a checkpoint whose options say
+    ``base_channels=10**6`` is refused without allocating its weights."""
+    from unetzoo.models import create_model
+
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("checkpoint state_dict is not a mapping of names to tensors")
+    with torch.device("meta"):
+        shell = create_model(name, in_channels=in_channels, num_classes=num_classes, **options)
+    want = sum(t.numel() for t in shell.state_dict().values())
+    have = sum(t.numel() for t in state.values())
+    if want != have:
+        raise CheckpointError(
+            f"checkpoint weights do not fit model {name!r}: its stored options describe "
+            f"{want:,} weight values but the file holds {have:,}; the options or the "
+            "weights are damaged"
+        )
 
 
 # ---------------------------------------------------------------------------- RNG states
