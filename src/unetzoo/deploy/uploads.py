@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.data.io import RGB_TO_GREY, save_case_nifti
+from unetzoo.data.io import RGB_TO_GREY
+from unetzoo.data.medio import save_case_nifti
 from unetzoo.errors import DataError
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -40,7 +41,7 @@ class Upload:
         name: a sanitised stem of the original file name, safe for a download name.
         bit_depth: for integer 2-D images the maximum of their dtype (255, 65535), else None.
         axes: for volumes, the file axis each of ``D, H, W`` came from (``predict``'s
-            slicing rule, :func:`unetzoo.data.io.volume_to_cdhw`), else None.
+            slicing rule, :func:`unetzoo.data.geometry.volume_to_cdhw`), else None.
     """
 
     kind: str
@@ -205,10 +206,10 @@ def _decode_nifti(
     data: bytes, label: str, axes: tuple[int, int, int] | None = None
 ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, tuple[int, int, int]]:
     """``(array (C, D, H, W), spacing, file affine, axes)``: sliced as `unetzoo predict`
-    slices (:func:`unetzoo.data.io.volume_to_cdhw`), or along ``axes`` when given."""
+    slices (:func:`unetzoo.data.geometry.volume_to_cdhw`), or along ``axes`` when given."""
     import nibabel as nib
 
-    from unetzoo.data.io import volume_to_cdhw
+    from unetzoo.data.geometry import volume_to_cdhw
 
     try:
         cls = nib.Nifti2Image if data[4:8] in (b"n+2\x00", b"ni2\x00") else nib.Nifti1Image
@@ -371,7 +372,7 @@ def write_label_map(labels: np.ndarray, upload: Upload, folder: Path) -> Path:
     """Save ``labels`` ``(D, H, W)`` as ``<stem>_labels.png`` (2-D) or ``.nii.gz`` (volume).
 
     Volumes go through the project's one label writer
-    (:func:`unetzoo.data.io.save_case_nifti`): the upload's shape, voxel order and
+    (:func:`unetzoo.data.medio.save_case_nifti`): the upload's shape, voxel order and
     affine, as ``unetzoo predict`` writes them. The name comes from :func:`safe_stem`,
     and the result is checked to lie inside ``folder``.
     """

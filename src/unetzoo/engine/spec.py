@@ -26,7 +26,7 @@ from unetzoo.errors import CheckpointError, DataError
 MAX_IMG_SIZE = 4096
 MAX_IN_CHANNELS = 64
 
-#: How a volume is cut into slices (:func:`unetzoo.data.io.volume_to_cdhw`).
+#: How a volume is cut into slices (:func:`unetzoo.data.geometry.volume_to_cdhw`).
 SLICING_THROUGH_PLANE = "through-plane"
 #: How slices are resized (:mod:`unetzoo.engine.inference`): TransUNet's protocol.
 RESIZE_CUBIC_NEAREST = "cubic-in-nearest-out"
