@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The affine of a file's (D, H, W) arrays lives in data.geometry; re-exported because
+# the demo and predict call it as display.file_to_array_affine.
+from unetzoo.data.geometry import file_to_array_affine as file_to_array_affine
+
 #: Class colours 1..N (RGB 0..255; background is not painted): tab10, then tab20b.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -180,19 +184,6 @@ def slice_orientation(affine: np.ndarray | None) -> SliceOrientation:
         flip_cols=col_code != col_to,
         top=_OPPOSITE[row_to], bottom=row_to, left=_OPPOSITE[col_to], right=col_to,
     )
-
-
-def file_to_array_affine(
-    affine: np.ndarray | None, order: Sequence[int] | None = (2, 1, 0)
-) -> np.ndarray | None:
-    """The affine of ``(D, H, W)`` arrays whose axes are the file axes ``order`` (as
-    :func:`unetzoo.data.nnunet.reorient` returns it) from the file's ``(i, j, k)``
-    affine; the default ``(k, j, i)`` is how the demo reads uploads. None when either is
-    unknown."""
-    if affine is None or order is None:
-        return None
-    aff = np.asarray(affine, dtype=np.float64)
-    return aff[:, [*(int(a) for a in order), 3]]
 
 
 # ----------------------------------------------------------------------- panels
