@@ -230,7 +230,7 @@ def test_failed_export_leaves_an_existing_file_alone(tmp_path, monkeypatch):
         Path(path).write_bytes(b"half a file")
         raise RuntimeError("exporter crashed")
 
-    monkeypatch.setattr(export, "_export_onnx", broken)
+    monkeypatch.setattr("unetzoo.engine.onnx.capture_onnx", broken)  # the ONNX writer
     model = create_model("unet", base_channels=4)
     with pytest.raises(export.ExportError):
         export.export_model(model, out, fmt="onnx", img_size=32)

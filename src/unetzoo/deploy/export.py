@@ -127,12 +127,13 @@ def _export_pt2(
     metadata["dynamic_axes"] = {str(k): v for k, v in dynamic_axes.items()}
     buf = io.BytesIO()
     torch.export.save(ep, buf, extra_files={PT2_EXTRA_FILE: json.dumps(metadata)})
-    out.write_bytes(buf.getvalue())  # a temporary file that export_model renames into place
+    pt2_bytes = buf.getvalue()
+    out.write_bytes(pt2_bytes)  # a temporary file that export_model renames into place
     diff = None
     if verify:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.export.load(io.BytesIO(buf.getvalue())).module()
+            prog = torch.export.load(io.BytesIO(pt2_bytes)).module()
         diff = verify_outputs(wrapper, prog, "torch-export",
                               verification_shapes(tuple(x.shape), dynamic_axes))
     return tuple(x.shape), dynamic_axes, diff
