@@ -11,6 +11,7 @@ from unetzoo.data.transforms import (
     TransUNetAugment,
     build_eval_transform,
     build_train_transform,
+    reseed,
     rotate_nearest,
     seed_worker,
 )
@@ -129,6 +130,20 @@ def test_worker_seeding_is_reproducible_and_varies_per_epoch():
     assert not torch.equal(e1a, e1b)  # next epoch -> new augmentation
     # Another loader seed gives another augmentation.
     assert not torch.equal(_epoch(loader(1)), e1a)
+
+
+def test_reseed_restarts_augmentation_without_workers():
+    # num_workers=0: the dataset's own generator runs on; reseed (through a Subset) resets it.
+    ds = _Toy("/nonexistent").slice_dataset("train", transform=build_train_transform("drive", 32))
+    wrapped = torch.utils.data.Subset(ds, range(len(ds)))
+
+    def epoch() -> torch.Tensor:
+        return _epoch(DataLoader(wrapped, batch_size=4, num_workers=0, shuffle=False))
+
+    reseed(wrapped, 5)
+    first, second = epoch(), epoch()
+    reseed(wrapped, 5)
+    assert torch.equal(epoch(), first) and not torch.equal(first, second)
 
 
 def _centroid(a: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ means "bias only where there is no BatchNorm" (a bias in front of BatchNorm is r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,10 +81,19 @@ def kaiming_init(*modules: nn.Module) -> None:
     in ``resnet34_unet``'s decoder that stalled learning on real MRI (benchmarks/README.md,
     "Real MRI learning benchmark"). Decoders built from these blocks can call this.
     """
+    init_conv_bn(
+        *modules,
+        conv_init=lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
+    )
+
+
+def init_conv_bn(*modules: nn.Module, conv_init: Callable[[torch.Tensor], object]) -> None:
+    """``conv_init`` on the weight of every ``nn.Conv2d`` of ``modules`` (bias 0), and
+    BatchNorm weight 1 and bias 0, in module order (the random draws are reproducible)."""
     for root in modules:
         for m in root.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                conv_init(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):

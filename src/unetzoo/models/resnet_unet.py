@@ -50,7 +50,7 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
-from unetzoo.models.blocks import UpBlock, kaiming_init
+from unetzoo.models.blocks import UpBlock, init_conv_bn, kaiming_init
 from unetzoo.models.encoders import ResNetEncoder, parse_resnet_name
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
@@ -114,19 +114,11 @@ def use_gyb357_shortcuts(encoder: ResNetEncoder) -> None:
 
 def init_smp(decoder: nn.Module, head: nn.Module) -> None:
     """smp's ``initialize_decoder`` / ``initialize_head`` (segmentation_models_pytorch.base)."""
-    for m in decoder.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    for m in head.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    init_conv_bn(
+        decoder,
+        conv_init=lambda w: nn.init.kaiming_uniform_(w, mode="fan_in", nonlinearity="relu"),
+    )
+    init_conv_bn(head, conv_init=nn.init.xavier_uniform_)
 
 
 class ResNetUNet(SegmentationModel):

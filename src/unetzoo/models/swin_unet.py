@@ -119,6 +119,29 @@ class SwinStage(nn.Module):
         return x
 
 
+def _check_config(
+    img_size: int, patch_size: int, embed_dim: int, depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+) -> None:
+    """One-line ModelError for stage lists, sizes and head counts that cannot build."""
+    n = len(depths)
+    if len(num_heads) != n or n < 2:
+        raise ModelError(
+            f"swin_unet: depths and num_heads need the same length >= 2, got {depths}, {num_heads}"
+        )
+    unit = patch_size * 2 ** (n - 1)
+    if img_size % unit:
+        raise ModelError(
+            f"swin_unet: img_size must be a multiple of patch_size * 2**(stages-1) = {unit}, "
+            f"got {img_size}"
+        )
+    for i, h in enumerate(num_heads):
+        if (embed_dim * 2**i) % h:
+            raise ModelError(
+                f"swin_unet: stage {i} width {embed_dim * 2**i} is not divisible by {h} heads"
+            )
+
+
 class SwinUNet(nn.Module):
     """Swin-UNet; ``(N, C, H, W)`` -> logits ``(N, num_classes, H, W)``.
 
@@ -155,22 +178,8 @@ class SwinUNet(nn.Module):
         encoder_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
+        _check_config(img_size, patch_size, embed_dim, depths, num_heads)
         n = len(depths)
-        if len(num_heads) != n or n < 2:
-            raise ModelError(
-                f"swin_unet: depths and num_heads need the same length >= 2, got {depths}, {num_heads}"
-            )
-        unit = patch_size * 2 ** (n - 1)
-        if img_size % unit:
-            raise ModelError(
-                f"swin_unet: img_size must be a multiple of patch_size * 2**(stages-1) = {unit}, "
-                f"got {img_size}"
-            )
-        for i, h in enumerate(num_heads):
-            if (embed_dim * 2**i) % h:
-                raise ModelError(
-                    f"swin_unet: stage {i} width {embed_dim * 2**i} is not divisible by {h} heads"
-                )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.img_size = img_size
