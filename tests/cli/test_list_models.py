@@ -43,6 +43,16 @@ def test_info_prints_model_info(capsys):
     assert "final decoder.3" in out
 
 
+def test_info_names_the_pretrained_sources(capsys):
+    assert main(["list-models", "--info", "resunet_v0_2"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder_weights = 'imagenet'" in out
+    assert ("pretrained:  encoder_weights='imagenet' <- "
+            "https://download.pytorch.org/models/resnet34-b627a593.pth") in out
+    assert main(["list-models", "--info", "unet"]) == 0
+    assert "pretrained:" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [

@@ -88,6 +88,10 @@ def format_info(entry: ModelEntry) -> str:
     for pub in entry.published:
         lines.append(f"published:   {pub.count:,} with {_config_text(pub.config)}")
         lines.append(f"             source: {pub.source}")
+    for src in entry.pretrained:  # registry data: where each encoder_weights value comes from
+        lines.append(f"pretrained:  encoder_weights={src.tag!r} <- {src.url}")
+        if src.note:
+            lines.append(f"             {src.note}")
     lines.append("options (defaults):")
     for key, value in entry.default_options().items():
         lines.append(f"  {key} = {value!r}")
