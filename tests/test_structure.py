@@ -3,6 +3,8 @@
 - No import cycle: neither among modules nor among the packages ``unetzoo.{cli, data,
   deploy, engine, losses, metrics, models, measure, errors}``, counting every import,
   function-local ones included (a lazy import is still a dependency).
+- Foundations stay leaves: the model registry, ``data.io`` and ``data.geometry`` import
+  only ``unetzoo.errors``.
 - Data flows one way: ``engine`` never imports ``deploy``; ``models``, ``data``,
   ``metrics`` and ``losses`` never import ``engine``, ``deploy`` or ``cli``; only the
   ``python -m unetzoo`` entry imports ``cli``.
@@ -169,6 +171,20 @@ def test_imports_flow_one_way(package, forbidden):
     """train -> checkpoint -> evaluate -> report -> predict -> export -> demo: a later
     stage may import an earlier one, never the reverse."""
     assert _package_graph()[package] & forbidden == set()
+
+
+@pytest.mark.parametrize(
+    "module, allowed",
+    [
+        # Families import the registry, never the reverse: discovery lives in models/__init__.
+        ("unetzoo.models.registry", {"unetzoo.errors"}),
+        # Voxel order and grids are pure array code under the readers and the label writer.
+        ("unetzoo.data.geometry", {"unetzoo.errors"}),
+        ("unetzoo.data.io", {"unetzoo.errors"}),
+    ],
+)
+def test_foundation_modules_import_only_errors(module, allowed):
+    assert _module_graph()[module] <= allowed
 
 
 def test_no_long_function_in_engine():
