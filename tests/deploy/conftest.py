@@ -84,3 +84,16 @@ def phantom_files(tmp_path_factory, phantom_case, phantom_norm) -> dict[str, Pat
     nib.save(nib.Nifti1Image(np.transpose(lab, (2, 1, 0)).astype(np.uint8), affine),
              files["gt_nii"])
     return files
+
+
+@pytest.fixture(scope="session")
+def dynamic_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
+    """``tiny_checkpoint`` exported by ``unetzoo export --dynamic`` (ONNX)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from unetzoo.cli.main import main
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx",
+                 "--dynamic", "--out", str(out)]) == 0
+    return out

@@ -16,14 +16,6 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def dynamic_onnx(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx",
-                 "--dynamic", "--out", str(out)]) == 0
-    return out
-
-
 def test_export_dynamic_metadata_and_axes(dynamic_onnx, tiny_checkpoint):
     from unetzoo.engine.checkpoint import load_checkpoint
 

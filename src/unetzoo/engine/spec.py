@@ -56,8 +56,9 @@ PROTOCOL_TEXT: dict[str, str] = {
         "channels: one spec per input channel."
     ),
     "output": (
-        "The model maps float32 (N, C, H, W) to logits (N, K, H, W); label = argmax over K "
-        "(K = 1: label 1 where the logit > 0). Class k is class_names[k]."
+        "The model maps float32 (N, C, H, W) to logits (N, K, H, W); label = argmax over K of "
+        "the float32 softmax, ties to the lower class (K = 1: a sigmoid head, probabilities "
+        "[1 - p, p]). Class k is class_names[k]."
     ),
 }
 
