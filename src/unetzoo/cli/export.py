@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     axes = ", ".join(f"{name} (axis {axis})" for axis, name in sorted(res.dynamic_axes.items()))
     print(f"wrote {res.path} ({res.format}, model {res.metadata['model']['name']})")
     print(f"  example input {tuple(res.example_shape)}; dynamic axes: {axes or 'none'}")
+    meta = res.metadata
+    print(f"  inference spec: {len(meta['class_names'])} classes, img_size {meta['img_size']}, "
+          f"{meta['preprocessing']['kind']} normalisation, slices {meta.get('slicing')} / "
+          f"{meta.get('resize')} (the protocol is in the file; docs/deploy.md)")
     if res.max_abs_diff is not None:
         runtime = "ONNX Runtime" if res.format == "onnx" else "the loaded program"
         print(f"  max |{runtime} - PyTorch| logit difference: {res.max_abs_diff:.2e}")

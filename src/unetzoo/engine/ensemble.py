@@ -28,7 +28,8 @@ from torch import nn
 
 from unetzoo.errors import CheckpointError, DataError
 
-MUST_MATCH = ("class_names", "in_channels", "img_size", "preprocessing")
+#: What ensemble members must share: the inference spec without the architecture.
+MUST_MATCH = ("class_names", "in_channels", "img_size", "preprocessing", "slicing", "resize")
 _TINY = 1e-12  # floor before the log: exp(log(0)) would be NaN-prone in half precision
 
 
@@ -73,11 +74,15 @@ class EnsembleModel(nn.Module):
 
 
 def check_compatible(ckpts: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
-    """One-line CheckpointError when the checkpoints disagree on :data:`MUST_MATCH`."""
-    ref, ref_name = ckpts[0], names[0]
-    for ck, name in zip(ckpts[1:], names[1:]):
+    """One-line CheckpointError when the checkpoints' inference specs disagree on
+    :data:`MUST_MATCH` (older checkpoints read with the spec's defaults)."""
+    from unetzoo.engine.spec import InferenceSpec
+
+    specs = [InferenceSpec.from_checkpoint(ck, name) for ck, name in zip(ckpts, names)]
+    ref, ref_name = specs[0], names[0]
+    for spec, name in zip(specs[1:], names[1:]):
         for key in MUST_MATCH:
-            a, b = ref.get(key), ck.get(key)
+            a, b = getattr(ref, key), getattr(spec, key)
             if a != b:
                 raise CheckpointError(
                     f"cannot ensemble {name} with {ref_name}: {key} differs ({b!r} vs {a!r}); "
