@@ -158,3 +158,24 @@ def test_demo_cli_rejects_bad_flags(capsys):
     assert "--port" in capsys.readouterr().err
     assert main(["demo", "--max-upload-mb", "-1"]) == 2
     assert "--max-upload-mb" in capsys.readouterr().err
+
+
+def test_demo_loads_through_the_one_loader(tiny_checkpoint, dynamic_onnx, phantom_files,
+                                           tmp_path):
+    """The demo's models are the Predictors of engine.predict.load_predictor (.pt and .onnx),
+    and its labels are predict's labels for the same NIfTI file."""
+    import nibabel as nib
+
+    from unetzoo.engine.predict import Predictor, load_predictor
+
+    b = DemoBackend([tiny_checkpoint, dynamic_onnx])
+    pt_label, onnx_label = b.choices()[:2]
+    for label, path in ((pt_label, tiny_checkpoint), (onnx_label, dynamic_onnx)):
+        loaded = b.load(label)
+        assert isinstance(loaded, Predictor) and loaded.spec == load_predictor(path).spec
+    seg = b.segment(phantom_files["nii"], onnx_label)
+    ref = load_predictor(tiny_checkpoint).predict_files(
+        [phantom_files["nii"]], tmp_path / "predict", overlays=0,
+        verbose=False)[0]
+    np.testing.assert_array_equal(np.asarray(nib.load(seg.download).dataobj),
+                                  np.asarray(nib.load(ref["output"]).dataobj))
