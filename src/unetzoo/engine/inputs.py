@@ -150,21 +150,14 @@ def read_input(
     or signed pictures (raw intensities) get ``spec``. Size and emptiness are checked
     from the header before decoding, finiteness after.
     """
-    from unetzoo.data.geometry import volume_to_cdhw
-    from unetzoo.data.io import load_nifti, load_picture
-    from unetzoo.data.preprocessing import display_bit_depth, normalize, normalize_picture
+    from unetzoo.data.io import load_picture
+    from unetzoo.data.preprocessing import display_bit_depth, normalize_picture
 
     p = Path(path)
     check_header(p, max_pixels)
-    if _kind(p) == "nifti":
-        arr, affine, zooms = load_nifti(p)
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
-            raise DataError(f"{p}: voxels of type {arr.dtype} are not intensities; save real numbers")
-        check_finite(arr, p)
-        vol, order, _ = volume_to_cdhw(arr, affine, zooms)  # the demo's rule too
-        if vol.shape[0] != in_channels:
-            raise DataError(f"{p}: volume has {vol.shape[0]} channel(s) but the model takes {in_channels}")
-        return Input("nifti", normalize(vol.astype(np.float32), spec), affine, tuple(order))
+    if _kind(p) == "nifti":  # the volume reader of predict_cases, one file as one case
+        image, affine, order, _ = read_volume_case(p.name, [p], in_channels, spec, max_pixels)
+        return Input("nifti", image, affine, order)
     raw = load_picture(p)
     check_finite(raw, p)
     chans = _to_channels(raw, in_channels, p)
