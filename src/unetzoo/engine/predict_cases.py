@@ -171,9 +171,12 @@ def _to_file_order(ci: CaseImage, labels: np.ndarray,
     (the file's index order reversed)."""
     if ci.picture:
         return labels[0].astype(np.uint8), None if probs is None else probs[:, 0]
-    inv = tuple(np.argsort(ci.order))
-    file_labels = np.transpose(labels, inv)  # back to the file's (i, j, k)
-    fp = None if probs is None else np.transpose(probs, (0, *(1 + np.asarray(inv))))
+    from unetzoo.data.geometry import array_to_file
+
+    file_labels = array_to_file(labels, None, ci.order)[0]  # back to the file's (i, j, k)
+    fp = None
+    if probs is not None:  # (K, D, H, W) -> (K, i, j, k)
+        fp = np.moveaxis(array_to_file(np.moveaxis(probs, 0, -1), None, ci.order)[0], -1, 0)
     if ci.file_ndim == 2:
         file_labels = file_labels[:, :, 0]
         fp = None if fp is None else fp[..., 0]
