@@ -4,7 +4,7 @@ Training builds it (:meth:`InferenceSpec.for_model`), the checkpoint stores it (
 are the checkpoint's top-level ``model``, ``class_names``, ``in_channels``, ``img_size``,
 ``preprocessing``, ... as :meth:`InferenceSpec.to_dict` writes them), ``unetzoo export``
 embeds it in the ONNX file's metadata, and the one loader
-(:func:`unetzoo.engine.predictor.load_predictor`) reads it back from a ``.pt`` or an
+(:func:`unetzoo.engine.predict.load_predictor`) reads it back from a ``.pt`` or an
 ``.onnx``. Checkpoints and ONNX files written before the spec existed hold the same keys
 without ``slicing`` / ``resize``; they read as today's protocol, the only one there was.
 
