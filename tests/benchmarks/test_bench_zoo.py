@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import bench_zoo
-from unetzoo.cli import bench as cli_bench
+from unetzoo import measure
 from unetzoo.cli.main import main as cli_main
 from unetzoo.errors import ModelError
 
@@ -29,7 +29,7 @@ def test_tiny_in_process_row_and_json(tmp_path, capsys):
 
 
 def test_subprocess_row_has_clean_memory():
-    row = cli_bench.measure_in_subprocess(
+    row = measure.measure_in_subprocess(
         {"name": "resunetpp", "size": 32, "batch": 2, "classes": 9, "repeats": 1,
          "budget": 0.1, "device": "cpu", "threads": 1, "macs": False})
     assert "error" not in row, row
@@ -41,15 +41,15 @@ def test_count_macs_counts_a_conv_exactly():
     import torch
 
     conv = torch.nn.Conv2d(2, 4, 3, padding=1, bias=False)
-    macs, skipped = cli_bench.count_macs(conv, torch.randn(1, 2, 8, 8))
+    macs, skipped = measure.count_macs(conv, torch.randn(1, 2, 8, 8))
     assert macs == 2 * 4 * 9 * 8 * 8 and skipped == {}
 
 
 def test_select_models_patterns_and_unknown():
-    assert cli_bench.select_models("resnet18_unet,resnet1*")[0] == "resnet18_unet"
-    assert len(set(cli_bench.select_models("resnet*"))) == len(cli_bench.select_models("resnet*"))
+    assert measure.select_models("resnet18_unet,resnet1*")[0] == "resnet18_unet"
+    assert len(set(measure.select_models("resnet*"))) == len(measure.select_models("resnet*"))
     with pytest.raises(ModelError, match="matches no registered model"):
-        cli_bench.select_models("no_such_model*")
+        measure.select_models("no_such_model*")
 
 
 def test_cli_bench_unknown_pattern_is_one_line(capsys):
@@ -59,7 +59,7 @@ def test_cli_bench_unknown_pattern_is_one_line(capsys):
 
 
 def test_format_rows_adds_error_and_cuda_columns():
-    text = cli_bench.format_rows([{"model": "a", "params": 3, "cuda_train_MiB": 1.0},
-                                  {"model": "b", "error": "boom"}])
+    text = measure.format_rows([{"model": "a", "params": 3, "cuda_train_MiB": 1.0},
+                                {"model": "b", "error": "boom"}])
     header = text.splitlines()[0]
     assert "cuda_train_MiB" in header and header.endswith("error |") and "boom" in text

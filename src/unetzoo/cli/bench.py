@@ -11,20 +11,7 @@ import json
 import sys
 
 from unetzoo.errors import ConfigError
-
-# Re-exported: callers of the old location (tests, notebooks) keep working.
-from unetzoo.measure import (  # noqa: F401
-    COLUMNS,
-    CUDA_COLUMNS,
-    count_macs,
-    format_rows,
-    machine_text,
-    measure_in_subprocess,
-    measure_model,
-    select_models,
-    table_columns,
-    zoo_rows,
-)
+from unetzoo.measure import format_rows, machine_text, select_models, zoo_rows
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
