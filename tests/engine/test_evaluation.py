@@ -230,3 +230,30 @@ def test_validate_reads_a_config_object_as_a_dict(fake_predictor):
     as_obj = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"],
                       SimpleNamespace(**cfg), "cpu")
     assert as_obj == as_dict and as_dict["val_dice"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"img_size": 3}, "img_size"),
+    ({"class_names": []}, "class_names"),
+    ({"model": {"options": {}}}, "model name"),
+])
+def test_run_test_reads_the_checkpoint_through_the_spec(fake_predictor, tmp_path, over, needle):
+    """A damaged checkpoint is one line from InferenceSpec, before any case is read."""
+    from unetzoo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=needle) as exc:
+        run_test({**_checkpoint(), **over}, dataset=_MemDataset(affine=True),
+                 out_dir=tmp_path / "r", overlays=0, device="cpu", verbose=False)
+    assert "\n" not in str(exc.value) and not (tmp_path / "r").exists()
+
+
+def test_ensemble_members_must_share_the_spec(tmp_path):
+    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.errors import CheckpointError
+
+    a, b = tmp_path / "f0.pt", tmp_path / "f1.pt"
+    save_checkpoint(_checkpoint(), a)
+    save_checkpoint({**_checkpoint(), "preprocessing": {"kind": "zscore"}}, b)
+    with pytest.raises(CheckpointError, match="preprocessing differs"):
+        run_test([a, b], dataset=_MemDataset(affine=True), out_dir=tmp_path / "r",
+                 overlays=0, device="cpu", verbose=False)

@@ -147,3 +147,47 @@ def test_engine_never_imports_deploy():
                                                     for a in node.names):
                 hits.append(f"{f.name}:{node.lineno}")
     assert not hits, hits
+
+
+def test_spacing_warning_only_beyond_twice_in_plane():
+    spec = InferenceSpec.from_dict(_spec_dict(spacing=[5.0, 2.5, 2.5]))
+    assert spec.to_dict()["spacing"] == [5.0, 2.5, 2.5]
+    assert spec.spacing_warning((5.0, 2.5, 4.9), "x.nii.gz") is None  # within 2x
+    assert spec.spacing_warning((1.0, 2.5, 2.5), "x.nii.gz") is None  # through-plane only
+    assert spec.spacing_warning(None, "x.nii.gz") is None  # a picture: unknown
+    for far in ((5.0, 0.5, 0.5), (5.0, 2.5, 5.1)):
+        line = spec.spacing_warning(far, "x.nii.gz")
+        assert line.startswith("warning: x.nii.gz:") and "2x" in line and "\n" not in line
+    assert InferenceSpec.from_dict(_spec_dict()).spacing_warning((5.0, 0.1, 0.1), "x") is None
+
+
+def test_predict_warns_once_when_the_input_spacing_is_far_from_training(tmp_path, capsys):
+    """The checkpoint's training spacing travels to `unetzoo export` and `predict` warns
+    (one line, stderr) on an input whose in-plane voxels are over 2x off."""
+    import nibabel as nib
+
+    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.predict import predict_files
+
+    model = create_model("unet", in_channels=1, num_classes=3, base_channels=4).eval()
+    spec = InferenceSpec.for_model(model, class_names=CLASSES, in_channels=1, img_size=32,
+                                   spacing=(3.0, 1.0, 1.0))
+    path = tmp_path / "m.pt"
+    save_checkpoint({**spec.to_dict(), "state_dict": model.state_dict(), "config": {}}, path)
+    arr = np.zeros((20, 18, 3), np.float32)
+    near, far = tmp_path / "near.nii.gz", tmp_path / "far.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.diag([1.5, 1.0, 3.0, 1.0])), near)
+    nib.save(nib.Nifti1Image(arr, np.diag([0.3, 0.3, 3.0, 1.0])), far)
+    capsys.readouterr()
+    predict_files([near], path, tmp_path / "o1", device="cpu", overlays=0, verbose=False)
+    assert "warning" not in capsys.readouterr().err
+    predict_files([far], path, tmp_path / "o2", device="cpu", overlays=0, verbose=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "far.nii.gz" in err[0] and "0.3 x 0.3 mm" in err[0]
+    assert "1 x 1 mm" in err[0]
+    pytest.importorskip("onnx")
+    from unetzoo.deploy.export import export_checkpoint
+    from unetzoo.engine.predict import load_predictor
+
+    onnx_path = export_checkpoint(path, tmp_path / "m.onnx", verify=False).path
+    assert load_predictor(onnx_path).spec.spacing == (3.0, 1.0, 1.0)

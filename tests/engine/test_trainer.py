@@ -48,6 +48,8 @@ def test_train_writes_run_folder_and_poly_lr(tiny_cfg):
     assert ck["epoch"] == 2 and ck["iteration"] == summary["iterations"]
     assert ck["class_names"][0] == "background" and ck["img_size"] == 32
     assert ck["preprocessing"]["kind"] == "ct" and ck["config"]["seed"] == cfg["seed"]
+    # the training cases' median spacing (the phantom's 5 x 2.5 x 2.5 mm) is in the spec
+    assert ck["spacing"] == [5.0, 2.5, 2.5]
 
 
 def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
@@ -127,3 +129,29 @@ def test_distillation_terms_are_logged(tiny_cfg):
     rows = _rows(Path(train(cfg)["run_dir"]))
     assert {"loss_distill_ifd", "loss_distill_scr"} <= set(rows[0])
     assert np.isfinite(float(rows[0]["loss_distill_ifd"]))
+
+
+def test_training_spacing_is_the_median_or_none(tiny_root):
+    from unetzoo.data import get_dataset
+    from unetzoo.data.base import Case
+    from unetzoo.engine.trainer import training_spacing
+
+    ds = get_dataset("phantom", str(tiny_root), n_train=3, n_test=1, shape=[4, 32, 32], seed=0)
+    cases = ds.cases("train")
+    # the reader's metadata answer equals a full read of each case
+    assert training_spacing(ds, cases) == (5.0, 2.5, 2.5)
+    assert [ds.case_spacing(c, "train") for c in cases] == \
+        [ds.load_case(c, "train").spacing for c in cases]
+
+    class Plain:  # a reader without case_spacing: full reads, affine = known spacing
+        def __init__(self, spacings, affine=True):
+            self.spacings, self.affine = spacings, affine
+
+        def load_case(self, cid, split):
+            return Case(cid, np.zeros((1, 1, 2, 2), np.float32), None, self.spacings[cid],
+                        np.eye(4) if self.affine else None)
+
+    three = {"a": (1.0, 0.5, 0.5), "b": (3.0, 0.7, 0.9), "c": (2.0, 0.6, 0.8)}
+    assert training_spacing(Plain(three), list(three)) == (2.0, 0.6, 0.8)
+    assert training_spacing(Plain(three, affine=False), list(three)) is None  # h5/npz, PNG
+    assert training_spacing(Plain(three), []) is None

@@ -465,6 +465,11 @@ class NnUNetDataset(SegDataset):
             ignore_label=self.ignore_label,
         )
 
+    def case_spacing(self, case_id: str, split: str) -> tuple[float, float, float]:
+        """The case's ``(sz, sy, sx)`` spacing (mm) from its cache record, without reading
+        the image (the trainer's median spacing for the inference spec)."""
+        return tuple(float(s) for s in self.build_cache(split, case_id)["spacing"])
+
     def _slice_index(self, split: str, cases: Sequence[str]) -> list[tuple[str, int]]:
         index: list[tuple[str, int]] = []
         for cid in cases:

@@ -43,6 +43,7 @@ from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.engine.run_folder import ReportLayout, RunLayout, check_output_dir
+from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, DataError
 from unetzoo.metrics import (
     ClassScore,
@@ -337,16 +338,16 @@ def run_test(
     )
     if "nsd" in settings.metrics:
         check_tolerance(nsd_tolerance)
-    members, ckpt_path, ckpt = _read_checkpoints(checkpoint)
-    ds = _test_dataset(ckpt, dataset, data_root)
-    cases = _test_cases(ds, ckpt, split, max_cases)
+    members, ckpt_path, ckpt, spec = _read_checkpoints(checkpoint)
+    ds = _test_dataset(ckpt, spec, dataset, data_root)
+    cases = _test_cases(ds, split, max_cases)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
     report = _report_folder(out_dir, ckpt_path, settings)
     t0 = time.time()
-    results = _evaluate_cases(model, ds, cases, ckpt, plan, report, settings, device)
-    return _write_report(report, results, ds, ckpt, settings, {
+    results = _evaluate_cases(model, ds, cases, spec, plan, report, settings, device)
+    return _write_report(report, results, ds, spec, settings, {
         "tta": settings.tta,
         "seconds": round(time.time() - t0, 2),
         "report_dir": str(report.root),
@@ -355,45 +356,51 @@ def run_test(
     })
 
 
-def _read_checkpoints(checkpoint) -> tuple[list[str] | None, Path | None, dict[str, Any]]:
-    """``(ensemble members or None, path of the first checkpoint or None, its dict)``."""
+def _read_checkpoints(
+    checkpoint,
+) -> tuple[list[str] | None, Path | None, dict[str, Any], InferenceSpec]:
+    """``(ensemble members or None, path of the first checkpoint or None, its dict, its
+    inference spec)``. The spec is how a checkpoint is read (one place, with its checks);
+    ensemble members must share it, which :func:`unetzoo.engine.ensemble.load_ensemble`
+    checks when it loads them (:func:`~unetzoo.engine.ensemble.check_compatible`)."""
     members = [str(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else None
     first = members[0] if members else checkpoint
     if isinstance(first, dict):
-        return members, None, first
-    return members, Path(first), load_checkpoint(first)
+        return members, None, first, InferenceSpec.from_checkpoint(first)
+    ckpt = load_checkpoint(first)
+    return members, Path(first), ckpt, InferenceSpec.from_checkpoint(ckpt, str(first))
 
 
-def _test_dataset(ckpt: dict[str, Any], dataset, data_root: str | Path | None):
+def _test_dataset(ckpt: dict[str, Any], spec: InferenceSpec, dataset,
+                  data_root: str | Path | None):
     """The dataset to test on (a ``SegDataset``, a name, or None: the checkpoint's),
-    checked against the checkpoint's classes and input channels."""
+    checked against the spec's classes and input channels."""
     from unetzoo.data import get_dataset
 
     if dataset is None or isinstance(dataset, str):
-        name = dataset or ckpt.get("dataset")
+        name = dataset or spec.dataset
         options: dict[str, Any] = {}
         train_cfg = ckpt.get("config") or {}
-        if name == ckpt.get("dataset"):
+        if name == spec.dataset:
             # The data it was trained on: same reader options (and root unless given).
             options = dict(train_cfg.get("dataset_options") or {})
             data_root = data_root if data_root is not None else train_cfg.get("data_root")
         dataset = get_dataset(name, data_root, **options)
     ds = dataset
-    n_ckpt = len(ckpt["class_names"])
-    if ds.num_classes != n_ckpt:
+    if ds.num_classes != spec.num_classes:
         raise CheckpointError(
-            f"checkpoint predicts {n_ckpt} classes but dataset {ds.name!r} has "
+            f"checkpoint predicts {spec.num_classes} classes but dataset {ds.name!r} has "
             f"{ds.num_classes}; test it on the data it was trained for"
         )
-    if int(ckpt["in_channels"]) != int(ds.in_channels):
+    if spec.in_channels != int(ds.in_channels):
         raise CheckpointError(
-            f"checkpoint takes {ckpt['in_channels']} input channel(s) but dataset "
+            f"checkpoint takes {spec.in_channels} input channel(s) but dataset "
             f"{ds.name!r} has {ds.in_channels}"
         )
     return ds
 
 
-def _test_cases(ds, ckpt: dict[str, Any], split: str, max_cases: int | None) -> list[str]:
+def _test_cases(ds, split: str, max_cases: int | None) -> list[str]:
     if split not in ds.splits() or not ds.cases(split):
         raise DataError(f"dataset {ds.name!r} at {ds.root} has no {split!r} cases to test on")
     cases = list(ds.cases(split))
@@ -443,13 +450,13 @@ def _report_folder(out_dir: str | Path | None, ckpt_path: Path | None,
     return report
 
 
-def _evaluate_cases(model, ds, cases: list[str], ckpt: dict[str, Any], plan, report: ReportLayout,
-                    settings: _Settings, device) -> _Results:
+def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
+                    report: ReportLayout, settings: _Settings, device) -> _Results:
     """Predict, score and draw every case; one console line per case when verbose."""
     from unetzoo.engine.postprocess import apply_postprocessing
     from unetzoo.metrics.per_case import CASE_METRICS, case_record
 
-    class_names = list(ckpt["class_names"])
+    class_names = list(spec.class_names)
     # cases.json holds every metric: score them all in the same pass as the report's
     wanted = tuple(dict.fromkeys(settings.metrics + (CASE_METRICS if settings.case_json else ())))
     res = _Results()
@@ -457,7 +464,7 @@ def _evaluate_cases(model, ds, cases: list[str], ckpt: dict[str, Any], plan, rep
         case = ds.load_case(cid, settings.split)
         if case.label is None:
             raise DataError(f"test case {cid!r} of {ds.name!r} has no label; use `unetzoo predict`")
-        pred = predict_volume(model, case.image, int(ckpt["img_size"]),
+        pred = predict_volume(model, case.image, spec.img_size,
                               batch_size=settings.batch_size, tta=settings.tta, device=device)
         if plan is not None:
             pred = apply_postprocessing(pred, plan)
@@ -503,14 +510,14 @@ def _write_case_files(report: ReportLayout, cid: str, case, pred: np.ndarray,
             )
 
 
-def _write_report(report: ReportLayout, res: _Results, ds, ckpt: dict[str, Any],
+def _write_report(report: ReportLayout, res: _Results, ds, spec: InferenceSpec,
                   settings: _Settings, provenance: dict[str, Any]) -> dict[str, Any]:
     """summary.md, cases.csv, summary.json (the summary, then ``provenance``) and, on
     request, cases.json; prints the table and the never-predicted warning."""
     metrics = settings.metrics
-    class_names = list(ckpt["class_names"])
+    class_names = list(spec.class_names)
     hd_unit = res.units.pop() if len(res.units) == 1 else "mm or voxels (mixed spacing)"
-    model_name = ckpt["model"]["name"]
+    model_name = spec.model
     summary, table = mean_table(res.values, class_names, settings.protocol,
                                 predicted=res.predicted, model_name=model_name,
                                 hd_unit=hd_unit)

@@ -26,6 +26,7 @@ Options beyond the single-checkpoint path:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,14 @@ class CaseImage:
     @property
     def picture(self) -> bool:
         return self.order is None
+
+    @property
+    def spacing(self) -> tuple[float, ...] | None:
+        """Voxel size (mm) along ``D, H, W`` from the file's affine; None for pictures."""
+        if self.order is None or self.affine is None:
+            return None
+        zooms = np.linalg.norm(np.asarray(self.affine, dtype=np.float64)[:3, :3], axis=0)
+        return tuple(float(zooms[a]) for a in self.order)
 
 
 def read_case(case: str, files: Sequence[Path], spec: InferenceSpec, max_pixels: int) -> CaseImage:
@@ -287,6 +296,9 @@ def predict_cases(
     records = []
     for case, files in cases.items():
         ci = read_case(case, files, spec, max_pixels)
+        warning = spec.spacing_warning(ci.spacing, str(files[0]))
+        if warning:  # even when quiet: it is about the result
+            print(warning, file=sys.stderr, flush=True)
         probs = None
         if save_probabilities:
             probs = predict_probabilities(model, ci.image, spec.img_size, device, tta, batch_size)

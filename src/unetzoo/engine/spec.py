@@ -31,6 +31,10 @@ SLICING_THROUGH_PLANE = "through-plane"
 #: How slices are resized (:mod:`unetzoo.engine.inference`): TransUNet's protocol.
 RESIZE_CUBIC_NEAREST = "cubic-in-nearest-out"
 SLICING_RULES = (SLICING_THROUGH_PLANE,)
+#: An input whose in-plane voxel size differs from the training median by more than this
+#: factor (either way) is predicted with a one-line warning: the model sees its
+#: structures at a scale it was not trained on.
+SPACING_WARN_RATIO = 2.0
 RESIZE_RULES = (RESIZE_CUBIC_NEAREST,)
 
 #: The contract in words, stored beside the spec in exported files so that a deployer
@@ -75,6 +79,10 @@ def _whole(value: Any, key: str, lo: int, hi: int, where: str) -> int:
     return int(value)
 
 
+def _mm(values: Any) -> str:
+    return " x ".join(f"{float(v):.3g}" for v in values)
+
+
 def _plain(value: Any) -> Any:
     """JSON-able copy (tuples -> lists, enums -> str) so the spec survives weights_only."""
     return json.loads(json.dumps(value, default=str))
@@ -92,7 +100,8 @@ class InferenceSpec:
         img_size: the square slice size the model was trained on.
         preprocessing: the intensity spec of :mod:`unetzoo.data.preprocessing`.
         dataset: the training dataset's name (informative).
-        spacing: voxel spacing (mm) the model was trained at, when known.
+        spacing: median voxel spacing ``(sz, sy, sx)`` (mm) of the training cases, None
+            when the training data has none (Synapse h5/npz, picture folders).
         slicing: the slicing-axis rule (:data:`SLICING_RULES`).
         resize: the resize protocol (:data:`RESIZE_RULES`).
     """
@@ -214,6 +223,25 @@ class InferenceSpec:
             "slicing": self.slicing,
             "resize": self.resize,
         }
+
+    def spacing_warning(self, spacing: tuple[float, ...] | None, where: str) -> str | None:
+        """One warning line when the in-plane voxel size ``(sy, sx)`` of ``spacing`` (an
+        input's ``(sz, sy, sx)`` mm) differs from the training median by more than
+        :data:`SPACING_WARN_RATIO` either way; None when close, or when either is unknown.
+        Prediction does not resample (the slices are resized to ``img_size`` as in
+        training), so this is a warning, never a refusal."""
+        if self.spacing is None or spacing is None or len(spacing) < 2:
+            return None
+        for have, trained in zip(spacing[-2:], self.spacing[-2:]):
+            ratio = float(have) / trained if have > 0 else math.inf
+            if not 1 / SPACING_WARN_RATIO <= ratio <= SPACING_WARN_RATIO:
+                return (
+                    f"warning: {where}: in-plane voxel size {_mm(spacing[-2:])} mm differs from "
+                    f"the training median {_mm(self.spacing[-2:])} mm by more than "
+                    f"{SPACING_WARN_RATIO:g}x; the prediction may be poor (resample the input "
+                    "to the training spacing)"
+                )
+        return None
 
     def same_contract(self, other: InferenceSpec) -> str | None:
         """The first field two specs must share to be ensembled that differs, else None."""

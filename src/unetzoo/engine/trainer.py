@@ -39,7 +39,7 @@ from unetzoo.engine.checkpoint import (
     save_checkpoint,
 )
 from unetzoo.engine.config import TrainConfig, check_resume_options, dump_yaml, poly_lr
-from unetzoo.engine.evaluation import validate
+from unetzoo.engine.evaluation import spacing_known, validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
@@ -313,6 +313,7 @@ def start_run(
     spec = InferenceSpec.for_model(
         model, class_names=ds.class_names, in_channels=ds.in_channels,
         img_size=cfg.img_size, preprocessing=ds.preprocessing, dataset=ds.name,
+        spacing=training_spacing(ds, data.train_cases),
     )
     run = Run(
         cfg=cfg, info=info, layout=layout, data=data, model=model, train_model=train_model,
@@ -336,6 +337,31 @@ def start_run(
 
 
 # ------------------------------------------------------------------------------- data
+def training_spacing(ds, cases: list[str], split: str = "train") -> tuple[float, ...] | None:
+    """Median voxel spacing ``(sz, sy, sx)`` mm of the training ``cases`` (nnU-Net's
+    fingerprint statistic), recorded in the inference spec; None when the reader knows
+    no spacing (the 1.0 placeholder, :func:`~unetzoo.engine.evaluation.spacing_known`).
+
+    A reader may answer from its metadata (``ds.case_spacing(case_id, split)``, e.g. the
+    nnU-Net slice cache) instead of a full read; the first case without a known spacing
+    ends the scan (one reader, one rule for all its cases).
+    """
+    header = getattr(ds, "case_spacing", None)
+    spacings = []
+    for cid in cases:
+        if header is not None:
+            spacing = header(cid, split)
+        else:
+            case = ds.load_case(cid, split)
+            spacing = case.spacing if spacing_known(case) else None
+        if spacing is None:
+            return None
+        spacings.append([float(s) for s in spacing])
+    if not spacings:
+        return None
+    return tuple(float(s) for s in np.median(np.asarray(spacings), axis=0))
+
+
 def split_cases(
     cfg: TrainConfig, ds, layout: RunLayout, is_main: bool
 ) -> tuple[list[str], list[str], str]:
