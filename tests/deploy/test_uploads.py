@@ -93,22 +93,25 @@ def test_channel_mismatch_messages(tmp_path):
     import nibabel as nib
     import tifffile
 
+    none = {"kind": "none"}
     p = tmp_path / "four.tif"
-    tifffile.imwrite(p, np.zeros((4, 20, 20), np.uint8))  # a 4-channel planar image
+    # A 4-channel planar TIFF is RGB + alpha to predict's reader (alpha dropped), so the
+    # demo reads it so too; three colours do not fit a two-channel model.
+    tifffile.imwrite(p, np.zeros((4, 20, 20), np.uint8))
     up = uploads.read_upload(p)
-    with pytest.raises(DataError, match="4 channel.*takes 1"):
-        uploads.match_channels(up, 1)
+    with pytest.raises(DataError, match="3 channel.*takes 2"):
+        uploads.to_model_input(up, 2, none)
     v = tmp_path / "two.nii"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3, 2), np.float32), np.eye(4)), v)
     up = uploads.read_upload(v)
     assert up.array.shape == (2, 3, 8, 8)
     with pytest.raises(DataError, match="volume has 2 channel"):
-        uploads.match_channels(up, 1)
+        uploads.to_model_input(up, 1, none)
     # A grey volume is never silently replicated to three channels.
     g = tmp_path / "grey.nii"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), g)
     with pytest.raises(DataError, match="1 channel.*takes 3"):
-        uploads.match_channels(uploads.read_upload(g), 3)
+        uploads.to_model_input(uploads.read_upload(g), 3, none)
 
 
 def test_safe_names_and_downloads(tmp_path):
@@ -116,8 +119,7 @@ def test_safe_names_and_downloads(tmp_path):
     assert uploads.safe_stem("..\\..\\boot.ini") == "boot.ini"
     assert uploads.safe_stem("case 01 (final).nii.gz") == "case_01_final_"
     assert uploads.safe_stem("....") == "upload"
-    up = uploads.Upload("png", np.zeros((1, 1, 4, 4), np.float32), (1.0, 1.0, 1.0), None,
-                        "../../../tmp/evil")
+    up = uploads.Upload(np.zeros((1, 1, 4, 4), np.float32), kind="png", name="../../../tmp/evil")
     folder = uploads.download_dir_under(tmp_path)
     out = uploads.write_label_map(np.ones((1, 4, 4), np.int64), up, folder)
     assert out.parent == folder.resolve() and out.name == "evil_labels.png"

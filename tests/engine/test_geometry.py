@@ -161,18 +161,17 @@ def test_rgb_to_grey_is_one_constant():
     import unetzoo.engine.inputs as predict  # the reader of predict (moved from engine.predict)
     from unetzoo.data.io import RGB_TO_GREY
 
-    assert predict.RGB_TO_GREY is RGB_TO_GREY and uploads.RGB_TO_GREY is RGB_TO_GREY
+    # The demo has no colour rule of its own: it goes through predict's.
+    assert predict.RGB_TO_GREY is RGB_TO_GREY and not hasattr(uploads, "RGB_TO_GREY")
     rgb = np.zeros((3, 1, 2, 2), np.float32)
     rgb[1] = 100.0
-    up = uploads.Upload("png", rgb, (1.0, 1.0, 1.0), None, "x")
-    grey = uploads.match_channels(up, 1)
-    pix = np.zeros((2, 2, 3), np.uint8)
-    pix[..., 1] = 100
-    from pathlib import Path
-
-    via_predict = predict._to_channels(pix, 1, Path("x.png"))
+    up = uploads.Upload(rgb, kind="png", name="x")
+    grey = uploads.to_model_input(up, 1, {"kind": "none"})
+    pix = np.zeros((3, 1, 2, 2), np.uint8)
+    pix[1] = 100
+    via_predict = predict.match_channels(predict.Decoded(pix), 1)
     assert grey[0, 0, 0, 0] == pytest.approx(100 * RGB_TO_GREY[1])
-    assert via_predict[0, 0, 0] == round(100 * RGB_TO_GREY[1])
+    assert via_predict.dtype == np.uint8 and via_predict[0, 0, 0, 0] == round(100 * RGB_TO_GREY[1])
 
 
 @pytest.mark.parametrize("ending", [".nii.gz", ".nrrd", ".mha"])

@@ -9,7 +9,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
         help="start the web demo (upload an image or volume, see the segmentation)",
-        description="A local web app: upload a PNG/JPEG/TIFF image or a NIfTI volume, "
+        description="A local web app: upload a PNG/JPEG/TIFF image or a NIfTI/NRRD/.mha volume, "
         "pick a model, see the segmentation overlaid with a class legend, per-class "
         "areas or volumes, Dice/HD95 against an uploaded ground truth, and download the "
         "label map. Without --checkpoint it offers the phantom demo model (`make demo`, "

@@ -1,15 +1,19 @@
 """Reading untrusted uploads: size limits, type by content, one clear error each.
 
-The file name of an upload is never trusted: the type comes from the first bytes (PNG,
-JPEG, TIFF, gzip-wrapped or plain NIfTI-1/2) and the file must then actually decode.
-Compressed NIfTI is inflated with a cap so a small gzip bomb cannot exhaust memory.
-Downloads are written under a fresh temporary folder with a sanitised name, so no part
-of a client-supplied name can point outside it.
+What is upload-specific lives here: byte limits, the type sniffed from the first bytes
+(PNG, JPEG, TIFF, NRRD, MetaImage, gzip-wrapped or plain NIfTI-1/2; the client's file
+name is never trusted), a capped inflate so a small gzip bomb cannot exhaust memory,
+NRRD/MetaImage headers that would read a second (server-side) file refused, and safe
+download names. The bytes are then written to a private file with the sniffed suffix and
+read by ``unetzoo predict``'s reader (:func:`unetzoo.engine.inputs.decode` and
+:func:`unetzoo.engine.inputs.model_input`): the same array, slicing axis, spacing,
+affine, checks and messages. Downloads are written under a fresh temporary folder with a
+sanitised name, so no part of a client-supplied name can point outside it.
 """
 
 from __future__ import annotations
 
-import io
+import math
 import re
 import tempfile
 import zlib
@@ -19,42 +23,41 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.data.io import RGB_TO_GREY
 from unetzoo.data.medio import save_case_nifti
+from unetzoo.engine import inputs
 from unetzoo.errors import DataError
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-MAX_PIXELS = 64 * 1024 * 1024  # H * W * D after decoding
-IMAGE_KINDS = ("png", "jpeg", "tiff")
-ACCEPTED = "PNG, JPEG, TIFF or NIfTI (.nii / .nii.gz)"
+MAX_PIXELS = 64 * 1024 * 1024  # H * W * D (x channels), from the header before decoding
+ACCEPTED = "PNG, JPEG, TIFF, NIfTI (.nii / .nii.gz), NRRD (.nrrd) or MetaImage (.mha)"
+#: The sniffed type -> (suffix the reader knows it by, name in messages).
+SUFFIX = {"png": (".png", "PNG"), "jpeg": (".jpg", "JPEG"), "tiff": (".tif", "TIFF"),
+          "nifti": (".nii", "NIfTI"), "nrrd": (".nrrd", "NRRD"), "mha": (".mha", "MetaImage")}
+VOLUME_KINDS = ("nifti", "nrrd", "mha")
 
 
 @dataclass
-class Upload:
-    """A decoded upload.
+class Upload(inputs.Decoded):
+    """A decoded upload: :class:`unetzoo.engine.inputs.Decoded` (``array`` ``(C, D, H, W)``
+    raw intensities in the file's dtype, ``spacing``, ``affine``, ``order``, ...) plus
 
     Attributes:
-        kind: ``"png"``, ``"jpeg"``, ``"tiff"`` or ``"nifti"``.
-        array: raw intensities ``(C, D, H, W)`` float32 (``D = 1`` for 2-D images).
-        spacing: voxel size along ``(D, H, W)`` in mm (1.0 where the format has none).
-        affine: the NIfTI file's affine (4x4, file ``(i, j, k)`` indices) or None.
+        kind: the sniffed type (``"png"``, ``"jpeg"``, ``"tiff"``, ``"nifti"``, ``"nrrd"``,
+            ``"mha"``).
         name: a sanitised stem of the original file name, safe for a download name.
-        bit_depth: for integer 2-D images the maximum of their dtype (255, 65535), else None.
-        axes: for volumes, the file axis each of ``D, H, W`` came from (``predict``'s
-            slicing rule, :func:`unetzoo.data.geometry.volume_to_cdhw`), else None.
     """
 
-    kind: str
-    array: np.ndarray
-    spacing: tuple[float, float, float]
-    affine: np.ndarray | None
-    name: str
-    bit_depth: int | None = None
-    axes: tuple[int, int, int] | None = None
+    kind: str = "png"
+    name: str = "upload"
 
     @property
     def is_volume(self) -> bool:
-        return self.kind == "nifti"
+        return not self.picture
+
+    @property
+    def axes(self) -> tuple[int, int, int] | None:
+        """The file axis each of ``D, H, W`` came from (volumes), else None."""
+        return self.order
 
 
 def safe_stem(name: str | None, default: str = "upload") -> str:
@@ -63,7 +66,8 @@ def safe_stem(name: str | None, default: str = "upload") -> str:
     Folder parts are dropped first, so ``"../../etc/passwd"`` becomes ``"passwd"``.
     """
     base = re.split(r"[\\/]", str(name or ""))[-1]
-    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gz"):
+    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha",
+                ".gz"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)]
             break
@@ -72,7 +76,8 @@ def safe_stem(name: str | None, default: str = "upload") -> str:
 
 
 def sniff(head: bytes) -> str | None:
-    """The type of a file from its first bytes: png, jpeg, tiff, gzip, nifti or None."""
+    """The type of a file from its first bytes: png, jpeg, tiff, gzip, nifti, nrrd, mha
+    or None."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -83,6 +88,10 @@ def sniff(head: bytes) -> str | None:
         return "gzip"
     if _is_nifti_header(head):
         return "nifti"
+    if head.startswith(b"NRRD000"):
+        return "nrrd"
+    if re.match(rb"(ObjectType|NDims|Comment)\s*=", head):  # MetaImage: text "Key = Value"
+        return "mha"
     return None
 
 
@@ -90,6 +99,20 @@ def _is_nifti_header(head: bytes) -> bool:
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return True
     return len(head) >= 12 and head[4:8] in (b"n+2\x00", b"ni2\x00")
+
+
+def _check_attached(data: bytes, kind: str, label: str) -> None:
+    """NRRD / MetaImage headers may name another file to read the voxels from (``data
+    file:``, ``ElementDataFile = /etc/...``): only data inside the upload is accepted."""
+    if kind == "nrrd":
+        header = data.split(b"\n\n", 1)[0].lower()
+        detached = re.search(rb"^data ?file\s*:", header, re.M) is not None
+    else:
+        m = re.search(rb"^ElementDataFile\s*=\s*(\S+)", data[:65536], re.M)
+        detached = m is None or m.group(1) != b"LOCAL"
+    if detached:
+        raise DataError(f"{label}: the header reads its voxels from another file; upload "
+                        f"one self-contained {SUFFIX[kind][1]} file (attached data)")
 
 
 def _inflate(data: bytes, limit: int, label: str) -> bytes:
@@ -125,121 +148,52 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
     return p.read_bytes()
 
 
-def _bit_depth(arr: np.ndarray) -> int | None:
-    # Unsigned integer pixels are display renderings; signed ones (CT in HU) are raw.
-    if np.issubdtype(arr.dtype, np.unsignedinteger) or arr.dtype == np.bool_:
-        return 1 if arr.dtype == np.bool_ else int(np.iinfo(arr.dtype).max)
-    return None
-
-
-def _decode_pil(data: bytes, label: str, kind: str) -> tuple[np.ndarray, int | None]:
-    from PIL import Image
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise DataError(
-                f"{label}: {img.width} x {img.height} pixels is over the limit; downsample it"
-            )
-        img.load()
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+def _sniffed(data: bytes, label: str, max_bytes: int) -> tuple[str, bytes]:
+    """``(kind, bytes)``: a gzip upload is inflated (capped) and must hold a NIfTI."""
+    kind = sniff(data[:352])
+    if kind == "gzip":
+        data = _inflate(data, max_bytes * 8, label)
+        kind = "nifti" if _is_nifti_header(data[:352]) else None
+        if kind is None:
+            raise DataError(f"{label}: a gzip file that holds no NIfTI volume; upload {ACCEPTED}")
+    if kind is None:
         raise DataError(
-            f"{label}: looks like {kind.upper()} but cannot be decoded ({exc}); the file is "
-            "truncated or corrupt"
-        ) from exc
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("LA", "RGBA"):
-        img = img.convert(img.mode[:-1])  # drop alpha: it is not an image channel
-    if img.mode == "1":
-        img = img.convert("L")
-    arr = np.asarray(img)
-    depth = _bit_depth(arr)
-    if img.mode in ("I;16", "I;16B", "I;16L"):
-        depth = 65535
-    return arr, depth
-
-
-def _decode_tiff(data: bytes, label: str) -> tuple[np.ndarray, int | None]:
-    import tifffile
-
-    try:
-        arr = tifffile.imread(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001 - tifffile raises many types
-        try:  # some TIFF flavours only PIL reads
-            return _decode_pil(data, label, "tiff")
-        except DataError:
-            raise DataError(
-                f"{label}: looks like TIFF but cannot be decoded ({exc}); the file is "
-                "truncated or corrupt"
-            ) from exc
-    arr = np.asarray(arr)
-    if arr.size == 0:
-        raise DataError(f"{label}: looks like TIFF but cannot be decoded (no image pages); "
-                        "the file is truncated or corrupt")
-    if arr.size > MAX_PIXELS:
-        raise DataError(f"{label}: {arr.shape} is too large; downsample it")
-    return arr, _bit_depth(arr)
-
-
-def _image_to_cdhw(arr: np.ndarray, label: str) -> np.ndarray:
-    """``(H, W)``, ``(H, W, C)`` (C <= 4) or ``(C, H, W)`` -> ``(C, 1, H, W)`` float32."""
-    if arr.ndim == 2:
-        out = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] <= 4 and arr.shape[0] > 4:
-        out = np.moveaxis(arr, -1, 0)
-    elif arr.ndim == 3 and arr.shape[0] <= 4:
-        out = arr
-    else:
-        raise DataError(
-            f"{label}: image of shape {arr.shape} is not a single 2-D image (H, W) or "
-            "(H, W, C); upload one image, or a NIfTI file for a volume"
+            f"{label}: not a supported file (the content is not {ACCEPTED}, whatever the "
+            "file name says)"
         )
-    if not np.all(np.isfinite(out)):
-        raise DataError(f"{label}: the image holds NaN or Inf values")
-    return np.ascontiguousarray(out[:, None], dtype=np.float32)
+    if kind in ("nrrd", "mha"):
+        _check_attached(data, kind, label)
+    return kind, data
 
 
-def _decode_nifti(
-    data: bytes, label: str, axes: tuple[int, int, int] | None = None
-) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, tuple[int, int, int]]:
-    """``(array (C, D, H, W), spacing, file affine, axes)``: sliced as `unetzoo predict`
-    slices (:func:`unetzoo.data.geometry.volume_to_cdhw`), or along ``axes`` when given."""
-    import nibabel as nib
+def _check_total_size(file: Path, kind: str, label: str) -> None:
+    """The whole upload (all slices and channels) within :data:`MAX_PIXELS`, from its header."""
+    from unetzoo.data.io import picture_shape
+    from unetzoo.data.medio import image_shape
 
-    from unetzoo.data.geometry import volume_to_cdhw
+    shape = image_shape(file) if kind in VOLUME_KINDS else picture_shape(file)
+    if math.prod(shape) > MAX_PIXELS:
+        raise DataError(f"{label}: an image of shape {tuple(shape)} is too large; crop or "
+                        "downsample it")
 
-    try:
-        cls = nib.Nifti2Image if data[4:8] in (b"n+2\x00", b"ni2\x00") else nib.Nifti1Image
-        img = cls.from_bytes(data)
-        vol = np.asanyarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types
-        raise DataError(
-            f"{label}: looks like NIfTI but cannot be read ({exc}); the file is truncated "
-            "or the header is damaged"
-        ) from exc
-    if vol.ndim == 2:
-        vol = vol[..., None]
-    if vol.ndim == 5 and vol.shape[3] == 1:  # (X, Y, Z, 1, C): NIfTI's vector-valued layout
-        vol = vol[:, :, :, 0]
-    if vol.ndim not in (3, 4):
-        raise DataError(
-            f"{label}: NIfTI data of shape {vol.shape} is not a volume (X, Y, Z) or "
-            "(X, Y, Z, channels)"
-        )
-    if vol.size > MAX_PIXELS:
-        raise DataError(f"{label}: volume of shape {vol.shape} is too large; crop it")
-    if not (np.issubdtype(vol.dtype, np.number) or vol.dtype == np.bool_) or np.iscomplexobj(vol):
-        raise DataError(f"{label}: voxels of type {vol.dtype} are not intensities")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0, 1.0, 1.0)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    cdhw, order, spacing = volume_to_cdhw(vol, affine, zooms[:3], axes)
-    arr = np.ascontiguousarray(cdhw, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"{label}: the volume holds NaN or Inf values")
-    return arr, spacing, affine, order
+
+def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | None) -> inputs.Decoded:
+    """``predict``'s reader on the upload's bytes, from a private file named by the sniffed
+    type; messages name the client's file, never the server's path."""
+    suffix, what = SUFFIX[kind]
+    with tempfile.TemporaryDirectory(prefix="unetzoo-upload-") as tmp:
+        file = Path(tmp) / f"upload{suffix}"
+        file.write_bytes(data)
+        try:
+            _check_total_size(file, kind, label)
+            return inputs.decode(file, max_pixels=MAX_PIXELS, axes=axes, where=label)
+        except DataError as exc:
+            msg = str(exc).replace(str(file), label).replace(tmp, "")
+            if "unreadable or truncated" in msg or "cannot read" in msg:
+                verb = "decoded" if kind not in VOLUME_KINDS else "read"
+                msg = (f"{label}: looks like {what} but cannot be {verb} "
+                       f"({msg.removeprefix(label + ': ')}); the file is truncated or corrupt")
+            raise DataError(msg) from None
 
 
 def read_upload(
@@ -256,68 +210,23 @@ def read_upload(
         axes: slice a volume along these file axes (default: predict's rule).
 
     Returns:
-        an :class:`Upload` with raw intensities ``(C, D, H, W)``.
+        an :class:`Upload`: :func:`unetzoo.engine.inputs.decode`'s result for its bytes.
 
     Raises:
         DataError: too big, empty, not one of the accepted types, or undecodable.
     """
     label = Path(name or path).name
-    data = read_bytes(path, max_bytes)
-    kind = sniff(data[:352])
-    if kind == "gzip":
-        data = _inflate(data, max_bytes * 8, label)
-        kind = "nifti" if _is_nifti_header(data[:352]) else None
-        if kind is None:
-            raise DataError(f"{label}: a gzip file that holds no NIfTI volume; upload {ACCEPTED}")
-    if kind is None:
-        raise DataError(
-            f"{label}: not a supported file (the content is not {ACCEPTED}, whatever the "
-            "file name says)"
-        )
-    stem = safe_stem(name or Path(path).name)
-    if kind == "nifti":
-        arr, spacing, affine, order = _decode_nifti(data, label, axes)
-        return Upload("nifti", arr, spacing, affine, stem, axes=order)
-    arr, depth = _decode_tiff(data, label) if kind == "tiff" else _decode_pil(data, label, kind)
-    return Upload(kind, _image_to_cdhw(arr, label), (1.0, 1.0, 1.0), None, stem, depth)
-
-
-def match_channels(upload: Upload, in_channels: int) -> np.ndarray:
-    """The upload's ``(C, D, H, W)`` array with ``C == in_channels``.
-
-    2-D colour images go to grey (ITU-R 601 luma) for one-channel models, and grey
-    images are repeated for three-channel models; anything else is an error.
-    """
-    arr = upload.array
-    c = arr.shape[0]
-    if c == in_channels:
-        return arr
-    if not upload.is_volume:
-        if c == 3 and in_channels == 1:
-            w = np.array(RGB_TO_GREY, dtype=np.float32)[:, None, None, None]
-            return (arr * w).sum(0, keepdims=True)
-        if c == 1 and in_channels == 3:
-            return np.repeat(arr, 3, axis=0)
-    what = "volume" if upload.is_volume else "image"
-    raise DataError(
-        f"{upload.name}: the {what} has {c} channel(s) but the model takes {in_channels}; "
-        f"upload a {in_channels}-channel {what} or pick a model trained on {c} channel(s)"
-    )
+    kind, data = _sniffed(read_bytes(path, max_bytes), label, max_bytes)
+    dec = _decode(data, kind, label, axes)
+    return Upload(dec.array, dec.spacing, dec.affine, dec.order, dec.file_ndim, label,
+                  kind=kind, name=safe_stem(name or Path(path).name))
 
 
 def to_model_input(upload: Upload, in_channels: int, preprocessing: dict[str, Any]) -> np.ndarray:
-    """Normalised ``(C, D, H, W)`` float32 input for a model.
-
-    Volumes and float images get the checkpoint's preprocessing spec (raw intensities,
-    e.g. CT in HU). Integer 2-D images (PNG/JPEG/TIFF) are display renderings: they are
-    scaled to [0, 1] by their bit depth, except under a ``"range"`` spec (which names
-    its own scale) or per-image statistics (``"zscore"``, ``"percentile"``).
-    """
-    from unetzoo.data.preprocessing import normalize_picture
-
-    # The same rule as `unetzoo predict` (one home: data.preprocessing).
-    return normalize_picture(match_channels(upload, in_channels),
-                             preprocessing or {"kind": "none"}, upload.bit_depth)
+    """Normalised ``(C, D, H, W)`` float32 input for a model: ``unetzoo predict``'s rule
+    (:func:`unetzoo.engine.inputs.model_input`). Volumes and float images get the
+    checkpoint's preprocessing; 8/16-bit pictures are scaled by their bit depth."""
+    return inputs.model_input(upload, in_channels, preprocessing or {"kind": "none"})
 
 
 def read_mask(path: str | Path, shape: tuple[int, int, int], num_classes: int,
@@ -369,7 +278,8 @@ def download_dir_under(root: Path) -> Path:
 
 
 def write_label_map(labels: np.ndarray, upload: Upload, folder: Path) -> Path:
-    """Save ``labels`` ``(D, H, W)`` as ``<stem>_labels.png`` (2-D) or ``.nii.gz`` (volume).
+    """Save ``labels`` ``(D, H, W)`` as ``<stem>_labels.png`` (2-D), ``.nrrd`` / ``.mha``
+    (an NRRD / MetaImage volume: its own format, as ``predict`` writes) or ``.nii.gz``.
 
     Volumes go through the project's one label writer
     (:func:`unetzoo.data.medio.save_case_nifti`): the upload's shape, voxel order and
@@ -378,12 +288,12 @@ def write_label_map(labels: np.ndarray, upload: Upload, folder: Path) -> Path:
     """
     folder = Path(folder).resolve()
     stem = safe_stem(upload.name)
-    suffix = ".nii.gz" if upload.is_volume else ".png"
+    suffix = {"nrrd": ".nrrd", "mha": ".mha"}.get(upload.kind, ".nii.gz") if upload.is_volume else ".png"
     target = (folder / f"{stem}_labels{suffix}").resolve()
     if folder not in target.parents:
         raise DataError("refusing to write a download outside its folder")
     if upload.is_volume:
-        from unetzoo.engine.logging.display import file_to_array_affine
+        from unetzoo.data.geometry import file_to_array_affine
 
         affine = upload.affine if upload.affine is not None else np.eye(4)
         axes = upload.axes or (2, 1, 0)

@@ -135,10 +135,11 @@ def legend_html(seg: Segmentation, z: int) -> str:
     head_html = "".join(f"<th>{h}</th>" for h in head)
     note = ""
     if seg.metrics:
+        from unetzoo.metrics import scored_mean
+
         # strict rule: a class absent from both maps is NaN (not scored), left out
-        scored = [m["dice"] for m in seg.metrics.values() if not np.isnan(m["dice"])]
-        mean_d = f"{np.mean(scored):.3f}" if scored else "n/a"
-        note = (f"<p>mean Dice over the {len(scored)} scored class(es): {mean_d} "
+        mean, n = scored_mean([m["dice"] for m in seg.metrics.values()])
+        note = (f"<p>mean Dice over the {n} scored class(es): {_fmt(mean)} "
                 "(empty-mask protocol: strict)</p>")
     return (
         f'<div class="unetzoo-legend"><table><tr>{head_html}</tr>{"".join(rows)}</table>'
@@ -341,8 +342,8 @@ def build_app(backend: DemoBackend) -> Any:
 
     with gr.Blocks(title="unetzoo demo") as app:
         gr.Markdown(
-            "# unetzoo: segmentation demo\nUpload a PNG / JPEG / TIFF image or a NIfTI "
-            "volume, pick a model and press **Segment**. Add a ground-truth mask to get "
+            "# unetzoo: segmentation demo\nUpload a PNG / JPEG / TIFF image or a NIfTI, "
+            "NRRD or MetaImage (.mha) volume, pick a model and press **Segment**. Add a ground-truth mask to get "
             "Dice, HD95 and, beside the prediction, the ground truth and an error map "
             "(red: false positive, blue: false negative, yellow: wrong class). Volumes are "
             "shown in radiological convention (patient's left on the image's right)."
@@ -350,7 +351,7 @@ def build_app(backend: DemoBackend) -> Any:
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                up = gr.File(label="Image or volume (PNG, JPEG, TIFF, NIfTI)", elem_id="upload")
+                up = gr.File(label="Image or volume (PNG, JPEG, TIFF, NIfTI, NRRD, .mha)", elem_id="upload")
                 gt = gr.File(label="Ground-truth mask (optional)", elem_id="gt-upload")
                 choice = gr.Dropdown(backend.choices(), value=backend.choices()[0],
                                      label="Model", elem_id="model-choice")

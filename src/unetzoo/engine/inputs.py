@@ -1,15 +1,18 @@
-"""Prediction inputs: one reader per kind (volumes by case, 2-D pictures), checked before
-anything is decoded, and one rule for writing outputs.
+"""Prediction inputs: one reader for ``predict``, ``test``'s inputs and the demo, checked
+before anything is decoded, and one rule for writing outputs.
 
-Inputs are normalised with the inference spec's preprocessing
-(:func:`unetzoo.data.preprocessing.normalize`); volumes are put in ``(C, D, H, W)`` by the
-one slicing rule (:func:`unetzoo.data.geometry.volume_to_cdhw`, the demo's too). What is
-refused, in one line each, instead of a silent wrong map: NaN/Inf intensities (a single NaN
-voxel used to wipe its slice; masking would invent tissue, so the user decides),
-non-numeric or complex voxels, inputs with an empty axis, and 2-D inputs (or volume
-slices) over ``max_pixels`` (default 4096 x 4096), read from the file header before
-anything is decoded. 8-bit and 16-bit pictures get the demo's rule
-(:func:`unetzoo.data.preprocessing.normalize_picture`).
+Two steps, the same for every caller: :func:`decode` reads a file (or the channel files of
+one case) into a checked :class:`Decoded` ``(C, D, H, W)`` array in the file's dtype
+(volumes through the one slicing rule, :func:`unetzoo.data.geometry.volume_to_cdhw`);
+:func:`model_input` matches the model's channels (:func:`match_channels`) and normalises
+with the inference spec's preprocessing (:func:`unetzoo.data.preprocessing.normalize`;
+8-bit and 16-bit pictures by their bit depth,
+:func:`unetzoo.data.preprocessing.normalize_picture`). The demo's uploads are written to a
+private file and read by the same two steps. What is refused, in one line each, instead
+of a silent wrong map: NaN/Inf intensities (a single NaN voxel used to wipe its slice;
+masking would invent tissue, so the user decides), non-numeric or complex voxels, inputs
+with an empty axis, and 2-D inputs (or volume slices) over ``max_pixels`` (default
+4096 x 4096), read from the file header before anything is decoded.
 """
 
 from __future__ import annotations
@@ -46,43 +49,6 @@ def _kind(path: Path) -> str:
         f"{path}: unsupported input type; give NIfTI (.nii, .nii.gz) or 2-D images "
         f"({', '.join(IMAGE_SUFFIXES)})"
     )
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in (".nii.gz", *NIFTI_SUFFIXES, *IMAGE_SUFFIXES):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
-def _to_channels(arr: np.ndarray, in_channels: int, where: Path) -> np.ndarray:
-    """``(H, W)`` / ``(H, W, C)`` pixels -> ``(in_channels, H, W)`` (dtype kept)."""
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3:
-        raise DataError(f"{where}: expected a 2-D image, got array shape {arr.shape}")
-    c = arr.shape[-1]
-    if c > 4 and c != in_channels:  # e.g. a multi-page TIFF read as (pages, H, W)
-        raise DataError(
-            f"{where}: array of shape {arr.shape} is not one 2-D image; predict takes one "
-            "image per file (save a stack as a NIfTI volume)"
-        )
-    if c == 4 and in_channels in (1, 3):  # drop alpha
-        arr, c = arr[..., :3], 3
-    if c == in_channels:
-        out = arr
-    elif in_channels == 1 and c == 3:
-        luma = arr.astype(np.float32) @ np.array(RGB_TO_GREY, dtype=np.float32)
-        # Keep the integer type so the bit depth rule still applies to the grey image.
-        out = (luma.round().astype(arr.dtype) if arr.dtype.kind == "u" else luma)[..., None]
-    elif in_channels == 3 and c == 1:
-        out = np.repeat(arr, 3, axis=-1)
-    else:
-        raise DataError(
-            f"{where}: image has {c} channel(s) but the model takes {in_channels}; convert it"
-        )
-    return np.moveaxis(out, -1, 0)
 
 
 def check_finite(arr: np.ndarray, where: Path | str) -> None:
@@ -124,6 +90,162 @@ def check_header(p: Path, max_pixels: int) -> None:
 
 
 @dataclass
+class Decoded:
+    """A file read and checked, before anything model-specific (:func:`decode`).
+
+    Attributes:
+        array: ``(C, D, H, W)`` in the file's dtype (``D = 1`` for a 2-D picture), so a
+            picture's bit depth is still known.
+        spacing: voxel size along ``(D, H, W)`` in mm (1.0 where the format has none).
+        affine: a volume's file affine (4x4, file ``(i, j, k)`` indices); None for pictures.
+        order: a volume's file axis of each of ``D, H, W``; None for pictures.
+        file_ndim: spatial axes in the file (2 for a picture or a single-slice file).
+        where: how errors name the input (a path, ``case NAME`` or an upload's name).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    affine: np.ndarray | None = None
+    order: tuple[int, int, int] | None = None
+    file_ndim: int = 2
+    where: str = "input"
+
+    @property
+    def picture(self) -> bool:
+        return self.order is None
+
+    @property
+    def bit_depth(self) -> int | None:
+        """255 / 65535 (1 for bool) for 8/16-bit pictures (display renderings), else None."""
+        from unetzoo.data.preprocessing import display_bit_depth
+
+        return display_bit_depth(self.array) if self.picture else None
+
+
+def _decode_picture(p: Path, max_pixels: int, where: str) -> Decoded:
+    from unetzoo.data.io import load_picture
+
+    check_header(p, max_pixels)
+    raw = load_picture(p)
+    check_finite(raw, where)
+    if raw.ndim == 2:
+        raw = raw[..., None]
+    if raw.ndim != 3:
+        raise DataError(f"{where}: expected a 2-D image, got array shape {raw.shape}")
+    return Decoded(np.moveaxis(raw, -1, 0)[:, None], where=where)
+
+
+def _decode_volume(
+    files: Sequence[Path], max_pixels: int, axes: tuple[int, int, int] | None, where: str
+) -> Decoded:
+    from unetzoo.data.geometry import volume_to_cdhw
+
+    arr, affine, zooms = medio.load_case_channels(files)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+        raise DataError(f"{where}: voxels of type {arr.dtype} are not intensities; save real numbers")
+    multi = len(files) > 1 or arr.ndim == 4
+    spatial = arr.shape[:-1] if multi else arr.shape
+    if len(spatial) not in (2, 3):
+        raise DataError(
+            f"{where}: expected a 2-D or 3-D image per channel file, got shape {arr.shape}"
+        )
+    if any(n == 0 for n in spatial):
+        raise DataError(f"{where}: the image has an empty axis (shape {arr.shape})")
+    h, w = sorted(spatial, reverse=True)[:2]
+    if h * w > max_pixels:
+        raise DataError(
+            f"{where}: slices of {w} x {h} pixels are over predict's limit of "
+            f"{max_pixels:,} pixels; crop or downsample it, or raise --max-pixels"
+        )
+    if len(spatial) == 2:
+        arr = arr[:, :, None] if not multi else arr[:, :, None, :]
+        zooms = (*zooms[:2], 1.0)
+    check_finite(arr, where)
+    vol, order, spacing = volume_to_cdhw(arr, affine, zooms, axes)  # the one slicing rule
+    return Decoded(vol, spacing, affine, order, len(spatial), where)
+
+
+def decode(
+    files: str | Path | Sequence[str | Path],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    axes: tuple[int, int, int] | None = None,
+    where: str | None = None,
+) -> Decoded:
+    """Read one input: a 2-D picture, or a volume (NIfTI, NRRD, MetaImage, DICOM) given
+    as one file or as the channel files of one case.
+
+    Args:
+        files: the file, or the channel files of one case in channel order.
+        max_pixels: largest picture (or volume slice) in pixels.
+        axes: slice a volume along these file axes (a mask read in its image's order);
+            default the one slicing rule.
+        where: how errors name the input (default the file, or the files' names).
+
+    Raises:
+        DataError: unreadable, empty, too large, NaN/Inf or non-numeric voxels.
+    """
+    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if where is None:
+        where = str(paths[0]) if len(paths) == 1 else ", ".join(p.name for p in paths)
+    if medio.file_ending(paths[0]) in medio.PICTURE_ENDINGS:
+        return _decode_picture(paths[0], max_pixels, where)
+    return _decode_volume(paths, max_pixels, axes, where)
+
+
+def match_channels(image: Decoded, in_channels: int, case: str | None = None) -> np.ndarray:
+    """``image.array`` with ``in_channels`` channels (dtype kept).
+
+    Pictures: alpha is dropped, colour goes to grey (ITU-R 601 luma, rounded back to the
+    integer type so the bit-depth rule still applies) for one-channel models, grey is
+    repeated for three-channel models. Volumes must have the model's channels.
+    """
+    arr, where = image.array, image.where
+    c = arr.shape[0]
+    if not image.picture:
+        if c != in_channels:
+            name = case or "CASE"
+            raise DataError(
+                f"{where}: the volume has {c} channel(s) but the model takes {in_channels}; "
+                f"give them as one file with a channel axis, or as {name}_0000 ... "
+                f"{name}_{in_channels - 1:04d}"
+            )
+        return arr
+    if c > 4 and c != in_channels:  # e.g. a multi-page TIFF read as (pages, H, W)
+        raise DataError(
+            f"{where}: array of shape {arr.shape[2:] + arr.shape[:1]} is not one 2-D image; "
+            "predict takes one image per file (save a stack as a NIfTI volume)"
+        )
+    if c == 4 and in_channels in (1, 3):  # drop alpha
+        arr, c = arr[:3], 3
+    if c == in_channels:
+        return arr
+    if in_channels == 1 and c == 3:
+        luma = np.tensordot(np.array(RGB_TO_GREY, dtype=np.float32), arr.astype(np.float32), 1)
+        return (luma.round().astype(arr.dtype) if arr.dtype.kind == "u" else luma)[None]
+    if in_channels == 3 and c == 1:
+        return np.repeat(arr, 3, axis=0)
+    raise DataError(
+        f"{where}: image has {c} channel(s) but the model takes {in_channels}; convert it"
+    )
+
+
+def model_input(
+    image: Decoded, in_channels: int, spec: dict[str, Any], case: str | None = None
+) -> np.ndarray:
+    """Normalised ``(C, D, H, W)`` float32 model input of a :class:`Decoded` input.
+
+    Volumes, float and signed pictures (raw intensities) get ``spec``; 8/16-bit pictures
+    the bit-depth rule (:func:`unetzoo.data.preprocessing.normalize_picture`).
+    """
+    from unetzoo.data.preprocessing import normalize, normalize_picture
+
+    arr = match_channels(image, in_channels, case)
+    if image.picture:
+        return normalize_picture(arr[:, 0], spec, image.bit_depth)[:, None]
+    return normalize(arr.astype(np.float32), spec)
+
+
+@dataclass
 class Input:
     """A prediction input, read and normalised.
 
@@ -144,25 +266,30 @@ def read_input(
     path: str | Path, in_channels: int, spec: dict[str, Any],
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Input:
-    """Read a NIfTI volume or a 2-D picture and normalise it for a model.
-
-    NIfTI intensities get ``spec``; 8/16-bit pictures the demo's bit-depth rule; float
-    or signed pictures (raw intensities) get ``spec``. Size and emptiness are checked
-    from the header before decoding, finiteness after.
-    """
-    from unetzoo.data.io import load_picture
-    from unetzoo.data.preprocessing import display_bit_depth, normalize_picture
-
+    """Read a NIfTI volume or a 2-D picture and normalise it for a model
+    (:func:`decode` then :func:`model_input`); size and emptiness are checked from the
+    header before decoding, finiteness after."""
     p = Path(path)
     check_header(p, max_pixels)
-    if _kind(p) == "nifti":  # the volume reader of predict_cases, one file as one case
-        image, affine, order, _ = read_volume_case(p.name, [p], in_channels, spec, max_pixels)
-        return Input("nifti", image, affine, order)
-    raw = load_picture(p)
-    check_finite(raw, p)
-    chans = _to_channels(raw, in_channels, p)
-    image = normalize_picture(chans, spec, display_bit_depth(raw))
-    return Input("image", image[:, None])
+    dec = decode(p, max_pixels)
+    image = model_input(dec, in_channels, spec)
+    return Input("image" if dec.picture else "nifti", image, dec.affine, dec.order)
+
+
+def read_volume_case(
+    case: str, files: Sequence[Path], in_channels: int, spec: dict[str, Any], max_pixels: int
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], int]:
+    """Read and normalise one volume case (:func:`decode` then :func:`model_input`).
+
+    Returns ``(image (C, D, H, W) float32, affine, order, file_ndim)``: ``order`` is the
+    file axis of each of ``D, H, W`` (:func:`unetzoo.data.geometry.reorient`), ``file_ndim``
+    the number of spatial axes in the file (2 for a single-slice 2-D file).
+    """
+    # Errors name the file when the case is one file, else the case.
+    where = str(files[0]) if len(files) == 1 else f"case {case}"
+    dec = decode(files, max_pixels, where=where)
+    assert dec.affine is not None and dec.order is not None
+    return model_input(dec, in_channels, spec, case), dec.affine, dec.order, dec.file_ndim
 
 
 def write_output(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -197,51 +324,3 @@ def progress_printer(name: str) -> Callable[[int, int], None]:
             print(text, file=sys.stderr, flush=True)
 
     return report
-
-
-def read_volume_case(
-    case: str, files: Sequence[Path], in_channels: int, spec: dict[str, Any], max_pixels: int
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], int]:
-    """Read and normalise one volume case.
-
-    Returns ``(image (C, D, H, W) float32, affine, order, file_ndim)``: ``order`` is the
-    file axis of each of ``D, H, W`` (:func:`unetzoo.data.geometry.reorient`), ``file_ndim``
-    the number of spatial axes in the file (2 for a single-slice 2-D file).
-    """
-    from unetzoo.data.geometry import volume_to_cdhw
-    from unetzoo.data.preprocessing import normalize
-
-    # Errors name the file when the case is one file, else the case.
-    where = str(files[0]) if len(files) == 1 else f"case {case}"
-    arr, affine, zooms = medio.load_case_channels(files)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
-        raise DataError(f"{where}: voxels of type {arr.dtype} are not intensities; save real numbers")
-    multi = len(files) > 1 or arr.ndim == 4
-    spatial = arr.shape[:-1] if multi else arr.shape
-    if len(spatial) not in (2, 3):
-        raise DataError(
-            f"{where}: expected a 2-D or 3-D image per channel file, got shape {arr.shape}"
-        )
-    file_ndim = len(spatial)
-    if any(n == 0 for n in spatial):
-        raise DataError(f"{where}: the image has an empty axis (shape {arr.shape})")
-    h, w = sorted(spatial, reverse=True)[:2]
-    if h * w > max_pixels:
-        raise DataError(
-            f"{where}: slices of {w} x {h} pixels are over predict's limit of "
-            f"{max_pixels:,} pixels; crop or downsample it, or raise --max-pixels"
-        )
-    if file_ndim == 2:
-        arr = arr[:, :, None] if not multi else arr[:, :, None, :]
-        zooms = (*zooms[:2], 1.0)
-    check_finite(arr, where)
-    vol, order, _ = volume_to_cdhw(arr, affine, zooms)  # predict's and the demo's rule
-    if vol.shape[0] != in_channels:
-        names = ", ".join(f.name for f in files)
-        raise DataError(
-            f"case {case} has {vol.shape[0]} channel(s) ({names}) but the model takes "
-            f"{in_channels}; give them as {case}_0000 ... {case}_{in_channels - 1:04d}"
-        )
-    return normalize(vol.astype(np.float32), spec), affine, tuple(order), file_ndim
-
-

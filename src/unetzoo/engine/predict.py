@@ -34,7 +34,6 @@ from unetzoo.engine.inputs import (  # noqa: F401 - re-exported (former home)
     IMAGE_SUFFIXES,
     NIFTI_SUFFIXES,
     Input,
-    _to_channels,
     read_input,
     write_output,
 )
