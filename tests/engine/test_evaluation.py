@@ -257,3 +257,16 @@ def test_ensemble_members_must_share_the_spec(tmp_path):
     with pytest.raises(CheckpointError, match="preprocessing differs"):
         run_test([a, b], dataset=_MemDataset(affine=True), out_dir=tmp_path / "r",
                  overlays=0, device="cpu", verbose=False)
+
+
+def test_case_metrics_are_the_values_of_case_scores():
+    from unetzoo.errors import ConfigError
+
+    case = _MemDataset(affine=True).load_case("c0", "test")
+    pred = _never_predicts_2_or_3(None, case.image, 16)
+    scores = evaluation.case_scores(pred, case, 4, "strict", ("dice", "nsd"), 2.0)
+    assert evaluation.case_metrics(pred, case, 4, "strict", ("dice", "nsd"), 2.0) == \
+        {k: s.values for k, s in scores.items()}
+    assert evaluation.case_metrics(pred, case, 4, metrics=("dice",))[1] == {"dice": 1.0}
+    with pytest.raises(ConfigError, match="unknown metric"):
+        evaluation.case_metrics(pred, case, 4, "strict", ())

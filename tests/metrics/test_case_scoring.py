@@ -60,3 +60,27 @@ def test_one_slice_volume_json_is_scored_as_the_report_scores_it():
     row = cm.case_metrics(pred, gt, 2, (3.0, 1.0, 1.0), metrics=("hd95",))["classes"]["1"]
     assert row["hd95"] == evaluate_case(pred, gt, 2, (3.0, 1.0, 1.0))[1]["hd95"]
     assert row["hd95"] == pytest.approx(hd95(pred[0] == 1, gt[0] == 1)) == pytest.approx(4.147, abs=1e-3)
+
+
+def test_projections_take_score_case_arguments_and_need_a_metric():
+    """evaluate_case forwards score_case's arguments (positional and keyword) unchanged;
+    counts only (no metric) is score_case's, evaluate_case refuses it in one line."""
+    from unetzoo.errors import ConfigError
+    from unetzoo.metrics import assd, hd
+
+    pred, gt = _maps(3)
+    sp, roi = (2.0, 0.8, 0.7), gt != 3
+    full = score_case(pred, gt, 4, sp, "transunet", ("dice", "hd95"), roi, workers=1)
+    assert evaluate_case(pred, gt, 4, sp, "transunet", ("dice", "hd95"), roi, workers=1) == \
+        {c: s.values for c, s in full.items()}
+    assert all(not s.values for s in score_case(pred, gt, 4, metrics=()).values())
+    with pytest.raises(ConfigError, match="unknown metric"):
+        evaluate_case(pred, gt, 4, metrics=())
+    with pytest.raises(TypeError):
+        evaluate_case(pred, gt, 4, no_such_option=1)
+    # hd95 / hd / assd: one body, each its own name and its own SurfaceDistances value
+    a, b = pred == 1, gt == 1
+    values = evaluate_case(pred, gt, 4, sp, metrics=("hd95", "hd", "assd"))[1]
+    for fn in (hd95, hd, assd):
+        assert fn(a, b, sp) == pytest.approx(values[fn.__name__])
+    assert [f.__name__ for f in (hd95, hd, assd)] == ["hd95", "hd", "assd"]

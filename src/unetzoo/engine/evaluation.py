@@ -135,17 +135,14 @@ def case_scores(
 
 
 def case_metrics(
-    pred: np.ndarray,
-    case,
-    num_classes: int,
-    protocol: str = "strict",
-    metrics: Sequence[str] = DEFAULT_REPORT_METRICS,
-    nsd_tolerance: float = 1.0,
+    pred: np.ndarray, case, num_classes: int, *args: Any, **kwargs: Any
 ) -> dict[int, dict[str, float]]:
-    """The ``metrics`` (default Dice and HD95) per foreground class of one case,
-    ``{class_index: {metric: value}}``: the values of :func:`case_scores`."""
-    metrics = check_metrics(metrics)
-    scores = case_scores(pred, case, num_classes, protocol, metrics, nsd_tolerance)
+    """The metrics (default Dice and HD95) per foreground class of one case,
+    ``{class_index: {metric: value}}``: the values of :func:`case_scores`, with its
+    arguments ``(pred, case, num_classes, protocol, metrics, nsd_tolerance)``."""
+    scores = case_scores(pred, case, num_classes, *args, **kwargs)
+    if not any(s.values for s in scores.values()):
+        check_metrics(())  # no metric asked: the one-line ConfigError
     return {k: {m: float(v) for m, v in s.values.items()} for k, s in scores.items()}
 
 

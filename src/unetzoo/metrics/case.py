@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import find_objects
@@ -268,21 +269,12 @@ def score_case(
 
 
 def evaluate_case(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    num_classes: int,
-    spacing: float | Sequence[float] | None = None,
-    protocol: str = "strict",
-    metrics: Sequence[str] = ("dice", "hd95"),
-    roi: np.ndarray | None = None,
-    *,
-    ignore_label: int | None = None,
-    prob: np.ndarray | None = None,
-    connectivity: int = 1,
-    workers: int | None = None,
-    nsd_tolerance: float = 1.0,
+    pred: np.ndarray, gt: np.ndarray, num_classes: int, *args: Any, **options: Any
 ) -> dict[int, dict[str, float]]:
-    """Per-class metrics of one case (the values of :func:`score_case`).
+    """Per-class metrics of one case: the values of :func:`score_case`, which takes the
+    same arguments ``(pred, gt, num_classes, spacing=None, protocol="strict",
+    metrics=("dice", "hd95"), roi=None, *, ignore_label, prob, connectivity, workers,
+    nsd_tolerance)``; here at least one metric.
 
     Args:
         pred, gt: integer label maps of one shape, 2-D ``(H, W)`` or 3-D ``(D, H, W)``;
@@ -323,9 +315,7 @@ def evaluate_case(
     The surface distances are computed once per class for all distance metrics, on the
     bounding box of that class in either map (found for all classes in one pass).
     """
-    metrics = check_metrics(metrics)
-    scores = score_case(
-        pred, gt, num_classes, spacing, protocol, metrics, roi, ignore_label=ignore_label,
-        prob=prob, connectivity=connectivity, workers=workers, nsd_tolerance=nsd_tolerance,
-    )
+    scores = score_case(pred, gt, num_classes, *args, **options)
+    if not any(s.values for s in scores.values()):
+        check_metrics(())  # counts only is score_case's: here the one-line ConfigError
     return {c: s.values for c, s in scores.items()}

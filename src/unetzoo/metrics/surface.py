@@ -35,7 +35,7 @@ Empty masks (``protocol``):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,45 +196,36 @@ def _distances_in_box(
     )
 
 
-def hd95(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    spacing: float | Sequence[float] | None = None,
-    protocol: str = "strict",
-    *,
-    connectivity: int = 1,
-) -> float:
-    """95th-percentile Hausdorff distance (medpy's ``hd95``; units of ``spacing``).
+def _distance_metric(name: str, doc: str) -> Callable[..., float]:
+    """The public function of one :class:`SurfaceDistances` metric (one signature, one
+    body for HD95, HD and ASSD)."""
 
-    Empty masks: strict -> NaN if both are empty, inf if one is (MONAI); transunet ->
-    0.0 unless both are non-empty.
-    """
-    check_protocol(protocol)
-    return surface_distances(pred, gt, spacing, connectivity=connectivity).hd95(protocol)
+    def metric(
+        pred: np.ndarray,
+        gt: np.ndarray,
+        spacing: float | Sequence[float] | None = None,
+        protocol: str = "strict",
+        *,
+        connectivity: int = 1,
+    ) -> float:
+        check_protocol(protocol)
+        distances = surface_distances(pred, gt, spacing, connectivity=connectivity)
+        return getattr(distances, name)(protocol)
 
-
-def hd(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    spacing: float | Sequence[float] | None = None,
-    protocol: str = "strict",
-    *,
-    connectivity: int = 1,
-) -> float:
-    """Hausdorff distance (medpy's ``hd``); empty masks as for :func:`hd95`."""
-    check_protocol(protocol)
-    return surface_distances(pred, gt, spacing, connectivity=connectivity).hd(protocol)
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = doc
+    return metric
 
 
-def assd(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    spacing: float | Sequence[float] | None = None,
-    protocol: str = "strict",
-    *,
-    connectivity: int = 1,
-) -> float:
-    """Average symmetric surface distance (medpy's ``assd``); empty masks as for
-    :func:`hd95`."""
-    check_protocol(protocol)
-    return surface_distances(pred, gt, spacing, connectivity=connectivity).assd(protocol)
+hd95 = _distance_metric(
+    "hd95",
+    "95th-percentile Hausdorff distance (medpy's ``hd95``; units of ``spacing``).\n\n"
+    "Empty masks: strict -> NaN if both are empty, inf if one is (MONAI); transunet -> "
+    "0.0 unless both are non-empty.",
+)
+hd = _distance_metric(
+    "hd", "Hausdorff distance (medpy's ``hd``); empty masks as for :func:`hd95`.")
+assd = _distance_metric(
+    "assd",
+    "Average symmetric surface distance (medpy's ``assd``); empty masks as for :func:`hd95`.",
+)
