@@ -16,7 +16,7 @@ What is refused, in one line each: an inference spec that cannot be right (``img
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,18 +38,11 @@ from unetzoo.engine.inputs import (  # noqa: F401 - re-exported (former home)
     write_output,
 )
 from unetzoo.engine.predict_cases import predict_array, predict_cases
-from unetzoo.engine.spec import MAX_IMG_SIZE, InferenceSpec  # noqa: F401
+from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError
 
 #: ``postprocessing`` value meaning "the plan stored with the checkpoint, if any".
 STORED = "stored"
-
-
-def check_inference_spec(meta: Mapping[str, Any], where: str | Path) -> dict[str, Any]:
-    """``meta`` with ``img_size`` / ``in_channels`` as ints after the spec's checks
-    (:meth:`InferenceSpec.from_dict`); kept for callers of the former API."""
-    spec = InferenceSpec.from_dict(meta, str(where))
-    return {**meta, "img_size": spec.img_size, "in_channels": spec.in_channels}
 
 
 @dataclass

@@ -242,11 +242,3 @@ class InferenceSpec:
                     "to the training spacing)"
                 )
         return None
-
-    def same_contract(self, other: InferenceSpec) -> str | None:
-        """The first field two specs must share to be ensembled that differs, else None."""
-        for key in ("class_names", "in_channels", "img_size", "preprocessing", "slicing",
-                    "resize"):
-            if getattr(self, key) != getattr(other, key):
-                return key
-        return None

@@ -46,17 +46,6 @@ class MetricsLog:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = list(rows or [])
 
-    @classmethod
-    def read(cls, path: str | Path) -> MetricsLog:
-        """Load an existing ``metrics.csv`` (empty when missing), numbers as floats."""
-        p = Path(path)
-        rows: list[dict[str, Any]] = []
-        if p.is_file():
-            with p.open(newline="") as fh:
-                for row in csv.DictReader(fh):
-                    rows.append({k: _num(v) for k, v in row.items() if v not in ("", None)})
-        return cls(p, rows)
-
     def append(self, row: dict[str, Any]) -> None:
         """Add (or replace, same epoch) a row and rewrite the file."""
         self.rows = [r for r in self.rows if r.get("epoch") != row.get("epoch")] + [row]
@@ -79,14 +68,6 @@ class MetricsLog:
             for r in self.rows:
                 writer.writerow({k: _fmt(v) for k, v in r.items()})
         tmp.replace(self.path)
-
-
-def _num(v: str) -> Any:
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 def _fmt(v: Any) -> Any:
