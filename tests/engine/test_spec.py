@@ -191,3 +191,8 @@ def test_predict_warns_once_when_the_input_spacing_is_far_from_training(tmp_path
 
     onnx_path = export_checkpoint(path, tmp_path / "m.onnx", verify=False).path
     assert load_predictor(onnx_path).spec.spacing == (3.0, 1.0, 1.0)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    meta = json.loads(props["unetzoo"])
+    assert meta["spacing"] == [3.0, 1.0, 1.0] and "2x off" in meta["protocol"]["spacing"]

@@ -59,6 +59,12 @@ PROTOCOL_TEXT: dict[str, str] = {
         "zeros stay 0); percentile: clip to the lower/upper percentiles and scale to [0, 1]; "
         "channels: one spec per input channel."
     ),
+    "spacing": (
+        "'spacing' is the median (sz, sy, sx) voxel size in mm of the training cases (null "
+        "when the training data had none). Inputs are not resampled to it: each slice is "
+        "resized to img_size as in training; unetzoo predict warns when an input's in-plane "
+        f"voxel size is more than {SPACING_WARN_RATIO:g}x off."
+    ),
     "output": (
         "The model maps float32 (N, C, H, W) to logits (N, K, H, W); label = argmax over K of "
         "the float32 softmax, ties to the lower class (K = 1: a sigmoid head, probabilities "
