@@ -188,11 +188,11 @@ def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | Non
             _check_total_size(file, kind, label)
             return inputs.decode(file, max_pixels=MAX_PIXELS, axes=axes, where=label)
         except DataError as exc:
-            msg = str(exc).replace(str(file), label).replace(tmp, "")
+            # One line (decoders' messages may hold newlines), naming the client's file.
+            msg = " ".join(str(exc).replace(str(file), label).replace(tmp, "").split())
             if "unreadable or truncated" in msg or "cannot read" in msg:
                 verb = "decoded" if kind not in VOLUME_KINDS else "read"
-                msg = (f"{label}: looks like {what} but cannot be {verb} "
-                       f"({msg.removeprefix(label + ': ')}); the file is truncated or corrupt")
+                msg = f"{label}: looks like {what} but cannot be {verb}: {msg.removeprefix(label + ': ')}"
             raise DataError(msg) from None
 
 
@@ -295,9 +295,9 @@ def write_label_map(labels: np.ndarray, upload: Upload, folder: Path) -> Path:
     if upload.is_volume:
         from unetzoo.data.geometry import file_to_array_affine
 
-        affine = upload.affine if upload.affine is not None else np.eye(4)
-        axes = upload.axes or (2, 1, 0)
-        return save_case_nifti(labels, file_to_array_affine(affine, axes), target, axes)
+        assert upload.order is not None and upload.affine is not None
+        return save_case_nifti(labels, file_to_array_affine(upload.affine, upload.order),
+                               target, upload.order)
     from PIL import Image
 
     Image.fromarray(labels[0].astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)

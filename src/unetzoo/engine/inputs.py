@@ -82,6 +82,8 @@ def check_header(p: Path, max_pixels: int) -> None:
 
     if _kind(p) == "nifti":
         shape = nifti_shape(p)
+        if len(shape) == 5 and shape[3] == 1:  # NIfTI's vector-valued layout (X, Y, Z, 1, C)
+            shape = (*shape[:3], shape[4])
         if len(shape) < 2 or len(shape) > 4:
             raise DataError(f"{p}: expected a 3-D (or 3-D + channels) volume, got shape {shape}")
         check_size(shape, p, max_pixels, volume=len(shape) > 2)
@@ -141,6 +143,8 @@ def _decode_volume(
     from unetzoo.data.geometry import volume_to_cdhw
 
     arr, affine, zooms = medio.load_case_channels(files)
+    if arr.ndim == 5 and arr.shape[3] == 1:  # (X, Y, Z, 1, C): NIfTI's vector-valued layout
+        arr = arr[:, :, :, 0]
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
         raise DataError(f"{where}: voxels of type {arr.dtype} are not intensities; save real numbers")
     multi = len(files) > 1 or arr.ndim == 4
@@ -203,11 +207,11 @@ def match_channels(image: Decoded, in_channels: int, case: str | None = None) ->
     c = arr.shape[0]
     if not image.picture:
         if c != in_channels:
-            name = case or "CASE"
+            fix = (f"give them as {case}_0000 ... {case}_{in_channels - 1:04d}" if case else
+                   f"give a volume with {in_channels} channel(s) (a last axis in the file)")
             raise DataError(
                 f"{where}: the volume has {c} channel(s) but the model takes {in_channels}; "
-                f"give them as one file with a channel axis, or as {name}_0000 ... "
-                f"{name}_{in_channels - 1:04d}"
+                f"{fix}, or use a model trained on {c} channel(s)"
             )
         return arr
     if c > 4 and c != in_channels:  # e.g. a multi-page TIFF read as (pages, H, W)
