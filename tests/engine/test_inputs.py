@@ -62,6 +62,7 @@ def test_demo_and_predict_read_a_volume_through_one_function(tmp_path, decode_ca
     np.testing.assert_allclose(up.affine, aff, atol=1e-6)  # float32 header
     assert up.spacing == pytest.approx((3.0, 0.9, 0.7))
     assert up.array.dtype == np.int16  # raw intensities, as in the file
+    assert up.array.flags.owndata  # not a map of the private file, which is gone
     np.testing.assert_array_equal(up.array[0], np.transpose(arr, up.order))
 
 

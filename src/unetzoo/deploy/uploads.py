@@ -186,7 +186,10 @@ def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | Non
         file.write_bytes(data)
         try:
             _check_total_size(file, kind, label)
-            return inputs.decode(file, max_pixels=MAX_PIXELS, axes=axes, where=label)
+            dec = inputs.decode(file, max_pixels=MAX_PIXELS, axes=axes, where=label)
+            # nibabel memory-maps an uncompressed .nii: own the voxels before the file goes.
+            dec.array = np.array(dec.array)
+            return dec
         except DataError as exc:
             # One line (decoders' messages may hold newlines), naming the client's file.
             msg = " ".join(str(exc).replace(str(file), label).replace(tmp, "").split())
