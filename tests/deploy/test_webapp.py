@@ -179,3 +179,26 @@ def test_demo_loads_through_the_one_loader(tiny_checkpoint, dynamic_onnx, phanto
         verbose=False)[0]
     np.testing.assert_array_equal(np.asarray(nib.load(seg.download).dataobj),
                                   np.asarray(nib.load(ref["output"]).dataobj))
+
+
+def test_legend_mean_is_the_metrics_scored_mean(tmp_path, monkeypatch):
+    """The legend's mean Dice is unetzoo.metrics.scored_mean (no rule of its own): NaN
+    classes are left out, and none scored reads n/a, never 1.0."""
+    import math
+
+    import unetzoo.metrics as metrics
+    from unetzoo.deploy.webapp import Segmentation
+
+    seen: list[list[float]] = []
+    real = metrics.scored_mean
+    monkeypatch.setattr(metrics, "scored_mean", lambda v: seen.append(list(v)) or real(v))
+    lab = np.zeros((1, 4, 4), np.int64)
+    seg = Segmentation(display=np.zeros(lab.shape, np.uint8), labels=lab,
+                       class_names=["bg", "a", "b"], spacing=(1.0, 1.0, 1.0), is_volume=False,
+                       download=tmp_path / "x.png", gt=lab,
+                       metrics={1: {"dice": math.nan, "hd95": math.nan},
+                                2: {"dice": math.nan, "hd95": math.nan}})
+    assert "mean Dice over the 0 scored class(es): n/a" in legend_html(seg, 0)
+    seg.metrics[2] = {"dice": 0.25, "hd95": 3.0}
+    assert "mean Dice over the 1 scored class(es): 0.250" in legend_html(seg, 0)
+    assert len(seen) == 2 and math.isnan(seen[1][0]) and seen[1][1] == 0.25

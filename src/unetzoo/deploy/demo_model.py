@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from unetzoo.engine.run_folder import RunLayout
 from unetzoo.errors import ConfigError
 
 MAKE_DEMO_RUN = Path("runs") / "demo"
@@ -34,11 +35,8 @@ def demo_cache_dir() -> Path:
 
 def run_checkpoint(run_dir: Path) -> Path | None:
     """``best.pt`` (else ``latest.pt``) of a run folder, or None."""
-    for name in ("best.pt", "latest.pt"):
-        p = Path(run_dir) / "checkpoints" / name
-        if p.is_file():
-            return p
-    return None
+    layout = RunLayout(run_dir)  # the run folder's names have one home
+    return next((p for p in (layout.best, layout.latest) if p.is_file()), None)
 
 
 def find_demo_checkpoint(extra_dirs: tuple[Path, ...] = ()) -> Path | None:
