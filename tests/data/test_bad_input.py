@@ -254,3 +254,13 @@ def test_folder_lossy_masks_are_refused(tmp_path):
     Image.fromarray(noisy).save(root / "masks" / "img1_mask.png")
     with pytest.raises(DataError, match="distinct values"):
         get_dataset("folder", root)
+
+
+def test_decoder_messages_over_several_lines_become_one_line(tmp_path):
+    from unetzoo.data.io import unreadable_as_data_error
+
+    with pytest.raises(DataError) as ei:
+        with unreadable_as_data_error(tmp_path / "x.nii.gz", "NIfTI file"):
+            raise ValueError("header is broken\n  expected 348 bytes\n")
+    assert "\n" not in str(ei.value)
+    assert "header is broken expected 348 bytes" in str(ei.value)

@@ -142,7 +142,7 @@ def test_anisotropic_volume_cut_along_the_same_axis(tmp_path):
     """predict's reader and the demo's decoder share one slicing rule."""
     from unetzoo.data.io import save_nifti
     from unetzoo.deploy import uploads
-    from unetzoo.engine.predict import read_input
+    from unetzoo.engine.inputs import read_input
 
     rng = np.random.default_rng(1)
     arr = rng.normal(0, 1, (6, 7, 8)).astype(np.float32)

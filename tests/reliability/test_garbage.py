@@ -43,7 +43,8 @@ def test_png_of_a_ct_slice_is_read_like_the_nifti_slice(ckpt, tmp_path):
     from PIL import Image
 
     from unetzoo.data.preprocessing import ct_spec, normalize
-    from unetzoo.engine.predict import predict_files, read_input
+    from unetzoo.engine.inputs import read_input
+    from unetzoo.engine.predict import predict_files
 
     # HU values on the 8-bit grid of the window, so the PNG holds the slice exactly and
     # any disagreement is the reader's, not the quantisation's.
@@ -77,7 +78,7 @@ def test_16bit_png_scaled_by_its_depth(tmp_path):
     from PIL import Image
 
     from unetzoo.data.preprocessing import ct_spec
-    from unetzoo.engine.predict import read_input
+    from unetzoo.engine.inputs import read_input
 
     arr = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
     p = tmp_path / "deep.png"

@@ -50,7 +50,7 @@ def file_to_array_affine(
 ) -> np.ndarray | None:
     """The affine of ``(D, H, W)`` arrays whose axes are the file axes ``order`` (as
     :func:`reorient` returns it) from the file's ``(i, j, k)`` affine; the default
-    ``(k, j, i)`` is how the demo reads uploads. None when either is unknown."""
+    ``(k, j, i)`` is the plain reversal of the file axes. None when either is unknown."""
     if affine is None or order is None:
         return None
     aff = np.asarray(affine, dtype=np.float64)

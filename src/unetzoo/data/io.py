@@ -32,8 +32,9 @@ def unreadable_as_data_error(path: Path, what: str) -> Iterator[None]:
     except DataError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
+        detail = " ".join(str(exc).split())  # decoders' messages may span lines: keep one
         raise DataError(
-            f"{path}: unreadable or truncated {what} ({type(exc).__name__}: {exc}); "
+            f"{path}: unreadable or truncated {what} ({type(exc).__name__}: {detail}); "
             "re-create or re-download it"
         ) from exc
 
@@ -175,8 +176,8 @@ def picture_shape(path: Path) -> tuple[int, ...]:
 def load_picture(path: Path) -> np.ndarray:
     """Pixels of a png/jpg/bmp/tif *image* (not a mask): ``(H, W)`` or ``(H, W, C)``.
 
-    Palette images are expanded to their colours and alpha is dropped, as the demo's
-    upload reader does; the dtype is kept (uint8 / uint16 / float) so the caller can tell
+    Palette images are expanded to their colours and alpha is dropped (the one picture
+    reader: ``predict`` and the demo's uploads both come here); the dtype is kept (uint8 / uint16 / float) so the caller can tell
     a display rendering from raw intensities.
     """
     if path.suffix.lower() in (".tif", ".tiff"):

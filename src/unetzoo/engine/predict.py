@@ -25,18 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetzoo.engine.checkpoint import (  # noqa: F401 - re-exported (former home)
-    check_finite_weights,
-    check_rebuild_size,
-)
-from unetzoo.engine.inputs import (  # noqa: F401 - re-exported (former home)
-    DEFAULT_MAX_PIXELS,
-    IMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
-    Input,
-    read_input,
-    write_output,
-)
+from unetzoo.engine.inputs import DEFAULT_MAX_PIXELS
 from unetzoo.engine.predict_cases import predict_array, predict_cases
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError
