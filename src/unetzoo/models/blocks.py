@@ -87,6 +87,16 @@ def kaiming_init(*modules: nn.Module) -> None:
     )
 
 
+def he_fan_in_init(*modules: nn.Module) -> None:
+    """He's Gaussian, std sqrt(2 / fan_in), on every ``nn.Conv2d`` of ``modules`` (bias 0,
+    BatchNorm 1 / 0): the U-Net paper's init (std sqrt(2 / N), N = k*k*C_in) and Keras'
+    ``he_normal`` (UNet++'s official code) up to its truncation at two std."""
+    init_conv_bn(
+        *modules,
+        conv_init=lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu"),
+    )
+
+
 def init_conv_bn(*modules: nn.Module, conv_init: Callable[[torch.Tensor], object]) -> None:
     """``conv_init`` on the weight of every ``nn.Conv2d`` of ``modules`` (bias 0), and
     BatchNorm weight 1 and bias 0, in module order (the random draws are reproducible)."""

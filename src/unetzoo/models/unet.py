@@ -33,9 +33,19 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel, check_input
-from unetzoo.models.blocks import DoubleConv, UpBlock, center_crop, match_size, resolve_bias
+from unetzoo.models.blocks import (
+    DoubleConv,
+    UpBlock,
+    center_crop,
+    he_fan_in_init,
+    kaiming_init,
+    match_size,
+    resolve_bias,
+)
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
+#: Weight initialisations (see :class:`UNet`'s ``init``).
+INITS = ("kaiming", "paper", "pytorch")
 UNET_SOURCE = "Ronneberger, Fischer, Brox: U-Net, MICCAI 2015 (arXiv:1505.04597)"
 # As the official SelfReg ``UNet_hd``: encoder = [x2, x3, x4, x5] (down1..down4).
 UNET_TAPS = Taps(
@@ -90,6 +100,14 @@ class UNet(SegmentationModel):
         bilinear: bilinear up-sampling instead of 2x2 transposed convolutions. Since it
             keeps the channel count, the bottom stage has ``8 * base_channels`` channels
             and each up block narrows ``in -> in/2 -> out`` (the milesial/SelfReg layout).
+        init: weight initialisation of every 3x3 / 1x1 convolution (transposed ones keep
+            PyTorch's): ``"kaiming"`` (Kaiming normal, fan-out, BatchNorm 1 / 0: gyb357's
+            ``init_weights=True``; the default of ``unet``), ``"paper"`` (Gaussian with std
+            sqrt(2 / N), N = the incoming connections k*k*C_in: the paper's, Section 3; the
+            default of ``unet_paper``) or ``"pytorch"`` (PyTorch's default, as gyb357's
+            ``init_weights=False`` and milesial/SelfReg; the default of ``unet_selfreg``).
+            PyTorch's default draws weights sqrt(6) times smaller than He's and stalled
+            ``unet`` on real MRI (benchmarks/README.md, "Real MRI learning benchmark").
         align_corners: ``align_corners`` of the bilinear up-sampling.
         skip_first: concatenate ``[skip, up]`` in the up blocks (else ``[up, skip]``).
     """
@@ -109,10 +127,13 @@ class UNet(SegmentationModel):
         bilinear: bool = False,
         align_corners: bool = False,
         skip_first: bool = False,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if padding not in ("same", "valid"):
             raise ModelError(f"padding must be 'same' or 'valid', got {padding!r}")
+        if init not in INITS:
+            raise ModelError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if int(base_channels) < 1:
             raise ModelError(f"base_channels must be >= 1, got {base_channels}")
         self.in_channels = in_channels
@@ -149,6 +170,10 @@ class UNet(SegmentationModel):
             self.up4 = UNetUp(w[1], w[0], w[0], **conv, **layout)
         hb = resolve_bias(bias, batch_norm) if head_bias is None else bool(head_bias)
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1, bias=hb)
+        if init == "kaiming":
+            kaiming_init(self)
+        elif init == "paper":
+            he_fan_in_init(self)
 
     def output_size(self, input_size: int | tuple[int, int]) -> int | tuple[int, int]:
         """Spatial output size for an input size (an int or an (H, W) pair).
@@ -217,7 +242,7 @@ register_model(
     description="U-Net as in the paper: no BatchNorm, biases (padding='valid' for 572->388)",
     source=UNET_SOURCE,
     family="unet",
-    defaults={"batch_norm": False},
+    defaults={"batch_norm": False, "init": "paper"},
     taps=UNET_TAPS,
     published=(
         PublishedParams(
@@ -235,7 +260,8 @@ register_model(
     source="Rethinking UNet / SelfReg-UNet, MICCAI 2024 (arXiv:2406.14896); "
     "milesial/Pytorch-UNet layout",
     family="unet",
-    defaults={"bilinear": True, "head_bias": True, "align_corners": True, "skip_first": True},
+    defaults={"bilinear": True, "head_bias": True, "align_corners": True, "skip_first": True,
+              "init": "pytorch"},
     taps=UNET_TAPS,
     aliases=("unet_bilinear",),
     published=(

@@ -12,7 +12,8 @@ the repository used ELU) and dropout 0.5, with ``he_normal`` init and an L2 pena
 1e-4 on every kernel. With ``batch_norm=False`` (biases then on) the count is exactly the
 code's 9,041,601 at 1 input channel / 1 class. The default here adds BatchNorm (bias-free
 convolutions) for stable training from scratch and has no dropout; the activations are
-ReLU, as there. docs/unets.md lists every difference.
+ReLU, as there; weights start from the code's ``he_normal`` (``init="kaiming"``; PyTorch's
+default, ``init="pytorch"``, stalled on real MRI). docs/unets.md lists every difference.
 
 ``deep_supervision=True`` adds 1x1 heads on ``X(0, 1)``, ``X(0, 2)``, ``X(0, 3)``: in
 training mode ``forward`` returns ``[out1, out2, out3, out4]`` (full-size logits, the
@@ -32,9 +33,14 @@ from torch import nn
 
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
-from unetzoo.models.blocks import DoubleConv, match_size, resolve_bias
-from unetzoo.models.encoders import build_encoder, feature_taps
+from unetzoo.models.blocks import DoubleConv, he_fan_in_init, match_size, resolve_bias
+from unetzoo.models.encoders import ResNetEncoder, build_encoder, feature_taps
 from unetzoo.models.registry import PublishedParams, Taps, register_model
+
+#: ``"kaiming"``: the official ``he_normal`` (std sqrt(2 / fan_in)) on every convolution
+#: but a ResNet encoder's; ``"pytorch"``: PyTorch's default (this port before it was
+#: measured to stall on real MRI).
+INITS = ("kaiming", "pytorch")
 
 
 class NestedNode(nn.Module):
@@ -85,6 +91,8 @@ class UNetPlusPlus(SegmentationModel):
             only the first four are used); default the encoder's channels.
         batch_norm, bias: BatchNorm after each 3x3 conv; bias None = only without BN.
         deep_supervision: heads on every ``X(0, j)`` (see above).
+        init: ``"kaiming"`` (default; the official ``he_normal``, std sqrt(2 / fan_in), on
+            every convolution but a ResNet encoder's) or ``"pytorch"`` (PyTorch's default).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
@@ -101,8 +109,11 @@ class UNetPlusPlus(SegmentationModel):
         batch_norm: bool = True,
         bias: bool | None = None,
         deep_supervision: bool = False,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ModelError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.deep_supervision = bool(deep_supervision)
@@ -139,6 +150,10 @@ class UNetPlusPlus(SegmentationModel):
             nn.Conv2d(width[0], num_classes, kernel_size=1, bias=head_bias)
             for _ in range(3 if self.deep_supervision else 0)
         )
+        if init == "kaiming":  # the official he_normal; a ResNet encoder keeps its own
+            resnet = isinstance(self.encoder, ResNetEncoder)
+            he_fan_in_init(self.nodes, self.head, self.aux_heads,
+                           *(() if resnet else (self.encoder,)))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = tuple(x.shape[-2:])
