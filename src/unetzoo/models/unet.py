@@ -45,7 +45,7 @@ from unetzoo.models.blocks import (
 from unetzoo.models.registry import PublishedParams, Taps, register_model
 
 #: Weight initialisations (see :class:`UNet`'s ``init``).
-INITS = ("kaiming", "paper", "pytorch")
+INITS = ("pytorch", "kaiming", "paper")
 UNET_SOURCE = "Ronneberger, Fischer, Brox: U-Net, MICCAI 2015 (arXiv:1505.04597)"
 # As the official SelfReg ``UNet_hd``: encoder = [x2, x3, x4, x5] (down1..down4).
 UNET_TAPS = Taps(
@@ -101,13 +101,14 @@ class UNet(SegmentationModel):
             keeps the channel count, the bottom stage has ``8 * base_channels`` channels
             and each up block narrows ``in -> in/2 -> out`` (the milesial/SelfReg layout).
         init: weight initialisation of every 3x3 / 1x1 convolution (transposed ones keep
-            PyTorch's): ``"kaiming"`` (Kaiming normal, fan-out, BatchNorm 1 / 0: gyb357's
-            ``init_weights=True``; the default of ``unet``), ``"paper"`` (Gaussian with std
-            sqrt(2 / N), N = the incoming connections k*k*C_in: the paper's, Section 3; the
-            default of ``unet_paper``) or ``"pytorch"`` (PyTorch's default, as gyb357's
-            ``init_weights=False`` and milesial/SelfReg; the default of ``unet_selfreg``).
-            PyTorch's default draws weights sqrt(6) times smaller than He's and stalled
-            ``unet`` on real MRI (benchmarks/README.md, "Real MRI learning benchmark").
+            PyTorch's): ``"pytorch"`` (PyTorch's default, as gyb357's default
+            ``init_weights=False`` and milesial/SelfReg; the default of ``unet`` and
+            ``unet_selfreg``), ``"kaiming"`` (Kaiming normal, fan-out, BatchNorm 1 / 0:
+            gyb357's ``init_weights=True``) or ``"paper"`` (Gaussian with std sqrt(2 / N),
+            N = the incoming connections k*k*C_in: the paper's, Section 3; the default of
+            ``unet_paper``). Unlike ``resnet34_unet``'s decoder, ``unet`` did not learn
+            faster on real MRI with He init (benchmarks/README.md, "Real MRI learning
+            benchmark"), so it keeps its source's default.
         align_corners: ``align_corners`` of the bilinear up-sampling.
         skip_first: concatenate ``[skip, up]`` in the up blocks (else ``[up, skip]``).
     """
@@ -127,7 +128,7 @@ class UNet(SegmentationModel):
         bilinear: bool = False,
         align_corners: bool = False,
         skip_first: bool = False,
-        init: str = "kaiming",
+        init: str = "pytorch",
     ) -> None:
         super().__init__()
         if padding not in ("same", "valid"):
@@ -260,8 +261,7 @@ register_model(
     source="Rethinking UNet / SelfReg-UNet, MICCAI 2024 (arXiv:2406.14896); "
     "milesial/Pytorch-UNet layout",
     family="unet",
-    defaults={"bilinear": True, "head_bias": True, "align_corners": True, "skip_first": True,
-              "init": "pytorch"},
+    defaults={"bilinear": True, "head_bias": True, "align_corners": True, "skip_first": True},
     taps=UNET_TAPS,
     aliases=("unet_bilinear",),
     published=(
