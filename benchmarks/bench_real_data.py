@@ -17,7 +17,10 @@ plain loop) and its iterations are whole epochs; the plain loop runs exactly as 
 
 Model specs may carry options: ``resnet34_unet:head_relu=true`` (values are YAML), and
 ``plain:<spec>`` trains a zoo model in the plain loop instead of the pipeline (the
-ablations of benchmarks/README.md). ``smp`` is the reference.
+ablations of benchmarks/README.md). ``smp`` is the reference. ``monai_unet`` is a second
+peer, MONAI's ``BasicUNet`` set up as the classic U-Net (widths 64..1024, BatchNorm, ReLU,
+transposed-convolution up-sampling; 31.11 M parameters against ``unet``'s 31.04 M), trained
+in the plain loop: it tells the U-Net architecture apart from unetzoo's code of it.
 
     python benchmarks/bench_real_data.py                      # small and large budget
     python benchmarks/bench_real_data.py --models smp,resnet34_unet --seeds 0,1,2 \
@@ -49,6 +52,11 @@ import yaml
 from benchmarks._common import base_parser, emit, machine_info, markdown_table
 
 SMP = "smp"
+MONAI_UNET = "monai_unet"
+PLAIN_ONLY = (SMP, MONAI_UNET)
+# BasicUNet as Ronneberger's U-Net; options given in the spec override these.
+MONAI_UNET_ARGS = {"features": (64, 128, 256, 512, 1024, 64), "act": "relu",
+                   "norm": "batch", "upsample": "deconv"}
 MODELS = ("smp", "resnet34_unet", "unet", "unetpp", "unet3p", "resunet")
 THREE_SEEDS = ("smp", "resnet34_unet", "unet")
 LEARNED = 0.1  # a class with test Dice >= this counts as learned
@@ -77,7 +85,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         options[key.strip()] = yaml.safe_load(value)
-    if name == SMP:
+    if name in PLAIN_ONLY:
         loop = "plain"
     return loop, name, options
 
@@ -149,6 +157,13 @@ def build_plain_model(name: str, options: dict[str, Any], in_channels: int, clas
 
         return smp.Unet("resnet34", encoder_weights=None, in_channels=in_channels,
                         classes=classes, **options)
+    if name == MONAI_UNET:
+        from monai.networks.nets import BasicUNet
+
+        args = {**MONAI_UNET_ARGS, **options}
+        if "features" in options:
+            args["features"] = tuple(options["features"])
+        return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=classes, **args)
     from unetzoo.models import create_model
 
     return create_model(name, in_channels=in_channels, num_classes=classes, **options)

@@ -73,3 +73,25 @@ def test_plain_loop_augmentation_uses_the_pipeline_transform(tmp_path):
     assert xa.shape == x[idx].shape and ya.shape == y[idx].shape
     assert not torch.equal(xa, x[idx])
     assert set(ya.unique().tolist()) <= set(y.unique().tolist())
+
+
+def test_monai_unet_peer_is_plain_loop_and_the_classic_unet():
+    pytest.importorskip("monai")
+    assert bench.parse_spec("monai_unet") == ("plain", "monai_unet", {})
+    small = bench.build_plain_model("monai_unet", {"features": [4, 8, 16, 32, 64, 4]}, 1, 5)
+    import torch
+
+    assert small(torch.zeros(2, 1, 32, 32)).shape == (2, 5, 32, 32)
+    # The full-size peer is the same network as `unet` up to MONAI's conv biases and its
+    # last up-block (which does not halve): parameter counts within 0.3 %.
+    from unetzoo.models import create_model
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    peer = bench.build_plain_model("monai_unet", {}, 1, 13)
+    ours = create_model("unet", in_channels=1, num_classes=13)
+    assert count(peer) == 31_112_845 and count(ours) == 31_036_288
+    assert abs(count(peer) / count(ours) - 1) < 0.003
+    kinds = {type(m).__name__ for m in peer.modules()}
+    assert {"BatchNorm2d", "ReLU", "ConvTranspose2d"} <= kinds and "InstanceNorm2d" not in kinds
