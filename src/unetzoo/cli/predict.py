@@ -34,6 +34,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_output_option(p, required=True,
                       help="output folder: CASE.nii.gz (the input's own ending and geometry; "
                       "NIfTI for DICOM series), CASE_seg.png for pictures")
+    a("--overwrite", action="store_true",
+      help="replace files in --output that have a target's name but that unetzoo did not "
+      "write there (without it they are refused; unetzoo's own files from an earlier run "
+      "are always replaced, other files never touched)")
     a("--save-probabilities", action="store_true",
       help="also write CASE.npz with the softmax, 'probabilities' (K, z, y, x) as nnU-Net's "
       "--save_probabilities (before post-processing)")
@@ -71,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
     from unetzoo.engine.postprocess import load_plan
     from unetzoo.engine.predict import load_predictor
-    from unetzoo.engine.predict_cases import check_cases
+    from unetzoo.engine.predict_cases import check_cases, claim_targets
 
-    check_cases(args.inputs, args.max_pixels)  # every header, before any model is loaded
+    cases = check_cases(args.inputs, args.max_pixels)  # every header, before any model is loaded
+    # A user's file under a target's name: refused before the model is loaded.
+    claim_targets(cases, args.output, overwrite=args.overwrite,
+                  save_probabilities=args.save_probabilities, overlays=args.overlays)
     # One loader for both: same pre/post-processing, logits from PyTorch or ONNX Runtime.
     predictor = load_predictor(
         [args.onnx] if args.onnx else args.checkpoint, kind="onnx" if args.onnx else "checkpoint",
@@ -91,5 +98,6 @@ def run(args: argparse.Namespace) -> int:
     predictor.predict_files(
         args.inputs, args.output, postprocessing=plan, overlays=args.overlays,
         save_probabilities=args.save_probabilities, max_pixels=args.max_pixels,
+        overwrite=args.overwrite,
     )
     return 0

@@ -38,6 +38,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--protocol", choices=("strict", "transunet"), default="strict",
       help="empty-mask protocol; transunet also reports HD95 in voxels as the paper does")
     add_output_option(p, help="report folder (default <run>/report)")
+    a("--overwrite", action="store_true",
+      help="replace report files in --output that unetzoo did not write there (without it "
+      "they are refused; unetzoo's own files from an earlier test are always replaced, "
+      "other files never touched)")
     a("--overlays", type=int, default=3, help="overlay PNG slices per case (0: none)")
     a("--batch-size", type=int, default=16, help="slices per forward pass")
     a("--device", help="cpu or cuda (default: cuda when available)")
@@ -88,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         case_json=args.case_json,
         nsd_tolerance=args.nsd_tolerance,
         metrics=metrics,
+        overwrite=args.overwrite,
     )
     return 0

@@ -11,7 +11,11 @@ The report folder holds ``summary.md`` (the mean table laid out as in the papers
 DSC, mean HD95, one Dice column per class; then per class each mean with ``n``, the
 number of cases that scored it), ``summary.json`` (strict JSON: a mean with no scored
 case is ``null``, an infinite distance ``"inf"``), ``cases.csv`` (every case x class),
-``overlays/*.png`` and, on request, ``predictions/*.nii.gz``.
+``overlays/*.png`` and, on request, ``predictions/*.nii.gz``. Its
+``.unetzoo-outputs.json`` lists what unetzoo wrote there
+(:class:`unetzoo.engine.run_folder.OutputFolder`): a re-run replaces those files, and a file
+of the user's under one of these names is refused before the model is loaded unless
+``overwrite``; other files are never touched.
 
 Empty classes (docs/metrics.md): under ``protocol="strict"`` (nnU-Net / MONAI) a class
 absent from both prediction and reference in a case is NaN there and left out of the
@@ -27,6 +31,7 @@ known (NIfTI sources: the case carries an affine, or the reader sets
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +47,7 @@ from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
-from unetzoo.engine.run_folder import ReportLayout, RunLayout, check_output_dir
+from unetzoo.engine.run_folder import OutputFolder, ReportLayout, RunLayout, check_output_dir
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, DataError
 from unetzoo.metrics import (
@@ -291,6 +296,7 @@ def run_test(
     case_json: bool = False,
     nsd_tolerance: float = 1.0,
     metrics: str | tuple[str, ...] = DEFAULT_REPORT_METRICS,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -320,6 +326,8 @@ def run_test(
         nsd_tolerance: NSD's tolerance in the HD95 unit (mm, or voxels).
         metrics: the report's metrics, a tuple or a comma list (default Dice and HD95;
             ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
+        overwrite: replace report files that exist but that unetzoo did not write
+            (without it they are refused, before the model is loaded).
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
@@ -338,13 +346,13 @@ def run_test(
     members, ckpt_path, ckpt, spec = _read_checkpoints(checkpoint)
     ds = _test_dataset(ckpt, spec, dataset, data_root)
     cases = _test_cases(ds, split, max_cases)
+    report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
-    report = _report_folder(out_dir, ckpt_path, settings)
     t0 = time.time()
-    results = _evaluate_cases(model, ds, cases, spec, plan, report, settings, device)
-    return _write_report(report, results, ds, spec, settings, {
+    results = _evaluate_cases(model, ds, cases, spec, plan, (report, outputs), settings, device)
+    return _write_report(report, outputs, results, ds, spec, settings, {
         "tta": settings.tta,
         "seconds": round(time.time() - t0, 2),
         "report_dir": str(report.root),
@@ -429,9 +437,10 @@ def _postprocessing_plan(ckpt: dict[str, Any], ckpt_path: Path | None,
     return None if postprocessing is None else check_plan(postprocessing)
 
 
-def _report_folder(out_dir: str | Path | None, ckpt_path: Path | None,
-                   settings: _Settings) -> ReportLayout:
-    """The report folder (default ``RUN/report`` of the checkpoint's run), checked and
+def _report_folder(out_dir: str | Path | None, ckpt_path: Path | None, cases: list[str],
+                   settings: _Settings, overwrite: bool) -> tuple[ReportLayout, OutputFolder]:
+    """The report folder (default ``RUN/report`` of the checkpoint's run), its targets
+    claimed (a file unetzoo did not write is refused unless ``overwrite``), checked and
     with its sub-folders made."""
     if out_dir is not None:
         report = ReportLayout(Path(out_dir))
@@ -439,17 +448,34 @@ def _report_folder(out_dir: str | Path | None, ckpt_path: Path | None,
         report = RunLayout.of_checkpoint(ckpt_path).report
     else:
         report = RunLayout(".").report
+    outputs = OutputFolder(report.root, overwrite=overwrite)
+    names = [p.name for p in (report.summary_md, report.summary_json, report.cases_csv)]
+    names += [report.cases_json.name] if settings.case_json else []
+    for cid in cases:
+        if settings.save_predictions:
+            names.append(f"{report.predictions.name}/{_safe(cid)}.nii.gz")
+        if settings.overlays:  # slice numbers are known after the prediction: the family
+            names += outputs.existing(rf"{re.escape(_safe(cid))}_slice\d{{3,}}\.png",
+                                      report.overlays.name)
+    outputs.claim(names)
     check_output_dir(report.root)
-    if settings.overlays:
-        report.overlays.mkdir(exist_ok=True)
-    if settings.save_predictions:
-        report.predictions.mkdir(exist_ok=True)
-    return report
+    for wanted, sub in ((settings.overlays, report.overlays),
+                        (settings.save_predictions, report.predictions)):
+        try:
+            if wanted:
+                sub.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot make the report folder {sub} ({exc.strerror or exc}); "
+                              "choose another --output folder") from exc
+    return report, outputs
 
 
 def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
-                    report: ReportLayout, settings: _Settings, device) -> _Results:
-    """Predict, score and draw every case; one console line per case when verbose."""
+                    folder: tuple[ReportLayout, OutputFolder], settings: _Settings,
+                    device) -> _Results:
+    """Predict, score and draw every case (recording each file in the report folder's
+    manifest); one console line per case when verbose."""
+    report, outputs = folder
     from unetzoo.engine.postprocess import apply_postprocessing
     from unetzoo.metrics.per_case import CASE_METRICS, case_record
 
@@ -476,7 +502,8 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
                                            settings.nsd_tolerance)
         res.predicted |= present_classes(pred, ds.num_classes, scored_region(case))
         res.units.add(unit)
-        _write_case_files(report, cid, case, pred, class_names, settings)
+        written = _write_case_files(report, cid, case, pred, class_names, settings)
+        outputs.record(p.relative_to(report.root) for p in written)
         if settings.verbose and "dice" in settings.metrics:
             mean, n = scored_mean([v["dice"] for v in res.values[cid].values()])
             dice = f"{mean:.4f}" if n else "n/a (no class present)"
@@ -486,31 +513,35 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
 
 
 def _write_case_files(report: ReportLayout, cid: str, case, pred: np.ndarray,
-                      class_names: list[str], settings: _Settings) -> None:
-    """The case's label map (``--save-nifti``) and overlay PNGs."""
+                      class_names: list[str], settings: _Settings) -> list[Path]:
+    """The case's label map (``--save-nifti``) and overlay PNGs; returns the files written."""
     ignore = getattr(case, "ignore_label", None)
+    written: list[Path] = []
     if settings.save_predictions:
         # The input file's shape, voxel order and affine (Case.axes undoes the reader's
         # slicing order), as `predict` writes; no affine: a diagonal one of the spacing.
         affine = case.affine if case.affine is not None else np.diag([*map(float, case.spacing), 1.0])
-        save_case_nifti(pred, affine, report.predictions / f"{_safe(cid)}.nii.gz",
-                        getattr(case, "axes", None))
+        written.append(report.predictions / f"{_safe(cid)}.nii.gz")
+        save_case_nifti(pred, affine, written[-1], getattr(case, "axes", None))
     if settings.overlays:
         # Radiological orientation from the affine, one window for the whole volume.
         window = display_window(case.image[0])
         for z in pick_slices(case.label, settings.overlays, ignore_label=ignore):
+            written.append(report.overlays / f"{_safe(cid)}_slice{z:03d}.png")
             overlay_png(
-                report.overlays / f"{_safe(cid)}_slice{z:03d}.png",
-                case.image[0, z], pred[z], class_names, gt=case.label[z],
+                written[-1], case.image[0, z], pred[z], class_names, gt=case.label[z],
                 title=f"{cid}, slice {z}", affine=case.affine, window=window,
                 ignore_label=ignore,
             )
+    return written
 
 
-def _write_report(report: ReportLayout, res: _Results, ds, spec: InferenceSpec,
-                  settings: _Settings, provenance: dict[str, Any]) -> dict[str, Any]:
+def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds,
+                  spec: InferenceSpec, settings: _Settings,
+                  provenance: dict[str, Any]) -> dict[str, Any]:
     """summary.md, cases.csv, summary.json (the summary, then ``provenance``) and, on
-    request, cases.json; prints the table and the never-predicted warning."""
+    request, cases.json, recorded in the folder's manifest; prints the table and the
+    never-predicted warning."""
     metrics = settings.metrics
     class_names = list(spec.class_names)
     hd_unit = res.units.pop() if len(res.units) == 1 else "mm or voxels (mixed spacing)"
@@ -541,6 +572,9 @@ def _write_report(report: ReportLayout, res: _Results, ds, spec: InferenceSpec,
     })
     # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"
     write_json(report.summary_json, summary)
+    outputs.record(p.relative_to(report.root) for p in (
+        report.summary_md, report.cases_csv, report.summary_json,
+        *([report.cases_json] if settings.case_json else [])))
     if settings.verbose:
         print(f"report written to {report.root}", flush=True)
     if summary["never_predicted"]:

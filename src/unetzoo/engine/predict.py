@@ -92,17 +92,18 @@ class Predictor:
         self, inputs: Sequence[str | Path], out_dir: str | Path, *,
         postprocessing: dict[str, Any] | str | Path | None = STORED, overlays: int = 3,
         verbose: bool = True, save_probabilities: bool = False, max_pixels: int | None = None,
-        tta: bool | None = None, batch_size: int | None = None,
+        tta: bool | None = None, batch_size: int | None = None, overwrite: bool = False,
     ) -> list[dict[str, Any]]:
         """:func:`~unetzoo.engine.predict_cases.predict_cases` with this model;
         ``postprocessing`` is :data:`STORED` (the checkpoint's plan), None, a plan or a
-        plan file."""
+        plan file. A file in ``out_dir`` under a target's name that unetzoo did not write
+        is refused before any work unless ``overwrite``."""
         return predict_cases(
             inputs, self.model, self.spec, out_dir, tta=self.tta if tta is None else tta,
             device=self.device, batch_size=batch_size or self.batch_size,
             overlays=max(int(overlays), 0), verbose=verbose,
             save_probabilities=save_probabilities, postprocessing=self._plan(postprocessing),
-            max_pixels=max_pixels, source=self.source,
+            max_pixels=max_pixels, source=self.source, overwrite=overwrite,
         )
 
     def _plan(self, postprocessing: dict[str, Any] | str | Path | None) -> dict[str, Any] | None:
@@ -193,6 +194,7 @@ def predict_files(
     backend: str = "torch",
     postprocessing: dict[str, Any] | str | Path | None = STORED,
     save_probabilities: bool = False,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment files and folders with a checkpoint (or several, or an ``.onnx``) exactly
     as ``unetzoo predict`` does; one record per case (see
@@ -201,18 +203,21 @@ def predict_files(
     Label maps keep the input's geometry: NIfTI in -> ``CASE.nii.gz`` with the same shape,
     voxel order and affine (NRRD, MetaImage likewise in their own format); PNG/JPG/BMP in
     -> ``CASE_seg.png``; TIF in -> ``CASE_seg.tif``. ``postprocessing`` defaults to the
-    plan stored with the checkpoint, as the CLI. Every input is checked before the
-    model is loaded.
+    plan stored with the checkpoint, as the CLI. Every input, and every target in
+    ``out_dir`` (a file there that unetzoo did not write is refused unless ``overwrite``),
+    is checked before the model is loaded.
     """
     from unetzoo.engine.backends import check_backend
     from unetzoo.engine.distributed import resolve_device
-    from unetzoo.engine.predict_cases import check_cases
+    from unetzoo.engine.predict_cases import check_cases, claim_targets
 
     check_backend(backend)
     resolve_device(device)  # unknown names and absent GPUs: one line, before any work
-    check_cases(inputs, max_pixels)  # a bad file among many: before any model is loaded
+    cases = check_cases(inputs, max_pixels)  # a bad file among many: before any model is loaded
+    claim_targets(cases, out_dir, overwrite=overwrite, save_probabilities=save_probabilities,
+                  overlays=overlays)
     predictor = load_predictor(checkpoint, device=device, backend=backend, verbose=verbose,
                                batch_size=batch_size, tta=tta)
     return predictor.predict_files(inputs, out_dir, postprocessing=postprocessing,
                                    overlays=overlays, verbose=verbose, max_pixels=max_pixels,
-                                   save_probabilities=save_probabilities)
+                                   save_probabilities=save_probabilities, overwrite=overwrite)

@@ -11,7 +11,10 @@ and geometry in the input's own format (NIfTI for DICOM). 2-D pictures are read 
 This is the one prediction path: ``unetzoo predict``, the Python API
 (:func:`unetzoo.engine.predict.predict_files`, :class:`unetzoo.engine.predict.Predictor`)
 and ONNX files all run it; the inference spec (:class:`unetzoo.engine.spec.InferenceSpec`)
-says how. A label map that would overwrite an input is refused before any work.
+says how. A label map that would overwrite an input is refused before any work, and so is
+every target that exists in the output folder and that unetzoo did not write there (its
+``.unetzoo-outputs.json``, :class:`unetzoo.engine.run_folder.OutputFolder`) unless
+``overwrite``: re-running into the same folder replaces unetzoo's own files only.
 
 Options beyond the single-checkpoint path:
 
@@ -26,6 +29,7 @@ Options beyond the single-checkpoint path:
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ from unetzoo.engine.inputs import (
     write_output,
 )
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
+from unetzoo.engine.run_folder import OutputFolder
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import DataError
 
@@ -247,6 +252,27 @@ def plan_targets(cases: dict[str, list[Path]], out_dir: str | Path) -> dict[str,
     return targets
 
 
+def claim_targets(
+    cases: dict[str, list[Path]], out_dir: str | Path, *, overwrite: bool = False,
+    save_probabilities: bool = False, overlays: int = 3,
+) -> tuple[dict[str, Path], OutputFolder]:
+    """:func:`plan_targets`, then every file the run may write (label maps, ``CASE.npz``,
+    the case's overlay PNGs, whose slice numbers are known only after the prediction, so
+    every existing ``CASE_overlay*.png`` of ours) claimed in ``out_dir``: one that exists
+    and that unetzoo did not write is refused (one line) unless ``overwrite``."""
+    targets = plan_targets(cases, out_dir)
+    folder = OutputFolder(out_dir, overwrite=overwrite)
+    names: list[str] = []
+    for case, target in targets.items():
+        names.append(target.name)
+        if save_probabilities:
+            names.append(f"{case}.npz")
+        if overlays:
+            names += folder.existing(rf"{re.escape(case)}_overlay(_slice\d{{3,}})?\.png")
+    folder.claim(names)
+    return targets, folder
+
+
 def as_spec(meta: InferenceSpec | Mapping[str, Any], source: str | Path,
             model: Any = None) -> InferenceSpec:
     """``meta`` as a spec: a spec as is, a checkpoint dict (or its keys) read and checked;
@@ -274,13 +300,16 @@ def predict_cases(
     postprocessing: dict[str, Any] | None = None,
     max_pixels: int | None = None,
     source: str | Path = "model metadata",
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment every case of ``inputs`` (see the module docstring); one record per case:
     ``case``, ``inputs``, ``input`` (the first file), ``output``, ``probabilities``,
     ``overlays``, ``voxels`` (per foreground class).
 
     ``meta`` is the model's :class:`~unetzoo.engine.spec.InferenceSpec` (or a checkpoint
-    dict holding its keys; ``source`` names it in errors).
+    dict holding its keys; ``source`` names it in errors). A target that exists and that
+    unetzoo did not write is refused before any work unless ``overwrite``
+    (:func:`claim_targets`).
     """
     from unetzoo.engine.postprocess import apply_postprocessing, check_plan
     from unetzoo.engine.run_folder import check_output_dir
@@ -291,7 +320,8 @@ def predict_cases(
     if postprocessing is not None:
         check_plan(postprocessing)
     class_names = list(spec.class_names)
-    targets = plan_targets(cases, out_dir)
+    targets, folder = claim_targets(cases, out_dir, overwrite=overwrite,
+                                    save_probabilities=save_probabilities, overlays=overlays)
     out = check_output_dir(out_dir)
     records = []
     for case, files in cases.items():
@@ -310,10 +340,11 @@ def predict_cases(
         if postprocessing is not None:
             labels = apply_postprocessing(labels, postprocessing)
         npz = write_case(ci, labels, probs, targets[case], class_names)
+        shown = write_overlays(ci, labels, out, class_names, overlays)
+        folder.record(Path(f).name for f in (targets[case], npz, *shown) if f)
         records.append({
             "case": case, "inputs": [str(f) for f in files], "input": str(files[0]),
-            "output": str(targets[case]), "probabilities": npz,
-            "overlays": write_overlays(ci, labels, out, class_names, overlays),
+            "output": str(targets[case]), "probabilities": npz, "overlays": shown,
             "voxels": {class_names[k]: int((labels == k).sum()) for k in range(1, len(class_names))},
         })
         if verbose:

@@ -18,6 +18,11 @@ Layout (:class:`RunLayout`)::
 :class:`RunFolder` guards that folder: one training at a time (``flock``), no writing into
 a folder that is not this run's, and temporary files of interrupted writes removed on the
 next run. Nothing here imports the trainer or the evaluator, so every stage can use it.
+
+:class:`OutputFolder` guards the folders that ``predict`` and ``test`` write files into
+(often beside files that are not theirs): ``.unetzoo-outputs.json`` lists what unetzoo wrote
+there, so a re-run replaces its own files, and a file of the user's under a target name is
+refused before any work unless ``overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,7 @@ TENSORBOARD = "tensorboard"
 REPORT = "report"
 RUN_MARKER = ".unetzoo-run.json"
 LOCK_NAME = ".lock"
+OUTPUTS_MANIFEST = ".unetzoo-outputs.json"
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,15 @@ def check_output_dir(path: str | Path) -> Path:
             "with a folder you can write to"
         ) from exc
     return p
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """True when ``path`` holds a unetzoo training run: its ``.unetzoo-run.json`` marker,
+    or (a run from before markers existed) a checkpoint that loads as ours."""
+    lay = RunLayout(path)
+    if lay.marker.is_file():
+        return True
+    return any(_peek(p) is not None for p in (lay.latest, lay.best) if p.is_file())
 
 
 # Everything a training run writes into its folder; nothing else is ever deleted.
@@ -272,11 +290,7 @@ class RunFolder:
         return data if isinstance(data, dict) else None
 
     def _is_our_run(self) -> bool:
-        if self.marker() is not None:
-            return True
-        # A run folder from before markers existed: its checkpoint proves it.
-        lay = self.layout
-        return any(_peek(p) is not None for p in (lay.latest, lay.best) if p.is_file())
+        return self.marker() is not None or is_run_folder(self.path)
 
     def _check_and_clean(self) -> None:
         entries = sorted(e.name for e in self.path.iterdir()
@@ -345,3 +359,140 @@ class RunFolder:
         tmp = self.path / (RUN_MARKER + ".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.layout.marker)
+
+
+def _file_stamp(path: Path) -> dict[str, int] | None:
+    """``{"size", "mtime_ns"}`` of a regular file (not a link); None otherwise."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+class OutputFolder:
+    """A folder that ``predict`` / ``test`` write into, beside files that are not theirs.
+
+    ``DIR/.unetzoo-outputs.json`` (JSON, written atomically) lists the files unetzoo wrote
+    there, by name relative to ``DIR``, with the size and modification time each had when
+    written: a file is unetzoo's only while it is still that regular file, so a file the
+    user put in its place (or a link) is the user's again. :meth:`claim` refuses, before
+    any work, every target that exists and is not unetzoo's, unless ``overwrite``;
+    :meth:`record` adds what was written. Files that are not targets are never touched.
+
+    The ``report/`` folder of a training run (:func:`is_run_folder`) with no manifest yet
+    belongs to that run (reports written before the manifest existed): its files count
+    as unetzoo's, as :class:`RunFolder` counts ``report/`` among the run's own entries.
+    """
+
+    def __init__(self, root: str | Path, *, overwrite: bool = False) -> None:
+        self.root = Path(root)
+        self.overwrite = bool(overwrite)
+        self.manifest = self.root / OUTPUTS_MANIFEST
+        self._files = self._read()
+        self._adopted = (not self.manifest.exists() and self.root.name == REPORT
+                         and is_run_folder(self.root.parent))
+        self._inherited: set[str] = set()  # adopted targets, recorded by the next record()
+
+    def _read(self) -> dict[str, dict[str, int]]:
+        """The manifest's entries; an absent or unreadable manifest lists nothing (every
+        existing file then counts as the user's: refused, never replaced silently)."""
+        try:
+            data = json.loads(self.manifest.read_text())
+        except (OSError, ValueError):
+            return {}
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            return {}
+        return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+
+    def _name(self, name: str | Path) -> str:
+        """A name relative to ``DIR`` (an absolute path is made relative to it)."""
+        p = Path(name)
+        if p.is_absolute():
+            p = Path(os.path.relpath(p, self.root.absolute()))
+        if p.is_absolute() or ".." in p.parts:
+            raise ConfigError(f"{name} is not inside the output folder {self.root}")
+        return p.as_posix()
+
+    def is_ours(self, name: str | Path) -> bool:
+        """True when ``DIR/name`` is a file unetzoo wrote (and nobody replaced since)."""
+        rel = self._name(name)
+        stamp = _file_stamp(self.root / rel)
+        if stamp is None:
+            return False
+        return self._adopted or self._files.get(rel) == stamp
+
+    def existing(self, pattern: str, under: str = "") -> list[str]:
+        """Names (relative to ``DIR``) of the files in ``DIR/under`` whose name matches the
+        regular expression ``pattern`` in full: targets whose exact names are known only
+        after the prediction (the overlay slices), claimed as a family."""
+        folder = self.root / under
+        if not folder.is_dir():
+            return []
+        rx = re.compile(pattern)
+        return sorted(self._name(Path(under) / e.name) for e in folder.iterdir()
+                      if rx.fullmatch(e.name))
+
+    def claim(self, names: Iterable[str | Path]) -> None:
+        """Refuse (one line) the first target that exists and is not unetzoo's, unless
+        ``overwrite``; with ``overwrite`` a link at a target's name is removed, so that
+        the write replaces the link, never the file it points to."""
+        for name in names:
+            rel = self._name(name)
+            path = self.root / rel
+            if not os.path.lexists(path):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                raise ConfigError(f"{path} is a folder where unetzoo writes a file; choose "
+                                  "another --output folder")
+            if self.is_ours(rel):
+                if self._adopted:
+                    self._inherited.add(rel)
+                continue
+            if not self.overwrite:
+                raise ConfigError(
+                    f"{path} exists and was not written by unetzoo; choose another --output "
+                    "folder or pass --overwrite"
+                )
+            if path.is_symlink():
+                path.unlink()
+
+    def record(self, names: Iterable[str | Path | None]) -> None:
+        """Add the files just written to the manifest (re-read first, so that what another
+        run recorded meanwhile stays; replaced atomically: tmp file, then rename)."""
+        files = self._read()
+        for name in [*sorted(self._inherited), *names]:
+            if name is None:
+                continue
+            rel = self._name(name)
+            stamp = _file_stamp(self.root / rel)
+            if stamp is not None:
+                files[rel] = stamp
+        self._files = files
+        data = {"tool": "unetzoo", "kind": "outputs", "version": 1,
+                "files": dict(sorted(files.items()))}
+        tmp = self.root / f".{OUTPUTS_MANIFEST}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            os.replace(tmp, self.manifest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write {self.manifest}: {exc.strerror or exc}") from exc
+        self._adopted = False
+        self._inherited.clear()
+
+
+def claim_outputs(root: str | Path, names: Iterable[str | Path], *,
+                  overwrite: bool = False) -> OutputFolder:
+    """:meth:`OutputFolder.claim` of ``names`` in ``root``; returns the folder."""
+    folder = OutputFolder(root, overwrite=overwrite)
+    folder.claim(names)
+    return folder
+
+
+def record_outputs(root: str | Path, names: Iterable[str | Path | None]) -> None:
+    """:meth:`OutputFolder.record` of ``names`` in ``root``."""
+    OutputFolder(root).record(names)
