@@ -353,9 +353,7 @@ def run_test(
     t0 = time.time()
     results = _evaluate_cases(model, ds, cases, spec, plan, (report, outputs), settings, device)
     return _write_report(report, outputs, results, ds, spec, settings, {
-        "tta": settings.tta,
-        "seconds": round(time.time() - t0, 2),
-        "report_dir": str(report.root),
+        "tta": settings.tta, "seconds": round(time.time() - t0, 2), "report_dir": str(report.root),
         "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
         "postprocessing": None if plan is None else plan["steps"],
     })
