@@ -433,8 +433,11 @@ class OutputFolder:
         if not folder.is_dir():
             return []
         rx = re.compile(pattern)
-        return sorted(self._name(Path(under) / e.name) for e in folder.iterdir()
-                      if rx.fullmatch(e.name))
+        try:
+            found = [e.name for e in folder.iterdir() if rx.fullmatch(e.name)]
+        except OSError:  # unreadable: check_output_dir says so in one line
+            return []
+        return sorted(self._name(Path(under) / n) for n in found)
 
     def claim(self, names: Iterable[str | Path]) -> None:
         """Refuse (one line) the first target that exists and is not unetzoo's, unless
@@ -474,7 +477,7 @@ class OutputFolder:
         self._files = files
         data = {"tool": "unetzoo", "kind": "outputs", "version": 1,
                 "files": dict(sorted(files.items()))}
-        tmp = self.root / f".{OUTPUTS_MANIFEST}.{os.getpid()}.tmp"
+        tmp = self.root / f"{OUTPUTS_MANIFEST}.{os.getpid()}.tmp"
         try:
             tmp.write_text(json.dumps(data, indent=1) + "\n")
             os.replace(tmp, self.manifest)
@@ -484,15 +487,3 @@ class OutputFolder:
         self._adopted = False
         self._inherited.clear()
 
-
-def claim_outputs(root: str | Path, names: Iterable[str | Path], *,
-                  overwrite: bool = False) -> OutputFolder:
-    """:meth:`OutputFolder.claim` of ``names`` in ``root``; returns the folder."""
-    folder = OutputFolder(root, overwrite=overwrite)
-    folder.claim(names)
-    return folder
-
-
-def record_outputs(root: str | Path, names: Iterable[str | Path | None]) -> None:
-    """:meth:`OutputFolder.record` of ``names`` in ``root``."""
-    OutputFolder(root).record(names)
