@@ -94,7 +94,8 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(data_root, tmp_pat
     assert _train(out, data_root) == 0
     files = _user_files(out)
     (out / "report").mkdir()
-    (out / "report" / "old.csv").write_text("old report of the old model")
+    (out / "report" / "summary.md").write_text("old report of the old model")
+    (out / "report" / "old.csv").write_text("the user's file in report/")
     before = (out / "checkpoints" / "best.pt").stat().st_mtime_ns
     capsys.readouterr()
     assert _train(out, data_root) == 2
@@ -102,8 +103,9 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(data_root, tmp_pat
     assert len(err) == 1 and "finished run" in err[0]
     assert (out / "checkpoints" / "best.pt").stat().st_mtime_ns == before
     assert _train(out, data_root, "--overwrite") == 0
-    # The old run's report is gone with the old model; the user's files stay.
-    assert not (out / "report" / "old.csv").exists()
+    # The old run's report is gone with the old model; the user's files stay, in report/ too.
+    assert not (out / "report" / "summary.md").exists()
+    assert (out / "report" / "old.csv").read_text() == "the user's file in report/"
     _assert_intact(out, files)
 
 

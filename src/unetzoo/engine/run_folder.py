@@ -16,8 +16,9 @@ Layout (:class:`RunLayout`)::
       .lock                   the flock held while a training writes here
 
 :class:`RunFolder` guards that folder: one training at a time (``flock``), no writing into
-a folder that is not this run's, and temporary files of interrupted writes removed on the
-next run. Nothing here imports the trainer or the evaluator, so every stage can use it.
+a folder that is not this run's, ``--overwrite`` deleting only what unetzoo wrote (a file
+the user put in ``report/`` or ``checkpoints/`` stays), and temporary files of interrupted
+writes removed on the next run. Nothing here imports the trainer or the evaluator, so every stage can use it.
 
 :class:`OutputFolder` guards the folders that ``predict`` and ``test`` write files into
 (often beside files that are not theirs): ``.unetzoo-outputs.json`` lists what unetzoo wrote
@@ -31,7 +32,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -181,6 +181,31 @@ RUN_ENTRIES = frozenset({
     CONFIG, METRICS_CSV, METRICS_CSV + ".tmp", CHECKPOINTS, PLOTS, TENSORBOARD,
     REPORT, RUN_MARKER, RUN_MARKER + ".tmp", LOCK_NAME,
 })
+# What a run writes *inside* its sub-folders (regular expressions on the name relative to
+# the sub-folder, matched in full): ``--overwrite`` deletes these and nothing else there,
+# so a file the user keeps beside them stays, and a sub-folder goes only if it ends empty.
+_STEM = r"(best|latest)"
+RUN_SUBFOLDER_FILES: dict[str, tuple[str, ...]] = {
+    CHECKPOINTS: (
+        rf"{_STEM}\.(pt|onnx|pt2)",  # the checkpoints; `unetzoo export`'s default outputs
+        rf"{_STEM}\.[0-9a-f]{{16}}\.onnx",  # the onnxruntime backend's cached export
+        rf"\.{_STEM}\..+\.tmp(\.onnx)?",  # temporaries of interrupted writes
+        # `unetzoo postprocess`'s plan (engine.postprocess.PLAN_FILE): the old model's
+        # plan would be applied to the new one
+        r"postprocessing\.json",
+    ),
+    PLOTS: (r"(loss|val_metrics)\.png",),
+    TENSORBOARD: (r"events\.out\.tfevents\..+",),
+}
+# The files a report is made of (:class:`ReportLayout`, ``run_test``'s targets): what
+# ``--overwrite`` deletes from a report folder that has no readable manifest.
+REPORT_FILES: tuple[str, ...] = (
+    r"summary\.(md|json)", r"cases\.(csv|json)", r"overlays/[^/]+_slice\d{3,}\.png",
+    r"predictions/[^/]+\.nii\.gz",
+)
+# Written by every test: a user's file under one of these names would stop the run's final
+# test, so ``--overwrite`` refuses it up front instead of after the training.
+REPORT_ALWAYS = ("summary.md", "summary.json", "cases.csv")
 # Files a run may find already in place and reads (a fold split that the caller or the
 # user stored there): they neither make a folder "not empty" nor are ever deleted.
 RUN_INPUTS = frozenset({SPLITS_FILE})
@@ -196,8 +221,9 @@ class RunFolder:
     - empty, or a run of ours that died before its first checkpoint: start;
     - ``resume``: continue whatever is there (the caller resumes a checkpoint);
     - a run of ours (``.unetzoo-run.json``, or a legacy folder whose checkpoint loads)
-      with ``overwrite``: delete *that run's* entries (:data:`RUN_ENTRIES`) and start;
-      files the user added stay;
+      with ``overwrite``: delete *that run's* entries (:data:`RUN_ENTRIES`; inside its
+      sub-folders only the files unetzoo writes there, :func:`run_files`) and start;
+      files the user added stay, at the top or inside ``report/``, ``checkpoints/`` ...;
     - files unetzoo did not write: refused, or with ``overwrite`` left untouched beside
       the new run, unless one is named like a run file (then refused: it would be
       overwritten);
@@ -333,14 +359,23 @@ class RunFolder:
         self._clean_temporary()
 
     def _remove(self, names: list[str]) -> None:
+        """Delete the run's entries among ``names``: a file (or link) as a whole, a
+        sub-folder only the files unetzoo writes there (:func:`run_files`), then the
+        folders those files leave empty. Everything is checked before anything goes."""
+        plan: list[tuple[Path, list[Path] | None]] = []
         for name in names:
             if name not in RUN_ENTRIES or name == LOCK_NAME:
                 continue
             p = self.path / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
+            folder = p.is_dir() and not p.is_symlink()
+            plan.append((p, run_files(self.path, name) if folder else None))
+        for p, files in plan:
+            if files is None:
                 p.unlink(missing_ok=True)
+                continue
+            for f in files:
+                f.unlink(missing_ok=True)
+            _prune(p, files)
 
     def _clean_temporary(self) -> None:
         """Remove ``.latest.pt.*.tmp`` & co. that a killed write left (we hold the lock)."""
@@ -359,6 +394,57 @@ class RunFolder:
         tmp = self.path / (RUN_MARKER + ".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.layout.marker)
+
+
+def _walk(folder: Path) -> list[str]:
+    """Every file and link under ``folder`` (links not followed), as names relative to it."""
+    found = []
+    for top, dirs, files in os.walk(folder):
+        rel = Path(top).relative_to(folder)
+        links = [d for d in dirs if os.path.islink(os.path.join(top, d))]
+        found += [(rel / n).as_posix() for n in (*files, *links)]
+    return sorted(found)
+
+
+def run_files(root: str | Path, entry: str) -> list[Path]:
+    """The files in the run sub-folder ``root/entry`` that unetzoo wrote (what
+    ``--overwrite`` deletes): :data:`RUN_SUBFOLDER_FILES` by name; for ``report/`` the
+    files its manifest lists that are still unetzoo's (:meth:`OutputFolder.written`) and
+    the manifest itself, or, with no readable manifest (a report from before manifests),
+    the names a report is made of (:data:`REPORT_FILES`).
+
+    Raises:
+        CheckpointError: a file of the user's in ``report/`` under a name the final test
+            always writes (it would stop the run at its end).
+    """
+    folder = Path(root) / entry
+    if not folder.is_dir():
+        return []
+    if entry != REPORT:
+        patterns = RUN_SUBFOLDER_FILES.get(entry, ())
+        return [folder / n for n in _walk(folder) if any(re.fullmatch(p, n) for p in patterns)]
+    names = OutputFolder(folder).written()
+    if names is None:
+        names = [n for n in _walk(folder) if any(re.fullmatch(p, n) for p in REPORT_FILES)]
+    names += [n for n in _walk(folder) if n.startswith(OUTPUTS_MANIFEST)]
+    for kept in sorted(set(REPORT_ALWAYS) - set(names)):
+        if os.path.lexists(folder / kept):
+            raise CheckpointError(
+                f"{folder / kept} was not written by unetzoo and the run's final test "
+                "writes that name; move it, or pass another --output"
+            )
+    return [folder / n for n in sorted(set(names))]
+
+
+def _prune(folder: Path, removed: Iterable[Path]) -> None:
+    """Remove the folders below ``folder`` that held a removed file and are now empty,
+    then ``folder`` itself if empty (an empty folder of the user's elsewhere stays)."""
+    dirs = {d for f in removed for d in f.parents if d == folder or folder in d.parents}
+    for d in sorted(dirs | {folder}, key=lambda d: len(d.parts), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (a user's file), or already gone
+            pass
 
 
 def _file_stamp(path: Path) -> dict[str, int] | None:
@@ -396,17 +482,38 @@ class OutputFolder:
                          and is_run_folder(self.root.parent))
         self._inherited: set[str] = set()  # adopted targets, recorded by the next record()
 
-    def _read(self) -> dict[str, dict[str, int]]:
-        """The manifest's entries; an absent or unreadable manifest lists nothing (every
-        existing file then counts as the user's: refused, never replaced silently)."""
+    def _load(self) -> dict[str, dict[str, int]] | None:
+        """The manifest's entries; None when it is absent or unreadable."""
         try:
             data = json.loads(self.manifest.read_text())
         except (OSError, ValueError):
-            return {}
+            return None
         files = data.get("files") if isinstance(data, dict) else None
         if not isinstance(files, dict):
-            return {}
+            return None
         return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+
+    def _read(self) -> dict[str, dict[str, int]]:
+        """The manifest's entries; an absent or unreadable manifest lists nothing (every
+        existing file then counts as the user's: refused, never replaced silently)."""
+        return self._load() or {}
+
+    def written(self) -> list[str] | None:
+        """The files the manifest lists that are still unetzoo's (each the same regular
+        file it was when written; names that leave ``DIR`` are ignored), sorted; None
+        without a readable manifest."""
+        files = self._load()
+        if files is None:
+            return None
+        out = []
+        for name, stamp in files.items():
+            try:
+                rel = self._name(name)
+            except ConfigError:  # "../x" or "/x" in a hand-edited manifest: never ours
+                continue
+            if _file_stamp(self.root / rel) == stamp:
+                out.append(rel)
+        return sorted(out)
 
     def _name(self, name: str | Path) -> str:
         """A name relative to ``DIR`` (an absolute path is made relative to it)."""
