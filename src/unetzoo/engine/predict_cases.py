@@ -14,7 +14,9 @@ and ONNX files all run it; the inference spec (:class:`unetzoo.engine.spec.Infer
 says how. A label map that would overwrite an input is refused before any work, and so is
 every target that exists in the output folder and that unetzoo did not write there (its
 ``.unetzoo-outputs.json``, :class:`unetzoo.engine.run_folder.OutputFolder`) unless
-``overwrite``: re-running into the same folder replaces unetzoo's own files only.
+``overwrite``: re-running into the same folder replaces unetzoo's own files only, and
+the files that manifest lists are never gathered as inputs (:func:`gather_inputs`), so
+predicting a folder into itself twice predicts the same cases.
 
 Options beyond the single-checkpoint path:
 
@@ -51,7 +53,7 @@ from unetzoo.engine.inputs import (
     write_output,
 )
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
-from unetzoo.engine.run_folder import OutputFolder
+from unetzoo.engine.run_folder import OUTPUTS_MANIFEST, OutputFolder
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import DataError
 
@@ -69,16 +71,48 @@ def _output_name(case: str, files: Sequence[Path]) -> str:
     return f"{case}{medio.output_ending(files[0])}"
 
 
+def gather_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], int]:
+    """:func:`unetzoo.data.medio.expand_inputs`, less the files unetzoo wrote: a folder's
+    files listed in its ``.unetzoo-outputs.json`` (:class:`OutputFolder`: an earlier
+    ``predict`` into that folder) are outputs, never inputs, so a folder predicted into
+    itself gives the same cases on a re-run. A file named on its own is always an input.
+    Returns the inputs and how many files were skipped."""
+    files: list[Path] = []
+    skipped = 0
+    for raw in inputs:
+        p = Path(raw)
+        found = medio.expand_inputs([p])
+        if p.is_dir() and found != [p]:  # a folder of inputs, not one DICOM series
+            written = OutputFolder(p)
+            keep = [f for f in found if not written.is_ours(f.name)]
+            if not keep:
+                raise DataError(
+                    f"{p}: every image file there was written by unetzoo (listed in its "
+                    f"{OUTPUTS_MANIFEST}); give the folder of the input images"
+                )
+            skipped += len(found) - len(keep)
+            found = keep
+        files.extend(found)
+    return files, skipped
+
+
 def check_cases(
-    inputs: Sequence[str | Path], max_pixels: int | None = None
+    inputs: Sequence[str | Path], max_pixels: int | None = None, *, say_skipped: bool = False,
 ) -> dict[str, list[Path]]:
-    """Group ``inputs`` into cases and check every file from its header (type, empty axes,
-    slice size): a bad file among many stops the run before any model is loaded or anything
-    is written. Returns :func:`unetzoo.data.medio.group_cases`'s mapping."""
+    """Group ``inputs`` (:func:`gather_inputs`) into cases and check every file from its
+    header (type, empty axes, slice size): a bad file among many stops the run before any
+    model is loaded or anything is written. Returns
+    :func:`unetzoo.data.medio.group_cases`'s mapping; with ``say_skipped``, one stderr line
+    counts the files of unetzoo's that were not taken as inputs."""
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise DataError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
-    cases = medio.group_cases(inputs)
+    files, skipped = gather_inputs(inputs)
+    if skipped and say_skipped:
+        print(f"skipped {skipped} file(s) in the input folder(s) that unetzoo wrote there "
+              f"(an earlier run's outputs, listed in {OUTPUTS_MANIFEST}); not inputs",
+              file=sys.stderr, flush=True)
+    cases = medio.group_cases(files)
     for case, files in cases.items():
         ending = medio.file_ending(files[0])
         if ending == "":
@@ -315,7 +349,7 @@ def predict_cases(
     from unetzoo.engine.run_folder import check_output_dir
 
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    cases = check_cases(inputs, max_pixels)
+    cases = check_cases(inputs, max_pixels, say_skipped=True)  # once, even when quiet
     spec = as_spec(meta, source, model)
     if postprocessing is not None:
         check_plan(postprocessing)
