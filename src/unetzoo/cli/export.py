@@ -7,21 +7,7 @@ import os
 from pathlib import Path
 
 from unetzoo.cli import add_output_option
-from unetzoo.deploy.export import DEFAULT_OPSET, FORMATS
-
-
-def _max_opset() -> int:
-    try:  # the newest opset the installed torch exporter declares
-        from torch.onnx._constants import ONNX_MAX_OPSET
-    except ImportError:  # pragma: no cover - older/newer torch layouts
-        return DEFAULT_OPSET
-    return max(int(ONNX_MAX_OPSET), DEFAULT_OPSET)
-
-
-#: Opsets `export` writes. 18 is the dynamo exporter's own opset (it raised lower ones to
-#: 18 without a word); the top is what the installed torch declares (ONNX Runtime 1.32
-#: runs all of them).
-SUPPORTED_OPSETS = range(18, _max_opset() + 1)
+from unetzoo.deploy.export import DEFAULT_OPSET, FORMATS, SUPPORTED_OPSETS, check_opset
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,13 +76,8 @@ def check_out(out: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unetzoo.deploy.export import export_checkpoint
-    from unetzoo.errors import ConfigError
 
-    if args.opset not in SUPPORTED_OPSETS:
-        raise ConfigError(
-            f"--opset {args.opset} is not supported; use {SUPPORTED_OPSETS.start}.."
-            f"{SUPPORTED_OPSETS.stop - 1} (the range the installed torch exporter writes)"
-        )
+    check_opset(args.opset, "--opset")  # export_model's own rule, before the checkpoint loads
     check_out(args.output)
     res = export_checkpoint(
         args.checkpoint,

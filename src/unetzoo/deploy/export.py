@@ -43,10 +43,12 @@ from unetzoo.engine.onnx import (  # noqa: F401 - the ONNX format's names, re-ex
     METADATA_FORMAT,
     METADATA_KEY,
     OUTPUT_NAME,
+    SUPPORTED_OPSETS,
     CaptureError,
     ExportError,
     Logits,
     build_metadata,
+    check_opset,
     decode_metadata,
     example_sizes,
     existing_file,
@@ -184,7 +186,7 @@ def export_model(
         fmt: ``"onnx"``, ``"torch-export"`` or ``"auto"`` (ONNX, else ``torch.export``).
         dynamic: dynamic batch, height and width (height/width stay fixed for models with
             ``fixed_input_size``). False fixes the example shape.
-        opset: ONNX opset (default 18).
+        opset: ONNX opset, one of :data:`SUPPORTED_OPSETS` (default 18; others: ConfigError).
         metadata: the stored JSON (:func:`unetzoo.engine.onnx.build_metadata`); default
             built from ``spec``, else from the model (:func:`unetzoo.engine.onnx.spec_for_model`).
         img_size: the spec's ``img_size`` when no spec is given (and the capture size).
@@ -194,8 +196,10 @@ def export_model(
 
     Raises:
         ExportError: the format cannot express the model; the message names the fallback.
-        ConfigError: an unknown format or an unwritable output path.
+        ConfigError: an unknown format, an opset outside :data:`SUPPORTED_OPSETS`
+            or an unwritable output path.
     """
+    opset = check_opset(opset)  # before any file is touched
     out = Path(out)
     _check_target(out, fmt)
     model = model.eval()
@@ -245,6 +249,7 @@ def export_checkpoint(
     """
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
+    check_opset(opset)  # before the checkpoint loads
     ckpt = load_checkpoint(checkpoint)  # checks the spec: it has a model name
     spec = InferenceSpec.from_checkpoint(ckpt, str(checkpoint))
     model = model_from_checkpoint(ckpt)

@@ -36,9 +36,36 @@ import torch
 from torch import nn
 
 from unetzoo.engine.spec import PROTOCOL_TEXT, InferenceSpec
-from unetzoo.errors import CheckpointError, ModelError
+from unetzoo.errors import CheckpointError, ConfigError, ModelError
 
 DEFAULT_OPSET = 18
+
+
+def _max_opset() -> int:
+    try:  # the newest opset the installed torch exporter declares
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # pragma: no cover - older/newer torch layouts
+        return DEFAULT_OPSET
+    return max(int(ONNX_MAX_OPSET), DEFAULT_OPSET)
+
+
+#: Opsets an export writes. 18 is the dynamo exporter's own opset (it raised lower ones to
+#: 18 without a word); the top is what the installed torch declares (ONNX Runtime 1.32
+#: runs all of them).
+SUPPORTED_OPSETS = range(DEFAULT_OPSET, _max_opset() + 1)
+
+
+def check_opset(opset: Any, what: str = "opset") -> int:
+    """``opset`` as an int when the installed exporter writes it (:data:`SUPPORTED_OPSETS`),
+    else one ConfigError line naming the range; ``what`` names it (``--opset`` in the CLI).
+    Every export (``export_model``, ``export_onnx``, ``unetzoo export``) checks here."""
+    whole = isinstance(opset, (int, np.integer)) and not isinstance(opset, bool)
+    if not whole or int(opset) not in SUPPORTED_OPSETS:
+        raise ConfigError(
+            f"{what} {opset!r} is not supported; use {SUPPORTED_OPSETS.start}.."
+            f"{SUPPORTED_OPSETS.stop - 1} (the range the installed torch exporter writes)"
+        )
+    return int(opset)
 METADATA_KEY = "unetzoo"
 METADATA_FORMAT = "unetzoo-export"
 METADATA_VERSION = 2
@@ -434,6 +461,7 @@ def export_onnx(
         CaptureError: no example size could be captured.
         ExportError: the checker refuses the file.
     """
+    opset = check_opset(opset)
     wrapper = Logits(model.eval()).eval()
     sizes, dyn_hw = example_sizes(model, metadata.get("img_size"))
     if not dynamic:  # a static file takes exactly the training size
