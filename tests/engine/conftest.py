@@ -48,3 +48,24 @@ def tiny_cfg(tiny_root, tmp_path):
         return resolve_config("phantom", None, flags)
 
     return make
+
+
+TINY_CLASSES = ["background", "a", "b"]
+
+
+@pytest.fixture()
+def tiny_unet():
+    """A seeded 3-class U-Net of width 4 in eval mode, for prediction tests."""
+    import torch
+
+    from unetzoo import create_model
+
+    torch.manual_seed(0)
+    return create_model("unet", in_channels=1, num_classes=3, base_channels=4).eval()
+
+
+@pytest.fixture()
+def tiny_meta() -> dict:
+    """The checkpoint metadata `predict_cases` needs for `tiny_unet` on 16 px slices."""
+    return {"img_size": 16, "in_channels": 1, "class_names": list(TINY_CLASSES),
+            "preprocessing": {"kind": "none"}}

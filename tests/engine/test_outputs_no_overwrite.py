@@ -93,16 +93,6 @@ class _Refuses(torch.nn.Module):
         raise AssertionError("predicted although the output folder was refused")
 
 
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_model("unet", in_channels=1, num_classes=3, base_channels=4).eval()
-
-
-def _meta() -> dict:
-    return {"img_size": 16, "in_channels": 1, "class_names": CLASSES,
-            "preprocessing": {"kind": "none"}}
-
-
 @pytest.fixture()
 def case_file(tmp_path: Path) -> Path:
     import nibabel as nib
@@ -114,18 +104,19 @@ def case_file(tmp_path: Path) -> Path:
     return d / "c1_0000.nii.gz"
 
 
-def test_predict_refuses_a_user_label_map_before_any_work(case_file, tmp_path):
+def test_predict_refuses_a_user_label_map_before_any_work(case_file, tmp_path, tiny_unet,
+                                                          tiny_meta):
     out = tmp_path / "labelsTr"
     out.mkdir()
     (out / "c1.nii.gz").write_bytes(USER_BYTES)
     (out / "notes.txt").write_text("unrelated")
     with pytest.raises(ConfigError) as exc:
-        predict_cases([case_file], _Refuses(), _meta(), out, verbose=False)
+        predict_cases([case_file], _Refuses(), tiny_meta, out, verbose=False)
     assert "c1.nii.gz exists and was not written by unetzoo" in str(exc.value)
     assert (out / "c1.nii.gz").read_bytes() == USER_BYTES
     assert not (out / OUTPUTS_MANIFEST).exists()
     # --overwrite: replaced by a label map; the unrelated file untouched
-    recs = predict_cases([case_file], _model(), _meta(), out, verbose=False, overwrite=True,
+    recs = predict_cases([case_file], tiny_unet, tiny_meta, out, verbose=False, overwrite=True,
                          overlays=1, save_probabilities=True)
     assert (out / "c1.nii.gz").read_bytes() != USER_BYTES
     assert (out / "notes.txt").read_text() == "unrelated"
@@ -133,12 +124,12 @@ def test_predict_refuses_a_user_label_map_before_any_work(case_file, tmp_path):
     assert listed == {"c1.nii.gz", "c1.npz", *(Path(p).name for p in recs[0]["overlays"])}
 
 
-def test_predict_twice_into_the_same_folder(case_file, tmp_path):
+def test_predict_twice_into_the_same_folder(case_file, tmp_path, tiny_unet, tiny_meta):
     out = tmp_path / "out"
     out.mkdir()
     (out / "c2.nii.gz").write_bytes(USER_BYTES)  # not a target of this run
     for _ in range(2):  # the second run replaces the first one's files, no flag needed
-        predict_cases([case_file], _model(), _meta(), out, verbose=False, overlays=2,
+        predict_cases([case_file], tiny_unet, tiny_meta, out, verbose=False, overlays=2,
                       save_probabilities=True)
     assert (out / "c1.nii.gz").is_file() and (out / "c1.npz").is_file()
     assert (out / "c2.nii.gz").read_bytes() == USER_BYTES
@@ -148,12 +139,13 @@ def test_predict_twice_into_the_same_folder(case_file, tmp_path):
     ("c1.npz", {"save_probabilities": True}),
     ("c1_overlay_slice001.png", {"overlays": 1}),
 ])
-def test_predict_claims_probabilities_and_overlays(case_file, tmp_path, name, kwargs):
+def test_predict_claims_probabilities_and_overlays(case_file, tmp_path, name, kwargs,
+                                                   tiny_meta):
     out = tmp_path / "out"
     out.mkdir()
     (out / name).write_bytes(USER_BYTES)
     with pytest.raises(ConfigError, match=name):
-        predict_cases([case_file], _Refuses(), _meta(), out, verbose=False, **kwargs)
+        predict_cases([case_file], _Refuses(), tiny_meta, out, verbose=False, **kwargs)
     assert (out / name).read_bytes() == USER_BYTES
 
 

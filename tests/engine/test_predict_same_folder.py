@@ -8,23 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from unetzoo import create_model
 from unetzoo.engine.predict_cases import gather_inputs, predict_cases
 from unetzoo.errors import DataError
 
 CLASSES = ["background", "a", "b"]
-
-
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_model("unet", in_channels=1, num_classes=3, base_channels=4).eval()
-
-
-def _meta() -> dict:
-    return {"img_size": 16, "in_channels": 1, "class_names": CLASSES,
-            "preprocessing": {"kind": "none"}}
 
 
 def _save(path: Path, seed: int) -> None:
@@ -43,18 +31,20 @@ def folder(tmp_path: Path) -> Path:
     return d
 
 
-def _predict(d: Path) -> list[str]:
-    recs = predict_cases([d], _model(), _meta(), d, verbose=False, overlays=1)
+def _predict(d: Path, model, meta: dict) -> list[str]:
+    recs = predict_cases([d], model, meta, d, verbose=False, overlays=1)
     return [r["case"] for r in recs]
 
 
-def test_a_folder_predicted_into_itself_twice(folder: Path, capsys) -> None:
-    assert _predict(folder) == ["c1", "c2"]
+def test_a_folder_predicted_into_itself_twice(folder: Path, capsys, tiny_unet,
+                                              tiny_meta) -> None:
+    assert _predict(folder, tiny_unet, tiny_meta) == ["c1", "c2"]
     assert "skipped" not in capsys.readouterr().err  # nothing of ours there yet
     written = sorted(p.name for p in folder.iterdir() if not p.name.endswith("_0000.nii.gz"))
     assert "c1.nii.gz" in written and any(n.endswith(".png") for n in written)
     before = (folder / "c1.nii.gz").stat().st_mtime_ns
-    assert _predict(folder) == ["c1", "c2"]  # no case of a label map or an overlay PNG
+    # No case made of a label map or an overlay PNG of ours:
+    assert _predict(folder, tiny_unet, tiny_meta) == ["c1", "c2"]
     err = capsys.readouterr().err.strip().splitlines()
     n_ours = len(written) - 1  # the manifest is hidden: never an input anyway
     assert err == [err[0]] and err[0].startswith(f"skipped {n_ours} file(s)"), err
@@ -71,25 +61,28 @@ def gather_inputs_cases(d: Path) -> list[tuple[str, int]]:
     return [(c, len(f)) for c, f in medio.group_cases(files).items()]
 
 
-def test_a_file_named_on_its_own_is_always_an_input(folder: Path) -> None:
-    _predict(folder)
+def test_a_file_named_on_its_own_is_always_an_input(folder: Path, tiny_unet,
+                                                     tiny_meta) -> None:
+    _predict(folder, tiny_unet, tiny_meta)
     files, skipped = gather_inputs([folder / "c1.nii.gz"])
     assert files == [folder / "c1.nii.gz"] and skipped == 0
 
 
-def test_a_folder_of_only_our_files_is_one_line(folder: Path, tmp_path: Path) -> None:
+def test_a_folder_of_only_our_files_is_one_line(folder: Path, tmp_path: Path, tiny_unet,
+                                                 tiny_meta) -> None:
     out = tmp_path / "out"
-    predict_cases([folder], _model(), _meta(), out, verbose=False, overlays=0)
+    predict_cases([folder], tiny_unet, tiny_meta, out, verbose=False, overlays=0)
     with pytest.raises(DataError) as exc:
         gather_inputs([out])
     assert "written by unetzoo" in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_cli_predict_into_the_input_folder_twice(folder: Path, tmp_path: Path, capsys) -> None:
+def test_cli_predict_into_the_input_folder_twice(folder: Path, tmp_path: Path, capsys,
+                                                 tiny_unet) -> None:
     from unetzoo.cli.main import main
     from unetzoo.engine.checkpoint import save_checkpoint
 
-    m = _model()
+    m = tiny_unet
     ckpt = save_checkpoint(
         {"model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
          "state_dict": m.state_dict(), "class_names": CLASSES, "in_channels": 1,
