@@ -48,8 +48,14 @@ def predict_files(
     batch_size: int = 16,
     overlays: int = 3,
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """``unetzoo predict --onnx`` from Python: :meth:`Predictor.predict_files` of the file.
-    ``device`` is accepted for symmetry; ONNX Runtime runs on its own providers."""
-    return OnnxPredictor(onnx_path, batch_size=batch_size, tta=tta).predict_files(
-        inputs, out_dir, overlays=overlays, verbose=verbose)
+    """``unetzoo predict --onnx`` from Python: :func:`unetzoo.engine.predict.predict_files`
+    with the ``.onnx`` file, so inputs and targets in ``out_dir`` are checked before the
+    file is loaded and a file there that unetzoo did not write is refused unless
+    ``overwrite``. ``device`` is accepted for symmetry; ONNX Runtime runs on its own
+    providers."""
+    from unetzoo.engine.predict import predict_files as predict_with
+
+    return predict_with(inputs, onnx_path, out_dir, tta=tta, batch_size=batch_size,
+                        overlays=overlays, verbose=verbose, overwrite=overwrite)
