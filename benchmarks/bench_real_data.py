@@ -28,6 +28,8 @@ in the plain loop: it tells the U-Net architecture apart from unetzoo's code of 
     python benchmarks/bench_real_data.py --models smp,plain:resnet34_unet:head_relu=true
     python benchmarks/bench_real_data.py --models smp --plain-augment default   # smp with
                                               # the pipeline's default-recipe augmentation
+    python benchmarks/bench_real_data.py --models smp --plain-augment default \
+        --plain-batches epochs            # ... and the pipeline's shuffled-epoch batches
     python benchmarks/bench_real_data.py --tiny --json out.json   # CI smoke (seconds)
 
 Every finished run is written to ``--json`` at once, so a stopped benchmark keeps its rows.
@@ -185,12 +187,39 @@ def augmented_batches(ds, recipe: str, img_size: int, seed: int):
     return draw
 
 
+BATCH_DRAWS = ("random", "epochs")
+
+
+def batch_indices(n: int, batch: int, iterations: int, gen: torch.Generator,
+                  mode: str = "random"):
+    """The slice indices of each of ``iterations`` batches.
+
+    ``random`` (the issue's loop): ``batch`` distinct slices drawn afresh each iteration.
+    ``epochs`` (the pipeline's DataLoader): a shuffled pass over all ``n`` slices cut into
+    batches, the last partial batch dropped when there is more than one, then a new pass.
+    """
+    if mode not in BATCH_DRAWS:
+        raise ValueError(f"batch drawing must be one of {BATCH_DRAWS}, got {mode!r}")
+    per_epoch = iterations_per_epoch(n, batch)
+    order = torch.empty(0, dtype=torch.long)
+    for it in range(iterations):
+        if mode == "random":
+            yield torch.randperm(n, generator=gen)[:batch]
+            continue
+        if it % per_epoch == 0:
+            order = torch.randperm(n, generator=gen)
+        k = it % per_epoch
+        yield order[k * batch:(k + 1) * batch]
+
+
 def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: int,
-               batch: int, seed: int, num_classes: int, draw=None) -> float:
+               batch: int, seed: int, num_classes: int, draw=None,
+               batches: str = "random") -> float:
     """The issue's plain loop: random batches, AdamW + poly per iteration, CE + Dice.
 
     ``draw`` (see :func:`augmented_batches`) replaces the pre-resized slices ``x, y`` by
-    augmented ones, drawn with the same random indices. Returns the last training loss.
+    augmented ones, drawn with the same random indices; ``batches`` picks how the indices
+    are drawn (:func:`batch_indices`). Returns the last training loss.
     """
     from unetzoo.losses import build_loss
 
@@ -200,10 +229,9 @@ def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterati
     gen = torch.Generator().manual_seed(seed)
     model.train()
     loss = torch.tensor(float("nan"))
-    for it in range(iterations):
+    for it, idx in enumerate(batch_indices(len(x), batch, iterations, gen, batches)):
         for group in opt.param_groups:
             group["lr"] = SHARED["base_lr"] * (1 - it / iterations) ** SHARED["poly_power"]
-        idx = torch.randperm(len(x), generator=gen)[:batch]
         xb, yb = draw(idx) if draw is not None else (x[idx], y[idx])
         out = model(xb)
         out = out[0] if isinstance(out, (list, tuple)) else out
@@ -242,7 +270,7 @@ def pipeline_run(name: str, options: dict[str, Any], ds, epochs: int, img_size: 
 
 def run_one(spec: str, ds, slices, budget: int, img_size: int, batch: int, seed: int,
             workdir: Path, augment: str | None,
-            plain_augment: str | None = None) -> dict[str, Any]:
+            plain_augment: str | None = None, plain_batches: str = "random") -> dict[str, Any]:
     loop, name, options = parse_spec(spec)
     x, y = slices
     epochs = max(1, round(budget / iterations_per_epoch(len(x), batch)))
@@ -253,7 +281,8 @@ def run_one(spec: str, ds, slices, budget: int, img_size: int, batch: int, seed:
         model = build_plain_model(name, options, ds.in_channels, ds.num_classes)
         draw = (augmented_batches(ds, plain_augment, img_size, seed)
                 if plain_augment not in (None, "none") else None)
-        loss = plain_loop(model, x, y, iterations, batch, seed, ds.num_classes, draw)
+        loss = plain_loop(model, x, y, iterations, batch, seed, ds.num_classes, draw,
+                          plain_batches)
     else:
         out = workdir / f"{spec.replace(':', '_').replace(',', '_').replace('=', '-')}-b{budget}-s{seed}"
         model, iterations, loss = pipeline_run(name, options, ds, epochs, img_size, batch,
@@ -261,6 +290,7 @@ def run_one(spec: str, ds, slices, budget: int, img_size: int, batch: int, seed:
     train_s = time.perf_counter() - t0
     scores = evaluate(model, ds, img_size)
     return {"model": spec, "loop": loop, "budget": budget, "iterations": iterations,
+            "batches": plain_batches if loop == "plain" else "epochs",
             "seed": seed, "train_s": round(train_s, 1),
             "s_per_iter": round(train_s / max(iterations, 1), 3),
             "final_loss": round(loss, 4), **scores}
@@ -315,6 +345,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--plain-augment", default=None,
                    help="augmentation recipe for the plain-loop runs (default: none), e.g. "
                         "'default': the pipeline's default recipe, to compare like with like")
+    p.add_argument("--plain-batches", choices=BATCH_DRAWS, default="random",
+                   help="how the plain loop draws batches: 'random' slices each iteration "
+                        "(default, the issue's loop) or shuffled 'epochs' like the pipeline")
     p.add_argument("--max-slices", type=int, default=None, help="build a smaller dataset")
     args = p.parse_args(argv)
     if args.tiny:
@@ -336,13 +369,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "test_cases": len(ds.cases("test")), "classes": list(ds.class_names),
                 "size": args.size, "batch": args.batch, "shared": SHARED,
                 "augment": args.augment or "dataset recipe",
-                "plain_augment": args.plain_augment or "none"}
+                "plain_augment": args.plain_augment or "none",
+                "plain_batches": args.plain_batches}
         print(f"data: {info}", flush=True)
         for budget in budgets:
             for spec in specs:
                 for seed in (seeds if args.all_seeds else default_seeds(spec, seeds)):
                     row = run_one(spec, ds, slices, budget, args.size, args.batch, seed,
-                                  work, args.augment, args.plain_augment)
+                                  work, args.augment, args.plain_augment,
+                                  args.plain_batches)
                     runs.append(row)
                     print(f"  {spec} budget {budget} seed {seed}: mean Dice "
                           f"{row['mean_dice']:.4f}, learned {row['learned']}/"

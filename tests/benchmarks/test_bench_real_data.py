@@ -95,3 +95,28 @@ def test_monai_unet_peer_is_plain_loop_and_the_classic_unet():
     assert abs(count(peer) / count(ours) - 1) < 0.003
     kinds = {type(m).__name__ for m in peer.modules()}
     assert {"BatchNorm2d", "ReLU", "ConvTranspose2d"} <= kinds and "InstanceNorm2d" not in kinds
+
+
+def test_epoch_batches_visit_every_slice_once_per_epoch():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    n, batch = 21, 4  # 5 batches per epoch, one slice dropped each pass like the DataLoader
+    batches = list(bench.batch_indices(n, batch, iterations=10, gen=gen, mode="epochs"))
+    assert all(len(b) == batch for b in batches)
+    for epoch in (batches[:5], batches[5:]):
+        seen = torch.cat(epoch).tolist()
+        assert len(set(seen)) == 20  # no slice twice within a pass
+    assert torch.cat(batches[:5]).tolist() != torch.cat(batches[5:]).tolist()  # reshuffled
+
+
+def test_random_batches_draw_afresh_each_iteration():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    batches = list(bench.batch_indices(21, 4, iterations=50, gen=gen, mode="random"))
+    assert all(len(set(b.tolist())) == 4 for b in batches)  # distinct within a batch
+    firsts = torch.cat(batches[:6]).tolist()  # 24 draws: a pass would hold 20 distinct
+    assert len(set(firsts)) < 20  # with replacement across iterations, repeats appear
+    with pytest.raises(ValueError, match="batch drawing"):
+        next(bench.batch_indices(21, 4, 1, gen, mode="sequential"))
