@@ -12,8 +12,6 @@ import pytest
 from unetzoo.engine.predict_cases import gather_inputs, predict_cases
 from unetzoo.errors import DataError
 
-CLASSES = ["background", "a", "b"]
-
 
 def _save(path: Path, seed: int) -> None:
     import nibabel as nib
@@ -78,15 +76,14 @@ def test_a_folder_of_only_our_files_is_one_line(folder: Path, tmp_path: Path, ti
 
 
 def test_cli_predict_into_the_input_folder_twice(folder: Path, tmp_path: Path, capsys,
-                                                 tiny_unet) -> None:
+                                                 tiny_unet, tiny_meta) -> None:
     from unetzoo.cli.main import main
     from unetzoo.engine.checkpoint import save_checkpoint
 
     m = tiny_unet
     ckpt = save_checkpoint(
         {"model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
-         "state_dict": m.state_dict(), "class_names": CLASSES, "in_channels": 1,
-         "img_size": 16, "preprocessing": {"kind": "none"}},
+         "state_dict": m.state_dict(), **tiny_meta},
         tmp_path / "run" / "checkpoints" / "best.pt")
     argv = ["predict", str(folder), "--checkpoint", str(ckpt), "--output", str(folder),
             "--device", "cpu", "--backend", "torch", "--overlays", "1"]
