@@ -30,6 +30,7 @@ in the plain loop: it tells the U-Net architecture apart from unetzoo's code of 
                                               # the pipeline's default-recipe augmentation
     python benchmarks/bench_real_data.py --models smp --plain-augment default \
         --plain-batches epochs            # ... and the pipeline's shuffled-epoch batches
+                                          # ('loader': its very batch order: same model)
     python benchmarks/bench_real_data.py --tiny --json out.json   # CI smoke (seconds)
 
 Every finished run is written to ``--json`` at once, so a stopped benchmark keeps its rows.
@@ -187,7 +188,7 @@ def augmented_batches(ds, recipe: str, img_size: int, seed: int):
     return draw
 
 
-BATCH_DRAWS = ("random", "epochs")
+BATCH_DRAWS = ("random", "epochs", "loader")
 
 
 def batch_indices(n: int, batch: int, iterations: int, gen: torch.Generator,
@@ -195,11 +196,16 @@ def batch_indices(n: int, batch: int, iterations: int, gen: torch.Generator,
     """The slice indices of each of ``iterations`` batches.
 
     ``random`` (the issue's loop): ``batch`` distinct slices drawn afresh each iteration.
-    ``epochs`` (the pipeline's DataLoader): a shuffled pass over all ``n`` slices cut into
-    batches, the last partial batch dropped when there is more than one, then a new pass.
+    ``epochs``: a shuffled pass over all ``n`` slices cut into batches, the last partial
+    batch dropped when there is more than one, then a new pass (the pipeline's scheme).
+    ``loader``: the same scheme through a ``DataLoader`` seeded as the pipeline seeds its
+    own, so the plain loop sees the pipeline's batches in the pipeline's order.
     """
     if mode not in BATCH_DRAWS:
         raise ValueError(f"batch drawing must be one of {BATCH_DRAWS}, got {mode!r}")
+    if mode == "loader":
+        yield from _loader_batches(n, batch, iterations, gen)
+        return
     per_epoch = iterations_per_epoch(n, batch)
     order = torch.empty(0, dtype=torch.long)
     for it in range(iterations):
@@ -210,6 +216,20 @@ def batch_indices(n: int, batch: int, iterations: int, gen: torch.Generator,
             order = torch.randperm(n, generator=gen)
         k = it % per_epoch
         yield order[k * batch:(k + 1) * batch]
+
+
+def _loader_batches(n: int, batch: int, iterations: int, gen: torch.Generator):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(range(n), batch_size=batch, shuffle=True, generator=gen,
+                        drop_last=n > batch)
+    it = 0
+    while it < iterations:
+        for idx in loader:
+            if it == iterations:
+                return
+            yield idx
+            it += 1
 
 
 def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: int,
@@ -347,7 +367,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "'default': the pipeline's default recipe, to compare like with like")
     p.add_argument("--plain-batches", choices=BATCH_DRAWS, default="random",
                    help="how the plain loop draws batches: 'random' slices each iteration "
-                        "(default, the issue's loop) or shuffled 'epochs' like the pipeline")
+                        "(default, the issue's loop), shuffled 'epochs' like the pipeline, "
+                        "or 'loader': the pipeline's own batch order for the same seed")
     p.add_argument("--max-slices", type=int, default=None, help="build a smaller dataset")
     args = p.parse_args(argv)
     if args.tiny:
