@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -223,13 +224,8 @@ def _loader_batches(n: int, batch: int, iterations: int, gen: torch.Generator):
 
     loader = DataLoader(range(n), batch_size=batch, shuffle=True, generator=gen,
                         drop_last=n > batch)
-    it = 0
-    while it < iterations:
-        for idx in loader:
-            if it == iterations:
-                return
-            yield idx
-            it += 1
+    # repeat() re-iterates the loader: one fresh shuffle per pass, as the pipeline's epochs.
+    return islice(chain.from_iterable(repeat(loader)), iterations)
 
 
 def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: int,

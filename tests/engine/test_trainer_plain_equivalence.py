@@ -58,4 +58,3 @@ def test_pipeline_step_equals_a_plain_loop(tiny_cfg, monkeypatch):
     trained = rec["model"].state_dict()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, trained[key], rtol=0, atol=1e-6)
-
