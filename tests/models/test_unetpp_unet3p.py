@@ -43,6 +43,34 @@ def test_deep_supervision_final_is_last():
     assert not torch.allclose(outs[0], final)
 
 
+def test_unetpp_accurate_mode_averages_the_heads_probabilities():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 32, 32)
+    for classes, act in ((3, lambda o: torch.softmax(o, 1)), (1, torch.sigmoid)):
+        model = create_model("unetpp", 1, classes, deep_supervision=True, accurate=True,
+                             base_channels=4).eval()
+        with torch.no_grad():
+            avg = model(x)
+            model.training = True  # the four heads, BatchNorm in eval statistics
+            heads = model(x)
+        expected = torch.stack([act(h) for h in heads]).mean(0)
+        assert torch.allclose(act(avg), expected, atol=1e-5)
+        assert not torch.allclose(act(heads[-1]), expected, atol=1e-3)  # not fast mode
+
+
+def test_unet_heads_rebuilt_for_inference():
+    # Deep supervision is recorded off: the inference model ignores the trained
+    # auxiliary heads (it failed on unexpected keys), and accurate=True keeps them.
+    for name in ("unetpp", "unet3p"):
+        trained = create_model(name, 1, 2, deep_supervision=True, **SMALL[name])
+        plain = create_model(name, 1, 2, **SMALL[name])
+        plain.load_state_dict(trained.state_dict())
+    trained = create_model("unetpp", 1, 2, deep_supervision=True, base_channels=4)
+    accurate = create_model("unetpp", 1, 2, accurate=True, base_channels=4)
+    accurate.load_state_dict(trained.state_dict())
+    assert torch.equal(accurate.aux_heads[0].weight, trained.aux_heads[0].weight)
+
+
 @pytest.mark.parametrize("name", ["unetpp", "unet3p"])
 def test_resnet_encoder_option(check_segmentation, name):
     model = create_model(name, 1, 2, encoder="resnet18")
@@ -70,8 +98,10 @@ def _force_cgm(model, present: bool) -> None:
 
 
 def test_unet3p_cgm_official_multiplies_logits_in_train_and_eval():
-    # ZJUGiveLab UNet_3Plus_DeepSup_CGM: d_i = dotProduct(d_i, argmax gate), both modes.
-    model = create_model("unet3p", 1, 3, cgm=True, deep_supervision=True, **SMALL["unet3p"])
+    # ZJUGiveLab UNet_3Plus_DeepSup_CGM: d_i = dotProduct(d_i, argmax gate), both modes
+    # (in training only with cgm_train_gate=True, see the next test).
+    model = create_model("unet3p", 1, 3, cgm=True, deep_supervision=True,
+                         cgm_train_gate=True, **SMALL["unet3p"])
     assert model.cgm_mode == "multiply"
     x = torch.randn(2, 1, 32, 32)
     model.train()
@@ -91,6 +121,75 @@ def test_unet3p_cgm_official_multiplies_logits_in_train_and_eval():
         _force_cgm(model, present=True)
         ungated = model(x)
     assert ungated.abs().sum() > 0 and ungated.abs().max() < 1e3
+
+
+def test_unet3p_cgm_default_gates_in_eval_only_so_no_image_loses_its_gradient():
+    # An untrained classifier that calls every image "absent" must not zero the
+    # training logits (it did: 3-8 of 8 images per batch, all 8 for some seeds).
+    model = create_model("unet3p", 1, 3, cgm=True, deep_supervision=True, **SMALL["unet3p"])
+    x = torch.randn(2, 1, 32, 32)
+    model.train()
+    _force_cgm(model, present=False)
+    outs = model(x)
+    assert all(o[i].abs().sum() > 0 for o in outs for i in range(2))  # no image zeroed
+    sum(o.sum() for o in outs).backward()
+    assert model.head.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        assert (model(x) == 0).all()  # the official gate at inference
+
+
+def test_unet3p_cgm_auxiliary_loss_is_bce_on_foreground_presence():
+    import torch.nn.functional as F
+
+    model = create_model("unet3p", 1, 3, cgm=True, cgm_loss_weight=0.5, **SMALL["unet3p"])
+    model.train()
+    model(torch.randn(2, 1, 32, 32))
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[1, 3, 4] = 2  # image 1 has foreground, image 0 none
+    total, terms = model.auxiliary_loss(target)
+    expected = F.binary_cross_entropy_with_logits(
+        model.cgm_logits, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert torch.allclose(total, 0.5 * expected) and terms["cgm"] == pytest.approx(
+        float(expected.detach()), rel=1e-5)
+    total.backward()
+    assert model.cls_head[1].weight.grad.abs().sum() > 0  # the branch gets a gradient
+    assert create_model("unet3p", **SMALL["unet3p"]).auxiliary_loss(target) is None
+    from unetzoo.errors import ModelError
+
+    with pytest.raises(ModelError, match="cgm_loss_weight"):
+        create_model("unet3p", cgm=True, cgm_loss_weight=0, **SMALL["unet3p"])
+
+
+def test_unet3p_cgm_branch_learns_in_a_short_training():
+    # A tiny dataset: half the images hold a bright square (foreground), half none.
+    from unetzoo.losses import build_loss, supervised_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 32, 32) * 0.1
+    y = torch.zeros(16, 32, 32, dtype=torch.long)
+    x[8:, :, 8:20, 8:20] += 2.0
+    y[8:, 8:20, 8:20] = 1
+    model = create_model("unet3p", 1, 2, cgm=True, deep_supervision=True, **SMALL["unet3p"])
+    crit = build_loss("ce_dice", 2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    bce, acc = [], []
+    for _ in range(30):
+        model.train()
+        outs = model(x)
+        assert all(o[i].abs().sum() > 0 for o in outs for i in range(16))  # none zeroed
+        seg, _ = supervised_loss(crit, outs, y, "sum")
+        aux, terms = model.auxiliary_loss(y)
+        opt.zero_grad()
+        (seg + aux).backward()
+        opt.step()
+        bce.append(terms["cgm"])
+        acc.append(terms["cgm_acc"])
+    assert sum(bce[-5:]) / 5 < 0.5 * sum(bce[:5]) / 5  # the BCE falls
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert (model.cgm_logits.argmax(1) == torch.tensor([0] * 8 + [1] * 8)).all()
 
 
 def test_unet3p_cgm_background_mode_gates_in_eval_only():

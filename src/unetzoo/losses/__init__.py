@@ -6,6 +6,7 @@ from unetzoo.losses.segmentation import (
     DEFAULT_WEIGHTS,
     BinarySegmentationLoss,
     SegmentationLoss,
+    binary_presence_loss,
     build_loss,
     deep_supervision_loss,
     deep_supervision_weights,
@@ -13,6 +14,7 @@ from unetzoo.losses.segmentation import (
     mutation_loss,
     mutation_subsets,
     soft_dice_per_class,
+    source_deep_supervision_loss,
     supervised_loss,
 )
 
@@ -23,6 +25,7 @@ __all__ = [
     "FeatureDistillationLoss",
     "FeatureTapper",
     "SegmentationLoss",
+    "binary_presence_loss",
     "build_loss",
     "deep_supervision_loss",
     "deep_supervision_weights",
@@ -30,5 +33,6 @@ __all__ = [
     "mutation_loss",
     "mutation_subsets",
     "soft_dice_per_class",
+    "source_deep_supervision_loss",
     "supervised_loss",
 ]

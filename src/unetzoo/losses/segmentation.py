@@ -287,14 +287,17 @@ def build_loss(
     )
 
 
-def deep_supervision_weights(n: int, weights: Sequence[float] | None) -> list[float]:
-    """Per-head weights (final head last), normalised to sum 1; equal when None.
+def deep_supervision_weights(
+    n: int, weights: Sequence[float] | None, *, normalise: bool = True
+) -> list[float]:
+    """Per-head weights (final head last): normalised to sum 1 (equal when None), or with
+    ``normalise=False`` as given (all 1 when None: the plain sum of the heads' losses).
 
     Raises:
         ConfigError: a weight count that is not the number of heads, or a sum <= 0.
     """
     if weights is None:
-        return [1.0 / n] * n
+        return [1.0 / n if normalise else 1.0] * n
     if len(weights) != n:
         raise ConfigError(
             f"deep-supervision-weights has {len(weights)} values but the model has {n} heads"
@@ -302,7 +305,7 @@ def deep_supervision_weights(n: int, weights: Sequence[float] | None) -> list[fl
     total = float(sum(weights))
     if total <= 0:
         raise ConfigError("deep-supervision-weights must sum to a positive number")
-    return [float(w) / total for w in weights]
+    return [float(w) / (total if normalise else 1.0) for w in weights]
 
 
 def deep_supervision_loss(
@@ -312,18 +315,23 @@ def deep_supervision_loss(
     weights: Sequence[float] | None = None,
     *,
     per_head: bool = False,
+    reduction: str = "mean",
 ) -> tuple[torch.Tensor, LossTerms]:
-    """Weighted mean of ``loss`` over deep-supervision heads (final output last).
+    """Weighted mean (``reduction="mean"``) or weighted sum (``"sum"``) of ``loss`` over
+    deep-supervision heads (final output last).
 
-    ``weights`` default to equal weights (UNet++); they are normalised to sum to 1
-    (:func:`deep_supervision_weights`). Terms are the same weighted means; with
-    ``per_head`` they are instead the final head's terms plus ``head{i}``, each head's
-    total loss (what the trainer logs). A single tensor is passed straight to ``loss``.
+    ``weights`` default to equal weights; for the mean they are normalised to sum to 1,
+    for the sum used as given (:func:`deep_supervision_weights`). Terms are combined
+    the same way; with ``per_head`` they are instead the final head's terms plus
+    ``head{i}``, each head's total loss (what the trainer logs). A single tensor is passed
+    straight to ``loss``.
     """
     if isinstance(outputs, torch.Tensor):
         return loss(outputs, target)
+    if reduction not in ("mean", "sum"):
+        raise ConfigError(f"deep-supervision reduction must be mean or sum, got {reduction!r}")
     outputs = list(outputs)
-    w = deep_supervision_weights(len(outputs), weights)
+    w = deep_supervision_weights(len(outputs), weights, normalise=reduction == "mean")
     total = None
     terms: LossTerms = {}
     heads: LossTerms = {}
@@ -346,7 +354,8 @@ def supervised_loss(
     weights: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One training batch's loss: one output, or deep-supervision heads combined by
-    ``mode`` (:data:`DEEP_SUPERVISION_LOSSES`): ``"weighted"`` (per-head terms, see
+    ``mode`` (:data:`DEEP_SUPERVISION_LOSSES`): ``"sum"`` (weighted sum of the heads'
+    losses: official UNet++, UNet 3+), ``"weighted"`` (weighted mean; see
     :func:`deep_supervision_loss`) or ``"mutation"`` (:func:`mutation_loss`). Outputs are
     scored in float32 (under autocast they may be half). Terms are plain floats.
     """
@@ -354,9 +363,10 @@ def supervised_loss(
         total, terms = loss(outputs.float(), target)
     elif mode == "mutation":
         total, terms = mutation_loss(loss, [o.float() for o in outputs], target)
-    elif mode == "weighted":
+    elif mode in ("weighted", "sum"):
         total, terms = deep_supervision_loss(
-            loss, [o.float() for o in outputs], target, weights, per_head=True
+            loss, [o.float() for o in outputs], target, weights, per_head=True,
+            reduction="sum" if mode == "sum" else "mean",
         )
     else:
         raise ConfigError(f"unknown deep-supervision-loss {mode!r}; choose one of "
@@ -368,9 +378,32 @@ def _as_float(v: torch.Tensor | float) -> float:
     return float(v.detach().item() if torch.is_tensor(v) else v)
 
 
-#: How deep-supervision heads are combined: ``"weighted"`` (weighted mean of the heads'
-#: losses, :func:`deep_supervision_loss`) or ``"mutation"`` (EMCAD's, :func:`mutation_loss`).
-DEEP_SUPERVISION_LOSSES = ("weighted", "mutation")
+#: How deep-supervision heads are combined: ``"sum"`` (weighted sum of the heads' losses:
+#: the official UNet++ Keras multi-output model, the UNet 3+ paper), ``"weighted"``
+#: (weighted mean, :func:`deep_supervision_loss`) or ``"mutation"`` (EMCAD's,
+#: :func:`mutation_loss`).
+DEEP_SUPERVISION_LOSSES = ("sum", "weighted", "mutation")
+
+
+def source_deep_supervision_loss(model: object) -> str:
+    """The head combination the model's source trains with (its class attribute
+    ``deep_supervision_loss``; ``"weighted"`` when it declares none): what the config
+    value ``"auto"`` resolves to."""
+    mode = getattr(model, "deep_supervision_loss", None)
+    return mode if mode in DEEP_SUPERVISION_LOSSES else "weighted"
+
+
+def binary_presence_loss(
+    logits: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """UNet 3+'s classification loss: BCE of ``logits (N, 2)`` ("absent", "present", one
+    sigmoid each, as the official ``cls_branch``) against whether each image's label has
+    any foreground. Returns ``(bce, {"cgm": bce, "cgm_acc": arg-max accuracy})``."""
+    present = (target.reshape(target.shape[0], -1) > 0).any(dim=1)
+    onehot = F.one_hot(present.long(), 2).to(torch.float32)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), onehot)
+    acc = (logits.detach().argmax(dim=1) == present.long()).float().mean()
+    return bce, {"cgm": float(bce.detach()), "cgm_acc": float(acc)}
 
 
 def mutation_subsets(n: int) -> list[tuple[int, ...]]:

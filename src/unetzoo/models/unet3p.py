@@ -14,19 +14,27 @@ exactly 26,971,777 parameters, the code's count (the paper's Table 1 lists 26.97
 
 ``deep_supervision=True`` adds 3x3 heads on ``hd_2 .. hd_5``; in training mode forward
 returns ``[d5, d4, d3, d2, d1]`` (all bilinearly up-sampled to full size; the final
-``d1`` last), in eval mode ``d1`` only.
+``d1`` last), in eval mode ``d1`` only. The paper supervises every side output with the
+same loss and adds them up: the class declares ``deep_supervision_loss = "sum"``, what
+the trainer's ``--deep-supervision-loss auto`` uses.
 
 ``cgm=True`` adds the classification-guided module: dropout 0.5, 1x1 conv on ``hd_5`` to
 2 classes ("organ absent / present"), global max-pool. Forward still returns the
 segmentation logits as above; the classifier's logits ``(N, 2)`` of the last forward are
-stored in ``model.cgm_logits`` (train them with e.g. ``F.cross_entropy(model.cgm_logits,
-(label > 0).flatten(1).any(1).long())``). The gate is the classifier's arg-max (0 absent,
-1 present; no gradient), applied as ``cgm_mode`` says:
+stored in ``model.cgm_logits``. The paper trains the branch with BCE:
+:meth:`UNet3Plus.auxiliary_loss` (called by the trainer after every forward) is
+``cgm_loss_weight`` times the BCE of the two logits against "the label has foreground"
+(:func:`unetzoo.losses.binary_presence_loss`). The gate is the classifier's arg-max (0
+absent, 1 present; no gradient), applied as ``cgm_mode`` says:
 
-- ``"multiply"`` (default, the official ``UNet_3Plus_DeepSup_CGM``): every output (all
-  deep-supervision heads too) is multiplied by the gate, in training *and* evaluation, so
-  an image classified "absent" gets all-zero logits (sigmoid 0.5, softmax uniform) and no
-  segmentation gradient.
+- ``"multiply"`` (default, the official ``UNet_3Plus_DeepSup_CGM``): in evaluation every
+  output is multiplied by the gate, so an image classified "absent" gets all-zero logits
+  (sigmoid 0.5, softmax uniform). In training the gate applies only with
+  ``cgm_train_gate=True`` (the official forward, which gates in both modes): a
+  classifier that is still at its random initialisation zeroes the logits and the
+  segmentation gradient of every image it calls empty (3-8 of 8 images per batch at
+  the start, all of them for some seeds), so by default training supervises every image
+  while the branch learns.
 - ``"background"`` (unetzoo's variant): no gate in training; in evaluation an "absent"
   image gets background-only logits (class 0 for ``num_classes >= 2``; large negative
   logits for a single sigmoid channel), a definite "nothing here" prediction.
@@ -54,6 +62,7 @@ from unetzoo.models.base import SegmentationModel
 from unetzoo.models.blocks import conv_unit, match_size
 from unetzoo.models.encoders import ResNetEncoder, build_encoder, feature_taps
 from unetzoo.models.registry import PublishedParams, Taps, register_model
+from unetzoo.models.unetpp import drop_unused_heads
 
 CGM_MODES = ("multiply", "background")
 INITS = ("kaiming", "default")
@@ -115,10 +124,13 @@ class UNet3Plus(SegmentationModel):
         deep_supervision: heads on every decoder stage (see above).
         cgm: classification-guided module (see above).
         cgm_mode: ``"multiply"`` (official) or ``"background"`` (see above).
+        cgm_loss_weight: weight of the branch's BCE in :meth:`auxiliary_loss` (> 0).
+        cgm_train_gate: apply the ``"multiply"`` gate in training too (see above).
         init: ``"kaiming"`` (official) or ``"default"`` (PyTorch's).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
+    deep_supervision_loss = "sum"  # the paper adds the side outputs' losses
 
     def __init__(
         self,
@@ -134,11 +146,21 @@ class UNet3Plus(SegmentationModel):
         deep_supervision: bool = False,
         cgm: bool = False,
         cgm_mode: str = "multiply",
+        cgm_loss_weight: float = 1.0,
+        cgm_train_gate: bool = False,
         init: str = "kaiming",
     ) -> None:
         super().__init__()
         if cgm_mode not in CGM_MODES:
             raise ModelError(f"cgm_mode must be one of {', '.join(CGM_MODES)}, got {cgm_mode!r}")
+        weight = cgm_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            # A branch without its loss stays random and its gate is noise.
+            raise ModelError(f"cgm_loss_weight must be a number > 0, got {cgm_loss_weight!r}")
+        if not isinstance(cgm_train_gate, bool):
+            raise ModelError(f"cgm_train_gate must be true or false, got {cgm_train_gate!r}")
+        self.cgm_loss_weight = float(weight)
+        self.cgm_train_gate = cgm_train_gate
         if init not in INITS:
             raise ModelError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.cgm_mode = cgm_mode
@@ -191,6 +213,18 @@ class UNet3Plus(SegmentationModel):
         )
         if init == "kaiming":
             self._official_init()
+        self.register_load_state_dict_pre_hook(drop_unused_heads)
+
+    def auxiliary_loss(self, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """The CGM branch's loss for the last forward: ``cgm_loss_weight`` times BCE
+        against "``target`` has foreground" (per image), with the terms ``cgm`` (BCE) and
+        ``cgm_acc`` (the gate's accuracy); None without CGM."""
+        if self.cls_head is None or self.cgm_logits is None:
+            return None
+        from unetzoo.losses import binary_presence_loss
+
+        bce, terms = binary_presence_loss(self.cgm_logits, target)
+        return self.cgm_loss_weight * bce, terms
 
     def _official_init(self) -> None:
         # ZJUGiveLab init_weights(m, "kaiming") on every Conv2d / BatchNorm2d, except a
@@ -230,7 +264,7 @@ class UNet3Plus(SegmentationModel):
         if self.cls_head is not None:
             self.cgm_logits = self.cls_head(feats[4])
             present = self.cgm_logits.argmax(dim=1)  # hard gate: no gradient, as official
-            if self.cgm_mode == "multiply":
+            if self.cgm_mode == "multiply" and (self.cgm_train_gate or not self.training):
                 gate = present.to(outputs[0].dtype).view(-1, 1, 1, 1)
                 outputs = [o * gate for o in outputs]
             elif not self.training:

@@ -17,7 +17,17 @@ default, ``init="pytorch"``, stalled on real MRI). docs/unets.md lists every dif
 
 ``deep_supervision=True`` adds 1x1 heads on ``X(0, 1)``, ``X(0, 2)``, ``X(0, 3)``: in
 training mode ``forward`` returns ``[out1, out2, out3, out4]`` (full-size logits, the
-final ``X(0, 4)`` output last); in eval mode only the final output.
+final ``X(0, 4)`` output last); in eval mode only the final output ("fast mode"). The
+official Keras model compiles the four outputs with one loss, so Keras *sums* the heads'
+losses: the class declares ``deep_supervision_loss = "sum"``, what the trainer's
+``--deep-supervision-loss auto`` uses.
+
+``accurate=True`` is "accurate mode" of the journal version (Zhou et al., IEEE TMI 2019): in
+eval mode the four heads' probabilities are averaged (softmax, or sigmoid for one
+class); the logits returned are the log of that average (logit for one class), so
+softmax / sigmoid / argmax of them give the averaged prediction. It builds the heads
+even when ``deep_supervision`` is off (inference rebuilds a trained model that way), so
+train it with deep supervision.
 
 ``encoder="resnet34"`` (any ResNet) replaces the plain encoder; node widths then follow
 the encoder's channels unless ``decoder_channels`` gives five widths, and the logits
@@ -91,11 +101,13 @@ class UNetPlusPlus(SegmentationModel):
             only the first four are used); default the encoder's channels.
         batch_norm, bias: BatchNorm after each 3x3 conv; bias None = only without BN.
         deep_supervision: heads on every ``X(0, j)`` (see above).
+        accurate: eval output = the average of the four heads (see above).
         init: ``"kaiming"`` (default; the official ``he_normal``, std sqrt(2 / fan_in), on
             every convolution but a ResNet encoder's) or ``"pytorch"`` (PyTorch's default).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
+    deep_supervision_loss = "sum"  # Keras multi-output: the heads' losses add up
 
     def __init__(
         self,
@@ -109,14 +121,18 @@ class UNetPlusPlus(SegmentationModel):
         batch_norm: bool = True,
         bias: bool | None = None,
         deep_supervision: bool = False,
+        accurate: bool = False,
         init: str = "kaiming",
     ) -> None:
         super().__init__()
         if init not in INITS:
             raise ModelError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        if not isinstance(accurate, bool):
+            raise ModelError(f"accurate must be true or false, got {accurate!r}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.deep_supervision = bool(deep_supervision)
+        self.accurate = accurate
         self.encoder = build_encoder(
             encoder,
             in_channels,
@@ -148,8 +164,9 @@ class UNetPlusPlus(SegmentationModel):
         self.head = nn.Conv2d(width[0], num_classes, kernel_size=1, bias=head_bias)
         self.aux_heads = nn.ModuleList(
             nn.Conv2d(width[0], num_classes, kernel_size=1, bias=head_bias)
-            for _ in range(3 if self.deep_supervision else 0)
+            for _ in range(3 if self.deep_supervision or accurate else 0)
         )
+        self.register_load_state_dict_pre_hook(drop_unused_heads)
         if init == "kaiming":  # the official he_normal; a ResNet encoder keeps its own
             resnet = isinstance(self.encoder, ResNetEncoder)
             he_fan_in_init(self.nodes, self.head, self.aux_heads,
@@ -164,13 +181,35 @@ class UNetPlusPlus(SegmentationModel):
                 same = [grid[(i, k)] for k in range(j)]
                 grid[(i, j)] = self.nodes[f"x{i}_{j}"](grid[(i + 1, j - 1)], *same)
         final = match_size(self.head(grid[(0, 4)]), size, crop=False)
-        if self.deep_supervision and self.training:
-            aux = [
-                match_size(h(grid[(0, j)]), size, crop=False)
-                for j, h in zip((1, 2, 3), self.aux_heads)
-            ]
+        heads = self.training and self.deep_supervision or not self.training and self.accurate
+        if not heads:
+            return final
+        aux = [
+            match_size(h(grid[(0, j)]), size, crop=False)
+            for j, h in zip((1, 2, 3), self.aux_heads)
+        ]
+        if self.training:
             return [*aux, final]
-        return final
+        return average_heads([*aux, final])
+
+
+def average_heads(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax (sigmoid for one channel) is the mean of the heads' softmax
+    (sigmoid): UNet++'s accurate mode, as logits."""
+    if logits[0].shape[1] == 1:
+        p = torch.stack([torch.sigmoid(o) for o in logits]).mean(0)
+        return torch.logit(p, eps=1e-7)
+    p = torch.stack([torch.softmax(o, dim=1) for o in logits]).mean(0)
+    return torch.log(p.clamp_min(1e-12))
+
+
+def drop_unused_heads(module: nn.Module, state_dict, prefix: str, *args) -> None:
+    """Load-time hook: a checkpoint trained with deep supervision holds the auxiliary
+    heads; the model rebuilt for inference without them (deep supervision is recorded
+    off) ignores those weights instead of failing on unexpected keys."""
+    if len(getattr(module, "aux_heads", ())) == 0:
+        for key in [k for k in state_dict if k.startswith(prefix + "aux_heads.")]:
+            del state_dict[key]
 
 
 def unetpp_taps(model: nn.Module) -> Taps:
