@@ -109,8 +109,9 @@ def test_recipe_model_options_stay_with_the_recipe_model():
         ("transunet", "transunet", [0.5, 0.5], 0.01, 24, 150),
         # HuCaoFighting/Swin-Unet trainer.py 0.4 / 0.6; README --base_lr 0.05.
         ("swin_unet", "swin_unet", [0.4, 0.6], 0.05, 24, 150),
-        # SelfReg-UNet trainer_unet.py 0.4 / 0.6 + KD; README --batch_size 32 --max_epochs 300.
-        ("selfreg", "unet_selfreg", [0.4, 0.6], 0.01, 32, 300),
+        # SelfReg-UNet trainer_unet.py 0.4 / 0.6 + KD; train_unetKD.py defaults batch 24,
+        # 150 epochs (dab81c3; the README has no such command).
+        ("selfreg", "unet_selfreg", [0.4, 0.6], 0.01, 24, 150),
         # The ResUnet seed: SGD 0.02, batch 8, 200 epochs.
         ("resunet", "resunet_v1_0", [0.4, 0.6], 0.02, 8, 200),
     ],
@@ -223,7 +224,7 @@ def test_emcad_recipe_and_mutation_deep_supervision():
         "adamw", 1e-4, 6, 300,
     )
     assert (cfg["loss_weights"], cfg["lr_schedule"]) == ([0.3, 0.7], "constant")
-    assert resolve_config("synapse")["deep_supervision_loss"] == "weighted"
+    assert resolve_config("synapse")["deep_supervision_loss"] == "auto"
     with pytest.raises(ConfigError, match="deep-supervision-loss 'powerset'"):
         resolve_config("synapse", None, {"deep_supervision_loss": "powerset"})
 
@@ -243,8 +244,12 @@ def test_trainer_combines_heads_with_the_configured_deep_supervision_loss():
     cfg = resolve_config("synapse", None, {"deep_supervision_loss": "mutation"})
     total, _ = _supervised_loss(loss, outs, y, cfg)
     assert torch.allclose(total, mutation_loss(loss, outs, y)[0])
-    weighted, _ = _supervised_loss(loss, outs, y, resolve_config("synapse"))
+    weighted, _ = _supervised_loss(
+        loss, outs, y, resolve_config("synapse", None, {"deep_supervision_loss": "weighted"}))
     assert not torch.allclose(total, weighted)
+    summed, _ = _supervised_loss(
+        loss, outs, y, resolve_config("synapse", None, {"deep_supervision_loss": "sum"}))
+    assert torch.allclose(summed, 4 * weighted)  # 4 equal heads: the sum is 4x the mean
 
 
 def test_resolved_config_is_a_frozen_typed_object(tmp_path):
@@ -282,3 +287,55 @@ def test_resolved_config_is_a_frozen_typed_object(tmp_path):
         TrainConfig.from_dict({**plain, "img_szie": 3})
     with pytest.raises(ConfigError, match="img-size"):
         TrainConfig.from_dict({**plain, "img_size": 0})
+
+
+@pytest.mark.parametrize(
+    "recipe, batch, expected",
+    [
+        # Swin-Unet train.py (1c8b3e8), SelfReg train_unetKD.py: if batch_size != 24 and
+        # batch_size % 6 == 0: base_lr *= batch_size / 24.
+        ("swin_unet", 24, 0.05), ("swin_unet", 12, 0.025), ("swin_unet", 48, 0.1),
+        ("swin_unet", 8, 0.05), ("selfreg", 6, 0.0025), ("selfreg", 32, 0.01),
+        # TransUNet's train.py has no such rule.
+        ("transunet", 12, 0.01),
+    ],
+)
+def test_lr_batch_rule_where_the_sources_apply_it(recipe, batch, expected):
+    from unetzoo.engine.config import effective_base_lr
+    from unetzoo.engine.trainer import build_optimizer
+
+    cfg = resolve_config("synapse", None, {"recipe": recipe, "batch_size": batch})
+    assert effective_base_lr(cfg) == pytest.approx(expected)
+    assert cfg["base_lr"] == RECIPES[recipe]["base_lr"]  # the stored value is the asked one
+    import torch
+
+    opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+    off = resolve_config("synapse", None, {"recipe": "swin_unet", "batch_size": 12,
+                                           "lr_batch_rule": None})
+    assert effective_base_lr(off) == pytest.approx(0.025)  # None in flags = not given
+    with pytest.raises(ConfigError, match="lr-batch-rule"):
+        resolve_config("synapse", None, {"lr_batch_rule": "batch32"})
+
+
+def test_selfreg_recipe_sweeps_the_official_test_epochs_on_validation():
+    # test_unet.py: for epoch in reversed(range(81, 150)): if (epoch + 1) % 2 == 0 ->
+    # epoch_81.pth .. epoch_149.pth (0-based), i.e. 1-based epochs 82, 84, ..., 150.
+    cfg = resolve_config("synapse", None, {"recipe": "selfreg"})
+    official = sorted(e + 1 for e in range(81, 150) if (e + 1) % 2 == 0)
+    ours = [e for e in range(1, cfg["max_epochs"] + 1)
+            if e == cfg["max_epochs"] or (e % cfg["eval_interval"] == 0
+                                          and e >= cfg["eval_from_epoch"])]
+    assert ours == official and len(ours) == 35
+    assert cfg["val_fraction"] > 0  # on a validation split carved from the training cases
+    with pytest.raises(ConfigError, match="eval-from-epoch"):
+        resolve_config("synapse", None, {"eval_from_epoch": 0})
+
+
+@pytest.mark.parametrize("model, mode", [("unetpp", "sum"), ("unet3p", "sum"),
+                                         ("emcad", "mutation"), ("unet", "weighted")])
+def test_auto_deep_supervision_loss_follows_the_models_source(model, mode):
+    from unetzoo.losses import source_deep_supervision_loss
+    from unetzoo.models import get_entry
+
+    assert source_deep_supervision_loss(get_entry(model).builder) == mode

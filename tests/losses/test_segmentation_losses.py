@@ -191,3 +191,37 @@ def test_supervised_loss_is_the_one_deep_supervision_home():
         deep_supervision_weights(2, [0, 0])
     with pytest.raises(ConfigError, match="deep-supervision-loss 'powerset'"):
         supervised_loss(loss, outs, target, "powerset")
+
+
+def test_sum_deep_supervision_adds_the_heads_losses_as_keras_multi_output():
+    # MrGiovanni/UNetPlusPlus Nest_Net: a 4-output Keras model compiled with one loss;
+    # Keras minimises the sum of the outputs' losses (loss_weights 1 each). The UNet 3+
+    # paper adds its side outputs' losses the same way.
+    from unetzoo.losses import supervised_loss
+
+    logits, target = _data(seed=8)
+    loss = build_loss("ce_dice", 4)
+    outs = [logits, logits * 2, logits * 3, logits * 0.5]
+    heads = [loss(o, target)[0].item() for o in outs]
+    total, terms = supervised_loss(loss, outs, target, "sum")
+    assert total.item() == pytest.approx(sum(heads), rel=1e-6)
+    mean, _ = supervised_loss(loss, outs, target, "weighted")
+    assert mean.item() == pytest.approx(sum(heads) / 4, rel=1e-6)
+    weighted_sum, _ = supervised_loss(loss, outs, target, "sum", [1, 1, 1, 2])
+    assert weighted_sum.item() == pytest.approx(sum(heads) + heads[3], rel=1e-6)  # not normalised
+    assert terms["head3"] == pytest.approx(heads[3])
+
+
+def test_binary_presence_loss_targets_images_with_foreground():
+    import torch.nn.functional as F
+
+    from unetzoo.losses import binary_presence_loss
+
+    logits = torch.tensor([[2.0, -2.0], [-1.0, 3.0], [0.5, 0.2]])
+    target = torch.zeros(3, 4, 4, dtype=torch.long)
+    target[1, 0, 0] = 1
+    target[2, 3, 3] = 5
+    bce, terms = binary_presence_loss(logits, target)
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert bce.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, onehot).item())
+    assert terms["cgm_acc"] == pytest.approx(2 / 3)  # image 2 is present, called absent

@@ -22,7 +22,7 @@ _KEYS = (
     "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "deep_supervision",
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
     "test_max_cases", "protocol", "device", "augment", "recipe", "paper_protocol",
-    "deep_supervision_loss",
+    "deep_supervision_loss", "eval_from_epoch", "lr_batch_rule",
     "fold",
 )
 
@@ -51,6 +51,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--base-lr", type=float, help="initial learning rate (poly decay per iteration)")
     a("--img-size", type=int, help="training and inference slice size in pixels")
     a("--eval-interval", type=int, help="validate every N epochs (and after the last)")
+    a("--eval-from-epoch", type=int, metavar="E",
+      help="validate from epoch E on (SelfReg's checkpoint sweep: 82, every 2)")
+    a("--lr-batch-rule", choices=("batch24",),
+      help="scale --base-lr by batch/24 when the batch is a multiple of 6 other than 24 "
+      "(Swin-Unet, SelfReg scripts; their recipes set it)")
     a("--seed", type=int)
     a("--num-workers", type=int, help="DataLoader worker processes")
     a("-o", "--output", help="run folder (default runs/<model>-<dataset>); a non-empty folder is "
@@ -68,10 +73,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--resume", nargs="?", const="latest", metavar="CKPT",
       help="continue a run exactly; bare --resume uses <output>/checkpoints/latest.pt")
     a("--deep-supervision", action="store_true", default=None,
-      help="train every decoder head (UNet++, UNet3+) with weighted losses")
+      help="train every decoder head (UNet++, UNet3+; see --deep-supervision-loss)")
     a("--deep-supervision-weights", type=float, nargs="+", metavar="W")
-    a("--deep-supervision-loss", choices=("weighted", "mutation"),
-      help="combine the heads by weights (default) or EMCAD's mutation loss (every subset)")
+    a("--deep-supervision-loss", choices=("auto", "sum", "weighted", "mutation"),
+      help="combine the heads: auto (default: the model's source; sum for UNet++/UNet 3+, "
+      "mutation for EMCAD), sum, weighted (mean) or mutation (EMCAD: every subset)")
     a("--distill", type=float, nargs="?", const=0.015, metavar="LAMBDA",
       help="SelfReg feature distillation; LAMBDA weights both terms (default 0.015)")
     a("--distill-ifd", type=float, metavar="L", help="weight of internal feature distillation")

@@ -40,6 +40,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "base_lr": None,
     "img_size": None,
     "eval_interval": None,
+    "eval_from_epoch": None,  # first epoch (1-based) that validates; None -> from the start
     "seed": 1234,
     "num_workers": 0,
     "output": None,
@@ -50,11 +51,13 @@ BASE_DEFAULTS: dict[str, Any] = {
     "weight_decay": None,
     "lr_schedule": "poly",  # "poly" (per iteration) or "constant"
     "poly_power": 0.9,
+    "lr_batch_rule": None,  # "batch24": base_lr * batch / 24 (Swin-Unet, SelfReg scripts)
     "amp": False,
     "channels_last": True,  # applied on CUDA only
     "deep_supervision": False,
     "deep_supervision_weights": None,  # None -> equal weights, final head included
-    "deep_supervision_loss": "weighted",  # or "mutation" (EMCAD: every subset of heads)
+    # "auto": the model's source (sum: UNet++, UNet 3+; mutation: EMCAD; else weighted)
+    "deep_supervision_loss": "auto",
     "distill_ifd": 0.0,
     "distill_scr": 0.0,
     "augment": None,  # augmentation recipe (None -> the dataset's; "none" = resize only)
@@ -87,8 +90,10 @@ SOURCE_RECIPES: dict[str, dict[str, Any]] = {
         "max_epochs": 150,
         "eval_interval": 10,
     },
-    # HuCaoFighting/Swin-Unet trainer.py (0.4 CE + 0.6 Dice) and the README command
-    # (--base_lr 0.05 --batch_size 24 --max_epochs 150 --img_size 224); SGD as TransUNet's.
+    # HuCaoFighting/Swin-Unet at commit 1c8b3e8 (the 2021 code the paper ran): trainer.py
+    # (0.4 CE + 0.6 Dice, SGD, poly, last epoch saved), train.py (lr * batch / 24 when the
+    # batch is a multiple of 6 other than 24) and the README command (--base_lr 0.05
+    # --batch_size 24 --max_epochs 150 --img_size 224).
     "swin_unet": {
         "model": "swin_unet",
         "loss": "ce_dice",
@@ -100,10 +105,13 @@ SOURCE_RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 24,
         "max_epochs": 150,
         "eval_interval": 10,
+        "lr_batch_rule": "batch24",
     },
-    # ChongQingNoSubway/SelfReg-UNet train_unetKD.py + trainer_unet.py: UNet_hd (bilinear),
-    # 0.4 CE + 0.6 Dice + KD loss with lambda_x 0.015, SGD 0.01; README command
-    # --batch_size 32 --max_epochs 300 --img_size 224.
+    # ChongQingNoSubway/SelfReg-UNet (commit dab81c3) src/train_synase/train_unetKD.py
+    # defaults + trainer_unet.py: UNet_hd (bilinear), 0.4 CE + 0.6 Dice + KD loss with
+    # lambda_x 0.015, SGD 0.01 (lr * batch / 24 rule), poly, batch 24, 150 epochs, 224 px.
+    # test_unet.py scores the checkpoints of epochs 82, 84, ..., 150 (35) on the test set;
+    # unetzoo validates those epochs on a validation split instead (never the test set).
     "selfreg": {
         "model": "unet_selfreg",
         "loss": "ce_dice",
@@ -112,9 +120,11 @@ SOURCE_RECIPES: dict[str, dict[str, Any]] = {
         "base_lr": 0.01,
         "weight_decay": 1e-4,
         "img_size": 224,
-        "batch_size": 32,
-        "max_epochs": 300,
-        "eval_interval": 25,
+        "batch_size": 24,
+        "max_epochs": 150,
+        "eval_interval": 2,
+        "eval_from_epoch": 82,
+        "lr_batch_rule": "batch24",
         "distill_ifd": 0.015,
         "distill_scr": 0.015,
     },
@@ -219,7 +229,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "constant")
 PROTOCOLS = ("strict", "transunet")
-DEEP_SUPERVISION_LOSSES = ("weighted", "mutation")  # unetzoo.losses.DEEP_SUPERVISION_LOSSES
+# "auto" + unetzoo.losses.DEEP_SUPERVISION_LOSSES
+DEEP_SUPERVISION_LOSSES = ("auto", "sum", "weighted", "mutation")
+LR_BATCH_RULES = ("batch24",)
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,7 @@ class TrainConfig(Mapping):
     base_lr: float
     img_size: int
     eval_interval: int
+    eval_from_epoch: int | None
     seed: int
     num_workers: int
     output: str | None
@@ -264,6 +277,7 @@ class TrainConfig(Mapping):
     weight_decay: float
     lr_schedule: str
     poly_power: float
+    lr_batch_rule: str | None
     amp: bool
     channels_last: bool
     deep_supervision: bool
@@ -472,7 +486,7 @@ def apply_paper_protocol(
 MAPPING_KEYS = ("model_options", "dataset_options", "augment_options")
 BOOL_KEYS = ("amp", "channels_last", "deep_supervision", "test", "progress")
 STR_KEYS = ("model", "dataset", "data_root", "output", "loss", "augment")
-OPTIONAL_INT_KEYS = ("max_cases", "val_cases", "test_max_cases")
+OPTIONAL_INT_KEYS = ("max_cases", "val_cases", "test_max_cases", "eval_from_epoch")
 
 
 def _check_mappings(values: dict[str, Any]) -> None:
@@ -542,6 +556,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
             f"unknown deep-supervision-loss {cfg.get('deep_supervision_loss')!r}; choose one "
             f"of {', '.join(DEEP_SUPERVISION_LOSSES)}"
         )
+    if cfg.get("lr_batch_rule") not in (None, *LR_BATCH_RULES):
+        raise ConfigError(f"unknown lr-batch-rule {cfg['lr_batch_rule']!r}; choose "
+                          f"{', '.join(LR_BATCH_RULES)} or leave it unset")
     if cfg["protocol"] not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {cfg['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
     for key, lo, hi in (("val_fraction", 0.0, 1.0), ("poly_power", 0.0, math.inf)):
@@ -605,6 +622,17 @@ def check_resume_options(saved: dict[str, Any], current: dict[str, Any], where: 
             f"--resume {where}: the model options differ from the checkpoint's ({diff}); "
             "drop the --model-option flags to continue that run, or start a new run folder"
         )
+
+
+def effective_base_lr(cfg: TrainConfig | Mapping[str, Any]) -> float:
+    """``base_lr`` after the recipe's batch rule: ``"batch24"`` (Swin-Unet ``train.py`` at
+    1c8b3e8, SelfReg ``train_unetKD.py``: ``if batch_size != 24 and batch_size % 6 == 0:
+    base_lr *= batch_size / 24``); unchanged without a rule. Applied when the optimizer
+    is built, so the stored ``base_lr`` stays the value asked for."""
+    lr, batch = float(cfg["base_lr"]), int(cfg["batch_size"])
+    if cfg.get("lr_batch_rule") == "batch24" and batch != 24 and batch % 6 == 0:
+        return lr * batch / 24
+    return lr
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:

@@ -38,14 +38,20 @@ from unetzoo.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from unetzoo.engine.config import TrainConfig, check_resume_options, dump_yaml, poly_lr
+from unetzoo.engine.config import (
+    TrainConfig,
+    check_resume_options,
+    dump_yaml,
+    effective_base_lr,
+    poly_lr,
+)
 from unetzoo.engine.evaluation import spacing_known, validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
-from unetzoo.losses import supervised_loss
+from unetzoo.losses import source_deep_supervision_loss, supervised_loss
 
 
 class TrainingDiverged(UnetzooError):
@@ -105,9 +111,10 @@ def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str)
 
 
 def build_optimizer(cfg: TrainConfig | Mapping[str, Any], params) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay), Adam or AdamW at ``base_lr``."""
+    """SGD (momentum, weight decay), Adam or AdamW at ``base_lr`` (after the recipe's
+    batch rule, :func:`~unetzoo.engine.config.effective_base_lr`)."""
     name = cfg["optimizer"]
-    lr, wd = float(cfg["base_lr"]), float(cfg["weight_decay"] or 0.0)
+    lr, wd = effective_base_lr(cfg), float(cfg["weight_decay"] or 0.0)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
     if name == "adam":
@@ -333,6 +340,9 @@ def start_run(
             + (f", {info.world_size} processes" if info.enabled else ""),
             flush=True,
         )
+        if effective_base_lr(cfg) != cfg.base_lr:
+            print(f"learning rate {cfg.base_lr:g} x batch {cfg.batch_size} / 24 = "
+                  f"{effective_base_lr(cfg):g} (lr-batch-rule {cfg.lr_batch_rule})", flush=True)
     return run
 
 
@@ -549,9 +559,10 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     steps = 0
     bar = _progress(run.data.loader, epoch, cfg.max_epochs, info.is_main and cfg.progress)
     for batch in bar:
+        base_lr = effective_base_lr(cfg)
         lr = (
-            poly_lr(cfg.base_lr, run.progress.iteration, run.max_it, cfg.poly_power)
-            if cfg.lr_schedule == "poly" else float(cfg.base_lr)
+            poly_lr(base_lr, run.progress.iteration, run.max_it, cfg.poly_power)
+            if cfg.lr_schedule == "poly" else base_lr
         )
         for group in run.obj.optimizer.param_groups:
             group["lr"] = lr
@@ -596,8 +607,16 @@ def train_step(run: Run, batch: dict[str, Any], epoch: int) -> tuple[float, dict
             features = tapper.features
         else:
             out = run.train_model(x)
-        total, terms = supervised_loss(obj.criterion, out, y, run.cfg.deep_supervision_loss,
+        mode = run.cfg.deep_supervision_loss
+        if mode == "auto":  # the model's source: sum (UNet++, UNet 3+), mutation (EMCAD)
+            mode = source_deep_supervision_loss(run.model)
+        total, terms = supervised_loss(obj.criterion, out, y, mode,
                                        run.cfg.deep_supervision_weights)
+        aux = getattr(run.model, "auxiliary_loss", None)  # UNet 3+ CGM: BCE of its branch
+        aux = aux(y) if aux is not None else None
+        if aux is not None:
+            total = total + aux[0]
+            terms.update(aux[1])
         if obj.distill is not None:
             d_total, d_terms = obj.distill.loss(features)
             total = total + d_total
@@ -627,9 +646,9 @@ def end_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
     cfg, p = run.cfg, run.progress
     if run.info.is_main:
         val_cases = run.data.val_cases
-        do_eval = bool(val_cases) and (
-            (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.max_epochs
-        )
+        do_eval = bool(val_cases) and (epoch + 1 == cfg.max_epochs or (
+            (epoch + 1) % cfg.eval_interval == 0 and epoch + 1 >= (cfg.eval_from_epoch or 1)
+        ))
         improved = False
         details: dict[str, Any] = {}
         if do_eval:

@@ -225,6 +225,7 @@ class EMCADNet(SegmentationModel):
 
     size_multiple = 32
     fixed_input_size = None
+    deep_supervision_loss = "mutation"  # train_synapse.py: --supervision mutation (default)
 
     def __init__(
         self,
