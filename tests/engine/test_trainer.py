@@ -103,7 +103,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg, monkeypatch):
 
 def test_deep_supervision_weighted_heads(tiny_cfg):
     cfg = tiny_cfg(model="unetpp", model_options={"base_channels": 4}, deep_supervision=True,
-                   max_epochs=1, deep_supervision_weights=[1, 1, 1, 2])
+                   max_epochs=1, deep_supervision_weights=[1, 1, 1, 2],
+                   deep_supervision_loss="weighted")
     summary = train(cfg)
     rows = _rows(Path(summary["run_dir"]))
     heads = [k for k in rows[0] if k.startswith("loss_head")]
@@ -112,6 +113,35 @@ def test_deep_supervision_weighted_heads(tiny_cfg):
     assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-4)
     ck = load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "best.pt")
     assert ck["model"]["options"]["deep_supervision"] is False  # inference builds one head
+
+
+def test_deep_supervision_auto_sums_unetpp_heads_and_the_test_loads_them(tiny_cfg, tiny_root):
+    # Official UNet++ (Keras multi-output) sums the heads' losses: "auto" picks that.
+    # The final test rebuilds the model without deep supervision from that checkpoint.
+    cfg = tiny_cfg(model="unetpp", model_options={"base_channels": 4}, deep_supervision=True,
+                   max_epochs=1, test=True)
+    assert cfg["deep_supervision_loss"] == "auto"
+    summary = train(cfg)
+    row = _rows(Path(summary["run_dir"]))[0]
+    heads = [float(row[f"loss_head{i}"]) for i in range(4)]
+    assert float(row["loss"]) == pytest.approx(sum(heads), rel=1e-4)
+    assert summary["test"] is not None  # it failed on the auxiliary heads' weights
+
+
+def test_unet3p_cgm_branch_is_trained_by_the_trainer(tiny_cfg):
+    cfg = tiny_cfg(model="unet3p", model_options={"base_channels": 4, "cat_channels": 4,
+                                                  "cgm": True},
+                   max_epochs=4, eval_interval=4, base_lr=0.01)
+    rows = _rows(Path(train(cfg)["run_dir"]))
+    bce = [float(r["loss_cgm"]) for r in rows]
+    assert "loss_cgm_acc" in rows[0] and bce[-1] < bce[0]  # the branch learns
+    assert all(float(r["loss"]) > float(r["loss_cgm"]) for r in rows)  # total includes it
+
+
+def test_eval_from_epoch_validates_only_from_that_epoch_and_the_last(tiny_cfg):
+    cfg = tiny_cfg(max_epochs=5, eval_interval=2, eval_from_epoch=3)
+    rows = _rows(Path(train(cfg)["run_dir"]))
+    assert [r["epoch"] for r in rows if r.get("val_dice")] == ["4", "5"]
 
 
 def test_deep_supervision_weights_must_match_heads(tiny_cfg):

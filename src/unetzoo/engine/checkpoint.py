@@ -256,8 +256,11 @@ def check_rebuild_size(
         raise CheckpointError("checkpoint state_dict is not a mapping of names to tensors")
     with torch.device("meta"):
         shell = create_model(name, in_channels=in_channels, num_classes=num_classes, **options)
-    want = sum(t.numel() for t in shell.state_dict().values())
-    have = sum(t.numel() for t in state.values())
+    shell_state = shell.state_dict()
+    want = sum(t.numel() for t in shell_state.values())
+    # Deep-supervision heads (trained, recorded off) are dropped at load (UNet++, UNet 3+).
+    have = sum(t.numel() for k, t in state.items()
+               if k in shell_state or not k.startswith("aux_heads."))
     if want != have:
         raise CheckpointError(
             f"checkpoint weights do not fit model {name!r}: its stored options describe "
