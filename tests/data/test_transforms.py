@@ -204,9 +204,36 @@ def test_label_resize_maps_pixel_centres(src, dst):
     from unetzoo.data.transforms import resize_pair
 
     ramp = np.tile(np.arange(src, dtype=np.int64), (src, 1))
-    _, out = resize_pair(np.zeros((1, src, src), np.float32), ramp, dst)
+    _, out = resize_pair(np.zeros((1, src, src), np.float32), ramp, dst, "opencv")
     x = (np.arange(dst) + 0.5) * src / dst
     tie = np.isclose(x, np.round(x))
     assert out.shape == (dst, dst) and (out == out[0]).all()
     assert (out[0][~tie] == np.floor(x[~tie])).all()
     assert np.isin(out[0][tie] - np.round(x[tie]), (-1, 0)).all()
+
+
+@pytest.mark.parametrize(("src", "dst"), SIZES)
+def test_training_resize_is_scipy_zoom_as_the_official_code_and_the_test_protocol(src, dst):
+    """TransUNet's RandomGenerator: zoom(image, order=3), zoom(label, order=0), corner
+    aligned; the test protocol resizes the same way, so training and test agree (OpenCV's
+    pixel-centre resize differed by a 0.26 % scale at 512 -> 224)."""
+    from scipy import ndimage
+
+    from unetzoo.data.transforms import resize_pair
+
+    img, lab = _blobs(size=src, seed=3)
+    out_img, out_lab = build_train_transform("none", dst)(img, lab, None)
+    zoom = (dst / src, dst / src)
+    for c in range(2):
+        assert np.allclose(out_img[c], ndimage.zoom(img[c].astype(np.float64), zoom, order=3),
+                           atol=1e-5)
+    assert (out_lab == ndimage.zoom(lab, zoom, order=0)).all()
+    old_img, _ = resize_pair(img, lab, dst, "opencv")
+    assert not np.allclose(old_img, out_img, atol=1e-3)  # the conventions differ
+    t = build_train_transform("synapse", dst, p_rot_flip=0.0, p_rotate=0.0)
+    assert (t(img, lab, np.random.default_rng(0))[1] == out_lab).all()
+    opencv = build_train_transform("synapse", dst, resize="opencv", p_rot_flip=0.0,
+                                   p_rotate=0.0)
+    assert np.allclose(opencv(img, lab, np.random.default_rng(0))[0], old_img)
+    with pytest.raises(ConfigError, match="resize convention"):
+        build_train_transform("synapse", dst, resize="pil")

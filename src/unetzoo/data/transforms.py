@@ -11,15 +11,21 @@ Recipes (``build_train_transform(recipe, img_size)``):
   With p = 0.5 a random ``rot90`` (k in 0..3) and a flip along a random axis; otherwise,
   with p = 0.5, a rotation by an integer angle in [-20, 20) degrees with nearest-neighbour
   interpolation of image and label (as TransUNet's ``ndimage.rotate(order=0)``); then a
-  resize to ``img_size`` (image bicubic, label nearest; both pixel-centre aligned).
+  resize to ``img_size`` (image cubic spline, label nearest) as TransUNet's
+  ``RandomGenerator``: ``scipy.ndimage.zoom(order=3)`` / ``zoom(order=0)``, corner
+  aligned, the convention of the test protocol too (``resize="scipy"``, the default;
+  ``resize="opencv"``, an augment option, gives the former OpenCV pixel-centre resize).
 - ``"drive"``: flips, a random scaling (0.85-1.15) and rotation (+-15 deg), grid distortion
   and elastic deformation, all composed into one sampling map so the image is
   interpolated once (bilinear; label nearest) directly at ``img_size``; then gamma
   (0.7-1.5) and Gaussian noise on the image.
 - ``"none"``: resize only.
 
-Labels stay on the image's pixel grid: every resize maps output pixel centres to input
-pixel centres for image and label alike (OpenCV's cubic does; for labels that is
+Labels stay on the image's pixel grid: image and label share one coordinate mapping.
+With ``resize="scipy"`` both are scipy's corner-aligned zoom (the separable matrices of
+:mod:`unetzoo.engine.inference`, equal to ``ndimage.zoom``). With ``resize="opencv"``
+every resize maps output pixel centres to input pixel centres (OpenCV's cubic does; for
+labels that is
 ``INTER_NEAREST_EXACT``, the same mapping as ``scipy.ndimage.zoom(order=0,
 grid_mode=True)``). OpenCV's plain ``INTER_NEAREST`` floors ``dst * scale`` instead,
 which moved a 512 -> 224 label +0.46 px down and right of its image (measured; now
@@ -47,6 +53,9 @@ Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.nda
 
 TRANSUNET_RECIPES = ("synapse", "avt", "acdc", "phantom", "default")
 RECIPES = (*TRANSUNET_RECIPES, "drive", "none")
+#: ``"scipy"``: ``ndimage.zoom`` (corner aligned; the official training and test code and
+#: unetzoo's test protocol); ``"opencv"``: ``cv2.resize`` (pixel-centre aligned).
+RESIZE_CONVENTIONS = ("scipy", "opencv")
 
 
 def _hwc(image: np.ndarray) -> np.ndarray:
@@ -60,17 +69,25 @@ def _chw(image: np.ndarray) -> np.ndarray:
 
 
 def resize_pair(
-    image: np.ndarray, label: np.ndarray | None, size: int | tuple[int, int]
+    image: np.ndarray, label: np.ndarray | None, size: int | tuple[int, int],
+    convention: str = "scipy",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize ``image (C, H, W)`` bicubic and ``label (H, W)`` nearest to ``size``.
+    """Resize ``image (C, H, W)`` cubic and ``label (H, W)`` nearest to ``size``.
 
-    Both map output pixel centres onto input pixel centres, so the label stays aligned
-    with the image (``INTER_NEAREST_EXACT``; plain ``INTER_NEAREST`` shifts it by up to
-    half an input pixel).
+    ``convention="scipy"``: ``ndimage.zoom(order=3)`` / ``zoom(order=0)`` per slice
+    (corner aligned), as TransUNet's ``RandomGenerator`` and the test protocol.
+    ``"opencv"``: both map output pixel centres onto input pixel centres
+    (``INTER_CUBIC``, ``INTER_NEAREST_EXACT``; plain ``INTER_NEAREST`` shifts the label by
+    up to half an input pixel).
     """
     h, w = (size, size) if isinstance(size, int) else size
     if image.shape[1:] == (h, w):
         return image, label
+    if convention == "scipy":
+        return _zoom_pair(image, label, h, w)
+    if convention != "opencv":
+        raise ConfigError(f"unknown resize convention {convention!r}; choose "
+                          f"{', '.join(RESIZE_CONVENTIONS)}")
     img = _chw(cv2.resize(_hwc(image), (w, h), interpolation=cv2.INTER_CUBIC))
     lab = None
     if label is not None:
@@ -79,11 +96,38 @@ def resize_pair(
     return img.astype(np.float32, copy=False), lab
 
 
+def _zoom_pair(
+    image: np.ndarray, label: np.ndarray | None, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``scipy.ndimage.zoom`` of image (order 3) and label (order 0), through the cached
+    separable matrices / indices the test protocol uses (equal to scipy's output)."""
+    from unetzoo.engine.inference import cubic_zoom_matrix, nearest_zoom_index
+
+    my, mx = cubic_zoom_matrix(image.shape[1], h), cubic_zoom_matrix(image.shape[2], w)
+    img = (my @ image.astype(np.float64) @ mx.T).astype(np.float32)
+    lab = None
+    if label is not None:
+        iy = nearest_zoom_index(label.shape[0], h)
+        ix = nearest_zoom_index(label.shape[1], w)
+        lab = label[np.clip(iy, 0, None)][:, np.clip(ix, 0, None)].astype(np.int64)
+        lab[iy < 0, :] = 0  # scipy's zero fill where rounding lands outside the input
+        lab[:, ix < 0] = 0
+    return img, lab
+
+
+def _check_convention(resize: str) -> str:
+    if resize not in RESIZE_CONVENTIONS:
+        raise ConfigError(f"unknown resize convention {resize!r}; choose "
+                          f"{', '.join(RESIZE_CONVENTIONS)}")
+    return resize
+
+
 class TransUNetAugment:
     """The TransUNet ``RandomGenerator`` recipe (see module docstring)."""
 
     def __init__(self, img_size: int, p_rot_flip: float = 0.5, p_rotate: float = 0.5,
-                 max_angle: int = 20) -> None:
+                 max_angle: int = 20, resize: str = "scipy") -> None:
+        self.resize = _check_convention(resize)
         self.img_size = int(img_size)
         self.p_rot_flip = p_rot_flip
         self.p_rotate = p_rotate
@@ -99,7 +143,7 @@ class TransUNetAugment:
             angle = int(rng.integers(-self.max_angle, self.max_angle))
             image, label = rotate_nearest(image, label, angle)
         return resize_pair(np.ascontiguousarray(image), np.ascontiguousarray(label),
-                           self.img_size)
+                           self.img_size, self.resize)
 
     def __repr__(self) -> str:
         return f"TransUNetAugment(img_size={self.img_size})"
@@ -199,13 +243,15 @@ class DriveAugment:
 
 
 class Resize:
-    """Deterministic resize to ``img_size`` (image bicubic, label nearest); ``rng`` unused."""
+    """Deterministic resize to ``img_size`` (image cubic, label nearest; ``resize`` as
+    :func:`resize_pair`'s ``convention``); ``rng`` unused."""
 
-    def __init__(self, img_size: int) -> None:
+    def __init__(self, img_size: int, resize: str = "scipy") -> None:
         self.img_size = int(img_size)
+        self.resize = _check_convention(resize)
 
     def __call__(self, image, label, rng=None):
-        return resize_pair(image, label, self.img_size)
+        return resize_pair(image, label, self.img_size, self.resize)
 
     def __repr__(self) -> str:
         return f"Resize({self.img_size})"
@@ -225,8 +271,8 @@ def build_train_transform(recipe: str, img_size: int, **options: Any) -> Transfo
             return DriveAugment(img_size, **options)
     except TypeError as exc:
         raise ConfigError(f"augmentation recipe {recipe!r}: {exc}") from exc
-    if key == "none":
-        return Resize(img_size)
+    if key == "none":  # resize only: the recipe's augmentation options do not apply
+        return Resize(img_size, resize=options.get("resize", "scipy"))
     raise ConfigError(f"unknown augmentation recipe {recipe!r}; choose from {', '.join(RECIPES)}")
 
 
