@@ -22,8 +22,8 @@ Recipes (``build_train_transform(recipe, img_size)``):
 - ``"none"``: resize only.
 
 Labels stay on the image's pixel grid: image and label share one coordinate mapping.
-With ``resize="scipy"`` both are scipy's corner-aligned zoom (the separable matrices of
-:mod:`unetzoo.engine.inference`, equal to ``ndimage.zoom``). With ``resize="opencv"``
+With ``resize="scipy"`` both are scipy's corner-aligned ``ndimage.zoom`` (the test
+protocol's separable matrices in :mod:`unetzoo.engine.inference` equal it). With ``resize="opencv"``
 every resize maps output pixel centres to input pixel centres (OpenCV's cubic does; for
 labels that is
 ``INTER_NEAREST_EXACT``, the same mapping as ``scipy.ndimage.zoom(order=0,
@@ -46,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 
 from unetzoo.errors import ConfigError
 
@@ -99,20 +100,13 @@ def resize_pair(
 def _zoom_pair(
     image: np.ndarray, label: np.ndarray | None, h: int, w: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``scipy.ndimage.zoom`` of image (order 3) and label (order 0), through the cached
-    separable matrices / indices the test protocol uses (equal to scipy's output)."""
-    from unetzoo.engine.inference import cubic_zoom_matrix, nearest_zoom_index
-
-    my, mx = cubic_zoom_matrix(image.shape[1], h), cubic_zoom_matrix(image.shape[2], w)
-    img = (my @ image.astype(np.float64) @ mx.T).astype(np.float32)
-    lab = None
-    if label is not None:
-        iy = nearest_zoom_index(label.shape[0], h)
-        ix = nearest_zoom_index(label.shape[1], w)
-        lab = label[np.clip(iy, 0, None)][:, np.clip(ix, 0, None)].astype(np.int64)
-        lab[iy < 0, :] = 0  # scipy's zero fill where rounding lands outside the input
-        lab[:, ix < 0] = 0
-    return img, lab
+    """``scipy.ndimage.zoom`` of each image channel (order 3) and the label (order 0), as
+    TransUNet's ``RandomGenerator`` (the zoom factors give exactly ``(h, w)``)."""
+    zoom = (h / image.shape[1], w / image.shape[2])
+    img = np.stack([ndimage.zoom(c.astype(np.float32, copy=False), zoom, order=3)
+                    for c in image])
+    lab = None if label is None else ndimage.zoom(label.astype(np.int64), zoom, order=0)
+    return img.astype(np.float32, copy=False), lab
 
 
 def _check_convention(resize: str) -> str:
