@@ -456,7 +456,8 @@ def apply_paper_protocol(
 
     TransUNet, Swin-Unet and SelfReg train on every training case (Synapse: all 18), select
     no checkpoint on any split, and test the weights of the last epoch with TransUNet's
-    empty-mask rule. So: ``val_fraction = 0``, the dataset's own validation split is not
+    empty-mask rule (SelfReg's ``test_unet.py`` scores 35 late checkpoints on the test set
+    instead; the ``selfreg`` recipe without this flag sweeps them on a validation split). So: ``val_fraction = 0``, the dataset's own validation split is not
     used either (the trainer reads ``paper_protocol``), every epoch's checkpoint is the
     "best" one, and ``protocol = "transunet"``. Asking for a validation share or another
     metric protocol at the same time is a contradiction, reported in one line.
