@@ -339,3 +339,19 @@ def test_auto_deep_supervision_loss_follows_the_models_source(model, mode):
     from unetzoo.models import get_entry
 
     assert source_deep_supervision_loss(get_entry(model).builder) == mode
+
+
+def test_train_flags_reach_the_new_config_keys():
+    from unetzoo.cli.main import build_parser
+    from unetzoo.cli.train import flag_values
+
+    args = build_parser().parse_args([
+        "train", "--lr-batch-rule", "batch24", "--eval-from-epoch", "82",
+        "--deep-supervision-loss", "sum",
+    ])
+    flags = flag_values(args)
+    assert (flags["lr_batch_rule"], flags["eval_from_epoch"], flags["deep_supervision_loss"]) == (
+        "batch24", 82, "sum")
+    cfg = resolve_config("synapse", None, flags)
+    assert (cfg.lr_batch_rule, cfg.eval_from_epoch, cfg.deep_supervision_loss) == (
+        "batch24", 82, "sum")

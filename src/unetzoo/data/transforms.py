@@ -14,7 +14,8 @@ Recipes (``build_train_transform(recipe, img_size)``):
   resize to ``img_size`` (image cubic spline, label nearest) as TransUNet's
   ``RandomGenerator``: ``scipy.ndimage.zoom(order=3)`` / ``zoom(order=0)``, corner
   aligned, the convention of the test protocol too (``resize="scipy"``, the default;
-  ``resize="opencv"``, an augment option, gives the former OpenCV pixel-centre resize).
+  ``resize="opencv"``, an ``augment_options`` key, gives the former OpenCV pixel-centre
+  resize).
 - ``"drive"``: flips, a random scaling (0.85-1.15) and rotation (+-15 deg), grid distortion
   and elastic deformation, all composed into one sampling map so the image is
   interpolated once (bilinear; label nearest) directly at ``img_size``; then gamma
