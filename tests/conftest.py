@@ -9,17 +9,21 @@ from torch import nn
 
 
 @pytest.fixture(autouse=True)
-def _no_weight_downloads(monkeypatch):
-    """Nothing downloads in tests: fetching pretrained weights fails as it does offline.
+def _no_weight_downloads(monkeypatch, tmp_path_factory):
+    """Nothing downloads in tests: fetching pretrained weights fails as it does offline,
+    and the torch hub cache is an empty folder of the test's own (``$TORCH_HOME``).
 
     Models are built as registered; a test that wants a rung whose default is ImageNet
-    weights passes ``encoder_weights=None`` explicitly (or a local file).
+    weights passes ``encoder_weights=None`` explicitly (or a local file), or writes the
+    file into ``$TORCH_HOME/hub/checkpoints`` itself.
     """
 
     def offline(url: str, *args, **kwargs):
         raise ConnectionError(f"downloads are disabled in tests ({url})")
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,13 @@
 """Loading torchvision ResNet weights into encoders: local files, 'imagenet', bad files.
 
 Nothing downloads: the tests save torchvision's own randomly initialised ResNet-18 state
-dict (the same format as resnet18-f37072fd.pth) and patch the weights API for 'imagenet'.
+dict (the same format as resnet18-f37072fd.pth), for 'imagenet' into the test's own
+``$TORCH_HOME/hub/checkpoints`` (conftest).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -12,7 +15,10 @@ import torchvision
 
 from unetzoo.errors import CheckpointError, ModelError
 from unetzoo.models import create_model
+from unetzoo.models import encoders
 from unetzoo.models.encoders import ResNetEncoder, adapt_first_conv, guess_resnet_depth
+from unetzoo.models.registry import PretrainedSource
+from unetzoo.models.weights_maps import hub_checkpoint, pretrained_file, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -82,27 +88,51 @@ def test_data_parallel_prefix_and_wrapped_state_dict(tmp_path, resnet18_state):
     assert torch.equal(enc.stem[0].weight, resnet18_state["conv1.weight"])
 
 
-def test_imagenet_uses_torchvision_weights_api(monkeypatch, resnet18_state):
-    calls = []
+def _hub_file(source, state) -> str:
+    """Write ``state`` where ``source``'s file lives in the (test's own) hub cache."""
+    path = hub_checkpoint(source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return sha256_file(path)
 
-    def fake_get_state_dict(self, *args, **kwargs):
-        calls.append(self)
-        return resnet18_state
 
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
+def test_imagenet_reads_the_hash_checked_hub_file(monkeypatch, resnet18_state):
+    # The file the test writes has its own hash: the registry data says so (a stand-in
+    # for torchvision's published prefix, which no test file can match).
+    real = encoders.imagenet_source(18)
+    digest = _hub_file(real, resnet18_state)
+    monkeypatch.setattr(encoders, "imagenet_source",
+                        lambda depth: dataclasses.replace(real, hash_prefix=digest[:8]))
     enc = ResNetEncoder(18, 1, weights="imagenet")
-    assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
     assert torch.allclose(enc.stem[0].weight, resnet18_state["conv1.weight"].sum(1, True))
 
 
-def test_imagenet_fetch_failure_is_one_line(monkeypatch):
-    def offline(self, *args, **kwargs):
-        raise OSError("network unreachable")
+def test_imagenet_file_with_another_hash_is_refused(resnet18_state):
+    real = encoders.imagenet_source(18)
+    assert real.hash_prefix == "f37072fd" and real.filename == "resnet18-f37072fd.pth"
+    _hub_file(real, resnet18_state)  # right layout, not the released bytes
+    with pytest.raises(CheckpointError, match="is not the released resnet18-f37072fd.pth") as info:
+        ResNetEncoder(18, 3, weights="imagenet")
+    assert "\n" not in str(info.value) and "starts with f37072fd" in str(info.value)
 
-    monkeypatch.setattr(torchvision.models.ResNet34_Weights, "get_state_dict", offline)
+
+def test_full_sha256_is_checked_when_known(tmp_path, monkeypatch, resnet18_state):
+    src = PretrainedSource(tag="imagenet", url="https://example.invalid/w.pth",
+                           filename="w.pth", hash_prefix="0", sha256="0" * 64)
+    digest = _hub_file(src, resnet18_state)
+    with pytest.raises(CheckpointError, match="its SHA-256 is"):
+        pretrained_file(src)
+    # The prefix alone would not do: the full digest decides.
+    ok = dataclasses.replace(src, hash_prefix="f" * 8, sha256=digest)
+    assert pretrained_file(ok) == hub_checkpoint(src)
+
+
+def test_imagenet_fetch_failure_is_one_line():
+    # conftest disables downloads and gives an empty $TORCH_HOME: as offline.
     with pytest.raises(CheckpointError, match="resnet34.*pass its path") as info:
         create_model("resnet34_unet", encoder_weights="imagenet")
-    assert "\n" not in str(info.value)
+    text = str(info.value)
+    assert "\n" not in text and str(hub_checkpoint(encoders.imagenet_source(34))) in text
 
 
 def test_missing_file(tmp_path):

@@ -72,7 +72,8 @@ def test_pretrained_sources_are_registry_data():
     assert src[0].hash_prefix and src[0].hash_prefix in src[0].filename
     for name in ("transunet", "swin_unet", "emcad"):
         (file_src,) = get_entry(name).pretrained
-        assert file_src.url.startswith("https://") and file_src.filename in file_src.tag
+        assert file_src.url.startswith("https://") and file_src.tag == "imagenet"
+        assert get_entry(name).paper_weights() is file_src  # the official scripts load it
     # Every entry whose default needs weights says where they come from.
     for name in list_models():
         default = get_entry(name).default_options().get("encoder_weights")

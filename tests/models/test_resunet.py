@@ -6,6 +6,7 @@ real forwards use ResNet-18 and ``width_scale=0.125`` except one full v1.0 forwa
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from unetzoo.losses.distillation import FeatureTapper
 from unetzoo.models import create_model, get_entry, list_models, parameter_count
 from unetzoo.models import encoders as encoders_mod
 from unetzoo.models.resunet import LADDER_NAMES
+from unetzoo.models.weights_maps import hub_checkpoint, sha256_file
 
 RUNGS = (
     "resunet_v0_1",
@@ -107,21 +109,20 @@ def imagenet_stand_in() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", RUNGS)
 def test_every_rung_builds_as_registered(name, monkeypatch, imagenet_stand_in):
     """``create_model(name)`` with the registry's defaults only: ResNet-34, full widths
-    and, from v0.2 on, ImageNet weights fetched by torchvision from the registered URL."""
-    urls = []
-
-    def fetch(url: str, *args, **kwargs):
-        urls.append(url)
-        return imagenet_stand_in
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fetch)
+    and, from v0.2 on, the ImageNet file of the torch hub cache, hash-checked."""
+    # The stand-in sits where torchvision's file would, with its own hash as the prefix.
+    (source,) = get_entry(name).pretrained
+    path = hub_checkpoint(source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(imagenet_stand_in, path)
+    stand_in = dataclasses.replace(source, hash_prefix=sha256_file(path)[:8])
+    monkeypatch.setattr(encoders_mod, "imagenet_source", lambda depth: stand_in)
+    if get_entry(name).default_options()["encoder_weights"] is None:
+        path.unlink()  # the baseline must not read it
     model = create_model(name, in_channels=1, num_classes=9)
     entry = get_entry(name)
     assert model.unetzoo_options == {**entry.default_options(), "num_classes": 9}
-    if entry.default_options()["encoder_weights"] is None:
-        assert urls == []
-    else:
-        assert urls == [source.url for source in entry.pretrained]
+    if entry.default_options()["encoder_weights"] is not None:
         for key in ("layer1.0.conv1.weight", "layer3.5.conv2.weight", "bn1.running_var"):
             mine = model.encoder.state_dict()[key.replace("bn1.", "stem.1.")]
             assert torch.equal(mine, imagenet_stand_in[key]), key

@@ -43,11 +43,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", help="ladder folder (default runs/ablate-<ladder>-<dataset>)"
     )
-    p.add_argument(
-        "--encoder-weights", default="default", metavar="W",
-        help="'default' (each rung's own: ImageNet for v0.2+), 'none' or a local "
-        "torchvision checkpoint for the rungs that default to pretrained weights",
-    )
+    for action in p._actions:  # train's --encoder-weights, with the ladder's meaning
+        if action.dest == "encoder_weights":
+            action.default, action.metavar = "default", "W"
+            action.help = ("'default' (each rung's own: ImageNet for v0.2+), 'none' or a local "
+                           "torchvision checkpoint for the rungs that default to pretrained weights")
     p.add_argument("--retrain", action="store_true", help="retrain finished rungs too")
     return p
 
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     file_values = load_yaml(args.config) if args.config else {}
     for key in ("model", "output"):
         file_values.pop(key, None)
+    weights, args.encoder_weights = args.encoder_weights, None  # per rung, not every rung
     flags = flag_values(args)
     rows = run_ladder(
         args.ladder,
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         rungs=args.rungs,
         file_values=file_values,
         flag_values=flags,
-        encoder_weights=args.encoder_weights,
+        encoder_weights=weights,
         retrain=args.retrain,
     )
     print(f"{len(rows)} rung(s) in the table")

@@ -93,6 +93,10 @@ def register(subparsers) -> argparse.ArgumentParser:
       "fold's validation cases pick the best checkpoint (default run folder .../fold_K)")
     a("--model-option", action="append", default=None, metavar="KEY=VALUE",
       help="architecture option (repeatable), e.g. base_channels=16")
+    a("--encoder-weights", metavar="PATH|imagenet|none",
+      help="pretrained encoder: a local weight file, 'imagenet' (the release file in the "
+      "torch hub cache, hash-checked; downloaded when absent) or 'none' (random init); "
+      "same as --model-option encoder_weights=...")
     a("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
       help="dataset reader option (repeatable), e.g. n_train=4 for the phantom")
     a("--no-test", dest="test", action="store_false", default=None,
@@ -126,6 +130,15 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
         opts = _key_values(getattr(args, dest, None), "--" + dest.replace("_", "-"))
         if opts:
             flags[key] = opts
+    weights = getattr(args, "encoder_weights", None)
+    if weights is not None:
+        given = flags.get("model_options", {})
+        if "encoder_weights" in given and str(given["encoder_weights"]).lower() not in (
+            weights.lower(), *(("none", "null") if weights.lower() == "none" else ())
+        ):
+            raise ConfigError("--encoder-weights and --model-option encoder_weights disagree; "
+                              "pass one of them")
+        flags["model_options"] = {**given, "encoder_weights": weights}
     if getattr(args, "distill", None) is not None:
         flags.setdefault("distill_ifd", args.distill)
         flags.setdefault("distill_scr", args.distill)
@@ -135,7 +148,7 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from unetzoo.data import get_dataset
     from unetzoo.engine.checkpoint import load_checkpoint
-    from unetzoo.engine.config import load_yaml, resolve_config
+    from unetzoo.engine.config import load_yaml, require_pretrained_encoder, resolve_config
     from unetzoo.engine.trainer import train
     from unetzoo.models import get_entry
 
@@ -163,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     root = flags.get("data_root", file_values.get("data_root"))
     ds_opts = {**(file_values.get("dataset_options") or {}), **flags.get("dataset_options", {})}
     ds = get_dataset(name, root, **ds_opts)
-    cfg = resolve_config(ds.recipe, file_values, flags)
+    cfg = require_pretrained_encoder(resolve_config(ds.recipe, file_values, flags))
     overwrite = bool(getattr(args, "overwrite", False))
     summary = train(cfg, dataset=ds, resume=resume, overwrite=overwrite)
     if summary.get("test"):

@@ -189,6 +189,24 @@ def legacy_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def offline_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``encoder_weights`` off whenever the model takes it, stored or not.
+
+    A trained checkpoint's state dict overwrites any pretrained encoder, so rebuilding it
+    never reads (or downloads) the original weight file: a checkpoint whose stored options
+    leave ``encoder_weights`` out would otherwise take the rung default (``"imagenet"``).
+    """
+    from unetzoo.models import get_entry
+
+    try:
+        accepted = get_entry(name).accepted_options()
+    except ModelError:
+        return options  # an unknown name is reported by create_model, in one line
+    if "encoder_weights" in (options if accepted is None else accepted):
+        options["encoder_weights"] = None
+    return options
+
+
 def model_from_checkpoint(
     ckpt: dict[str, Any], device: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -203,10 +221,7 @@ def model_from_checkpoint(
     # Not int(): create_model type-checks them and a damaged value is then one line.
     in_channels = options.pop("in_channels", ckpt["in_channels"])
     num_classes = options.pop("num_classes", len(ckpt["class_names"]))
-    if "encoder_weights" in options:
-        # The state dict below overwrites any pretrained encoder: never download or
-        # read the original weight file again (it may not exist on this machine).
-        options["encoder_weights"] = None
+    options = offline_options(spec["name"], options)
     if num_classes != len(ckpt["class_names"]):
         raise CheckpointError(
             f"checkpoint is inconsistent: the model has {num_classes} outputs but "

@@ -484,6 +484,37 @@ def apply_paper_protocol(
     cfg["protocol"] = "transunet"
 
 
+def require_pretrained_encoder(cfg: TrainConfig) -> TrainConfig:
+    """A source recipe (``--recipe transunet``...) or ``--paper-protocol`` on a model whose
+    official script always loads a pretrained encoder (TransUNet, Swin-Unet, EMCAD) starts
+    from that file: ``encoder_weights`` the user did not set becomes ``"imagenet"`` when
+    the file is in the torch hub cache (its hash is checked when the model is built);
+    otherwise one line names the file and where to put it. An explicit value, ``none``
+    included, is kept (``unetzoo test`` then notes a from-scratch encoder in its report).
+    """
+    from unetzoo.errors import ModelError
+    from unetzoo.models import get_entry
+    from unetzoo.models.weights_maps import hub_checkpoint, missing_weights_line
+
+    if cfg.model is None or not (cfg.recipe in SOURCE_RECIPES or cfg.paper_protocol):
+        return cfg
+    try:
+        source = get_entry(cfg.model).paper_weights()
+    except ModelError:
+        return cfg  # an unknown model is reported when it is built
+    if source is None or "encoder_weights" in cfg.model_options:
+        return cfg
+    if not hub_checkpoint(source).is_file():
+        why = f"--recipe {cfg.recipe}" if cfg.recipe in SOURCE_RECIPES else "--paper-protocol"
+        raise ConfigError(
+            f"{why} trains {cfg.model} from the pretrained encoder its official script "
+            f"loads, and {missing_weights_line(source)}; --encoder-weights "
+            f"{source.tag} downloads it, --encoder-weights none trains from scratch"
+        )
+    options = {**cfg.model_options, "encoder_weights": source.tag}
+    return dataclasses.replace(cfg, model_options=options)
+
+
 MAPPING_KEYS = ("model_options", "dataset_options", "augment_options")
 BOOL_KEYS = ("amp", "channels_last", "deep_supervision", "test", "progress")
 STR_KEYS = ("model", "dataset", "data_root", "output", "loss", "augment")

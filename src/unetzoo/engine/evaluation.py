@@ -551,8 +551,12 @@ def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds
     if "nsd" in metrics:
         table += (f"\nNSD: normalized surface Dice at tolerance {settings.nsd_tolerance:g} "
                   f"({hd_unit}).\n")
+    from unetzoo.models.weights_maps import encoder_provenance
+
+    encoder = encoder_provenance(model_name, dict(spec.options))
+    note = f"\nNote: {encoder['encoder_note']}.\n" if "encoder_note" in encoder else ""
     report.summary_md.write_text(
-        f"# Test of {model_name} on {title} ({settings.split})\n\n" + table)
+        f"# Test of {model_name} on {title} ({settings.split})\n\n" + table + note)
     write_case_csv(res.values, report.cases_csv, class_names, protocol=None, digits=6)
     if settings.case_json:
         write_json(report.cases_json, summarize_cases(res.records))
@@ -566,6 +570,7 @@ def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds
         "hd95_unit": hd_unit,
         "metrics": list(metrics),
         **({"nsd_tolerance": float(settings.nsd_tolerance)} if "nsd" in metrics else {}),
+        **encoder,
         **provenance,
     })
     # strict JSON, as the per-case files: NaN (not scored) -> null, inf -> "inf"

@@ -30,7 +30,7 @@ from torch import nn
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel
 from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
-from unetzoo.models.weights_maps import load_into, pvt_v2_state_dict, read_torch
+from unetzoo.models.weights_maps import load_into, pvt_v2_state_dict, read_torch, resolve_weights
 
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "hswish": nn.Hardswish}
 
@@ -220,7 +220,8 @@ class EMCADNet(SegmentationModel):
         gate_activation: activation of the EUCBs and LGAGs ("relu", as the official
             code); None = ``activation``.
         deep_supervision: in training mode return the four full-size logits, finest last.
-        encoder_weights: path to the official ``pvt_v2_b2.pth`` or None.
+        encoder_weights: None (random init), ``"imagenet"`` (the official ``pvt_v2_b2.pth``
+            from the torch hub cache) or a path to it.
     """
 
     size_multiple = 32
@@ -293,6 +294,7 @@ class EMCADNet(SegmentationModel):
 
     def load_encoder_weights(self, path: str | Path) -> list[str]:
         """Load the official ``pvt_v2_b2.pth`` into ``backbone``; returns the loaded keys."""
+        path = resolve_weights(path, PVT_V2_B2_WEIGHTS)  # "imagenet": the hash-checked hub file
         state = pvt_v2_state_dict(read_torch(path), path)
         loaded = load_into(self.backbone, state, path, "encoder weights",
                            ("patch_embed.", "stages."))
@@ -330,18 +332,23 @@ EMCAD_PVT_B2_PARAMS = 26_772_635
 EMCAD_PVT_B2_1CLASS_PARAMS = 26_764_411
 
 
+#: ``encoder_weights="imagenet"``: the PVTv2-B2 ImageNet-1k release, which the official
+#: EMCADNet always loads (pretrained_pth/pvt/pvt_v2_b2.pth). No SHA-256 is published for
+#: it: the file is read with weights_only=True (a foreign file cannot run code), unchecked.
+PVT_V2_B2_WEIGHTS = PretrainedSource(
+    tag="imagenet",
+    url="https://github.com/whai362/PVT/releases/download/v2/pvt_v2_b2.pth",
+    filename="pvt_v2_b2.pth",
+    paper_default=True,
+    note="PVTv2-B2 ImageNet-1k release (whai362/PVT), as in SLDGroup/EMCAD",
+)
+
+
 # The class is its own builder: the registry reads EMCADNet.__init__ for defaults.
 register_model(
     "emcad",
     EMCADNet,
-    pretrained=(
-        PretrainedSource(
-            tag="pvt_v2_b2.pth",
-            url="https://github.com/whai362/PVT/releases/download/v2/pvt_v2_b2.pth",
-            filename="pvt_v2_b2.pth",
-            note="PVTv2-B2 ImageNet-1k release (whai362/PVT), as in SLDGroup/EMCAD; pass the local path",
-        ),
-    ),
+    pretrained=(PVT_V2_B2_WEIGHTS,),
     description="EMCAD: PVTv2-B2 encoder, multi-scale convolutional attention decoder",
     source="Rahman et al., CVPR 2024; code SLDGroup/EMCAD",
     taps=EMCAD_TAPS,

@@ -22,9 +22,10 @@ Submodules: ``stem`` (conv1 7x7/2 -> bn1 -> relu), ``maxpool`` (identity when
 maps are the outputs of ``stem``, ``layer1``, ``layer2``, ``layer3``, ``layer4``; hook them
 by these names (``Taps`` use e.g. ``"encoder.layer2"``).
 
-Weights: ``None`` (random init), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1`` weights
-through its weights API; downloaded once into the torch hub cache, only when asked) or a path
-to a local torchvision checkpoint such as ``resnet34-b627a593.pth`` (``fc.*`` ignored).
+Weights: ``None`` (random init), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1`` file in the
+torch hub cache, hash-checked and read with ``weights_only=True``; downloaded there once, only
+when asked) or a path to a local torchvision checkpoint such as ``resnet34-b627a593.pth``
+(``fc.*`` ignored).
 With ``in_channels != 3`` the pretrained ``conv1`` filters are adapted: summed over RGB for
 1 channel, otherwise repeated over the channels and scaled by ``3 / in_channels`` (as timm
 does). A missing, corrupt or mismatched file raises a one-line ``CheckpointError``.
@@ -45,6 +46,8 @@ from torch import nn
 
 from unetzoo.errors import CheckpointError, ModelError
 from unetzoo.models.blocks import DoubleConv
+from unetzoo.models.registry import PretrainedSource
+from unetzoo.models.weights_maps import pretrained_file
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 # Blocks per stage of each depth, used to recognise which ResNet a checkpoint holds.
@@ -226,20 +229,30 @@ def guess_resnet_depth(state: Mapping[str, torch.Tensor]) -> int | None:
     return None
 
 
+def imagenet_source(depth: int) -> PretrainedSource:
+    """torchvision's ``IMAGENET1K_V1`` file of ``resnet{depth}`` as registry data: its URL
+    (torchvision's weights metadata; nothing is fetched here) and the SHA-256 prefix its
+    file name carries (torchvision publishes no full digest)."""
+    url = torchvision.models.get_model_weights(f"resnet{depth}").IMAGENET1K_V1.url
+    filename = url.rsplit("/", 1)[-1]
+    m = re.search(r"-([a-f0-9]+)\.", filename)  # torchvision's own HASH_REGEX
+    return PretrainedSource(
+        tag="imagenet", url=url, filename=filename, hash_prefix=m.group(1) if m else None,
+        note=f"torchvision ResNet{depth}_Weights.IMAGENET1K_V1",
+    )
+
+
 def load_resnet_weights(weights: str | Path, depth: int) -> dict[str, torch.Tensor]:
     """Return a torchvision ResNet state dict from ``"imagenet"`` or a local file path.
+
+    ``"imagenet"`` is torchvision's file in the torch hub cache, hash-checked
+    (:func:`~unetzoo.models.weights_maps.pretrained_file`; downloaded when absent); every
+    file is read with ``weights_only=True`` (torchvision's own loader unpickles).
 
     Raises CheckpointError (one line) for a missing, unreadable or non-state-dict file.
     """
     if isinstance(weights, str) and weights.lower() == "imagenet":
-        enum = torchvision.models.get_model_weights(f"resnet{depth}")
-        try:
-            return dict(enum.IMAGENET1K_V1.get_state_dict(progress=True))
-        except Exception as exc:  # network or cache failure
-            raise CheckpointError(
-                f"cannot fetch ImageNet weights for resnet{depth} ({type(exc).__name__}: "
-                f"{exc}); download {enum.IMAGENET1K_V1.url} yourself and pass its path"
-            ) from exc
+        weights = pretrained_file(imagenet_source(depth))  # hash-checked, then read below
     path = Path(weights).expanduser()
     if not path.is_file():
         raise CheckpointError(

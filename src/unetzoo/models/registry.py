@@ -62,15 +62,20 @@ class PublishedParams:
 @dataclass(frozen=True)
 class PretrainedSource:
     """Where the weights an ``encoder_weights`` value names come from (registry data, as
-    timm's pretrained cfgs). Nothing downloads from here at build time except through the
-    encoder's own loader (torchvision's hub cache for ``"imagenet"``); other files are
-    fetched by the user and passed as a path.
+    timm's pretrained cfgs). ``encoder_weights=tag`` reads ``$TORCH_HOME/hub/checkpoints/
+    <filename>`` (downloaded there from ``url`` when absent), checks its hash and loads it
+    without unpickling (:func:`unetzoo.models.weights_maps.pretrained_file`); any other
+    string is a local file the user passes.
     """
 
-    tag: str  # the ``encoder_weights`` value (``"imagenet"``) or the file name to pass
+    tag: str  # the ``encoder_weights`` value that names this file (``"imagenet"``)
     url: str
     filename: str
     hash_prefix: str | None = None  # torchvision-style: the file's sha256 starts with it
+    sha256: str | None = None  # the full SHA-256 where it is known (preferred to the prefix)
+    #: The official training script always starts from this file (``--recipe`` and
+    #: ``--paper-protocol`` then refuse a random encoder unless asked for one).
+    paper_default: bool = False
     note: str = ""
 
 
@@ -105,6 +110,10 @@ class ModelEntry:
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return None
         return {p.name for p in params if p.kind is not p.VAR_POSITIONAL}
+
+    def paper_weights(self) -> PretrainedSource | None:
+        """The pretrained file the official training script always loads, if any."""
+        return next((s for s in self.pretrained if s.paper_default), None)
 
     def taps_for(self, model: nn.Module) -> Taps | None:
         if self.taps is None or isinstance(self.taps, Taps):

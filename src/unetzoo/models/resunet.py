@@ -78,8 +78,13 @@ from torch import nn
 from unetzoo.errors import CheckpointError, ModelError
 from unetzoo.models.base import SegmentationModel
 from unetzoo.models.blocks import DoubleConv, kaiming_init, match_size
-from unetzoo.models.encoders import ResNetEncoder, feature_taps, parse_resnet_name
-from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
+from unetzoo.models.encoders import (
+    ResNetEncoder,
+    feature_taps,
+    imagenet_source,
+    parse_resnet_name,
+)
+from unetzoo.models.registry import PublishedParams, Taps, register_model
 
 RESUNET_SOURCE = (
     "Pipaup/ResUnet (ResUnet: Fixing ResNet's Adaptation Defects for Medical Image "
@@ -265,15 +270,8 @@ def _taps(model: nn.Module) -> Taps:
 
 
 #: ``encoder_weights="imagenet"`` of the registered encoder (ResNet-34): torchvision's
-#: IMAGENET1K_V1 file, fetched into the torch hub cache by torchvision (hash-checked).
-IMAGENET_RESNET34 = PretrainedSource(
-    tag="imagenet",
-    url="https://download.pytorch.org/models/resnet34-b627a593.pth",
-    filename="resnet34-b627a593.pth",
-    hash_prefix="b627a593",
-    note="torchvision ResNet34_Weights.IMAGENET1K_V1; offline, download it yourself and "
-    "pass its path as encoder_weights, or encoder_weights=none for random init",
-)
+#: IMAGENET1K_V1 file in the torch hub cache, hash-checked and read without unpickling.
+IMAGENET_RESNET34 = imagenet_source(34)
 
 
 #: The ladder: (rung name, options over the baseline, role, what the rung changes).

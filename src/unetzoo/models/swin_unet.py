@@ -27,7 +27,7 @@ from torch import nn
 from unetzoo.errors import ModelError
 from unetzoo.models.base import check_input, crop_to
 from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
-from unetzoo.models.weights_maps import load_into, read_torch, swin_state_dict
+from unetzoo.models.weights_maps import load_into, read_torch, resolve_weights, swin_state_dict
 
 
 class FeatureTap(nn.Identity):
@@ -158,7 +158,8 @@ class SwinUNet(nn.Module):
             (4, 96, (2, 2, 2, 2), (3, 6, 12, 24), 7, 4.0).
         drop_rate, attn_drop_rate, drop_path_rate: 0.0, 0.0, 0.2 (DROP_PATH_RATE of the
             official configs/swin_tiny_patch4_window7_224_lite.yaml).
-        encoder_weights: path to ``swin_tiny_patch4_window7_224.pth`` or None.
+        encoder_weights: None (random init), ``"imagenet"`` (``swin_tiny_patch4_window7_224.pth``
+            from the torch hub cache) or a path to it.
     """
 
     def __init__(
@@ -244,6 +245,7 @@ class SwinUNet(nn.Module):
     def load_encoder_weights(self, path: str | Path) -> list[str]:
         """Load ``swin_tiny_patch4_window7_224.pth``: the encoder, and its blocks into the
         mirrored decoder stages as the Swin-Unet code does; returns the loaded keys."""
+        path = resolve_weights(path, SWIN_T_WEIGHTS)  # "imagenet": the hash-checked hub file
         state = swin_state_dict(read_torch(path), self.num_stages, path)
         prefixes: tuple[str, ...] = ("layers.", "norm.")
         if self.repeat_gray or self.in_channels == 3:
@@ -293,18 +295,23 @@ def _swin_taps(model: nn.Module) -> Taps:
 SWIN_UNET_T_PARAMS = 27_168_900
 
 
+#: ``encoder_weights="imagenet"``: Microsoft's Swin-T ImageNet-1k release, which the
+#: official train.py always loads (MODEL.PRETRAIN_CKPT). No SHA-256 is published for it:
+#: the file is read with weights_only=True (a foreign file cannot run code), unchecked.
+SWIN_T_WEIGHTS = PretrainedSource(
+    tag="imagenet",
+    url="https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth",
+    filename="swin_tiny_patch4_window7_224.pth",
+    paper_default=True,
+    note="Microsoft Swin-T ImageNet-1k release, as in HuCaoFighting/Swin-Unet",
+)
+
+
 # The class is its own builder: the registry reads SwinUNet.__init__ for defaults.
 register_model(
     "swin_unet",
     SwinUNet,
-    pretrained=(
-        PretrainedSource(
-            tag="swin_tiny_patch4_window7_224.pth",
-            url="https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth",
-            filename="swin_tiny_patch4_window7_224.pth",
-            note="Microsoft Swin-T ImageNet-1k release, as in HuCaoFighting/Swin-Unet; pass the local path",
-        ),
-    ),
+    pretrained=(SWIN_T_WEIGHTS,),
     description="Swin-UNet: Swin-T encoder, patch-expanding Swin decoder, 4x final expanding",
     source="Cao et al. 2021, arXiv:2105.05537; code HuCaoFighting/Swin-Unet",
     taps=_swin_taps,

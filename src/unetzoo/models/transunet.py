@@ -29,7 +29,13 @@ from torch import nn
 from unetzoo.errors import ModelError
 from unetzoo.models.base import SegmentationModel, check_input, crop_to, pad_to_multiple
 from unetzoo.models.registry import PretrainedSource, PublishedParams, Taps, register_model
-from unetzoo.models.weights_maps import load_into, read_npz, resize_pos_embed, vit_npz_to_state_dict
+from unetzoo.models.weights_maps import (
+    load_into,
+    read_npz,
+    resize_pos_embed,
+    resolve_weights,
+    vit_npz_to_state_dict,
+)
 
 # The official StdConv2d standardises with eps 1e-5 (timm's default is 1e-6).
 _StdConv = partial(StdConv2d, eps=1e-5)
@@ -169,7 +175,8 @@ class TransUNet(SegmentationModel):
         n_skip: how many skips the decoder uses (3: 1/8, 1/4, 1/2).
         head_channels: channels of the conv after the Transformer (512).
         dropout, attention_dropout: 0.1 on embeddings and MLPs, 0.0 on attention.
-        encoder_weights: path to ``R50+ViT-B_16.npz`` (Google's ViT release) or None.
+        encoder_weights: None (random init), ``"imagenet"`` (``R50+ViT-B_16.npz``, Google's
+            ImageNet-21k release, from the torch hub cache, SHA-256 checked) or a path to it.
     """
 
     size_multiple = 16
@@ -251,6 +258,7 @@ class TransUNet(SegmentationModel):
 
     def load_encoder_weights(self, path: str | Path) -> list[str]:
         """Load an ``R50+ViT-B_16.npz`` (see docs/comparison_models.md); returns loaded keys."""
+        path = resolve_weights(path, TRANSUNET_WEIGHTS)  # "imagenet": the hash-checked hub file
         arrays = read_npz(path)
         state = vit_npz_to_state_dict(arrays, len(self.blocks), self.grid, path)
         prefixes = ("patch_embed.", "pos_embed", "blocks.", "encoder_norm.")
@@ -300,18 +308,25 @@ def _transunet_taps(model: nn.Module) -> Taps:
 TRANSUNET_R50_B16_PARAMS = 105_277_081
 
 
+#: ``encoder_weights="imagenet"``: Google's R50+ViT-B/16 ImageNet-21k release, which the
+#: official train.py always loads. Google publishes no SHA-256 for its bucket; this digest
+#: is the one two independent copies record for the 461,217,452-byte file (a git-lfs
+#: pointer and a pinned download manifest found with the project's code search).
+TRANSUNET_WEIGHTS = PretrainedSource(
+    tag="imagenet",
+    url="https://storage.googleapis.com/vit_models/imagenet21k/R50%2BViT-B_16.npz",
+    filename="R50+ViT-B_16.npz",
+    sha256="ff009bf39bb4f9198b834cfe46aba2bfdaf730e933ab3e3c4b1edf4226eaafbe",
+    paper_default=True,
+    note="Google's ViT release (ImageNet-21k), as in Beckschen/TransUNet's README",
+)
+
+
 # The class is its own builder: the registry reads TransUNet.__init__ for defaults.
 register_model(
     "transunet",
     TransUNet,
-    pretrained=(
-        PretrainedSource(
-            tag="R50+ViT-B_16.npz",
-            url="https://storage.googleapis.com/vit_models/imagenet21k/R50%2BViT-B_16.npz",
-            filename="R50+ViT-B_16.npz",
-            note="Google's ViT release (ImageNet-21k), as in Beckschen/TransUNet's README; pass the local path",
-        ),
-    ),
+    pretrained=(TRANSUNET_WEIGHTS,),
     description="TransUNet: R50-ViT-B/16 hybrid encoder, cascaded upsampler with 3 skips",
     source="Chen et al. 2021, arXiv:2102.04306; code Beckschen/TransUNet",
     taps=_transunet_taps,

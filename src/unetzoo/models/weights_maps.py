@@ -1,8 +1,15 @@
-"""Pretrained encoder weights from local files in their official release formats.
+"""Pretrained encoder weights in their official release formats, read without unpickling.
 
-The comparison models (TransUNet, Swin-UNet, EMCAD) start from ImageNet encoders. This
-module reads those files and renames their keys to ours; docs/comparison_models.md lists
-every key map. Nothing here downloads: the user passes a path (``encoder_weights=PATH``).
+The comparison models (TransUNet, Swin-UNet, EMCAD) and the ResNet encoders start from
+ImageNet weights. ``encoder_weights`` is either a local file (``PATH``) or the tag of the
+model's :class:`~unetzoo.models.registry.PretrainedSource` (``"imagenet"``), which names
+``$TORCH_HOME/hub/checkpoints/<filename>``: :func:`pretrained_file` checks that file's
+SHA-256 (the full digest where known, else the file-name prefix as torchvision's
+``check_hash``) and downloads it from the release URL only when it is absent. Every file
+is read with ``torch.load(weights_only=True)`` or ``np.load(allow_pickle=False)``: a pickle
+planted in the hub cache is refused by its hash and could not run code if it were not.
+This module reads those files and renames their keys to ours; docs/comparison_models.md
+lists every key map.
 
 - ``R50+ViT-B_16.npz`` (Google's ViT release, JAX/Flax names, HWIO conv kernels):
   :func:`vit_npz_to_state_dict`.
@@ -16,6 +23,8 @@ Every failure (missing, unreadable, foreign or mismatched file) is one
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import zipfile
 from collections.abc import Mapping
@@ -28,8 +37,120 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetzoo.errors import CheckpointError
+from unetzoo.models.registry import PretrainedSource
 
 StateDict = dict[str, torch.Tensor]
+
+#: Spellings of "no pretrained weights" (the registry maps them to None as well).
+NO_WEIGHTS = frozenset({"none", "null", ""})
+
+
+# --------------------------------------------------------------------------- hub cache
+
+
+def hub_checkpoint(source: PretrainedSource) -> Path:
+    """Where ``source``'s file lives in the torch hub cache (``$TORCH_HOME/hub/checkpoints``,
+    torchvision's own place for it)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / source.filename
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_hash(path: Path, source: PretrainedSource) -> str:
+    """``path``'s SHA-256 if it is the one ``source`` publishes (full digest, else the
+    prefix; neither known: any), else one-line :class:`CheckpointError`."""
+    digest = sha256_file(path)
+    want = source.sha256 or source.hash_prefix
+    if want and not digest.startswith(want.lower()):
+        raise CheckpointError(
+            f"{path} is not the released {source.filename}: its SHA-256 is {digest[:16]}..., "
+            f"the release's {'is' if source.sha256 else 'starts with'} {want[:16]}; delete it "
+            f"and download {source.url} again (or pass a file you trust as its path)"
+        )
+    return digest
+
+
+def pretrained_file(source: PretrainedSource, download: bool = True) -> Path:
+    """The verified hub-cache file of ``source``; fetched from ``source.url`` when absent
+    and ``download`` (never in tests: they write the file themselves).
+
+    Raises:
+        CheckpointError: a file whose hash is not the release's (never loaded), or an
+            absent file that cannot (or may not) be downloaded; one line naming the URL
+            and the place to put the file.
+    """
+    path = hub_checkpoint(source)
+    if not path.is_file():
+        if not download:
+            raise CheckpointError(missing_weights_line(source))
+        _download(source, path)
+    check_hash(path, source)
+    return path
+
+
+def missing_weights_line(source: PretrainedSource, what: str = "the encoder weights") -> str:
+    return (f"{what} {source.filename} are not in the torch hub cache: download "
+            f"{source.url} to {hub_checkpoint(source)} (or pass its path with "
+            "--encoder-weights PATH)")
+
+
+def _download(source: PretrainedSource, path: Path) -> None:
+    """``torch.hub.download_url_to_file`` (a temporary file, then a rename) into the cache;
+    a file that fails the hash is removed (it is ours)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(source.url, str(path), progress=True)
+    except Exception as exc:  # network, proxy or disk failure: one line either way
+        raise CheckpointError(
+            f"cannot fetch {source.url} ({type(exc).__name__}: {str(exc)[:120]}); "
+            f"{missing_weights_line(source)}"
+        ) from exc
+    try:
+        check_hash(path, source)
+    except CheckpointError:
+        os.unlink(path)
+        raise
+
+
+def encoder_provenance(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What a report says about a model's encoder: ``{"encoder_weights": value}`` for a
+    model that takes the option, plus ``"encoder_note"`` when its official recipe starts
+    from a pretrained file and this one was trained from scratch; ``{}`` otherwise."""
+    from unetzoo.models.registry import get_entry
+
+    try:
+        entry = get_entry(model)
+    except Exception:  # noqa: BLE001 - an unknown name is reported elsewhere
+        return {}
+    if "encoder_weights" not in (entry.accepted_options() or options):
+        return {}
+    value = options.get("encoder_weights", entry.default_options().get("encoder_weights"))
+    if isinstance(value, str) and value.lower() in NO_WEIGHTS:
+        value = None
+    out: dict[str, Any] = {"encoder_weights": value}
+    source = entry.paper_weights()
+    if value is None and source is not None:
+        out["encoder_note"] = (
+            f"encoder trained from scratch (encoder_weights=none): the official recipe "
+            f"starts from the pretrained {source.filename}, so scores are not comparable "
+            "with the paper's"
+        )
+    return out
+
+
+def resolve_weights(value: str | Path, source: PretrainedSource | None) -> Path:
+    """The file an ``encoder_weights`` value names: ``source.tag`` (``"imagenet"``) ->
+    the verified hub-cache file; anything else -> that local path (checked to exist)."""
+    if source is not None and isinstance(value, str) and value.lower() == source.tag.lower():
+        return pretrained_file(source)
+    return _check_path(value, "encoder weights")
 
 
 def _check_path(path: str | Path, what: str) -> Path:
