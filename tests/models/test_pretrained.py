@@ -14,8 +14,7 @@ import torch
 import torchvision
 
 from unetzoo.errors import CheckpointError, ModelError
-from unetzoo.models import create_model
-from unetzoo.models import encoders
+from unetzoo.models import create_model, encoders
 from unetzoo.models.encoders import ResNetEncoder, adapt_first_conv, guess_resnet_depth
 from unetzoo.models.registry import PretrainedSource
 from unetzoo.models.weights_maps import hub_checkpoint, pretrained_file, sha256_file

@@ -181,6 +181,27 @@ def test_npz_key_map_loads_release_layout(tmp_path):
                                    rtol=1e-4, atol=1e-4)
 
 
+def test_imagenet_is_the_hub_npz_checked_by_its_sha256(monkeypatch):
+    """``encoder_weights="imagenet"``: $TORCH_HOME/hub/checkpoints/R50+ViT-B_16.npz (conftest
+    gives each test an empty one), refused unless its SHA-256 is the release's."""
+    import dataclasses
+
+    from unetzoo.models import transunet as transunet_mod
+    from unetzoo.models.weights_maps import hub_checkpoint, sha256_file
+
+    src = transunet_mod.TRANSUNET_WEIGHTS
+    path = hub_checkpoint(src)
+    path.parent.mkdir(parents=True)
+    a = write_release_npz(path)
+    with pytest.raises(CheckpointError, match="is not the released R50\\+ViT-B_16.npz") as info:
+        create_model("transunet", encoder_weights="imagenet", **SMALL)
+    assert "\n" not in str(info.value) and src.sha256[:16] in str(info.value)
+    monkeypatch.setattr(transunet_mod, "TRANSUNET_WEIGHTS",
+                        dataclasses.replace(src, sha256=sha256_file(path)))
+    m = create_model("transunet", encoder_weights="imagenet", **SMALL)
+    torch.testing.assert_close(m.patch_embed.bias, torch.from_numpy(a["embedding/bias"]))
+
+
 def test_npz_position_embedding_is_resized_to_the_model_grid(tmp_path):
     path = tmp_path / "vit.npz"
     a = write_release_npz(path, grid=14)  # the release grid at 224 px
