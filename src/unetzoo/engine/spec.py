@@ -101,6 +101,9 @@ class InferenceSpec:
     Attributes:
         model: registry name of the architecture.
         options: its constructor options (JSON values; ``deep_supervision`` off).
+            ``encoder_weights`` is kept as trained (provenance for reports); rebuilding
+            ignores it (:func:`unetzoo.engine.checkpoint.offline_options`): the trained
+            weights replace any pretrained encoder, so no weight file is read.
         class_names: one name per output class, background first.
         in_channels: input channels.
         img_size: the square slice size the model was trained on.
