@@ -156,3 +156,17 @@ def test_predict_test_export_of_trained_checkpoint_never_touch_the_hub(
     assert main(["test", "--checkpoint", ckpt, "--dataset", "phantom", "--data-root", str(ct),
                  "--out", str(tmp_path / "t"), "--overlays", "0"]) == 0
     assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
+
+
+def test_no_torchvision_unpickling_loader_in_sources():
+    """torchvision's weight loaders unpickle (weights_only=False, no full hash check):
+    nothing in src/ calls them; pretrained files go through weights_maps.pretrained_file."""
+    root = Path(__file__).resolve().parents[2] / "src" / "unetzoo"
+    hits = [
+        f"{f.name}:{n}"
+        for f in root.rglob("*.py")
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+        if any(s in line.split("#")[0] for s in ("load_state_dict_from_url", ".get_state_dict(",
+                                                  "load_url("))
+    ]
+    assert not hits, hits
