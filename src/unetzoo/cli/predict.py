@@ -43,6 +43,9 @@ def register(subparsers) -> argparse.ArgumentParser:
       "--save_probabilities (before post-processing)")
     add_postprocessing_options(p)
     a("--tta", action="store_true", help="flip test-time augmentation")
+    a("--strict-inputs", action="store_true",
+      help="refuse an input far outside the training intensities (CT into an MRI model, "
+      "12-bit data read as 16 bits); by default it is one warning line")
     a("--overlays", type=int, default=3, help="overlay PNG slices per input (0: none)")
     a("--batch-size", type=int, default=16, help="slices or windows per forward pass")
     a("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
@@ -98,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     predictor.predict_files(
         args.inputs, args.output, postprocessing=plan, overlays=args.overlays,
         save_probabilities=args.save_probabilities, max_pixels=args.max_pixels,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, strict_inputs=args.strict_inputs,
     )
     return 0

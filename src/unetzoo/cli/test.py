@@ -26,6 +26,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--save-nifti", action="store_true",
       help="write NIfTI label maps with the input file's shape, voxel order and affine")
     a("--tta", action="store_true", help="flip test-time augmentation")
+    a("--strict-inputs", action="store_true",
+      help="refuse a dataset far outside the training intensities or of another modality "
+      "(by default one warning line)")
     add_postprocessing_options(p)
     a("--case-json", action="store_true",
       help="also write cases.json: per case and class TP/FP/FN/TN and every metric "
@@ -93,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
         nsd_tolerance=args.nsd_tolerance,
         metrics=metrics,
         overwrite=args.overwrite,
+        strict_inputs=args.strict_inputs,
     )
     return 0

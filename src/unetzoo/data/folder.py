@@ -25,7 +25,7 @@ import numpy as np
 
 from unetzoo.data import io
 from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_shapes
-from unetzoo.data.preprocessing import normalize
+from unetzoo.data.preprocessing import display_bit_depth, normalize
 from unetzoo.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
@@ -33,6 +33,7 @@ IMAGE_DIRS = ("images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt")
 MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt")
 SPLITS = ("train", "val", "test")
+LOSSY_EXTS = (".jpg", ".jpeg")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
@@ -83,7 +84,8 @@ class FolderDataset(SegDataset):
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
         self.in_channels = int(channels)
-        high = float(np.iinfo(sample.dtype).max) if sample.dtype.kind in "ui" else 1.0
+        depth = display_bit_depth(sample)  # 12-bit data in 16-bit files: 4095
+        high = float(depth or (np.iinfo(sample.dtype).max if sample.dtype.kind in "ui" else 1))
         self.preprocessing = {"kind": "range", "low": 0.0, "high": high}
         if mask_values is not None:
             values = [int(v) for v in mask_values]
@@ -118,6 +120,11 @@ class FolderDataset(SegDataset):
                 f"{sorted(p.name for p in parent.iterdir() if p.is_dir())})"
             )
         masks = {p.stem: p for p in mdir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+        lossy = sorted(p.name for p in masks.values() if p.suffix.lower() in LOSSY_EXTS)
+        if lossy:  # JPEG blurs every class edge into new values: a 2-class mask gave 22
+            raise DataError(
+                f"{mdir}: {len(lossy)} JPEG mask(s) ({lossy[0]}, ...); JPEG is lossy and "
+                "invents mask values at every edge: save masks losslessly (PNG, TIF, BMP)")
         pairs: dict[str, tuple[Path, Path]] = {}
         for img in sorted(idir.iterdir()):
             if img.suffix.lower() not in IMAGE_EXTS:
@@ -192,6 +199,11 @@ class FolderDataset(SegDataset):
         image = normalize(chw, self.preprocessing)
         check_image(image, str(path))
         return image
+
+    def raw_image(self, case_id: str, split: str) -> np.ndarray:
+        """The image as the model sees it, ``(C, H, W)`` (a picture's raw scale is its
+        bit depth: the intensity fingerprint of the inference spec is in this space)."""
+        return self._image(self._pair(case_id, split)[0])
 
     def splits(self) -> list[str]:
         return [s for s in SPLITS if s in self._files]

@@ -12,6 +12,7 @@ predictions back through :func:`array_to_file`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,8 @@ def reorient(
     ``(z, y, x)`` for the usual k-slicing).
     """
     z3 = [float(z) for z in zooms[:3]]
-    if slice_axis is None:
-        a = max(range(3), key=lambda i: (round(z3[i], 6), i))
+    if slice_axis is None:  # unknown (NaN) sizes rank lowest: the tie rule decides
+        a = max(range(3), key=lambda i: (round(z3[i], 6) if z3[i] > 0 else 0.0, i))
     else:
         a = int(slice_axis)
     rest = [i for i in range(3) if i != a]
@@ -119,3 +120,80 @@ def array_to_file(
     inv = tuple(int(a) for a in np.argsort(axes))
     arr = np.transpose(np.asarray(array), inv + tuple(range(3, np.ndim(array))))
     return arr, file_to_array_affine(affine, inv)
+
+
+# -- orientation ----------------------------------------------------------------------------
+#: The two codes of each RAS+ world axis: ``(d, h, w)`` arrays are described by the world
+#: direction each index axis increases toward (nibabel's axcodes), e.g. ``"SAR"`` for axial
+#: slices of an ``(S, A, R)`` array.
+WORLD_AXES = ("RL", "AP", "SI")
+
+
+def orientation_codes(affine: np.ndarray | None) -> str | None:
+    """The axcodes (``"SAR"``, ...) of the three index axes of ``affine`` (RAS+ world mm),
+    oblique axes assigned to their nearest world axis (nibabel's ``io_orientation``); None
+    when the affine is unknown or degenerate (no orientation to match)."""
+    if affine is None:
+        return None
+    from nibabel.orientations import io_orientation, ornt2axcodes
+
+    aff = np.asarray(affine, dtype=np.float64)
+    lin = aff[:3, :3]
+    if not np.all(np.isfinite(lin)) or np.any(np.linalg.norm(lin, axis=0) <= 0):
+        return None
+    ornt = io_orientation(aff)
+    if np.isnan(ornt).any():
+        return None
+    return "".join(ornt2axcodes(ornt))
+
+
+def check_orientation_codes(codes: object) -> str | None:
+    """``codes`` if it names each world axis once (``"SAR"``), else None."""
+    if not isinstance(codes, str) or len(codes) != 3:
+        return None
+    owners = [next((i for i, pair in enumerate(WORLD_AXES) if c in pair), None) for c in codes]
+    return codes if sorted(o for o in owners if o is not None) == [0, 1, 2] else None
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """How a ``(D, H, W)`` array is turned into the training orientation and back:
+    ``perm`` (array axis taken for each of D, H, W) then ``flips`` (per new axis)."""
+
+    perm: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    @property
+    def identity(self) -> bool:
+        return self.perm == (0, 1, 2) and not any(self.flips)
+
+    def forward(self, array: np.ndarray, lead: int = 1) -> np.ndarray:
+        """``array`` (``lead`` leading axes, e.g. channels, then D, H, W) in the target
+        orientation."""
+        out = np.transpose(array, (*range(lead), *(lead + p for p in self.perm)))
+        axes = tuple(lead + i for i, f in enumerate(self.flips) if f)
+        return np.ascontiguousarray(np.flip(out, axes) if axes else out)
+
+    def back(self, array: np.ndarray, lead: int = 0) -> np.ndarray:
+        """Undo :meth:`forward` exactly (labels: ``lead=0``; probabilities: ``lead=1``)."""
+        axes = tuple(lead + i for i, f in enumerate(self.flips) if f)
+        out = np.flip(array, axes) if axes else array
+        inv = tuple(int(a) for a in np.argsort(self.perm))
+        return np.ascontiguousarray(np.transpose(out, (*range(lead), *(lead + i for i in inv))))
+
+
+def reorientation(affine: np.ndarray | None, target: str | None) -> Reorientation | None:
+    """The :class:`Reorientation` that puts a ``(D, H, W)`` array whose index-to-world
+    map is ``affine`` into the orientation ``target`` (axcodes of the training arrays,
+    e.g. ``"SAR"``: axial slices, rows toward A, columns toward R); None when either is
+    unknown (no reorientation: the file's own slicing rule)."""
+    codes, target = orientation_codes(affine), check_orientation_codes(target)
+    if codes is None or target is None:
+        return None
+    perm, flips = [], []
+    for t in target:
+        pair = next(p for p in WORLD_AXES if t in p)
+        a = next(i for i, c in enumerate(codes) if c in pair)
+        perm.append(a)
+        flips.append(codes[a] != t)
+    return Reorientation(tuple(perm), tuple(flips))  # type: ignore[arg-type]

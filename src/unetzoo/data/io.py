@@ -103,8 +103,21 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         img = nib.load(str(path))
         arr = np.asarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
-        zooms = tuple(float(z) for z in img.header.get_zooms())
+        zooms = unknown_zooms(img.header, tuple(float(z) for z in img.header.get_zooms()))
     return arr, affine, zooms
+
+
+def unknown_zooms(header: Any, zooms: tuple[float, ...]) -> tuple[float, ...]:
+    """``zooms`` with NaN for the axes whose size a NIfTI header does not know: pixdim 0
+    and neither qform nor sform (nibabel reads such axes as 1 mm, which would put voxel
+    HD95s under "mm"). NaN spacing is "unknown" to the metrics (HD95 in voxels)."""
+    try:
+        if int(header["qform_code"]) or int(header["sform_code"]):
+            return zooms
+        pixdim = [float(p) for p in header["pixdim"][1: 1 + len(zooms)]]
+    except (KeyError, TypeError, ValueError):  # not a NIfTI-1/2 header
+        return zooms
+    return tuple(z if p > 0 else float("nan") for z, p in zip(zooms, pixdim))
 
 
 def nifti_shape(path: Path) -> tuple[int, ...]:
@@ -143,17 +156,41 @@ def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
         if suffix in (".tif", ".tiff") and mode is None:
             import tifffile
 
-            arr = np.asarray(tifffile.imread(str(path)))
+            with tifffile.TiffFile(str(path)) as tif:
+                _one_page(tif, path)
+                arr = np.asarray(tif.series[0].asarray())
             if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
                 arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) tif
             return arr
         from PIL import Image
 
         with Image.open(path) as im:
-            im.load()
+            im = _upright(im)
             if mode is not None and im.mode != mode:
                 im = im.convert(mode)
             return np.asarray(im)
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(im: Any) -> Any:
+    """The picture as it is displayed: its EXIF orientation (a camera's or phone's
+    rotation flag) applied, as every viewer does; pixels loaded."""
+    from PIL import ImageOps
+
+    im.load()
+    if im.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
+        return im
+    return ImageOps.exif_transpose(im)
+
+
+def _one_page(tif: Any, path: Path) -> None:
+    """Refuse a multi-page TIFF (a stack, not a picture: its pages read as RGB)."""
+    pages = len(tif.series[0].pages) if tif.series else 0
+    if pages > 1:
+        raise DataError(f"{path}: a TIFF stack of {pages} pages, not one 2-D picture; save a "
+                        "stack as a NIfTI volume, or each page as its own file")
 
 
 def picture_shape(path: Path) -> tuple[int, ...]:
@@ -164,13 +201,15 @@ def picture_shape(path: Path) -> tuple[int, ...]:
             import tifffile
 
             with tifffile.TiffFile(str(path)) as tif:
+                _one_page(tif, path)
                 shape = tuple(int(n) for n in tif.series[0].shape)
             # (H, W), (H, W, C) or planar (C, H, W): the two largest axes are the plane.
             return tuple(sorted(shape, reverse=True)[:2]) if len(shape) > 2 else shape
         from PIL import Image
 
         with Image.open(path) as im:
-            return (int(im.height), int(im.width))
+            swap = im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # turned 90 degrees
+            return (int(im.width), int(im.height)) if swap else (int(im.height), int(im.width))
 
 
 def load_picture(path: Path) -> np.ndarray:
@@ -190,7 +229,7 @@ def load_picture(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as im:
-            im.load()
+            im = _upright(im)
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             if im.mode in ("LA", "RGBA", "PA"):

@@ -470,6 +470,20 @@ class NnUNetDataset(SegDataset):
         the image (the trainer's median spacing for the inference spec)."""
         return tuple(float(s) for s in self.build_cache(split, case_id)["spacing"])
 
+    def case_affine(self, case_id: str, split: str) -> np.ndarray:
+        """The case's ``(d, h, w)`` affine from its cache record (the training orientation
+        of the inference spec, :mod:`unetzoo.engine.training_inputs`)."""
+        return np.asarray(self.build_cache(split, case_id)["affine"], dtype=np.float64)
+
+    def raw_image(self, case_id: str, split: str) -> np.ndarray:
+        """The case's ``(C, ...)`` intensities before normalisation, in file order (the
+        intensity fingerprint of the inference spec)."""
+        chans = []
+        for p in self._entry(case_id, split)["images"]:
+            arr = medio.load_medical_image(p)[0]
+            chans += [arr[..., c] for c in range(arr.shape[3])] if arr.ndim == 4 else [arr]
+        return np.stack(chans).astype(np.float32)
+
     def _slice_index(self, split: str, cases: Sequence[str]) -> list[tuple[str, int]]:
         index: list[tuple[str, int]] = []
         for cid in cases:

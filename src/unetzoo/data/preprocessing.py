@@ -25,6 +25,8 @@ import numpy as np
 from unetzoo.errors import DataError
 
 SYNAPSE_WINDOW = (-125.0, 275.0)
+#: Full scale of 12-bit pictures stored as 16 bits (:func:`display_bit_depth`).
+TWELVE_BIT = 4095
 KINDS = ("none", "ct", "range", "zscore", "percentile", "channels")
 
 
@@ -141,10 +143,14 @@ def display_bit_depth(array: np.ndarray) -> int | None:
     """The full-scale value of an 8/16-bit picture (255, 65535; 1 for bool), else None.
 
     Unsigned integer pixels (PNG, JPEG, most TIFF) are display renderings; signed or
-    float pixels (a CT slice in HU saved as int16 TIFF) are raw intensities.
+    float pixels (a CT slice in HU saved as int16 TIFF) are raw intensities. A 16-bit
+    picture whose values stay within 12 bits (0..4095: DICOM's usual depth, exported to a
+    16-bit PNG) is 12-bit: scaled by 65535 it would be 1/16 as bright.
     """
     if array.dtype == np.bool_:
         return 1
+    if array.dtype == np.uint16 and array.size and int(array.max()) <= TWELVE_BIT:
+        return TWELVE_BIT  # 12-bit data in a 16-bit container (DICOM exports)
     if np.issubdtype(array.dtype, np.unsignedinteger):
         return int(np.iinfo(array.dtype).max)
     return None
@@ -179,3 +185,95 @@ def spec_for_channel(name: str, *, ct_window=SYNAPSE_WINDOW, mri: str = "zscore"
     if key == "rescale_to_0_1":
         return {"kind": "percentile", "lower": 0.0, "upper": 100.0}
     return mri_spec(mri)
+
+
+# -- the input fingerprint --------------------------------------------------------------------
+#: Statistics of one channel's raw intensities that a checkpoint stores (whole image).
+FINGERPRINT_KEYS = ("p0_5", "p99_5", "mean", "sd")
+#: Voxels sampled per case for the statistics (a regular stride; exact below this size).
+FINGERPRINT_SAMPLE = 1_000_000
+#: An input whose intensity range is this many times wider or narrower than the training
+#: data's is "far outside" (12-bit data read as 16 bits is 16x; CT vs MRI windows ~3x).
+FINGERPRINT_SCALE = 8.0
+#: Normalisations that do not depend on the intensity scale (per-image statistics).
+SCALE_FREE_KINDS = ("zscore", "percentile")
+
+
+def channel_stats(values: np.ndarray) -> dict[str, float]:
+    """:data:`FINGERPRINT_KEYS` of one channel's intensities (any shape, sampled)."""
+    flat = np.asarray(values).ravel()
+    flat = flat[:: max(1, flat.size // FINGERPRINT_SAMPLE)].astype(np.float64)
+    lo, hi = np.percentile(flat, [0.5, 99.5])
+    return {"p0_5": float(lo), "p99_5": float(hi), "mean": float(flat.mean()),
+            "sd": float(flat.std())}
+
+
+def intensity_fingerprint(
+    images: list[np.ndarray], modality: str | None, space: str = "raw"
+) -> dict[str, Any]:
+    """The training data's intensity fingerprint: per channel the median over ``images``
+    (``(C, ...)`` arrays, one per case) of :func:`channel_stats`, the modality and the
+    ``space`` of the values: ``"raw"`` intensities (volumes) or ``"normalised"`` model
+    inputs (pictures, whose raw scale is their bit depth)."""
+    per_case = [[channel_stats(img[c]) for c in range(img.shape[0])] for img in images]
+    channels = [{k: float(np.median([case[c][k] for case in per_case])) for k in FINGERPRINT_KEYS}
+                for c in range(len(per_case[0]))]
+    return {"modality": None if modality is None else str(modality), "cases": len(images),
+            "space": space, "channels": channels}
+
+
+def check_fingerprint(data: Any) -> dict[str, Any]:
+    """A stored fingerprint, checked (one :class:`DataError` when it cannot be one)."""
+    chans = data.get("channels") if isinstance(data, dict) else None
+    ok = isinstance(chans, list) and chans and all(
+        isinstance(c, dict) and all(
+            isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
+            and math.isfinite(c[k]) for k in FINGERPRINT_KEYS) for c in chans)
+    if not ok:
+        raise DataError(f"bad intensity fingerprint {data!r}: expected per-channel "
+                        f"{', '.join(FINGERPRINT_KEYS)}")
+    modality, space = data.get("modality"), data.get("space", "raw")
+    if space not in ("raw", "normalised"):
+        raise DataError(f"bad intensity fingerprint space {space!r}: 'raw' or 'normalised'")
+    return {"modality": None if modality is None else str(modality),
+            "cases": int(data.get("cases") or 0), "space": space,
+            "channels": [{k: float(c[k]) for k in FINGERPRINT_KEYS} for c in chans]}
+
+
+def intensity_mismatch(
+    array: np.ndarray, fingerprint: dict[str, Any], scale_free: bool = False
+) -> str | None:
+    """Why raw ``array`` ``(C, ...)`` is far outside the training ``fingerprint``, in a
+    few words, or None. Far: negative intensities where training had none (CT in HU into
+    an MRI model) or none where training's 0.5th percentile was well below zero (MRI into
+    a CT model); unless the normalisation is ``scale_free``, also a range more than
+    :data:`FINGERPRINT_SCALE` times wider or narrower (12-bit data read as 16 bits) or
+    not overlapping the training range at all."""
+    for c, trained in enumerate(fingerprint["channels"][: array.shape[0]]):
+        have = channel_stats(array[c])
+        lo, hi = trained["p0_5"], trained["p99_5"]
+        width = max(hi - lo, abs(hi), 1e-6)
+        width_in = max(have["p99_5"] - have["p0_5"], 1e-12)
+        span = (f"0.5-99.5 percentiles {have['p0_5']:.4g}..{have['p99_5']:.4g}, "
+                f"training {lo:.4g}..{hi:.4g}")
+        name = f"channel {c}: " if len(fingerprint["channels"]) > 1 else ""
+        if lo >= -0.05 * width and have["p0_5"] < lo - 0.25 * width:
+            return f"{name}negative intensities where the training data had none ({span})"
+        if lo < -0.25 * width and have["p0_5"] >= 0:
+            return f"{name}no negative intensities where the training data had them ({span})"
+        if scale_free:
+            continue
+        ratio = width_in / max(hi - lo, 1e-12)
+        if not 1 / FINGERPRINT_SCALE <= ratio <= FINGERPRINT_SCALE:
+            return (f"{name}intensity range {ratio:.3g}x the training data's ({span}; 12-bit "
+                    "data stored as 16 bits is 1/16)")
+        if have["p99_5"] < lo or have["p0_5"] > hi:
+            return f"{name}intensities outside the training range ({span})"
+    return None
+
+
+def scale_free(spec: dict[str, Any]) -> bool:
+    """Whether ``spec`` normalises by per-image statistics only (every channel)."""
+    if spec.get("kind") == "channels":
+        return all(scale_free(s) for s in spec.get("channels") or [])
+    return spec.get("kind") in SCALE_FREE_KINDS

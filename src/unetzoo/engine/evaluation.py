@@ -31,6 +31,7 @@ known (NIfTI sources: the case carries an affine, or the reader sets
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
@@ -88,12 +89,14 @@ def spacing_known(case) -> bool:
 
     A reader may say so with a ``spacing_known`` attribute; otherwise a case with an
     affine (the NIfTI readers) has a known spacing and one without (Synapse h5/npz, 2-D
-    image folders) has none.
+    image folders) has none; NaN or non-positive voxel sizes are unknown.
     """
     known = getattr(case, "spacing_known", None)
     if known is None:
         known = getattr(case, "affine", None) is not None
-    return bool(known)
+    # A header without voxel sizes (NIfTI pixdim 0, no qform/sform) reads as NaN spacing.
+    spacing = np.asarray(getattr(case, "spacing", ()) or (), dtype=np.float64)
+    return bool(known) and bool(np.all(np.isfinite(spacing)) and np.all(spacing > 0))
 
 
 def hd95_unit(case, protocol: str = "strict") -> str:
@@ -265,6 +268,8 @@ class _Settings:
     save_predictions: bool
     case_json: bool
     verbose: bool
+    #: model class k -> dataset class remap[k] when dataset.json lists them in another order
+    remap: np.ndarray | None = None
 
 
 @dataclass
@@ -297,6 +302,7 @@ def run_test(
     nsd_tolerance: float = 1.0,
     metrics: str | tuple[str, ...] = DEFAULT_REPORT_METRICS,
     overwrite: bool = False,
+    strict_inputs: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -328,6 +334,13 @@ def run_test(
             ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
         overwrite: replace report files that exist but that unetzoo did not write
             (without it they are refused, before the model is loaded).
+        strict_inputs: refuse a dataset of another modality or far outside the training
+            intensities (:func:`check_test_inputs`; by default one warning line).
+
+    The model's classes are matched with the dataset's by name: another order is mapped
+    by name (one line says so), other names are refused. Volumes are predicted in the
+    orientation the model was trained in (``spec.orientation``) and scored on the
+    dataset's grid.
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
@@ -346,6 +359,8 @@ def run_test(
     members, ckpt_path, ckpt, spec = _read_checkpoints(checkpoint)
     ds = _test_dataset(ckpt, spec, dataset, data_root)
     cases = _test_cases(ds, split, max_cases)
+    settings = dataclasses.replace(settings, remap=match_class_names(spec, ds))
+    check_test_inputs(ds, split, cases, spec, strict_inputs)
     report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
@@ -401,6 +416,61 @@ def _test_dataset(ckpt: dict[str, Any], spec: InferenceSpec, dataset,
             f"{ds.name!r} has {ds.in_channels}"
         )
     return ds
+
+
+def match_class_names(spec: InferenceSpec, ds) -> np.ndarray | None:
+    """The model's classes matched with the dataset's by name: None when they agree,
+    ``remap`` (model class k is dataset class ``remap[k]``) when the dataset lists the
+    same names in another order (one line says so); other names are refused (a model's
+    class 1 scored against another class 1 gave liver Dice 0.06 instead of 0.86)."""
+    model, data = [n.strip().lower() for n in spec.class_names], \
+        [n.strip().lower() for n in ds.class_names]
+    if model == data:
+        return None
+    if sorted(model) != sorted(data) or len(set(model)) != len(model):
+        raise CheckpointError(
+            f"the checkpoint's classes {list(spec.class_names)} are not dataset "
+            f"{ds.name!r}'s {list(ds.class_names)}; test it on data labelled for its classes "
+            "(or rename the labels in dataset.json)")
+    remap = np.array([data.index(n) for n in model], dtype=np.int64)
+    moved = ", ".join(f"{spec.class_names[k]} {k}->{j}" for k, j in enumerate(remap) if k != j)
+    print(f"classes matched by name: dataset {ds.name!r} lists them in another order "
+          f"({moved}); predictions are scored under the dataset's numbering", file=sys.stderr,
+          flush=True)
+    return remap
+
+
+#: Test cases whose raw intensities are checked against the training fingerprint.
+INPUT_CHECK_CASES = 3
+
+
+def check_test_inputs(ds, split: str, cases: list[str], spec: InferenceSpec,
+                      strict: bool = False) -> None:
+    """The dataset's modality and (when its reader gives raw images, ``ds.raw_image``)
+    the raw intensities of up to :data:`INPUT_CHECK_CASES` cases against the checkpoint's
+    fingerprint (``spec.intensity``): one warning line each, a :class:`DataError` under
+    ``strict``. Older checkpoints carry no fingerprint: nothing is checked."""
+    from unetzoo.data.preprocessing import intensity_mismatch, scale_free
+
+    fingerprint = spec.intensity
+    if not fingerprint:
+        return
+    trained, have = fingerprint.get("modality"), getattr(ds, "modality", None)
+    problems = []
+    if trained and have and str(trained).lower() != str(have).lower():
+        problems.append(f"dataset {ds.name!r} is {have} but the model was trained on {trained}")
+    raw = getattr(ds, "raw_image", None)
+    picks = cases[:: max(1, len(cases) // INPUT_CHECK_CASES)][:INPUT_CHECK_CASES]
+    for cid in picks if raw is not None else []:
+        why = intensity_mismatch(raw(cid, split), fingerprint, scale_free(dict(spec.preprocessing)))
+        if why:
+            problems.append(f"case {cid} is far outside the training intensities: {why}")
+            break
+    for text in problems:
+        if strict:
+            raise DataError(f"{text}; refused under --strict-inputs")
+        print(f"warning: {text}; its scores are likely meaningless (--strict-inputs refuses "
+              "this)", file=sys.stderr, flush=True)
 
 
 def _test_cases(ds, split: str, max_cases: int | None) -> list[str]:
@@ -477,7 +547,7 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
     from unetzoo.engine.postprocess import apply_postprocessing
     from unetzoo.metrics.per_case import CASE_METRICS, case_record
 
-    class_names = list(spec.class_names)
+    class_names = list(ds.class_names)  # the model's, matched by name (match_class_names)
     # cases.json holds every metric: score them all in the same pass as the report's
     wanted = tuple(dict.fromkeys(settings.metrics + (CASE_METRICS if settings.case_json else ())))
     res = _Results()
@@ -485,8 +555,13 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
         case = ds.load_case(cid, settings.split)
         if case.label is None:
             raise DataError(f"test case {cid!r} of {ds.name!r} has no label; use `unetzoo predict`")
-        pred = predict_volume(model, case.image, spec.img_size,
-                              batch_size=settings.batch_size, tta=settings.tta, device=device)
+        view = _orientation(case, spec)
+        pred = predict_volume(model, case.image if view is None else view.forward(case.image),
+                              spec.img_size, batch_size=settings.batch_size,
+                              tta=settings.tta, device=device)
+        pred = pred if view is None else view.back(pred)
+        if settings.remap is not None:
+            pred = settings.remap[pred]
         if plan is not None:
             pred = apply_postprocessing(pred, plan)
         scores = case_scores(pred, case, ds.num_classes, settings.protocol, wanted,
@@ -499,6 +574,12 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
             res.records[cid] = case_record(scores, class_names, spacing, settings.protocol,
                                            settings.nsd_tolerance)
         res.predicted |= present_classes(pred, ds.num_classes, scored_region(case))
+        if res.units and unit not in res.units:  # never average mm with voxels
+            raise DataError(
+                f"test case {cid!r} has {'no' if unit == 'voxels' else 'a'} known voxel spacing "
+                f"but earlier cases' HD95 is in {next(iter(res.units))}: HD95 in mm and in voxels "
+                "cannot be averaged; fix its header (pixdim 0, no qform/sform) or test with "
+                "--protocol transunet (HD95 in voxels)")
         res.units.add(unit)
         written = _write_case_files(report, cid, case, pred, class_names, settings)
         outputs.record(p.relative_to(report.root) for p in written)
@@ -508,6 +589,16 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
             print(f"[{i + 1}/{len(cases)}] {cid}: mean Dice {dice} over {n} "
                   "scored class(es)", flush=True)
     return res
+
+
+def _orientation(case, spec: InferenceSpec):
+    """The case's reorientation into the model's training orientation, or None."""
+    from unetzoo.data.geometry import reorientation
+
+    if case.image.shape[1] == 1:
+        return None
+    view = reorientation(getattr(case, "affine", None), spec.orientation)
+    return None if view is None or view.identity else view
 
 
 def _write_case_files(report: ReportLayout, cid: str, case, pred: np.ndarray,
@@ -541,8 +632,8 @@ def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds
     request, cases.json, recorded in the folder's manifest; prints the table and the
     never-predicted warning."""
     metrics = settings.metrics
-    class_names = list(spec.class_names)
-    hd_unit = res.units.pop() if len(res.units) == 1 else "mm or voxels (mixed spacing)"
+    class_names = list(ds.class_names)  # the model's, matched by name (match_class_names)
+    hd_unit = res.units.pop() if res.units else "mm"  # one unit: mixed ones are refused
     model_name = spec.model
     summary, table = mean_table(res.values, class_names, settings.protocol,
                                 predicted=res.predicted, model_name=model_name,

@@ -249,6 +249,33 @@ def model_input(
     return normalize(arr.astype(np.float32), spec)
 
 
+def intensity_warning(
+    array: np.ndarray, picture: bool, spec: Any, where: str, strict: bool = False
+) -> str | None:
+    """One warning line when an input is far outside the training data's intensities
+    (``spec.intensity``, :func:`unetzoo.data.preprocessing.intensity_mismatch`: CT into
+    an MRI model, MRI into a CT model, 12-bit data read as 16 bits), else None; with
+    ``strict`` (``--strict-inputs``) a :class:`DataError` instead. ``array`` is a volume's
+    raw ``(C, ...)`` intensities, or a picture's model input (picture datasets store the
+    fingerprint of their normalised pixels, ``"space": "normalised"``); a picture into a
+    volume model, or a spec without a fingerprint (older checkpoints), checks nothing."""
+    from unetzoo.data.preprocessing import intensity_mismatch, scale_free
+
+    fingerprint = getattr(spec, "intensity", None)
+    if not fingerprint or (fingerprint.get("space") == "normalised") != picture:
+        return None
+    why = intensity_mismatch(np.asarray(array, dtype=np.float32), fingerprint,
+                             scale_free(dict(spec.preprocessing)) and not picture)
+    if why is None:
+        return None
+    modality = fingerprint.get("modality")
+    text = (f"{where}: far outside the intensities the model was trained on"
+            f"{f' ({modality})' if modality else ''}: {why}; its labels are likely wrong")
+    if strict:
+        raise DataError(f"{text} (refused under --strict-inputs)")
+    return f"warning: {text} (--strict-inputs refuses such inputs)"
+
+
 @dataclass
 class Input:
     """A prediction input, read and normalised.

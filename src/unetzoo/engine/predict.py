@@ -93,6 +93,7 @@ class Predictor:
         postprocessing: dict[str, Any] | str | Path | None = STORED, overlays: int = 3,
         verbose: bool = True, save_probabilities: bool = False, max_pixels: int | None = None,
         tta: bool | None = None, batch_size: int | None = None, overwrite: bool = False,
+        strict_inputs: bool = False,
     ) -> list[dict[str, Any]]:
         """:func:`~unetzoo.engine.predict_cases.predict_cases` with this model;
         ``postprocessing`` is :data:`STORED` (the checkpoint's plan), None, a plan or a
@@ -104,6 +105,7 @@ class Predictor:
             overlays=max(int(overlays), 0), verbose=verbose,
             save_probabilities=save_probabilities, postprocessing=self._plan(postprocessing),
             max_pixels=max_pixels, source=self.source, overwrite=overwrite,
+            strict_inputs=strict_inputs,
         )
 
     def _plan(self, postprocessing: dict[str, Any] | str | Path | None) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ Options beyond the single-checkpoint path:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -42,14 +43,18 @@ import numpy as np
 import torch
 
 from unetzoo.data import medio
+from unetzoo.data.geometry import Reorientation, file_to_array_affine, reorientation
 from unetzoo.engine.inference import predict_volume, sliding_window_probs
 from unetzoo.engine.inputs import (
     DEFAULT_MAX_PIXELS,
+    Decoded,
     check_header,
     check_size,
+    decode,
+    intensity_warning,
+    match_channels,
+    model_input,
     progress_printer,
-    read_input,
-    read_volume_case,
     write_output,
 )
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
@@ -149,6 +154,9 @@ class CaseImage:
     affine: np.ndarray | None
     order: tuple[int, int, int] | None
     file_ndim: int
+    warning: str | None = None
+    #: ``image`` is in the model's training orientation: this maps it back to ``order``
+    view: Reorientation | None = None
 
     @property
     def picture(self) -> bool:
@@ -163,14 +171,42 @@ class CaseImage:
         return tuple(float(zooms[a]) for a in self.order)
 
 
-def read_case(case: str, files: Sequence[Path], spec: InferenceSpec, max_pixels: int) -> CaseImage:
-    """Read one case with the spec's channels and preprocessing."""
+def read_case(
+    case: str, files: Sequence[Path], spec: InferenceSpec, max_pixels: int,
+    strict_inputs: bool = False,
+) -> CaseImage:
+    """Read one case with the spec's channels and preprocessing; an input far outside
+    the training intensities (:func:`~unetzoo.engine.inputs.intensity_warning`) is an
+    error under ``strict_inputs``, else ``CaseImage.warning``."""
     prep = dict(spec.preprocessing)
     if _is_picture(files):
-        image = read_input(files[0], spec.in_channels, prep, max_pixels).image
-        return CaseImage(case, list(files), image, None, None, 2)
-    image, affine, order, ndim = read_volume_case(case, files, spec.in_channels, prep, max_pixels)
-    return CaseImage(case, list(files), image, affine, order, ndim)
+        check_header(files[0], max_pixels)
+        dec = decode(files[0], max_pixels)
+        image = model_input(dec, spec.in_channels, prep)
+        warning = intensity_warning(image, True, spec, dec.where, strict_inputs)
+        ci = CaseImage(case, list(files), image, None, None, 2)
+    else:
+        dec = decode(files, max_pixels, where=str(files[0]) if len(files) == 1 else f"case {case}")
+        raw = match_channels(dec, spec.in_channels, case)
+        warning = intensity_warning(raw, False, spec, dec.where, strict_inputs)
+        view = training_orientation(dec, spec)
+        if view is not None:  # before normalising: the same voxels in the same order
+            dec = dataclasses.replace(dec, array=view.forward(dec.array))
+        ci = CaseImage(case, list(files), model_input(dec, spec.in_channels, prep, case),
+                       dec.affine, dec.order, dec.file_ndim, view=view)
+    ci.warning = warning
+    return ci
+
+
+def training_orientation(dec: Decoded, spec: InferenceSpec) -> Reorientation | None:
+    """The :class:`~unetzoo.data.geometry.Reorientation` of a decoded volume into the
+    orientation the model was trained in (``spec.orientation``, from the affine, not the
+    file's axis order); None for pictures, single slices, unknown orientations and older
+    checkpoints (the file's own slicing rule)."""
+    if dec.picture or dec.array.shape[1] == 1:
+        return None
+    view = reorientation(file_to_array_affine(dec.affine, dec.order), spec.orientation)
+    return None if view is None or view.identity else view
 
 
 def predict_array(
@@ -335,6 +371,7 @@ def predict_cases(
     max_pixels: int | None = None,
     source: str | Path = "model metadata",
     overwrite: bool = False,
+    strict_inputs: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment every case of ``inputs`` (see the module docstring); one record per case:
     ``case``, ``inputs``, ``input`` (the first file), ``output``, ``probabilities``,
@@ -343,7 +380,10 @@ def predict_cases(
     ``meta`` is the model's :class:`~unetzoo.engine.spec.InferenceSpec` (or a checkpoint
     dict holding its keys; ``source`` names it in errors). A target that exists and that
     unetzoo did not write is refused before any work unless ``overwrite``
-    (:func:`claim_targets`).
+    (:func:`claim_targets`). Volumes are predicted in the orientation the model was
+    trained in (:func:`training_orientation`) and the labels mapped back to the input's
+    grid; an input far outside the training intensities is one warning line, an error
+    under ``strict_inputs``.
     """
     from unetzoo.engine.postprocess import apply_postprocessing, check_plan
     from unetzoo.engine.run_folder import check_output_dir
@@ -359,10 +399,10 @@ def predict_cases(
     out = check_output_dir(out_dir)
     records = []
     for case, files in cases.items():
-        ci = read_case(case, files, spec, max_pixels)
-        warning = spec.spacing_warning(ci.spacing, str(files[0]))
-        if warning:  # even when quiet: it is about the result
-            print(warning, file=sys.stderr, flush=True)
+        ci = read_case(case, files, spec, max_pixels, strict_inputs)
+        for warning in (ci.warning, spec.spacing_warning(ci.spacing, str(files[0]))):
+            if warning:  # even when quiet: it is about the result
+                print(warning, file=sys.stderr, flush=True)
         probs = None
         if save_probabilities:
             probs = predict_probabilities(model, ci.image, spec.img_size, device, tta, batch_size)
@@ -371,6 +411,9 @@ def predict_cases(
             labels = predict_array(model, ci.image, spec.img_size, device, tta=tta,
                                    batch_size=batch_size,
                                    progress=progress_printer(files[0].name) if verbose else None)
+        if ci.view is not None:  # back onto the input's grid (exact: a transpose and flips)
+            labels, probs = ci.view.back(labels), None if probs is None else ci.view.back(probs, 1)
+            ci = dataclasses.replace(ci, image=ci.view.back(ci.image, lead=1), view=None)
         if postprocessing is not None:
             labels = apply_postprocessing(labels, postprocessing)
         npz = write_case(ci, labels, probs, targets[case], class_names)

@@ -94,6 +94,24 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _input_fields(data: Mapping[str, Any], where: str) -> tuple[str | None, dict | None]:
+    """``orientation`` and ``intensity`` of a spec, checked (both None in older files)."""
+    from unetzoo.data.geometry import check_orientation_codes
+    from unetzoo.data.preprocessing import check_fingerprint
+
+    orientation = data.get("orientation")
+    if orientation is not None and check_orientation_codes(orientation) is None:
+        raise _fail(where, f"orientation {orientation!r} is not three axis codes naming each "
+                           "world axis once (e.g. 'SAR'); the file is damaged")
+    intensity = data.get("intensity")
+    if intensity is not None:
+        try:
+            intensity = check_fingerprint(intensity)
+        except DataError as exc:
+            raise _fail(where, f"{exc}; the file is damaged") from None
+    return orientation, intensity
+
+
 @dataclass(frozen=True)
 class InferenceSpec:
     """What a model needs at inference time besides its weights.
@@ -113,6 +131,14 @@ class InferenceSpec:
             when the training data has none (Synapse h5/npz, picture folders).
         slicing: the slicing-axis rule (:data:`SLICING_RULES`).
         resize: the resize protocol (:data:`RESIZE_RULES`).
+        orientation: axcodes of the training ``(D, H, W)`` arrays (``"SAR"``: axial
+            slices, rows toward A, columns toward R), from the training cases' affines;
+            volumes are reoriented to it before slicing and the labels mapped back
+            (:func:`unetzoo.data.geometry.reorientation`). None (older checkpoints, data
+            without affines): the file's own slicing rule.
+        intensity: the training data's raw intensity fingerprint (modality, per-channel
+            percentiles, mean, sd: :func:`unetzoo.data.preprocessing.intensity_fingerprint`)
+            that inputs are checked against; None (older checkpoints): no check.
     """
 
     model: str
@@ -125,6 +151,8 @@ class InferenceSpec:
     spacing: tuple[float, ...] | None = None
     slicing: str = SLICING_THROUGH_PLANE
     resize: str = RESIZE_CUBIC_NEAREST
+    orientation: str | None = None
+    intensity: Mapping[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +170,8 @@ class InferenceSpec:
         preprocessing: Mapping[str, Any] | None = None,
         dataset: str | None = None,
         spacing: tuple[float, ...] | None = None,
+        orientation: str | None = None,
+        intensity: Mapping[str, Any] | None = None,
     ) -> InferenceSpec:
         """The spec of a model built by the registry (``unetzoo_name`` /
         ``unetzoo_options``), as training records it. Deep supervision only shapes
@@ -154,7 +184,8 @@ class InferenceSpec:
                       "options": options},
             "class_names": list(class_names), "in_channels": in_channels,
             "img_size": img_size, "preprocessing": dict(preprocessing or {"kind": "none"}),
-            "dataset": dataset, "spacing": spacing,
+            "dataset": dataset, "spacing": spacing, "orientation": orientation,
+            "intensity": None if intensity is None else dict(intensity),
         }, "training")
 
     @classmethod
@@ -184,7 +215,13 @@ class InferenceSpec:
         if (not isinstance(names, (list, tuple)) or not names
                 or not all(isinstance(n, str) for n in names)):
             raise _fail(where, f"class_names must be a non-empty list of names, got {names!r}")
-        prep = data.get("preprocessing") or {"kind": "none"}
+        # A missing key is an old flat metadata (already normalised inputs); a stored null
+        # is a damaged or hand-edited file: "no normalisation" would feed raw HU to a
+        # CT-window model without a word.
+        prep = data.get("preprocessing", {"kind": "none"})
+        if prep is None:
+            raise _fail(where, "preprocessing is null; the file is damaged or was edited (a "
+                               "model of already normalised inputs stores {'kind': 'none'})")
         try:
             check_spec(prep)
         except DataError as exc:
@@ -205,12 +242,14 @@ class InferenceSpec:
                 raise _fail(where, f"{key} rule {value!r} is not one this unetzoo knows "
                                    f"({', '.join(known)}); upgrade unetzoo")
         dataset = data.get("dataset")
+        orientation, intensity = _input_fields(data, where)
         return cls(
             model=name, options=_plain(dict(options)), class_names=tuple(names),
             in_channels=_whole(data.get("in_channels"), "in_channels", 1, MAX_IN_CHANNELS, where),
             img_size=_whole(data.get("img_size"), "img_size", 8, MAX_IMG_SIZE, where),
             preprocessing=_plain(dict(prep)), dataset=None if dataset is None else str(dataset),
             spacing=spacing, slicing=slicing, resize=resize,
+            orientation=orientation, intensity=intensity,
         )
 
     @classmethod
@@ -231,6 +270,8 @@ class InferenceSpec:
             "spacing": None if self.spacing is None else list(self.spacing),
             "slicing": self.slicing,
             "resize": self.resize,
+            "orientation": self.orientation,
+            "intensity": None if self.intensity is None else _plain(dict(self.intensity)),
         }
 
     def spacing_warning(self, spacing: tuple[float, ...] | None, where: str) -> str | None:

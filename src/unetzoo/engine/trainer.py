@@ -50,6 +50,7 @@ from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
 from unetzoo.engine.spec import InferenceSpec
+from unetzoo.engine.training_inputs import training_intensity, training_orientation
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
 from unetzoo.losses import source_deep_supervision_loss, supervised_loss
 
@@ -321,6 +322,8 @@ def start_run(
         model, class_names=ds.class_names, in_channels=ds.in_channels,
         img_size=cfg.img_size, preprocessing=ds.preprocessing, dataset=ds.name,
         spacing=training_spacing(ds, data.train_cases),
+        orientation=training_orientation(ds, data.train_cases),
+        intensity=training_intensity(ds, data.train_cases),
     )
     run = Run(
         cfg=cfg, info=info, layout=layout, data=data, model=model, train_model=train_model,
@@ -364,7 +367,7 @@ def training_spacing(ds, cases: list[str], split: str = "train") -> tuple[float,
         else:
             case = ds.load_case(cid, split)
             spacing = case.spacing if spacing_known(case) else None
-        if spacing is None:
+        if spacing is None or not all(float(v) > 0 for v in spacing):  # NaN: unknown
             return None
         spacings.append([float(s) for s in spacing])
     if not spacings:
