@@ -181,3 +181,40 @@ def test_old_checkpoint_keeps_the_file_slicing(tmp_path, t1):
     want = predict_array(EdgeNet().eval(), model_input(dec, 1, {"kind": "zscore"}), 32, "cpu")
     got = np.asarray(nib.load(str(tmp_path / "o" / "p.nii.gz")).dataobj)
     assert np.array_equal(np.transpose(got, dec.order), want)
+
+
+def test_test_scores_the_same_anatomy_the_same_in_any_voxel_order(tmp_path, t1, monkeypatch):
+    """``unetzoo test`` on the T1 stored as RAS and as (j, k, i) with flips: the same
+    Dice once the spec names the orientation (the label is an edge map of the T1)."""
+    import json
+
+    from unetzoo.data.nnunet import NnUNetDataset
+    from unetzoo.engine import evaluation
+
+    monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(evaluation, "_test_model", lambda *a, **k: EdgeNet().eval())
+    arr, aff = t1
+    label = (np.gradient(arr, axis=1) > 1.0).astype(np.uint8)  # a fixed, asymmetric target
+
+    def dice(perm, flips, orientation):
+        root = tmp_path / f"d{perm}{flips}{orientation}"
+        for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (root / d).mkdir(parents=True)
+        v, a = variant(arr, aff, perm, flips)
+        lab, _ = variant(label, aff, perm, flips)
+        for split, tag in (("Tr", "c0"), ("Ts", "c1")):
+            nib.save(nib.Nifti1Image(v, a), str(root / f"images{split}" / f"{tag}_0000.nii.gz"))
+            nib.save(nib.Nifti1Image(lab, a), str(root / f"labels{split}" / f"{tag}.nii.gz"))
+        (root / "dataset.json").write_text(json.dumps({
+            "channel_names": {"0": "T1"}, "labels": {"background": 0, "edge": 1},
+            "numTraining": 1, "file_ending": ".nii.gz"}))
+        ckpt = {**spec(orientation).to_dict(), "config": {}}
+        out = evaluation.run_test(ckpt, dataset=NnUNetDataset(root), out_dir=root / "r",
+                                  overlays=0, verbose=False, backend="torch", device="cpu",
+                                  postprocessing=None)
+        return out["mean_dice"]
+
+    ref = dice((0, 1, 2), (False, False, False), "SAR")
+    other = ((1, 2, 0), (True, False, True))
+    assert dice(*other, "SAR") == pytest.approx(ref, abs=1e-6)
+    assert abs(dice(*other, None) - ref) > 0.01  # before: the file's axis order decided

@@ -103,19 +103,24 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         img = nib.load(str(path))
         arr = np.asarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
-        zooms = unknown_zooms(img.header, tuple(float(z) for z in img.header.get_zooms()))
+        zooms = unknown_zooms(img, path, tuple(float(z) for z in img.header.get_zooms()))
     return arr, affine, zooms
 
 
-def unknown_zooms(header: Any, zooms: tuple[float, ...]) -> tuple[float, ...]:
+def unknown_zooms(img: Any, path: Path, zooms: tuple[float, ...]) -> tuple[float, ...]:
     """``zooms`` with NaN for the axes whose size a NIfTI header does not know: pixdim 0
     and neither qform nor sform (nibabel reads such axes as 1 mm, which would put voxel
     HD95s under "mm"). NaN spacing is "unknown" to the metrics (HD95 in voxels)."""
+    header = img.header
     try:
         if int(header["qform_code"]) or int(header["sform_code"]):
             return zooms
-        pixdim = [float(p) for p in header["pixdim"][1: 1 + len(zooms)]]
-    except (KeyError, TypeError, ValueError):  # not a NIfTI-1/2 header
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(str(path)) as fh:  # as written: nibabel's loader sets 0 to 1
+            raw = type(header).from_fileobj(fh, check=False)
+        pixdim = [float(p) for p in raw["pixdim"][1: 1 + len(zooms)]]
+    except (KeyError, TypeError, ValueError, AttributeError):  # not a NIfTI-1/2 header
         return zooms
     return tuple(z if p > 0 else float("nan") for z, p in zip(zooms, pixdim))
 
