@@ -194,7 +194,7 @@ def _one_page(tif: Any, path: Path) -> None:
     """Refuse a multi-page TIFF (a stack, not a picture: its pages read as RGB)."""
     pages = len(tif.series[0].pages) if tif.series else 0
     if pages > 1:
-        raise DataError(f"{path}: a TIFF stack of {pages} pages, not one 2-D picture; save a "
+        raise DataError(f"{path}: a TIFF stack of {pages} pages, not one 2-D image; save a "
                         "stack as a NIfTI volume, or each page as its own file")
 
 

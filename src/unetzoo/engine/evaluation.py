@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from unetzoo.data.medio import save_case_nifti
+from unetzoo.engine.backends import check_backend
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
@@ -332,21 +333,12 @@ def run_test(
         nsd_tolerance: NSD's tolerance in the HD95 unit (mm, or voxels).
         metrics: the report's metrics, a tuple or a comma list (default Dice and HD95;
             ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
-        overwrite: replace report files that exist but that unetzoo did not write
-            (without it they are refused, before the model is loaded).
-        strict_inputs: refuse a dataset of another modality or far outside the training
-            intensities (:func:`check_test_inputs`; by default one warning line).
-
-    The model's classes are matched with the dataset's by name: another order is mapped
-    by name (one line says so), other names are refused. Volumes are predicted in the
-    orientation the model was trained in (``spec.orientation``) and scored on the
-    dataset's grid.
+        overwrite: replace report files unetzoo did not write (else refused before any work).
+        strict_inputs: refuse data far outside the training inputs (:func:`check_test_data`).
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
     """
-    from unetzoo.engine.backends import check_backend
-
     check_backend(backend)  # a bad name is one line before any work
     settings = _Settings(
         split=split, protocol=protocol, metrics=check_report_metrics(metrics),
@@ -359,8 +351,7 @@ def run_test(
     members, ckpt_path, ckpt, spec = _read_checkpoints(checkpoint)
     ds = _test_dataset(ckpt, spec, dataset, data_root)
     cases = _test_cases(ds, split, max_cases)
-    settings = dataclasses.replace(settings, remap=match_class_names(spec, ds))
-    check_test_inputs(ds, split, cases, spec, strict_inputs)
+    settings = check_test_data(spec, ds, cases, settings, strict_inputs)
     report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
@@ -438,6 +429,17 @@ def match_class_names(spec: InferenceSpec, ds) -> np.ndarray | None:
           f"({moved}); predictions are scored under the dataset's numbering", file=sys.stderr,
           flush=True)
     return remap
+
+
+def check_test_data(spec: InferenceSpec, ds, cases: list[str], settings: _Settings,
+                strict: bool = False) -> _Settings:
+    """The test data against the checkpoint, before any work: class names matched
+    (:func:`match_class_names`: another order mapped by name, other names refused) and
+    modality and intensities checked (:func:`check_test_inputs`). Volumes are then
+    predicted in the model's training orientation (``spec.orientation``) and scored on
+    the dataset's grid (:func:`_orientation`)."""
+    check_test_inputs(ds, settings.split, cases, spec, strict)
+    return dataclasses.replace(settings, remap=match_class_names(spec, ds))
 
 
 #: Test cases whose raw intensities are checked against the training fingerprint.
