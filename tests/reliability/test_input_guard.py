@@ -323,3 +323,40 @@ def test_jpeg_masks_are_refused(tmp_path):
     with pytest.raises(DataError) as exc:
         FolderDataset(tmp_path)
     assert "JPEG" in one_line(exc) and "PNG" in one_line(exc)
+
+
+# ------------------------------------------------------------------- training -> CLI, end to end
+def test_trained_checkpoint_guards_predict_and_test(tmp_path, capsys):
+    """A 1-epoch run on the CT phantom records the orientation and the CT fingerprint;
+    `predict` of an MRI-like volume warns in one line (exit 0), `--strict-inputs` refuses
+    it (exit 2, one line) and writes nothing."""
+    from unetzoo.cli.main import main
+    from unetzoo.data.phantom import generate_phantom
+    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.config import resolve_config
+    from unetzoo.engine.trainer import train
+
+    opts = {"n_train": 2, "n_test": 1, "shape": [4, 32, 32], "seed": 0}
+    root = tmp_path / "phantom"
+    generate_phantom(root, **opts)
+    cfg = resolve_config("phantom", None, {
+        "dataset": "phantom", "data_root": str(root), "dataset_options": opts,
+        "model": "unet", "model_options": {"base_channels": 4}, "img_size": 32,
+        "batch_size": 2, "max_epochs": 1, "eval_interval": 1, "output": str(tmp_path / "run"),
+        "progress": False, "test": False, "device": "cpu"})
+    train(cfg)
+    ckpt_path = tmp_path / "run" / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["orientation"] and ckpt["intensity"]["modality"] == "CT"
+    assert ckpt["intensity"]["channels"][0]["p0_5"] < -500  # air in HU
+    vol = save(mri((32, 32, 8)), tmp_path / "mr.nii.gz", np.diag([2.5, 2.5, 5.0, 1.0]))
+    capsys.readouterr()
+    argv = ["predict", str(vol), "--checkpoint", str(ckpt_path), "--backend", "torch",
+            "--overlays", "0"]
+    assert main([*argv, "--output", str(tmp_path / "o1")]) == 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "training" in ln]
+    assert len(warn) == 1 and warn[0].startswith("warning:") and "(CT)" in warn[0]
+    assert main([*argv, "--output", str(tmp_path / "o2"), "--strict-inputs"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error:") and "--strict-inputs" in err[0]
+    assert not (tmp_path / "o2" / "mr.nii.gz").exists()
