@@ -44,7 +44,11 @@ PROTOCOL_TEXT: dict[str, str] = {
         "A volume of file shape (i, j, k) is cut along one axis a: the first axis of size 1 "
         "if any, else the axis with the largest voxel spacing (ties: the later axis). The "
         "slices are taken as array.transpose(a, r1, r0) with (r0, r1) the other two axes in "
-        "file order, i.e. (z, y, x) order: D = a, H = r1, W = r0; labels are transposed back."
+        "file order, i.e. (z, y, x) order: D = a, H = r1, W = r0; labels are transposed back. "
+        "When 'orientation' is set (axcodes of the training (D, H, W) arrays in RAS+, e.g. "
+        "'SAR'), the (D, H, W) array is then permuted and flipped so that its axcodes, read "
+        "from the affine (nibabel.orientations.io_orientation), equal it, before "
+        "normalisation; the labels are permuted and flipped back onto the input's grid."
     ),
     "resize": (
         "Each (H, W) slice is resized to (img_size, img_size) with "
