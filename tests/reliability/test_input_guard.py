@@ -360,3 +360,16 @@ def test_trained_checkpoint_guards_predict_and_test(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error:") and "--strict-inputs" in err[0]
     assert not (tmp_path / "o2" / "mr.nii.gz").exists()
+
+
+def test_header_less_nifti_is_not_reoriented_by_a_guessed_affine(tmp_path):
+    """pixdim 0 and no qform/sform: neither size nor orientation is known, so the file's
+    own slicing rule is kept (nibabel's fallback affine is a guess, not the anatomy)."""
+    arr = RNG.uniform(0, 2, (12, 10, 8)).astype(np.float32)
+    f = header_less(arr, tmp_path / "h.nii.gz")
+    outs = []
+    for n, orientation in enumerate(("RAS", None)):
+        s = spec(preprocessing={"kind": "none"}, orientation=orientation)
+        predict_cases([f], LevelNet(), s, tmp_path / f"o{n}", overlays=0, verbose=False)
+        outs.append(np.asarray(nib.load(str(tmp_path / f"o{n}" / "h.nii.gz")).dataobj))
+    assert outs[0].shape == arr.shape and np.array_equal(outs[0], outs[1])

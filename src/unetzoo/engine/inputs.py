@@ -111,6 +111,8 @@ class Decoded:
     order: tuple[int, int, int] | None = None
     file_ndim: int = 2
     where: str = "input"
+    #: False when the header gives no voxel size (nor, then, an orientation)
+    geometry_known: bool = True
 
     @property
     def picture(self) -> bool:
@@ -166,7 +168,10 @@ def _decode_volume(
         zooms = (*zooms[:2], 1.0)
     check_finite(arr, where)
     vol, order, spacing = volume_to_cdhw(arr, affine, zooms, axes)  # the one slicing rule
-    return Decoded(vol, spacing, affine, order, len(spatial), where)
+    # unknown sizes (a NIfTI with pixdim 0, no qform/sform) keep Decoded's 1.0 placeholder
+    known = all(s > 0 for s in spacing)
+    spacing = tuple(s if s > 0 else 1.0 for s in spacing)
+    return Decoded(vol, spacing, affine, order, len(spatial), where, known)
 
 
 def decode(

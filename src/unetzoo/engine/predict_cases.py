@@ -203,7 +203,7 @@ def training_orientation(dec: Decoded, spec: InferenceSpec) -> Reorientation | N
     orientation the model was trained in (``spec.orientation``, from the affine, not the
     file's axis order); None for pictures, single slices, unknown orientations and older
     checkpoints (the file's own slicing rule)."""
-    if dec.picture or dec.array.shape[1] == 1:
+    if dec.picture or dec.array.shape[1] == 1 or not dec.geometry_known:
         return None
     view = reorientation(file_to_array_affine(dec.affine, dec.order), spec.orientation)
     return None if view is None or view.identity else view
