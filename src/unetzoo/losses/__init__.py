@@ -6,7 +6,6 @@ from unetzoo.losses.segmentation import (
     DEFAULT_WEIGHTS,
     BinarySegmentationLoss,
     SegmentationLoss,
-    binary_presence_loss,
     build_loss,
     deep_supervision_loss,
     deep_supervision_weights,
@@ -17,6 +16,9 @@ from unetzoo.losses.segmentation import (
     source_deep_supervision_loss,
     supervised_loss,
 )
+
+# UNet 3+'s branch loss lives with its model (models never import losses).
+from unetzoo.models.unet3p import binary_presence_loss
 
 __all__ = [
     "DEEP_SUPERVISION_LOSSES",

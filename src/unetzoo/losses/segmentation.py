@@ -393,19 +393,6 @@ def source_deep_supervision_loss(model: object) -> str:
     return mode if mode in DEEP_SUPERVISION_LOSSES else "weighted"
 
 
-def binary_presence_loss(
-    logits: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """UNet 3+'s classification loss: BCE of ``logits (N, 2)`` ("absent", "present", one
-    sigmoid each, as the official ``cls_branch``) against whether each image's label has
-    any foreground. Returns ``(bce, {"cgm": bce, "cgm_acc": arg-max accuracy})``."""
-    present = (target.reshape(target.shape[0], -1) > 0).any(dim=1)
-    onehot = F.one_hot(present.long(), 2).to(torch.float32)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), onehot)
-    acc = (logits.detach().argmax(dim=1) == present.long()).float().mean()
-    return bce, {"cgm": float(bce.detach()), "cgm_acc": float(acc)}
-
-
 def mutation_subsets(n: int) -> list[tuple[int, ...]]:
     """The ``2**n - 1`` non-empty subsets of ``range(n)``, by size then order (EMCAD's
     ``powerset`` minus the empty set; the order does not change the sum)."""

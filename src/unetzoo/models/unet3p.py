@@ -24,7 +24,7 @@ segmentation logits as above; the classifier's logits ``(N, 2)`` of the last for
 stored in ``model.cgm_logits``. The paper trains the branch with BCE:
 :meth:`UNet3Plus.auxiliary_loss` (called by the trainer after every forward) is
 ``cgm_loss_weight`` times the BCE of the two logits against "the label has foreground"
-(:func:`unetzoo.losses.binary_presence_loss`). The gate is the classifier's arg-max (0
+(:func:`binary_presence_loss`, re-exported by ``unetzoo.losses``). The gate is the classifier's arg-max (0
 absent, 1 present; no gradient), applied as ``cgm_mode`` says:
 
 - ``"multiply"`` (default, the official ``UNet_3Plus_DeepSup_CGM``): in evaluation every
@@ -66,6 +66,19 @@ from unetzoo.models.unetpp import drop_unused_heads
 
 CGM_MODES = ("multiply", "background")
 INITS = ("kaiming", "default")
+
+
+def binary_presence_loss(
+    logits: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """UNet 3+'s classification loss: BCE of ``logits (N, 2)`` ("absent", "present", one
+    sigmoid each, as the official ``cls_branch``) against whether each image's label has
+    any foreground. Returns ``(bce, {"cgm": bce, "cgm_acc": arg-max accuracy})``."""
+    present = (target.reshape(target.shape[0], -1) > 0).any(dim=1)
+    onehot = F.one_hot(present.long(), 2).to(torch.float32)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), onehot)
+    acc = (logits.detach().argmax(dim=1) == present.long()).float().mean()
+    return bce, {"cgm": float(bce.detach()), "cgm_acc": float(acc)}
 
 
 class FullScaleStage(nn.Module):
@@ -221,8 +234,6 @@ class UNet3Plus(SegmentationModel):
         ``cgm_acc`` (the gate's accuracy); None without CGM."""
         if self.cls_head is None or self.cgm_logits is None:
             return None
-        from unetzoo.losses import binary_presence_loss
-
         bce, terms = binary_presence_loss(self.cgm_logits, target)
         return self.cgm_loss_weight * bce, terms
 
