@@ -297,6 +297,7 @@ def run_test(
     nsd_tolerance: float = 1.0,
     metrics: str | tuple[str, ...] = DEFAULT_REPORT_METRICS,
     overwrite: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -328,13 +329,17 @@ def run_test(
             ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
         overwrite: replace report files that exist but that unetzoo did not write
             (without it they are refused, before the model is loaded).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast, where the device has it natively;
+            :func:`unetzoo.engine.backends.check_precision`); recorded in summary.json.
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
     """
-    from unetzoo.engine.backends import check_backend
+    from unetzoo.engine.backends import check_backend, check_precision
 
     check_backend(backend)  # a bad name is one line before any work
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_precision(precision, device)
     settings = _Settings(
         split=split, protocol=protocol, metrics=check_report_metrics(metrics),
         nsd_tolerance=nsd_tolerance, tta=bool(tta), batch_size=int(batch_size),
@@ -347,13 +352,12 @@ def run_test(
     ds = _test_dataset(ckpt, spec, dataset, data_root)
     cases = _test_cases(ds, split, max_cases)
     report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
+    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose, precision)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
     t0 = time.time()
     results = _evaluate_cases(model, ds, cases, spec, plan, (report, outputs), settings, device)
     return _write_report(report, outputs, results, ds, spec, settings, {
-        "tta": settings.tta, "seconds": round(time.time() - t0, 2), "report_dir": str(report.root),
+        "tta": settings.tta, "precision": precision, "seconds": round(time.time() - t0, 2), "report_dir": str(report.root),
         "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
         "postprocessing": None if plan is None else plan["steps"],
     })
@@ -411,7 +415,8 @@ def _test_cases(ds, split: str, max_cases: int | None) -> list[str]:
 
 
 def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str] | None,
-                backend: str, device, verbose: bool) -> torch.nn.Module:
+                backend: str, device, verbose: bool,
+                precision: str = "fp32") -> torch.nn.Module:
     """The checkpoint's model (or the ensemble of ``members``) behind ``backend``."""
     from unetzoo.engine.backends import make_backend
 
@@ -419,11 +424,12 @@ def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str]
         from unetzoo.engine.ensemble import load_ensemble
 
         model, _ = load_ensemble(members, device, wrap=lambda m, path, ck: make_backend(
-            m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose))
+            m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose,
+            precision=precision))
         return model
     model = model_from_checkpoint(ckpt, device=device)
     return make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
-                        verbose=verbose)
+                        verbose=verbose, precision=precision)
 
 
 def _postprocessing_plan(ckpt: dict[str, Any], ckpt_path: Path | None,
