@@ -45,7 +45,7 @@ from benchmarks.bench_precision import train_model
 from benchmarks.bench_real_data import class_dice, open_dataset
 
 TINY = {"model": "unet:base_channels=4", "iterations": 2, "size": 32, "batch": 2,
-        "max_slices": 24, "nnunet_iterations": 1, "nnunet_batch": 2}
+        "max_slices": 24, "nnunet_iterations": 1, "nnunet_batch": 2, "nnunet_max_width": 8}
 
 
 # ------------------------------------------------------------------ nnU-Net
@@ -57,9 +57,11 @@ def _nnunet_env(work: Path) -> None:
     os.environ.setdefault("nnUNet_compile", "f")
 
 
-def train_nnunet(root: Path, iterations: int, batch: int, work: Path) -> Path:
+def train_nnunet(root: Path, iterations: int, batch: int, work: Path,
+                 max_width: int | None = None) -> Path:
     """nnU-Net's fingerprint, plan, 2-D preprocessing and ``iterations`` of its trainer
-    (one epoch, fold ``all``) on the CPU; the trained model folder."""
+    (one epoch, fold ``all``) on the CPU; the trained model folder. ``max_width`` caps
+    the planned network's widths (smoke tests only: it is then not nnU-Net's network)."""
     import json
 
     _nnunet_env(work)
@@ -79,7 +81,11 @@ def train_nnunet(root: Path, iterations: int, batch: int, work: Path) -> Path:
     plan_experiments([dataset_id])
     plans_file = work / "pre" / root.name / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
-    plans["configurations"]["2d"]["batch_size"] = batch  # speed only; the network is its own
+    cfg = plans["configurations"]["2d"]
+    cfg["batch_size"] = batch  # speed only; the network is its own
+    if max_width:
+        arch = cfg["architecture"]["arch_kwargs"]
+        arch["features_per_stage"] = [min(f, max_width) for f in arch["features_per_stage"]]
     plans_file.write_text(json.dumps(plans, indent=2))
     preprocess([dataset_id], configurations=("2d",), num_processes=(1,))
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nn_folder = args.nnunet_model
         if nn_folder is None:
             nn_folder = train_nnunet(root, args.nnunet_iterations, args.nnunet_batch,
-                                     work / "nnunet")
+                                     work / "nnunet",
+                                     TINY["nnunet_max_width"] if args.tiny else None)
             trained_here.append(f"nnU-Net {args.nnunet_iterations} iteration(s)")
         ckpt = args.checkpoint
         if ckpt is None:

@@ -183,9 +183,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    "noise between runs is several percent)")
     p.add_argument("--rss", action="store_true",
                    help="peak RSS per side in a fresh subprocess (slower)")
+    p.add_argument("--size", type=int, default=None, help="image size (default 224)")
+    p.add_argument("--batch", type=int, default=None, help="batch (default 8)")
     p.set_defaults(repeats=None)  # 5, or 1 with --tiny, unless given
     args = p.parse_args(argv)
-    cfg = TINY if args.tiny else FULL
+    cfg = dict(TINY if args.tiny else FULL)
+    cfg.update({k: v for k, v in (("size", args.size), ("batch", args.batch)) if v})
     repeats = args.repeats or (1 if args.tiny else 5)
     sides = [x for x in SIDES if x in args.sides.split(",") or x == "smp"]
     unknown = set(args.sides.split(",")) - set(SIDES)
