@@ -46,7 +46,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from benchmarks._common import base_parser, compare, emit, markdown_table
+from benchmarks._common import (
+    base_parser,
+    compare,
+    emit,
+    flop_count,
+    markdown_table,
+    peak_sides,
+    roofline_columns,
+    roofline_line,
+    split_peaks,
+)
 
 FULL = {"model": "resunet", "options": {"encoder_weights": None}, "shape": (150, 512, 512),
         "img_size": 224, "classes": 9}
@@ -171,7 +181,14 @@ def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: n
                 sides[b] = side(b, auto)
         else:
             raise SystemExit(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    psides = peak_sides(tiny=size < 64)
+    sides.update({k: fn for k, (fn, _) in psides.items()})
     times = compare(sides, repeats=repeats, warmup=1)
+    peak = split_peaks(times, psides)
+    x1 = torch.randn(1, 1, size, size)
+    with torch.no_grad():
+        flops = flop_count(lambda: model(x1)) * n  # the network's FLOPs on the slab
+    notes.append(f"`{name}`: {flops / n / 1e9:.2f} GFLOP per slice; " + roofline_line(peak))
 
     ref = results["reference"]
     pick = {"torch channels_last": "channels_last"}.get(chosen[-1]) if chosen else None
@@ -197,6 +214,7 @@ def bench_model(name: str, options: dict[str, Any], cfg: dict[str, Any], slab: n
         rows.append({
             "model": name, "side": label, "slices": n, "s_per_slab": t,
             "slices_per_s": n / t, "speedup": times["reference"] / t,
+            **roofline_columns(flops, t, peak),
             "identical": "yes" if diff == 0.0 else "no", "differing_voxels_%": diff,
         })
     return rows, "; ".join(notes)
@@ -326,7 +344,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"timed slab: {n} slices from the middle; models {', '.join(models)} with random "
         f"weights at {size} px, {cfg['classes']} classes, unetzoo batch {args.batch_size}; "
         f"median of {repeats} alternating repeats after 1 warm-up; speedup = reference "
-        "time / side time; identical = label maps equal voxel for voxel."
+        "time / side time; identical = label maps equal voxel for voxel. GFLOP_s: the "
+        "network's FLOPs (torch.utils.flop_counter, 2 per multiply-accumulate) over the "
+        "side's whole time (resizing included); fp32_peak_%: that rate over the fp32 "
+        "matmul peak measured alternating with the sides."
         + (f" {'; '.join(export_notes)}." if export_notes else "")
         + "\n\n### Resizing only (no network)\n\n" + markdown_table(resize_rows)
     )

@@ -18,6 +18,7 @@ that builds one model and runs two steps.
     python benchmarks/bench_train_step.py                    # 224 px, batch 8, 5 repeats
     python benchmarks/bench_train_step.py --channels-last --threads 1
     python benchmarks/bench_train_step.py --tiny             # CI smoke
+    python benchmarks/bench_train_step.py --sides unetzoo-smpdec --repeats 15  # the ratio's CI
 
 Target (issue 17): the equal architecture (``unetzoo-smpdec``) at <= 1.0x smp's step time
 and peak memory. smp is a benchmark-only dependency.
@@ -38,7 +39,18 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks._common` impo
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import REPO_ROOT, base_parser, compare, emit
+from benchmarks._common import (
+    REPO_ROOT,
+    base_parser,
+    compare_samples,
+    emit,
+    flop_count,
+    peak_sides,
+    ratio_ci,
+    roofline_columns,
+    roofline_line,
+    split_peaks,
+)
 
 FULL = {"size": 224, "batch": 8, "classes": 9}
 TINY = {"size": 32, "batch": 2, "classes": 9}
@@ -153,6 +165,11 @@ def _rss_worker(spec_json: str) -> None:
     print(_rss_mib())
 
 
+def _ratio_columns(side: list[float], ref: list[float]) -> dict[str, float]:
+    ratio, lo, hi = ratio_ci(side, ref)
+    return {"ratio_gmean": ratio, "ci95_lo": lo, "ci95_hi": hi}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the comparison and print the table; returns the rows."""
     p = base_parser(__doc__)
@@ -166,9 +183,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    "noise between runs is several percent)")
     p.add_argument("--rss", action="store_true",
                    help="peak RSS per side in a fresh subprocess (slower)")
+    p.add_argument("--size", type=int, default=None, help="image size (default 224)")
+    p.add_argument("--batch", type=int, default=None, help="batch (default 8)")
+    p.set_defaults(repeats=None)  # 5, or 1 with --tiny, unless given
     args = p.parse_args(argv)
-    cfg = TINY if args.tiny else FULL
-    repeats = 1 if args.tiny else args.repeats
+    cfg = dict(TINY if args.tiny else FULL)
+    cfg.update({k: v for k, v in (("size", args.size), ("batch", args.batch)) if v})
+    repeats = args.repeats or (1 if args.tiny else 5)
     sides = [x for x in SIDES if x in args.sides.split(",") or x == "smp"]
     unknown = set(args.sides.split(",")) - set(SIDES)
     if unknown:
@@ -192,7 +213,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 xi = x.contiguous(memory_format=torch.channels_last)
             models[key] = m
             steps[key] = make_step(m, xi, y)
-    times = compare(steps, repeats=repeats, warmup=1)
+    flops = {k: flop_count(fn) for k, fn in steps.items()}  # forward + backward, once
+    psides = peak_sides(tiny=args.tiny)
+    samples = compare_samples({**steps, **{k: fn for k, (fn, _) in psides.items()}},
+                              repeats=repeats, warmup=1)
+    times = {k: statistics.median(v) for k, v in samples.items()}
+    peak = split_peaks(times, psides)
 
     rows = []
     for key, t in times.items():
@@ -205,6 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "params": sum(p.numel() for p in m.parameters()),
             "step_ms": t * 1e3, "img_s": cfg["batch"] / t,
             "time_vs_smp": t / times[ref_key],
+            **_ratio_columns(samples[key], samples[ref_key]),
+            **roofline_columns(flops[key], t, peak),
             "activations_MiB": saved_tensor_mib(m, xi, y),
             "GMACs_per_image": forward_gmacs(m, cfg["size"]),
         }
@@ -231,7 +259,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"(memory: {'peak RSS' if args.rss else 'activations'}). `activations_MiB`: unique non-weight storages autograd saves in "
         "one forward; `peak_rss_MiB`: fresh process that imports both libraries, builds one model and runs 2 steps; "
         "`GMACs_per_image`: fvcore count of one forward; `ms_per_GMAC`: step time per "
-        "forward GMAC of the batch (work-normalised speed)."
+        "forward GMAC of the batch (work-normalised speed). `ratio_gmean` [`ci95_lo`, "
+        "`ci95_hi`]: geometric mean of the per-repeat step-time ratios to smp (paired, same "
+        "repeat) with a 95 % Student-t interval. GFLOP_s: forward + backward FLOPs of one "
+        "step (torch.utils.flop_counter) over the median step time; fp32_peak_%: share of "
+        "the fp32 matmul peak timed alternating with the steps. " + roofline_line(peak)
     )
     emit(f"Training step: resnet34_unet vs smp.Unet('resnet34'), {cfg['size']} px, "
          f"batch {cfg['batch']}", rows, args, extra={"notes": notes})

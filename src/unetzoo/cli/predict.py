@@ -57,11 +57,14 @@ def register(subparsers) -> argparse.ArgumentParser:
       "Runtime against PyTorch on the first slices and runs the fastest with identical "
       "labels; onnxruntime exports once, cached beside the checkpoint; torch as is "
       "(--onnx: always ONNX Runtime)")
+    a("--precision", default="fp32", metavar="{fp32,bf16}",
+      help="fp32 (default, exact) or bf16: PyTorch bf16 autocast, on CPUs with AMX or "
+      "AVX512-BF16 and on bf16 GPUs only (refused elsewhere); labels may differ slightly")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetzoo.engine.backends import check_backend
+    from unetzoo.engine.backends import check_backend, check_precision
     from unetzoo.errors import ConfigError
 
     check_backend(args.backend)
@@ -73,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     from unetzoo.engine.distributed import resolve_device
 
-    resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
+    device = resolve_device(args.device)  # unknown names, absent GPUs: one line, before any work
+    check_precision(args.precision, device)
+    if args.onnx and args.precision != "fp32":
+        raise ConfigError("--precision bf16 needs --checkpoint; --onnx runs in the file's precision")
     if args.max_pixels is not None and args.onnx:
         raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
     from unetzoo.engine.postprocess import load_plan
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(
         [args.onnx] if args.onnx else args.checkpoint, kind="onnx" if args.onnx else "checkpoint",
         device=args.device, backend="torch" if args.onnx else args.backend,
-        batch_size=args.batch_size, tta=args.tta, verbose=True,
+        batch_size=args.batch_size, tta=args.tta, verbose=True, precision=args.precision,
     )
     plan = None
     if args.postprocessing:

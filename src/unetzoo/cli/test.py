@@ -52,11 +52,14 @@ def register(subparsers) -> argparse.ArgumentParser:
       help="forward pass on CPU: auto (default) measures a channels_last copy and ONNX "
       "Runtime against PyTorch on the first slices and runs the fastest with identical "
       "labels; onnxruntime exports once, cached beside the checkpoint; torch as is")
+    a("--precision", default="fp32", metavar="{fp32,bf16}",
+      help="fp32 (default, exact) or bf16: PyTorch bf16 autocast, on CPUs with AMX or "
+      "AVX512-BF16 and on bf16 GPUs only (refused elsewhere); labels may differ slightly")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetzoo.engine.backends import check_backend
+    from unetzoo.engine.backends import check_backend, check_precision
     from unetzoo.engine.distributed import check_device, resolve_device
     from unetzoo.engine.evaluation import run_test
     from unetzoo.errors import ConfigError
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     check_backend(args.backend)
     resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
     args.device = check_device(args.device)
+    check_precision(args.precision, resolve_device(args.device))
     if args.max_cases is not None and args.max_cases < 1:
         raise ConfigError(f"--max-cases must be >= 1, got {args.max_cases}")
     if args.batch_size < 1:
@@ -97,5 +101,6 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         overwrite=args.overwrite,
         strict_inputs=args.strict_inputs,
+        precision=args.precision,
     )
     return 0

@@ -19,7 +19,7 @@ from unetzoo.errors import ConfigError
 _KEYS = (
     "model", "dataset", "data_root", "max_cases", "max_epochs", "batch_size", "base_lr",
     "img_size", "eval_interval", "seed", "num_workers", "output", "loss", "loss_weights",
-    "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "deep_supervision",
+    "optimizer", "momentum", "weight_decay", "lr_schedule", "amp", "precision", "deep_supervision",
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
     "test_max_cases", "protocol", "device", "augment", "recipe", "paper_protocol",
     "deep_supervision_loss", "eval_from_epoch", "lr_batch_rule",
@@ -70,6 +70,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--weight-decay", type=float)
     a("--lr-schedule", choices=("poly", "constant"))
     a("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
+    a("--precision", metavar="{fp32,bf16}",
+      help="fp32 (default) or bf16 autocast, on CPUs with AMX or AVX512-BF16 and on bf16 "
+      "GPUs only (refused elsewhere); the test after training runs in fp32")
     a("--resume", nargs="?", const="latest", metavar="CKPT",
       help="continue a run exactly; bare --resume uses <output>/checkpoints/latest.pt")
     a("--deep-supervision", action="store_true", default=None,
@@ -177,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
     ds_opts = {**(file_values.get("dataset_options") or {}), **flags.get("dataset_options", {})}
     ds = get_dataset(name, root, **ds_opts)
     cfg = require_pretrained_encoder(resolve_config(ds.recipe, file_values, flags))
+    if cfg.precision != "fp32":  # refused in one line before the run folder is made
+        from unetzoo.engine.backends import check_precision
+        from unetzoo.engine.distributed import resolve_device
+
+        check_precision(cfg.precision, resolve_device(cfg.device))
     overwrite = bool(getattr(args, "overwrite", False))
     summary = train(cfg, dataset=ds, resume=resume, overwrite=overwrite)
     if summary.get("test"):

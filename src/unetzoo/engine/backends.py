@@ -45,6 +45,12 @@ from torch import nn
 from unetzoo.errors import CheckpointError, ConfigError, ModelError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+#: ``fp32`` is the default and exact path; ``bf16`` (autocast) changes labels and is
+#: only run when asked for, on hardware with native bf16 matmuls.
+PRECISIONS = ("fp32", "bf16")
+#: /proc/cpuinfo flags of native bf16 matmuls: Intel AMX and AVX512-BF16 (x86), the
+#: Armv8.6 BF16 extension (aarch64 "Features: bf16").
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 #: Bumped when the cached file's recipe changes (export options, metadata keys).
 CACHE_VERSION = 1
 #: Largest |ONNX Runtime - PyTorch| logit difference accepted for a cached file, relative
@@ -94,6 +100,72 @@ class ChannelsLastModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _logits(self.model(x.contiguous(memory_format=torch.channels_last)))
+
+
+# ---------------------------------------------------------------- precision
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty when unreadable."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_bf16_support(flags: frozenset[str] | set[str] | None = None) -> str | None:
+    """The CPU's native bf16 feature (``"amx_bf16"``, ``"avx512_bf16"``, ``"bf16"``) or None.
+
+    ``flags`` defaults to :func:`cpu_flags`; pass a set to ask about another CPU.
+    """
+    flags = cpu_flags() if flags is None else flags
+    return next((f for f in CPU_BF16_FLAGS if f in flags), None)
+
+
+def check_precision(precision: object, device: str | torch.device | None = "cpu",
+                    flags: frozenset[str] | set[str] | None = None) -> str:
+    """``precision`` if it is known and ``device`` runs it natively, else one ConfigError.
+
+    bf16 on the CPU needs AMX or AVX512-BF16 (without them PyTorch emulates it, slower
+    than fp32); on CUDA, a GPU that supports bf16. ``flags`` overrides the CPU's flags.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(dev)} has no "
+                              "bf16 support; use --precision fp32")
+        return "bf16"
+    if dev.type != "cpu":
+        raise ConfigError(f"--precision bf16 runs on cpu or cuda, not {dev.type}; use "
+                          "--precision fp32")
+    if cpu_bf16_support(flags) is None:
+        cap = torch.backends.cpu.get_cpu_capability()
+        raise ConfigError(f"--precision bf16: this CPU ({cap}) has no native bf16 (AMX or "
+                          "AVX512-BF16; it would run slower than fp32); use --precision fp32")
+    return "bf16"
+
+
+class Bf16Model(nn.Module):
+    """``model`` under bf16 autocast (``channels_last`` on the CPU, where oneDNN's bf16
+    kernels want it); logits come back as float32. Labels differ from fp32 slightly."""
+
+    def __init__(self, model: nn.Module, device_type: str = "cpu") -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.channels_last = device_type == "cpu"
+        self.model = ChannelsLastModel(model) if self.channels_last else model
+        self.backend = f"torch bf16 autocast{' channels_last' if self.channels_last else ''}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return _logits(self.model(x)).float()
 
 
 # ---------------------------------------------------------------- ONNX Runtime + cache
@@ -388,6 +460,7 @@ def make_backend(
     probe_slices: int = 1,
     defer_after_s: float = EXPORT_AFTER_S,
     verbose: bool = False,
+    precision: str = "fp32",
 ) -> nn.Module:
     """A predictor module for ``model`` on ``device`` (default: the model's).
 
@@ -402,15 +475,27 @@ def make_backend(
         defer_after_s: forward seconds after which ``auto`` exports an ONNX file that
             is not cached yet (0: at once).
         verbose: ``auto`` prints its choice and timings on stdout.
+        precision: ``"fp32"`` (exact) or ``"bf16"``: PyTorch under bf16 autocast
+            (:class:`Bf16Model`), refused where the device lacks native bf16
+            (:func:`check_precision`); ``auto`` then runs it without a probe.
 
     Raises:
-        ConfigError: an unknown backend, ``onnxruntime`` off the CPU or not installed.
+        ConfigError: an unknown backend or precision, bf16 without hardware support or
+            with ``onnxruntime``, ``onnxruntime`` off the CPU or not installed.
         ModelError: ``onnxruntime`` for a model that cannot be exported to ONNX.
     """
     backend = check_backend(backend)
     dev = torch.device(device) if device is not None else _device_of(model)
     if img_size is None and ckpt is not None:
         img_size = int(ckpt["img_size"])
+    if check_precision(precision, dev) == "bf16":
+        if backend == "onnxruntime":
+            raise ConfigError("--precision bf16 runs PyTorch autocast; use --backend auto or "
+                              "torch with it")
+        if verbose:
+            print(f"backend: torch bf16 autocast on {dev.type} (labels may differ from fp32)",
+                  flush=True)
+        return Bf16Model(model, dev.type)
     if backend == "torch":
         return model
     if dev.type != "cpu":

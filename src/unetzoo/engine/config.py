@@ -53,6 +53,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "poly_power": 0.9,
     "lr_batch_rule": None,  # "batch24": base_lr * batch / 24 (Swin-Unet, SelfReg scripts)
     "amp": False,
+    "precision": "fp32",  # or "bf16": autocast where the device has native bf16
     "channels_last": True,  # applied on CUDA only
     "deep_supervision": False,
     "deep_supervision_weights": None,  # None -> equal weights, final head included
@@ -279,6 +280,7 @@ class TrainConfig(Mapping):
     poly_power: float
     lr_batch_rule: str | None
     amp: bool
+    precision: str
     channels_last: bool
     deep_supervision: bool
     deep_supervision_weights: list[float] | None
@@ -591,6 +593,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if cfg.get("lr_batch_rule") not in (None, *LR_BATCH_RULES):
         raise ConfigError(f"unknown lr-batch-rule {cfg['lr_batch_rule']!r}; choose "
                           f"{', '.join(LR_BATCH_RULES)} or leave it unset")
+    if cfg["precision"] not in ("fp32", "bf16"):
+        raise ConfigError(f"unknown precision {cfg['precision']!r}; choose one of fp32, bf16")
+    if cfg["precision"] == "bf16" and cfg["amp"]:
+        raise ConfigError("--amp (fp16) and --precision bf16 exclude each other; pick one")
     if cfg["protocol"] not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {cfg['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
     for key, lo, hi in (("val_fraction", 0.0, 1.0), ("poly_power", 0.0, math.inf)):

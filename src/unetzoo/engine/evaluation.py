@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from unetzoo.data.medio import save_case_nifti
-from unetzoo.engine.backends import check_backend
+from unetzoo.engine.backends import check_backend, check_precision
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
@@ -304,6 +304,7 @@ def run_test(
     metrics: str | tuple[str, ...] = DEFAULT_REPORT_METRICS,
     overwrite: bool = False,
     strict_inputs: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -317,8 +318,7 @@ def run_test(
         out_dir: report folder (default: ``<run>/report`` next to ``checkpoints/``).
         save_predictions: also write NIfTI label maps with the input file's shape, voxel
             order and affine (:func:`unetzoo.data.medio.save_case_nifti`).
-        tta: flip test-time augmentation.
-        protocol: empty-mask protocol, ``"strict"`` or ``"transunet"``.
+        tta: flip test-time augmentation. protocol: ``"strict"`` or ``"transunet"``.
         overlays: overlay PNG slices per case (0 disables).
         backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"``, the forward pass on CPU
             (:mod:`unetzoo.engine.backends`; the ONNX export is cached beside the
@@ -335,34 +335,42 @@ def run_test(
             ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
         overwrite: replace report files unetzoo did not write (else refused before any work).
         strict_inputs: refuse data far outside the training inputs (:func:`check_test_data`).
+        precision: ``"fp32"`` or ``"bf16"`` (native autocast only; in summary.json).
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
     """
-    check_backend(backend)  # a bad name is one line before any work
+    device = _checked_device(backend, device, precision)
     settings = _Settings(
         split=split, protocol=protocol, metrics=check_report_metrics(metrics),
         nsd_tolerance=nsd_tolerance, tta=bool(tta), batch_size=int(batch_size),
         overlays=int(overlays or 0), save_predictions=bool(save_predictions),
         case_json=bool(case_json), verbose=bool(verbose),
     )
-    if "nsd" in settings.metrics:
-        check_tolerance(nsd_tolerance)
+    check_tolerance(nsd_tolerance) if "nsd" in settings.metrics else None
     members, ckpt_path, ckpt, spec = _read_checkpoints(checkpoint)
     ds = _test_dataset(ckpt, spec, dataset, data_root)
     cases = _test_cases(ds, split, max_cases)
     settings = check_test_data(spec, ds, cases, settings, strict_inputs)
     report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose)
+    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose, precision)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
     t0 = time.time()
     results = _evaluate_cases(model, ds, cases, spec, plan, (report, outputs), settings, device)
     return _write_report(report, outputs, results, ds, spec, settings, {
-        "tta": settings.tta, "seconds": round(time.time() - t0, 2), "report_dir": str(report.root),
+        "tta": settings.tta, "precision": precision, "seconds": round(time.time() - t0, 2),
+        "report_dir": str(report.root),
         "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
         "postprocessing": None if plan is None else plan["steps"],
     })
+
+
+def _checked_device(backend: str, device: str | torch.device | None, precision: str):
+    """Bad backend or precision names are one line before any work; returns the device."""
+    check_backend(backend)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_precision(precision, device)
+    return device
 
 
 def _read_checkpoints(
@@ -483,7 +491,8 @@ def _test_cases(ds, split: str, max_cases: int | None) -> list[str]:
 
 
 def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str] | None,
-                backend: str, device, verbose: bool) -> torch.nn.Module:
+                backend: str, device, verbose: bool,
+                precision: str = "fp32") -> torch.nn.Module:
     """The checkpoint's model (or the ensemble of ``members``) behind ``backend``."""
     from unetzoo.engine.backends import make_backend
 
@@ -491,11 +500,12 @@ def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str]
         from unetzoo.engine.ensemble import load_ensemble
 
         model, _ = load_ensemble(members, device, wrap=lambda m, path, ck: make_backend(
-            m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose))
+            m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose,
+            precision=precision))
         return model
     model = model_from_checkpoint(ckpt, device=device)
     return make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
-                        verbose=verbose)
+                        verbose=verbose, precision=precision)
 
 
 def _postprocessing_plan(ckpt: dict[str, Any], ckpt_path: Path | None,

@@ -128,6 +128,7 @@ def load_predictor(
     tta: bool = False,
     verbose: bool = False,
     providers: list[str] | None = None,
+    precision: str = "fp32",
 ) -> Predictor:
     """The one loader: a :class:`Predictor` for a checkpoint, several checkpoints (an
     ensemble) or an ONNX file.
@@ -141,6 +142,8 @@ def load_predictor(
         kind: ``"checkpoint"`` or ``"onnx"``; default by the file name (``.onnx``). Both
             readers check the content (a checkpoint is read with ``weights_only=True``,
             an ONNX file must be ONNX protobuf), so a misnamed file is refused, not run.
+        precision: ``"fp32"`` or ``"bf16"`` (PyTorch autocast, checkpoints only, where
+            the device has native bf16: :func:`unetzoo.engine.backends.check_precision`).
 
     Raises:
         CheckpointError: a missing, damaged or foreign file; members that disagree.
@@ -153,10 +156,13 @@ def load_predictor(
     kind = kind or ("onnx" if len(names) == 1 and names[0].lower().endswith(".onnx")
                     else "checkpoint")
     if kind == "onnx":
+        if precision != "fp32":
+            raise ConfigError("--precision bf16 runs checkpoints through PyTorch; an ONNX "
+                              "model runs in its own precision")
         if len(names) != 1:
             raise ConfigError("an ONNX model is one file; ensembles take checkpoints")
         return _load_onnx(names[0], batch_size, tta, providers)
-    return _load_checkpoints(names, device, backend, batch_size, tta, verbose)
+    return _load_checkpoints(names, device, backend, batch_size, tta, verbose, precision)
 
 
 def _load_onnx(path: str, batch_size: int, tta: bool, providers: list[str] | None) -> Predictor:
@@ -168,16 +174,18 @@ def _load_onnx(path: str, batch_size: int, tta: bool, providers: list[str] | Non
 
 
 def _load_checkpoints(names: list[str], device: Any, backend: str, batch_size: int,
-                      tta: bool, verbose: bool) -> Predictor:
-    from unetzoo.engine.backends import make_backend
+                      tta: bool, verbose: bool, precision: str = "fp32") -> Predictor:
+    from unetzoo.engine.backends import check_precision, make_backend
     from unetzoo.engine.distributed import resolve_device
     from unetzoo.engine.ensemble import load_ensemble
 
     dev = resolve_device(device)
+    check_precision(precision, dev)  # one line before any checkpoint is read
     wrap = None
-    if backend != "torch":
+    if backend != "torch" or precision != "fp32":
         def wrap(m: nn.Module, path: str, ck: dict[str, Any]) -> nn.Module:
-            return make_backend(m, backend, checkpoint=path, ckpt=ck, device=dev, verbose=verbose)
+            return make_backend(m, backend, checkpoint=path, ckpt=ck, device=dev, verbose=verbose,
+                                precision=precision)
     model, meta = load_ensemble(names, dev, wrap=wrap)
     spec = InferenceSpec.from_checkpoint(meta, names[0])
     return Predictor(model, spec, Path(names[0]), torch.device(dev), meta, names, batch_size, tta)

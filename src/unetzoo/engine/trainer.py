@@ -164,6 +164,7 @@ class Objective:
     scaler: torch.amp.GradScaler
     use_amp: bool
     channels_last: bool
+    amp_dtype: torch.dtype | None = None  # autocast dtype (bf16 for --precision bf16)
 
 
 @dataclass
@@ -493,11 +494,14 @@ def build_objective(
         )
     optimizer = build_optimizer(cfg, model.parameters())
     use_amp = cfg.amp and info.device.type == "cuda"
+    from unetzoo.engine.backends import check_precision
+
+    bf16 = check_precision(cfg.precision, info.device) == "bf16"  # bf16 needs no scaler
     return Objective(
         criterion=criterion, val_criterion=val_criterion, distill=distill,
         distill_gen=distill_gen, optimizer=optimizer,
-        scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp,
-        channels_last=_channels_last(cfg, info),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp or bf16,
+        channels_last=_channels_last(cfg, info), amp_dtype=torch.bfloat16 if bf16 else None,
     )
 
 
@@ -601,7 +605,7 @@ def train_step(run: Run, batch: dict[str, Any], epoch: int) -> tuple[float, dict
     y = batch["label"].to(info.device, non_blocking=True)
     if obj.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(info.device.type, enabled=obj.use_amp):
+    with torch.autocast(info.device.type, dtype=obj.amp_dtype, enabled=obj.use_amp):
         if obj.distill is not None:
             from unetzoo.losses import FeatureTapper
 
