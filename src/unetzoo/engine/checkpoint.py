@@ -147,7 +147,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{p} is not a unetzoo checkpoint (no 'format: {FORMAT}' key); "
             "use a checkpoint written by `unetzoo train`"
         )
-    if int(ckpt.get("version", 0)) > VERSION:
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CheckpointError(f"{p} has checkpoint version {version!r}, not a whole number; "
+                              "use a checkpoint written by `unetzoo train`")
+    if version > VERSION:
         raise CheckpointError(
             f"{p} has checkpoint version {ckpt.get('version')}, newer than this unetzoo "
             f"reads ({VERSION}); upgrade unetzoo"

@@ -422,6 +422,9 @@ def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str]
             m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose))
         return model
     model = model_from_checkpoint(ckpt, device=device)
+    from unetzoo.engine.inference import check_memory
+
+    check_memory(model, int(ckpt["img_size"]), int(ckpt["in_channels"]), str(ckpt_path))
     return make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
                         verbose=verbose)
 
@@ -551,8 +554,10 @@ def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds
     if "nsd" in metrics:
         table += (f"\nNSD: normalized surface Dice at tolerance {settings.nsd_tolerance:g} "
                   f"({hd_unit}).\n")
-    report.summary_md.write_text(
-        f"# Test of {model_name} on {title} ({settings.split})\n\n" + table)
+    from unetzoo.data.io import atomic_write_text
+
+    atomic_write_text(report.summary_md,
+                      f"# Test of {model_name} on {title} ({settings.split})\n\n" + table)
     write_case_csv(res.values, report.cases_csv, class_names, protocol=None, digits=6)
     if settings.case_json:
         write_json(report.cases_json, summarize_cases(res.records))

@@ -189,6 +189,8 @@ RUN_SUBFOLDER_FILES: dict[str, tuple[str, ...]] = {
     CHECKPOINTS: (
         rf"{_STEM}\.(pt|onnx|pt2)",  # the checkpoints; `unetzoo export`'s default outputs
         rf"{_STEM}\.[0-9a-f]{{16}}\.onnx",  # the onnxruntime backend's cached export
+        r"\.unetzoo-onnx-cache\.json",  # its SHA-256 record (engine.backends.CACHE_RECORD)
+        r"\.unetzoo-outputs\.json",  # what `unetzoo export` wrote there (OutputFolder)
         rf"\.{_STEM}\..+\.tmp(\.onnx)?",  # temporaries of interrupted writes
         # `unetzoo postprocess`'s plan (engine.postprocess.PLAN_FILE): the old model's
         # plan would be applied to the new one
@@ -327,8 +329,18 @@ class RunFolder:
             foreign = [e for e in entries if e not in RUN_ENTRIES]
             has_ckpt = self.layout.latest.is_file()
             status = (self.marker() or {}).get("status")
-            if ours and (self.overwrite or (status == "running" and not has_ckpt)):
+            # Only a folder a run marked as its own (.unetzoo-run.json) has files to
+            # delete: a copied best.pt beside the user's config.yaml proves nothing.
+            marked = self.marker() is not None
+            if ours and marked and (self.overwrite or (status == "running" and not has_ckpt)):
                 self._remove(own)  # that run's own files only
+            elif own and ours and self.overwrite:
+                names = ", ".join(own[:5])
+                raise CheckpointError(
+                    f"output folder {self.path} holds {names} but no {RUN_MARKER} recording "
+                    "a unetzoo run, so --overwrite deletes none of them; move them or pass "
+                    "another --output"
+                )
             elif own and not ours:
                 names = ", ".join(own[:5])
                 raise CheckpointError(
@@ -594,3 +606,43 @@ class OutputFolder:
         self._adopted = False
         self._inherited.clear()
 
+
+
+def unrecorded(root: str | Path, subfolders: Iterable[str] = ("",)) -> list[str]:
+    """The files under ``root/sub`` that ``root``'s ``.unetzoo-outputs.json`` does not
+    list as unetzoo's (names relative to ``root``), sorted."""
+    root = Path(root)
+    ours = set(OutputFolder(root).written() or [])
+    found = [n for sub in subfolders if (root / sub).is_dir()
+             for n in (Path(sub, x).as_posix() if sub else x for x in _walk(root / sub))]
+    return sorted(n for n in found if n not in ours and not n.startswith(OUTPUTS_MANIFEST))
+
+
+def clear_recorded(root: str | Path, subfolders: Iterable[str] = ("",)) -> None:
+    """``--overwrite`` of a folder that a build wrote (``unetzoo prepare``): delete the
+    files its ``.unetzoo-outputs.json`` lists that are still unetzoo's, and the manifest,
+    then the folders they leave empty. Any other file under ``subfolders`` (relative to
+    ``root``; ``""`` is all of it) is the user's: refused in one line, nothing deleted."""
+    root = Path(root)
+    outputs = OutputFolder(root)
+    ours = set(outputs.written() or [])
+    foreign = unrecorded(root, subfolders)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ConfigError(
+            f"{root} holds {foreign[0]}{more}, which unetzoo did not write there; "
+            "--overwrite deletes only the files a build listed in its "
+            f"{OUTPUTS_MANIFEST}: move them or choose another --output"
+        )
+    gone = [root / n for n in sorted(ours)] + [outputs.manifest]
+    for f in gone:
+        f.unlink(missing_ok=True)
+    _prune(root, gone)
+
+
+def record_tree(root: str | Path) -> None:
+    """List every file under ``root`` in its ``.unetzoo-outputs.json``: a build that
+    wrote the whole folder (``unetzoo prepare``), so that ``--overwrite`` may replace
+    exactly these files later (:func:`clear_recorded`)."""
+    root = Path(root)
+    OutputFolder(root).record([n for n in _walk(root) if not n.startswith(OUTPUTS_MANIFEST)])
