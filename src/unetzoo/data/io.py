@@ -296,15 +296,8 @@ def _atomic_write(path: Path, mode: str, suffix: str, write: Callable[[IO], obje
     """``write(handle)`` into a temp file beside ``path``, then rename: readers (and other
     workers) see the old file or the whole new one, never a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:  # the one rule (atomic_path)
+        write(fh)
 
 
 def _ending(name: str) -> str:

@@ -248,7 +248,8 @@ def plan_for_checkpoint(ckpt: dict[str, Any], checkpoint_path: str | Path | None
             from unetzoo.engine.backends import file_sha256
 
             named = plan.get("checkpoint_sha256")
-            if isinstance(named, list) and file_sha256(checkpoint_path) in named:
+            if (isinstance(named, list) and Path(checkpoint_path).is_file()
+                    and file_sha256(checkpoint_path) in named):
                 return plan
             import sys
 
