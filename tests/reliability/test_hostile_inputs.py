@@ -272,6 +272,11 @@ def test_fifo_and_device_are_refused_by_name(tmp_path, capsys, ckpt):
     line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, "/dev/zero", "--output",
                                tmp_path / "o"])
     assert "/dev/zero is a device, not a file" in line
+    line = _cli_error(capsys, ["export", "--checkpoint", "/dev/zero", "--output",
+                               tmp_path / "m.onnx"])
+    assert "checkpoint /dev/zero is a device, not a file" in line
+    line = _cli_error(capsys, ["train", "--config", fifo, "--output", tmp_path / "run"])
+    assert "is a FIFO (named pipe), not a file" in line
 
 
 # ------------------------------------------------------------------ the demo

@@ -19,16 +19,25 @@ import numpy as np
 from unetzoo.errors import DataError
 
 
-def require_file(path: Path, what: str, fix: str = "") -> Path:
-    """Return ``path`` if it is a regular file (links followed), else raise ``DataError``
-    naming it; a device or a FIFO is refused by name (reading ``/dev/zero`` never ends)."""
+def special_file(path: str | Path) -> str | None:
+    """``"a FIFO (named pipe)"``, ``"a socket"`` or ``"a device"`` when ``path`` (links
+    followed) is one of those, else None: reading ``/dev/zero`` or a FIFO never ends, so
+    every reader refuses them by name before opening them."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket"
-                if stat.S_ISSOCK(mode) else "a device")
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a device")
+
+
+def require_file(path: Path, what: str, fix: str = "") -> Path:
+    """Return ``path`` if it is a regular file (links followed), else raise ``DataError``
+    naming it; a device or a FIFO is refused by name (:func:`special_file`)."""
+    kind = special_file(path)
+    if kind is not None:
         raise DataError(f"{path} is {kind}, not a file; give a regular {what}")
     if not path.is_file():
         raise DataError(f"missing {what}: {path}" + (f"; {fix}" if fix else ""))

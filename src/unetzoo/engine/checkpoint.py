@@ -119,6 +119,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             pickled objects, or is not a unetzoo checkpoint (e.g. a bare state dict).
     """
     p = Path(path)
+    from unetzoo.data.io import special_file
+
+    if special_file(p):
+        raise CheckpointError(f"checkpoint {p} is {special_file(p)}, not a file; pass the "
+                              "path of a .pt file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; pass the path of a .pt file")
     try:

@@ -378,6 +378,10 @@ def parse_yaml(text: str, where: str) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of configuration keys (flag names, ``-`` or ``_``)."""
     p = Path(path)
+    from unetzoo.data.io import special_file
+
+    if special_file(p):  # reading a FIFO or /dev/zero never ends
+        raise ConfigError(f"config file {p} is {special_file(p)}, not a file; pass a YAML file")
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
