@@ -13,8 +13,9 @@ import torch
 
 from unetzoo import create_model
 from unetzoo.engine.predict_cases import predict_cases
-from unetzoo.engine.run_folder import OUTPUTS_MANIFEST, RUN_MARKER, OutputFolder
+from unetzoo.engine.run_folder import RUN_MARKER
 from unetzoo.errors import ConfigError
+from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder
 
 CLASSES = ["background", "a", "b"]
 USER_BYTES = b"my ground truth, not a prediction"
@@ -68,21 +69,18 @@ def test_overwrite_replaces_a_link_never_the_file_it_points_to(tmp_path: Path) -
     assert not (out / "c.nii.gz").exists() and user.read_bytes() == USER_BYTES
 
 
-def test_the_report_of_a_run_from_before_the_manifest_is_the_runs(tmp_path: Path) -> None:
+def test_a_report_without_a_manifest_is_not_unetzoos(tmp_path: Path) -> None:
+    # No adoption of files from before manifests: even a run's own report/ folder is
+    # claimed file by file through its record, so an unrecorded summary.md is refused.
     run = tmp_path / "run"
     (run / "report").mkdir(parents=True)
     (run / RUN_MARKER).write_text('{"tool": "unetzoo", "status": "finished"}')
     (run / "report" / "summary.md").write_text("old report")
-    folder = OutputFolder(run / "report")
-    folder.claim(["summary.md"])  # adopted: the run's own report folder
-    folder.record([])  # ... and recorded, so a crash before the rewrite keeps it ours
+    with pytest.raises(ConfigError, match="was not written by unetzoo"):
+        OutputFolder(run / "report").claim(["summary.md"])
+    OutputFolder(run / "report").record(["summary.md"])
+    OutputFolder(run / "report").claim(["summary.md"])  # recorded: a re-run may replace it
     assert "summary.md" in json.loads((run / "report" / OUTPUTS_MANIFEST).read_text())["files"]
-    # The same file in a folder that is not a run's report: the user's.
-    other = tmp_path / "notes"
-    other.mkdir()
-    (other / "summary.md").write_text("mine")
-    with pytest.raises(ConfigError):
-        OutputFolder(other).claim(["summary.md"])
 
 
 # ------------------------------------------------------------------ predict_cases

@@ -94,7 +94,13 @@ def test_plan_round_trips_through_json_and_the_checkpoint(tmp_path):
         pp.apply_postprocessing(preds[1], loaded), pp.apply_postprocessing(preds[1], plan)
     )
     assert pp.plan_for_checkpoint({"postprocessing": loaded}, None) == loaded
-    assert pp.plan_for_checkpoint({}, tmp_path / "best.pt") == loaded  # the file beside it
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"a checkpoint")
+    assert pp.plan_for_checkpoint({}, ckpt) is None  # beside it, but names no checkpoint
+    from unetzoo.engine.backends import file_sha256
+
+    named = pp.save_plan(path, {**plan, "checkpoint_sha256": [file_sha256(ckpt)]})
+    assert pp.plan_for_checkpoint({}, ckpt) == pp.load_plan(named)  # the file beside it
     assert pp.plan_for_checkpoint({}, tmp_path / "sub" / "best.pt") is None
     np.testing.assert_array_equal(pp.apply_postprocessing(preds[1], None), preds[1])
 

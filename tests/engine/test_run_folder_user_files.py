@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from unetzoo.engine.run_folder import (
-    OUTPUTS_MANIFEST,
-    RUN_MARKER,
-    OutputFolder,
-    RunFolder,
-    run_files,
-)
+from unetzoo.engine.run_folder import RUN_MARKER, RunFolder, run_files
 from unetzoo.errors import CheckpointError
+from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder
 
 USER = "the user's own file"
 

@@ -191,9 +191,12 @@ def test_legacy_run_folder_is_recognised(tmp_path):
     (out / "config.yaml").write_text("seed: 1\n")
     with pytest.raises(UnetzooError, match="finished run"):
         RunFolder(out).__enter__()
-    with RunFolder(out, overwrite=True):
-        assert not (out / "config.yaml").exists()
-        assert not (out / "checkpoints").exists()
+    # No run marker: nothing proves config.yaml is the run's, so --overwrite deletes
+    # nothing (issue 26: a copied best.pt beside the user's own config.yaml).
+    with pytest.raises(UnetzooError, match="deletes none of them"):
+        RunFolder(out, overwrite=True).__enter__()
+    assert (out / "config.yaml").read_text() == "seed: 1\n"
+    assert (out / "checkpoints" / "latest.pt").is_file()
 
 
 def test_unwritable_output_is_one_line(tmp_path, capsys):
@@ -235,7 +238,7 @@ def test_failed_export_leaves_an_existing_file_alone(tmp_path, monkeypatch):
     monkeypatch.setattr("unetzoo.engine.onnx.capture_onnx", broken)  # the ONNX writer
     model = create_model("unet", base_channels=4)
     with pytest.raises(export.ExportError):
-        export.export_model(model, out, fmt="onnx", img_size=32)
+        export.export_model(model, out, fmt="onnx", img_size=32, overwrite=True)
     assert out.read_bytes() == b"the user's earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     with pytest.raises(UnetzooError, match="is a folder"):

@@ -239,14 +239,16 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, phant
     run = tmp_path / "run"
     assert main([str(a) for a in _train(phantom_root, run)]) == 0
     capsys.readouterr()
-    real = Path.write_text
+    import unetzoo.data.io as io
 
-    def full(self, *args, **kwargs):
-        if self.name.startswith("summary"):
+    real = io._atomic_write  # every report file goes through it (temp file, rename)
+
+    def full(path, *args, **kwargs):
+        if Path(path).name.startswith("summary"):
             _enospc()
-        return real(self, *args, **kwargs)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(io, "_atomic_write", full)
     line = _cli_error(capsys, ["test", "--checkpoint", run / "checkpoints" / "best.pt",
                                "--data-root", phantom_root,
                                "--out", tmp_path / "rep", "--device", "cpu", "--overlays", "0"])

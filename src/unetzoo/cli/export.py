@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
                    f"(default {DEFAULT_OPSET})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output file that unetzoo did not write "
+                   "(never the checkpoint itself)")
     p.add_argument(
         "--no-verify",
         action="store_true",
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         dynamic=args.dynamic,
         opset=args.opset,
         verify=not args.no_verify,
+        overwrite=args.overwrite,
     )
     if res.fallback_reason:
         print(f"note: ONNX cannot express this model ({res.fallback_reason}); wrote a "

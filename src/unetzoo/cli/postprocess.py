@@ -28,6 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=16, help="slices per forward pass")
     a("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     a("--dry-run", action="store_true", help="print the decision, write nothing")
+    a("--overwrite", action="store_true",
+      help="replace a postprocessing.json beside a checkpoint that unetzoo did not write")
     return p
 
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     plan = crossval_postprocessing(
         args.checkpoint, device=check_device(args.device), batch_size=args.batch_size,
-        write=not args.dry_run, verbose=True,
+        write=not args.dry_run, verbose=True, overwrite=args.overwrite,
     )
     print(f"{plan['cases']} validation case(s) of fold(s) {plan['folds']}")
     print(f"{'class':<16} {'Dice before':>12} {'Dice after':>12}")

@@ -52,6 +52,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--max-pixels", type=int, default=None, metavar="N",
       help="refuse 2-D images (and volume slices) over N pixels (default 4096 x 4096): "
       "huge inputs take minutes and many GB")
+    a("--max-voxels", type=int, default=None, metavar="N",
+      help="refuse files over N voxels, read from the header before decompressing "
+      "(default 2**28, or $UNETZOO_MAX_VOXELS)")
     a("--backend", default="auto", metavar="{auto,torch,onnxruntime}",
       help="forward pass on CPU: auto (default) measures a channels_last copy and ONNX "
       "Runtime against PyTorch on the first slices and runs the fastest with identical "
@@ -64,6 +67,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetzoo.data.io import voxel_limit
+    from unetzoo.errors import ConfigError
+
+    limit = getattr(args, "max_voxels", None)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--max-voxels must be >= 1, got {limit}")
+    with voxel_limit(limit):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from unetzoo.engine.backends import check_backend, check_precision
     from unetzoo.errors import ConfigError
 

@@ -11,8 +11,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unetzoo.errors import ConfigError
 
 # Flags whose value maps 1:1 onto a config key (dest == key).
@@ -112,6 +110,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _key_values(items: list[str] | None, flag: str) -> dict[str, Any] | None:
+    from unetzoo.engine.config import parse_yaml
+
     if not items:
         return None
     out: dict[str, Any] = {}
@@ -119,7 +119,7 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, Any] | None:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} {item!r} must look like KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, f"{flag} {item!r}")
     return out
 
 

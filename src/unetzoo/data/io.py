@@ -3,8 +3,11 @@ naming the file and the fix."""
 
 from __future__ import annotations
 
+import contextvars
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,11 +19,78 @@ import numpy as np
 from unetzoo.errors import DataError
 
 
+def special_file(path: str | Path) -> str | None:
+    """``"a FIFO (named pipe)"``, ``"a socket"`` or ``"a device"`` when ``path`` (links
+    followed) is one of those, else None: reading ``/dev/zero`` or a FIFO never ends, so
+    every reader refuses them by name before opening them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a device")
+
+
 def require_file(path: Path, what: str, fix: str = "") -> Path:
-    """Return ``path`` if it is a file, else raise ``DataError`` naming it."""
+    """Return ``path`` if it is a regular file (links followed), else raise ``DataError``
+    naming it; a device or a FIFO is refused by name (:func:`special_file`)."""
+    kind = special_file(path)
+    if kind is not None:
+        raise DataError(f"{path} is {kind}, not a file; give a regular {what}")
     if not path.is_file():
         raise DataError(f"missing {what}: {path}" + (f"; {fix}" if fix else ""))
     return path
+
+
+#: Voxels any reader decodes at most, checked from the file header before anything is
+#: decompressed: 2**28 (a 512 x 512 x 1024 CT, 1 GiB as float32). A 7 MB .nii.gz that
+#: inflates to 8 GiB, or a sparse 16 GiB .nii, is refused in one line instead.
+DEFAULT_MAX_VOXELS = 2**28
+#: The longest axis a volume may have: a NIfTI-2 of 1,000,000 slices of 8 x 8 is few
+#: voxels but a million model runs (~49 CPU-minutes).
+MAX_AXIS = 16_384
+#: Pages a TIFF may have (a 20,000-page file ran for minutes).
+MAX_TIFF_PAGES = 1024
+_MAX_VOXELS: contextvars.ContextVar[int | None] = contextvars.ContextVar("max_voxels",
+                                                                         default=None)
+
+
+def max_voxels() -> int:
+    """The voxel cap in force: ``--max-voxels`` (:func:`voxel_limit`), else the
+    ``UNETZOO_MAX_VOXELS`` environment variable, else :data:`DEFAULT_MAX_VOXELS`."""
+    value = _MAX_VOXELS.get()
+    if value is None:
+        env = os.environ.get("UNETZOO_MAX_VOXELS", "")
+        value = int(env) if env.isdigit() and int(env) > 0 else DEFAULT_MAX_VOXELS
+    return value
+
+
+@contextmanager
+def voxel_limit(limit: int | None) -> Iterator[None]:
+    """Every reader inside the block caps files at ``limit`` voxels (None: unchanged)."""
+    token = _MAX_VOXELS.set(limit) if limit is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _MAX_VOXELS.reset(token)
+
+
+def check_voxels(shape: Sequence[int], where: Path | str) -> None:
+    """One line when a header's ``shape`` is over the voxel cap or :data:`MAX_AXIS`."""
+    dims = [int(n) for n in shape]
+    total, limit = math.prod(dims), max_voxels()
+    if total > limit:
+        raise DataError(
+            f"{where}: {total:,} voxels (shape {tuple(dims)}) are over the limit of "
+            f"{limit:,}; crop or downsample it, or raise --max-voxels (UNETZOO_MAX_VOXELS) "
+            "if the machine has the memory"
+        )
+    if dims and max(dims[:3]) > MAX_AXIS:
+        raise DataError(f"{where}: an axis of {max(dims[:3]):,} voxels (shape {tuple(dims)}) "
+                        f"is over the limit of {MAX_AXIS:,} per axis; crop or resample it")
 
 
 @contextmanager
@@ -101,6 +171,7 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     require_file(path, "NIfTI file", "check the dataset folder and dataset.json")
     with unreadable_as_data_error(path, "NIfTI file"):
         img = nib.load(str(path))
+        check_voxels(img.shape, path)  # from the header, before decompressing
         arr = np.asarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
         zooms = unknown_zooms(img, path, tuple(float(z) for z in img.header.get_zooms()))
@@ -142,7 +213,8 @@ def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -
     img = nib.Nifti1Image(np.asarray(array), aff)
     img.header.set_qform(aff, code=1)
     img.header.set_sform(aff, code=1)
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 #: ITU-R BT.601 luma weights (R, G, B): the one RGB -> grey rule of ``predict`` and the demo.
@@ -162,6 +234,7 @@ def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
             import tifffile
 
             with tifffile.TiffFile(str(path)) as tif:
+                _check_tiff(tif, path)
                 _one_page(tif, path)
                 arr = np.asarray(tif.series[0].asarray())
             if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
@@ -198,6 +271,19 @@ def _one_page(tif: Any, path: Path) -> None:
                         "stack as a NIfTI volume, or each page as its own file")
 
 
+def _check_tiff(tif: Any, path: Path) -> None:
+    """Page and voxel caps of an open TIFF, before any page is decoded."""
+    pages = tif.pages
+    pages.useframes = False
+    n = 0
+    for _ in pages:  # stops at the cap: the page count of a hostile file is not trusted
+        n += 1
+        if n > MAX_TIFF_PAGES:
+            raise DataError(f"{path}: more than {MAX_TIFF_PAGES} pages; give one image "
+                            "per file (or a volume as NIfTI)")
+    check_voxels(tif.series[0].shape, path)
+
+
 def picture_shape(path: Path) -> tuple[int, ...]:
     """``(H, W)`` of a png/jpg/bmp/tif from its header only (nothing decoded)."""
     require_file(path, "image file")
@@ -206,6 +292,7 @@ def picture_shape(path: Path) -> tuple[int, ...]:
             import tifffile
 
             with tifffile.TiffFile(str(path)) as tif:
+                _check_tiff(tif, path)
                 _one_page(tif, path)
                 shape = tuple(int(n) for n in tif.series[0].shape)
             # (H, W), (H, W, C) or planar (C, H, W): the two largest axes are the plane.
@@ -250,6 +337,8 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc}); fix the file") from exc
+    except RecursionError:  # "[[[[..." 100,000 deep
+        raise DataError(f"{path}: JSON nested too deeply; fix the file") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object at the top level")
     return data
@@ -259,13 +348,36 @@ def _atomic_write(path: Path, mode: str, suffix: str, write: Callable[[IO], obje
     """``write(handle)`` into a temp file beside ``path``, then rename: readers (and other
     workers) see the old file or the whole new one, never a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:  # the one rule (atomic_path)
+        write(fh)
+
+
+def _ending(name: str) -> str:
+    """A file name's format ending, kept by temporary names (writers pick the format from
+    it: ``.nii.gz``, ``.npz``, ``.png``)."""
+    if name.lower().endswith(".nii.gz"):
+        return name[-7:]
+    return os.path.splitext(name)[1]
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same folder, same ending) for a writer that takes
+    a file name; on success it is renamed onto ``path``, on failure removed.
+
+    The one rule every writer follows: a kill never leaves a truncated file under the
+    final name, and the old file is replaced, never rewritten in place (a hard-linked
+    backup of it, ``cp -al`` or ``rsync --link-dest``, keeps its content).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=".tmp" + _ending(path.name))
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
 

@@ -101,8 +101,10 @@ def load_medical_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[
         return io.load_nifti(p)
     if end in ITK_ENDINGS:
         io.require_file(p, f"{end} image")
+        io.check_voxels(image_shape(p), p)  # from the header, before decompressing
         return _from_itk(_read_itk(p, lambda s: s.ReadImage(str(p))), p)
     if end == "dicom":
+        io.check_voxels(image_shape(p), p)
         return _from_itk(_read_dicom_series(p), p)
     raise DataError(
         f"{p}: unsupported medical image format; give NIfTI (.nii, .nii.gz), NRRD (.nrrd), "
@@ -281,7 +283,8 @@ def save_labels(labels: np.ndarray, affine: np.ndarray | None, path: str | Path)
     img.SetDirection(direction)
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        sitk.WriteImage(img, str(p), useCompression=True)
+        with io.atomic_path(p) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=True)
     except RuntimeError as exc:
         raise DataError(f"{p}: cannot write the label map ({str(exc).splitlines()[0]})") from exc
     return p
@@ -339,6 +342,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         if p.is_file():
             out.append(p)
             continue
+        if not p.is_dir():  # a FIFO or a device (/dev/zero): refused by name
+            io.require_file(p, "input image")
         if _is_dicom_dir(p):
             out.append(p)
             continue

@@ -58,6 +58,9 @@ CACHE_VERSION = 4  # 3: label/channel affines checked on build; 4: ignore label 
 
 #: The label name nnU-Net v2 reserves for unannotated voxels (must be the highest value).
 IGNORE_NAME = "ignore"
+#: Labels a dataset.json may declare: more is a typo or a hostile file (5000 classes ran
+#: for minutes before failing); TotalSegmentator, the largest public set, has 118.
+MAX_CLASSES = 512
 
 
 def _is_writable_dir(path: Path) -> bool:
@@ -145,6 +148,9 @@ class NnUNetDataset(SegDataset):
         labels = meta.get("labels")
         if not isinstance(labels, dict) or not labels:
             raise DataError(f"{self.meta_path}: needs a non-empty 'labels' mapping")
+        if len(labels) > MAX_CLASSES:
+            raise DataError(f"{self.meta_path}: {len(labels)} labels, more than the "
+                            f"{MAX_CLASSES} a segmentation model here can have")
         by_value: dict[int, str] = {}
         for k, v in labels.items():
             if isinstance(v, (list, tuple)):
@@ -219,6 +225,8 @@ class NnUNetDataset(SegDataset):
                 f"{{case}}_0000{self.file_ending} files or a 'training' list in dataset.json)"
             )
         n = meta.get("numTraining")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+            raise DataError(f"{self.meta_path}: numTraining must be a whole number, got {n!r}")
         if n is not None and int(n) != len(files["train"]):
             raise DataError(
                 f"{self.meta_path}: numTraining is {n} but {len(files['train'])} training "

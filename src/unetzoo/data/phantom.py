@@ -338,6 +338,8 @@ def _checked(kind: str, n_train: Any, n_test: Any, shape: Any, seed: Any) -> tup
     for name, value in (("n_train", n_train), ("n_test", n_test), ("seed", seed)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise DataError(f"phantom option {name} must be a whole number, got {value!r}")
+    if not 0 <= int(seed) < 2**32:  # numpy's seed range; outside it a traceback
+        raise DataError(f"phantom seed must be a whole number in 0..{2**32 - 1}, got {seed!r}")
     shape = shape if shape is not None else (CT_SHAPE if kind == "ct" else FUNDUS_SHAPE)
     want = 3 if kind == "ct" else 2
     if (

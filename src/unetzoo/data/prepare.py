@@ -4,7 +4,6 @@ layout (:func:`prepare_synapse`) and the slice cache of an nnU-Net folder
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,8 +107,10 @@ def prepare_synapse(
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DataError(f"{out} is not empty; choose an empty folder or pass --overwrite")
-        for sub in ("train_npz", "test_vol_h5", "lists"):
-            shutil.rmtree(out / sub, ignore_errors=True)
+        from unetzoo.runs.outputs import clear_recorded
+
+        # Only the files an earlier build listed; a file of the user's there is refused.
+        clear_recorded(out, ("train_npz", "test_vol_h5", "lists"))
     (out / "train_npz").mkdir(parents=True, exist_ok=True)
     (out / "test_vol_h5").mkdir(exist_ok=True)
     lists = out / "lists" / "lists_Synapse"
@@ -134,6 +135,12 @@ def prepare_synapse(
         say(f"test case{i:04d}: volume {image.shape}")
     (lists / "train.txt").write_text("".join(f"{n}\n" for n in slice_names))
     (lists / "test_vol.txt").write_text("".join(f"case{i:04d}\n" for i in test_ids))
+    from unetzoo.runs.outputs import OutputFolder
+
+    OutputFolder(out).record(
+        [f"train_npz/{n}.npz" for n in slice_names]
+        + [f"test_vol_h5/case{i:04d}.npy.h5" for i in test_ids]
+        + ["lists/lists_Synapse/train.txt", "lists/lists_Synapse/test_vol.txt"])
     return out
 
 

@@ -277,6 +277,17 @@ def prepare_real_dataset(name: str, out: str | Path, *, max_slices: int | None =
         raise DataError(f"{root} is a file; remove it or choose another --output")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise DataError(f"{root} already exists and is not empty; pass --overwrite to rebuild it")
+    if root.is_dir():
+        from unetzoo.runs.outputs import unrecorded
+
+        foreign = unrecorded(root)  # checked before the build, deleted only after it
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise DataError(
+                f"{root} holds {foreign[0]}{more}, which unetzoo did not write there; "
+                "--overwrite deletes only the files a build listed: move them or choose "
+                "another --output"
+            )
     image, label, affine = spec.build()
     box, slab = _crop(image, label, max_slices)
     image, label = image[box], label[box]
@@ -318,8 +329,11 @@ def prepare_real_dataset(name: str, out: str | Path, *, max_slices: int | None =
             },
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        from unetzoo.runs.outputs import clear_recorded, record_tree
+
+        record_tree(tmp)  # what --overwrite may delete next time
         if root.is_dir():
-            shutil.rmtree(root)  # empty, or --overwrite
+            clear_recorded(root)  # the files an earlier build listed, nothing else
         os.replace(tmp, root)
     except OSError as exc:
         raise DataError(f"cannot write {root}: {exc.strerror or exc}") from exc

@@ -153,6 +153,28 @@ def _check_target(out: Path, fmt: str) -> None:
         raise ConfigError(f"cannot create the output folder {out.parent}: {exc.strerror}") from exc
 
 
+#: The file endings each format writes (``auto``: either, by what it falls back to).
+_SUFFIXES = {"onnx": (".onnx",), "torch-export": (".pt2",), "auto": (".onnx", ".pt2")}
+
+
+def _claim_output(out: Path, fmt: str, overwrite: bool, inputs: tuple[Path, ...]) -> None:
+    """Refuse, before any work, an output that is one of the export's ``inputs`` (even
+    with ``overwrite``), has another format's ending (``--format torch-export --output
+    scan.png``), or exists and was not written by unetzoo (unless ``overwrite``)."""
+    from unetzoo.runs.outputs import OutputFolder
+
+    for src in inputs:
+        same = os.path.lexists(out) and src.exists() and os.path.samefile(out, src)
+        if same or out.absolute() == src.absolute():
+            raise ConfigError(f"--output {out} is the export's own input {src}; choose "
+                              "another output file")
+    wanted = _SUFFIXES.get(fmt, ())
+    if out.suffix.lower() not in wanted:
+        raise ConfigError(f"--output {out}: a {fmt} export is written as "
+                          f"{' or '.join(wanted)}; name the file {out.with_suffix(wanted[0]).name}")
+    OutputFolder(out.parent, overwrite=overwrite).claim([out.name])
+
+
 def _temporary_beside(out: Path) -> Path:
     """An empty temporary file in ``out``'s folder: everything is written there and renamed
     into place only once written and verified, so a failed export never leaves a
@@ -176,6 +198,8 @@ def export_model(
     img_size: int | None = None,
     verify: bool = True,
     spec: InferenceSpec | None = None,
+    overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
 ) -> ExportResult:
     """Export ``model`` (``(N, C, H, W)`` -> logits ``(N, K, H, W)``) to ``out``.
 
@@ -193,6 +217,11 @@ def export_model(
         verify: run the file once (ONNX Runtime or the loaded program) against PyTorch
             at two sizes (the example and a smaller odd one) and record the max abs diff.
         spec: the model's inference spec (a checkpoint's).
+        overwrite: replace an existing ``out`` that unetzoo did not write (never one of
+            ``inputs``, the files the model came from). The files an export writes are
+            listed in the folder's ``.unetzoo-outputs.json``, so a re-export replaces its
+            own file without the flag.
+        inputs: files the export reads (the checkpoint): never written over.
 
     Raises:
         ExportError: the format cannot express the model; the message names the fallback.
@@ -202,6 +231,8 @@ def export_model(
     opset = check_opset(opset)  # before any file is touched
     out = Path(out)
     _check_target(out, fmt)
+    sources = tuple(Path(p) for p in inputs)
+    _claim_output(out, fmt, overwrite, sources)
     model = model.eval()
     meta = dict(metadata or build_metadata(spec or spec_for_model(model, img_size), model))
     work = _temporary_beside(out)
@@ -216,6 +247,7 @@ def export_model(
                     raise
                 fallback, target = exc.reason, "torch-export"
                 out = out.with_suffix(".pt2") if out.suffix == ".onnx" else out
+                _claim_output(out, "torch-export", overwrite, sources)
         if target == "torch-export":
             example, dyn_axes, diff = _export_pt2(model, work, meta, dynamic, verify)
         try:
@@ -224,6 +256,9 @@ def export_model(
             raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         work.unlink(missing_ok=True)
+    from unetzoo.runs.outputs import OutputFolder
+
+    OutputFolder(out.parent).record([out.name])  # ours: a re-export may replace it
     return ExportResult(path=out, format=target, dynamic_axes=dyn_axes, example_shape=example,
                         max_abs_diff=diff, fallback_reason=fallback, metadata=meta)
 
@@ -242,6 +277,7 @@ def export_checkpoint(
     dynamic: bool = True,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Load a unetzoo checkpoint and export its model with its inference spec.
 
@@ -255,7 +291,7 @@ def export_checkpoint(
     model = model_from_checkpoint(ckpt)
     out = Path(out) if out else default_output_path(checkpoint, fmt)
     return export_model(model, out, fmt=fmt, dynamic=dynamic, opset=opset, spec=spec,
-                        verify=verify)
+                        verify=verify, overwrite=overwrite, inputs=(Path(checkpoint),))
 
 
 def _pt2_metadata_raw(p: Path) -> str | None:

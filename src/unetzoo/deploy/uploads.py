@@ -29,6 +29,7 @@ from unetzoo.errors import DataError
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 64 * 1024 * 1024  # H * W * D (x channels), from the header before decoding
+MAX_SLICES = 1024  # slices of an upload (each one model run), from the header
 ACCEPTED = "PNG, JPEG, TIFF, NIfTI (.nii / .nii.gz), NRRD (.nrrd) or MetaImage (.mha)"
 #: The sniffed type -> (suffix the reader knows it by, name in messages).
 SUFFIX = {"png": (".png", "PNG"), "jpeg": (".jpg", "JPEG"), "tiff": (".tif", "TIFF"),
@@ -175,6 +176,13 @@ def _check_total_size(file: Path, kind: str, label: str) -> None:
     if math.prod(shape) > MAX_PIXELS:
         raise DataError(f"{label}: an image of shape {tuple(shape)} is too large; crop or "
                         "downsample it")
+    if kind in VOLUME_KINDS and len(shape) >= 3 and min(shape[:3]) > MAX_SLICES:
+        # Each slice is one model run at img_size: the work is the slice count.
+        raise DataError(f"{label}: {min(shape[:3]):,} slices along every axis, over the "
+                        f"demo's limit of {MAX_SLICES}; upload a cropped volume")
+    if kind in VOLUME_KINDS and max(shape[:3]) > MAX_SLICES * 4:
+        raise DataError(f"{label}: an axis of {max(shape[:3]):,} voxels is over the demo's "
+                        f"limit of {MAX_SLICES * 4:,}; upload a cropped volume")
 
 
 def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | None) -> inputs.Decoded:

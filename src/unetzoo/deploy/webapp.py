@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
 DEMO_CHOICE = "phantom demo model"
 DISPLAY_SIZE = 384  # small slices are shown enlarged to at least this many pixels
+#: Seconds one request may spend predicting: a 1,000,000-slice upload must not hold the
+#: server (and every other user) for 49 CPU-minutes.
+MAX_REQUEST_SECONDS = 120.0
 CSS = """
 #legend table {border-collapse: collapse; font-size: 0.9em}
 #legend td, #legend th {padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: left}
@@ -162,8 +166,10 @@ class DemoBackend:
         checkpoints: list[str | Path] | None = None,
         max_bytes: int = uploads.MAX_UPLOAD_BYTES,
         device: str = "cpu",
+        max_seconds: float = MAX_REQUEST_SECONDS,
     ) -> None:
         self.paths: dict[str, Path] = {}
+        self.max_seconds = float(max_seconds)
         for p in checkpoints or []:
             p = Path(p)
             if not p.is_file():
@@ -228,7 +234,7 @@ class DemoBackend:
         up = uploads.read_upload(upload_path, name=Path(upload_path).name, max_bytes=self.max_bytes)
         lm = self.load(choice)
         x = uploads.to_model_input(up, lm.in_channels, lm.preprocessing)
-        labels = lm.predict_volume(x)
+        labels = self._predict_in_time(lm, x)
         spacing = up.spacing
         if not up.is_volume and pixel_spacing:
             # Bounds keep areas and distances finite (1e308 mm overflowed them).
@@ -252,6 +258,24 @@ class DemoBackend:
             seg.gt = gt
             seg.metrics = score(labels, gt, len(lm.class_names), spacing, up.is_volume)
         return seg
+
+
+    def _predict_in_time(self, lm: Predictor, x: np.ndarray) -> np.ndarray:
+        """``lm.predict_volume(x)`` a batch of slices at a time (slices are predicted
+        independently, so the labels are the same), stopped with one line once the
+        request has run :attr:`max_seconds`: one upload never holds the server."""
+        start = time.monotonic()
+        step = max(1, int(lm.batch_size))
+        parts = []
+        for z in range(0, x.shape[1], step):
+            if time.monotonic() - start > self.max_seconds:
+                raise DataError(
+                    f"the prediction stopped after {self.max_seconds:g} s (the demo's limit "
+                    f"per request) at slice {z} of {x.shape[1]}; upload fewer slices, or run "
+                    "`unetzoo predict` on your machine"
+                )
+            parts.append(lm.predict_volume(x[:, z : z + step]))
+        return np.concatenate(parts, axis=0)
 
 
 def check_model_file(path: Path) -> None:

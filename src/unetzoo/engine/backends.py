@@ -9,15 +9,18 @@ engine's inference functions (:func:`~unetzoo.engine.inference.predict_volume`,
   and run by ONNX Runtime's CPU provider. The file is cached beside the checkpoint as
   ``<stem>.<key>.onnx``, where ``key`` hashes the checkpoint's bytes, the opset and the
   export options, so a changed checkpoint gets a new file and an unchanged one reuses it.
-  A file at that name is used only if it is ONNX protobuf (checked by content, never
-  unpickled) that records this key and reproduces PyTorch's logits on a probe input;
-  otherwise it is left alone (never overwritten) and the export goes to a temporary file.
+  A file at that name is used only if its SHA-256 is the one recorded when unetzoo wrote
+  it (:data:`CACHE_RECORD` in the same folder), it is ONNX protobuf (checked by content,
+  never unpickled) that records this key, and it reproduces PyTorch's logits on a probe
+  input of the batch size used; a recorded file that fails is rebuilt, a file unetzoo
+  did not record is left alone (never overwritten) and the export goes to a temporary file.
 - ``"auto"``: on CPU, measured once on the first batch: the NCHW model runs a probe of
-  ``probe_slices`` slice(s) (default 1) once, for its labels and its time; a
+  ``probe_slices`` slice(s) (default 1) once, for its time; a
   ``channels_last`` copy of it (the caller's model is never converted) and ONNX Runtime
   (when installed and its export for this checkpoint is cached) each run the probe
   twice, warm-up then timed. Among those whose argmax labels equal the NCHW model's on
-  the probe, the fastest runs from then on (five one-slice forwards in all, about 3 % of
+  the whole first batch (the batch size used: a file wrong only at batch > 1 is caught),
+  the fastest runs from then on (five one-slice forwards in all, about 3 % of
   a 150-slice volume). An export that is not cached yet is made, and joins the
   measurement, only once the job has spent :data:`EXPORT_AFTER_S` seconds in forward
   passes (a short job never pays for it). On other devices ``auto`` is ``torch``.
@@ -56,6 +59,9 @@ CACHE_VERSION = 1
 #: Largest |ONNX Runtime - PyTorch| logit difference accepted for a cached file, relative
 #: to the logits' scale (float32 reassociation gives ~1e-6).
 PROBE_TOLERANCE = 1e-3
+#: The side record of the cached exports in a folder: ``{file name: SHA-256}`` of each
+#: file as unetzoo wrote it; a cached file is trusted only while its bytes match.
+CACHE_RECORD = ".unetzoo-onnx-cache.json"
 
 
 def check_backend(name: object) -> str:
@@ -197,9 +203,38 @@ def _session_options(threads: int | None) -> Any:
     return opts
 
 
-def _probe_input(in_channels: int, img_size: int) -> torch.Tensor:
+def _probe_input(in_channels: int, img_size: int, batch: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(17)
-    return torch.randn(1, in_channels, img_size, img_size, generator=gen)
+    return torch.randn(max(1, batch), in_channels, img_size, img_size, generator=gen)
+
+
+def _recorded(target: Path) -> str | None:
+    """The SHA-256 recorded for ``target`` when unetzoo wrote it; None if not recorded."""
+    import json
+
+    try:
+        data = json.loads((target.parent / CACHE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get(target.name) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _record(target: Path) -> None:
+    """Record ``target``'s SHA-256 in its folder's :data:`CACHE_RECORD` (atomically)."""
+    import json
+
+    from unetzoo.data.io import atomic_write_text
+
+    record = target.parent / CACHE_RECORD
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = {k: v for k, v in (data if isinstance(data, dict) else {}).items()
+            if (target.parent / k).is_file()}
+    data[target.name] = file_sha256(target)
+    atomic_write_text(record, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _matches(module: nn.Module, model: nn.Module, x: torch.Tensor) -> bool:
@@ -251,12 +286,14 @@ def onnx_backend(
     opset: int | None = None,
     threads: int | None = None,
     check: bool = True,
+    batch_size: int = 1,
 ) -> OnnxBackend:
     """``model`` run by ONNX Runtime, exported once and cached beside ``checkpoint``.
 
     A cached file is used only if it records this checkpoint's key and, with ``check``,
-    reproduces ``model``'s logits on a probe input (``auto`` passes False: it compares
-    the labels on real slices itself).
+    reproduces ``model``'s logits on a probe input of ``batch_size`` slices (``auto``
+    passes False: it compares the labels on the first real batch itself). A file whose
+    bytes are not the ones recorded (:data:`CACHE_RECORD`) is never loaded.
 
     Without a checkpoint path (a model in memory), or when its folder is not writable,
     the export goes to a temporary file that is deleted once loaded.
@@ -284,19 +321,21 @@ def onnx_backend(
     if img_size:  # the capture size is the inference size asked for
         meta["img_size"] = int(img_size)
     size = int(img_size or 64)
-    probe = _probe_input(int(meta["in_channels"]), size)
+    probe = _probe_input(int(meta["in_channels"]), size, batch_size)
 
     target: Path | None = None
     if checkpoint is not None and Path(checkpoint).is_file():
         key = cache_key(file_sha256(checkpoint), opset, img_size)
         meta = {**meta, "cache_key": key, "cache_of": Path(checkpoint).name}
         target = onnx_cache_path(checkpoint, key)
+        recorded = _recorded(target)
         if target.exists():
             module = _reuse(target, key, model, probe if check else None, threads)
             if module is not None:
                 return OnnxBackend(module, target, cached=True, reused=True)
+        if target.exists() and recorded is None:
             target = None  # someone else's file: leave it, export elsewhere
-        else:
+        else:  # absent, or ours but changed since: (re)built
             module = _export_to_cache(model, target, meta, img_size, opset, threads)
             if module is not None:
                 return OnnxBackend(module, target, cached=True, reused=False)
@@ -316,8 +355,14 @@ def onnx_backend(
 
 def _reuse(target: Path, key: str, model: nn.Module, probe: torch.Tensor | None,
            threads: int | None) -> nn.Module | None:
-    """The cached file as a module if it is ours and computes ``model`` on ``probe``
-    (not run when None); else None."""
+    """The cached file as a module if it is ours (the SHA-256 recorded when written)
+    and computes ``model`` on ``probe`` (not run when None); else None."""
+    recorded = _recorded(target)
+    try:
+        if recorded is None or file_sha256(target) != recorded:
+            return None
+    except OSError:
+        return None
     try:
         module = _load(target, threads)
     except (CheckpointError, ModelError):
@@ -336,7 +381,8 @@ def _reuse(target: Path, key: str, model: nn.Module, probe: torch.Tensor | None,
 def _export_to_cache(model: nn.Module, target: Path, meta: dict[str, Any],
                      img_size: int | None, opset: int, threads: int | None) -> nn.Module | None:
     """Export to a temporary name in ``target``'s folder, then link it to ``target``
-    (``os.link`` fails instead of replacing a file that appeared meanwhile)."""
+    (``os.link`` fails instead of replacing a file that appeared meanwhile; a file of
+    ours that no longer matches its record is replaced), and record its SHA-256."""
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.onnx",
                                         dir=target.parent)
@@ -346,14 +392,18 @@ def _export_to_cache(model: nn.Module, target: Path, meta: dict[str, Any],
     tmp = Path(tmp_name)
     try:
         _export(model, tmp, meta, opset)
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return None
-        except OSError:  # no hard links here (some network file systems): rename, checked
-            if target.exists():
+        if target.exists() and _recorded(target) is not None:
+            os.replace(tmp, target)  # ours, changed since (corrupt or tampered): rebuilt
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
                 return None
-            os.replace(tmp, target)
+            except OSError:  # no hard links here (some network file systems): rename, checked
+                if target.exists():
+                    return None
+                os.replace(tmp, target)
+        _record(target)
         return _load(target, threads)
     except (ConfigError, OSError):  # folder not writable, disk full: no cache
         return None
@@ -403,10 +453,13 @@ class AutoBackend(nn.Module):
     def _choose(self, x: torch.Tensor, factories: dict[str, Callable[[], nn.Module]]) -> None:
         probe = x[: self.probe_slices]
         with torch.no_grad():
-            # One reference run gives the labels and its time (PyTorch's CPU warm-up is
-            # small; a bias here only favours candidates whose labels are already equal).
+            # The labels to match: the reference on the whole batch, at the batch size
+            # used (a file that is wrong only at batch > 1 must not pass). One reference
+            # run on the probe gives its time (PyTorch's CPU warm-up is small; a bias here
+            # only favours candidates whose labels are already equal).
+            want = _logits(self.reference(x)).argmax(1)
             t0 = time.perf_counter()
-            want = _logits(self.reference(probe)).argmax(1)
+            self.reference(probe)
             self.timings["torch"] = time.perf_counter() - t0
         options = {"torch": self.reference}
         if self.chosen is not None and self.backend != "torch":
@@ -419,9 +472,9 @@ class AutoBackend(nn.Module):
             try:
                 module = factory()
                 with torch.no_grad():
-                    labels = _logits(module(probe)).argmax(1)  # warm-up, and the check
+                    labels = _logits(module(x)).argmax(1)  # warm-up, and the check
                     if not torch.equal(labels, want):
-                        self.rejected[name] = "labels differ from PyTorch NCHW on the probe"
+                        self.rejected[name] = "labels differ from PyTorch NCHW on the batch"
                         continue
                     t0 = time.perf_counter()
                     module(probe)
@@ -461,6 +514,7 @@ def make_backend(
     defer_after_s: float = EXPORT_AFTER_S,
     verbose: bool = False,
     precision: str = "fp32",
+    batch_size: int = 1,
 ) -> nn.Module:
     """A predictor module for ``model`` on ``device`` (default: the model's).
 
@@ -478,6 +532,7 @@ def make_backend(
         precision: ``"fp32"`` (exact) or ``"bf16"``: PyTorch under bf16 autocast
             (:class:`Bf16Model`), refused where the device lacks native bf16
             (:func:`check_precision`); ``auto`` then runs it without a probe.
+        batch_size: slices per forward pass; ``onnxruntime`` checks a cached file at it.
 
     Raises:
         ConfigError: an unknown backend or precision, bf16 without hardware support or
@@ -508,7 +563,7 @@ def make_backend(
 
     def ort(check: bool = False) -> nn.Module:
         return onnx_backend(model, checkpoint=checkpoint, ckpt=ckpt, img_size=img_size,
-                            check=check)
+                            check=check, batch_size=batch_size)
 
     if backend == "onnxruntime":
         return ort(check=True)

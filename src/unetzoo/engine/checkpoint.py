@@ -119,6 +119,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             pickled objects, or is not a unetzoo checkpoint (e.g. a bare state dict).
     """
     p = Path(path)
+    from unetzoo.data.io import special_file
+
+    if special_file(p):
+        raise CheckpointError(f"checkpoint {p} is {special_file(p)}, not a file; pass the "
+                              "path of a .pt file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; pass the path of a .pt file")
     try:
@@ -147,7 +152,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{p} is not a unetzoo checkpoint (no 'format: {FORMAT}' key); "
             "use a checkpoint written by `unetzoo train`"
         )
-    if int(ckpt.get("version", 0)) > VERSION:
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CheckpointError(f"{p} has checkpoint version {version!r}, not a whole number; "
+                              "use a checkpoint written by `unetzoo train`")
+    if version > VERSION:
         raise CheckpointError(
             f"{p} has checkpoint version {ckpt.get('version')}, newer than this unetzoo "
             f"reads ({VERSION}); upgrade unetzoo"

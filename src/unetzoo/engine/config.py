@@ -344,19 +344,54 @@ class TrainConfig(Mapping):
         return len(dataclasses.fields(self))
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping of configuration keys (flag names, ``-`` or ``_``)."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+#: Values (with repeats: an alias counts each time it is used) a YAML text may expand
+#: to; more is an alias bomb that would exhaust memory when the values are copied.
+MAX_YAML_VALUES = 100_000
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` with every failure one :class:`ConfigError` naming
+    ``where``: bad syntax, tags, nesting too deep, or more than :data:`MAX_YAML_VALUES`
+    values once aliases are expanded."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"config file {p} is not valid YAML{where}; fix its syntax") from exc
+        at = f" (line {line + 1})" if line is not None else ""
+        problem = getattr(exc, "problem", None) or "bad syntax"
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply to be a configuration") from None
+    stack, count = [data], 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_VALUES:,} values "
+                              "(repeated aliases?); write the values out")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of configuration keys (flag names, ``-`` or ``_``)."""
+    p = Path(path)
+    from unetzoo.data.io import special_file
+
+    if special_file(p):  # reading a FIFO or /dev/zero never ends
+        raise ConfigError(f"config file {p} is {special_file(p)}, not a file; pass a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); save it "
+                          "as UTF-8 YAML") from None
+    data = parse_yaml(text, f"config file {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -610,6 +645,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
             value = -1.0
         if value < 0 or not math.isfinite(value):
             raise ConfigError(f"{key.replace('_', '-')} must be a number >= 0, got {cfg[key]!r}")
+        if key == "momentum" and value >= 1:  # SGD diverges at momentum >= 1
+            raise ConfigError(f"momentum must be a number in [0, 1), got {cfg[key]!r}")
         cfg[key] = value
     _check_mappings(cfg)
     for key in MAPPING_KEYS:
@@ -623,8 +660,13 @@ def validate_config(cfg: dict[str, Any]) -> None:
     for key in OPTIONAL_INT_KEYS:
         if cfg[key] is not None and not (_is_int(cfg[key]) and cfg[key] >= 1):
             raise ConfigError(f"{key.replace('_', '-')} must be a whole number >= 1, got {cfg[key]!r}")
-    if not _is_int(cfg["seed"]):
-        raise ConfigError(f"seed must be a whole number, got {cfg['seed']!r}")
+    if not _is_int(cfg["seed"]) or not 0 <= cfg["seed"] < 2**32:
+        # numpy seeds its generators with 0 .. 2**32 - 1; others end in a traceback.
+        raise ConfigError(f"seed must be a whole number in 0..{2**32 - 1}, got {cfg['seed']!r}")
+    reserved = sorted({"in_channels", "num_classes"} & set(cfg["model_options"]))
+    if reserved:
+        raise ConfigError(f"model option {reserved[0]} comes from the dataset (its channels "
+                          "and classes); drop that --model-option")
     if cfg.get("fold") is not None:
         from unetzoo.data.folds import N_FOLDS
 
@@ -688,7 +730,9 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
 def dump_yaml(cfg: TrainConfig | Mapping[str, Any], path: str | Path) -> None:
     """Write the resolved configuration (plain YAML, keys sorted)."""
     plain = cfg.to_dict() if isinstance(cfg, TrainConfig) else _plain(cfg)
-    Path(path).write_text(yaml.safe_dump(plain, sort_keys=True))
+    from unetzoo.data.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(plain, sort_keys=True))
 
 
 def _plain(value: Any) -> Any:

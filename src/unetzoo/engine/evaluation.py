@@ -49,7 +49,7 @@ from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
-from unetzoo.engine.run_folder import OutputFolder, ReportLayout, RunLayout, check_output_dir
+from unetzoo.engine.run_folder import ReportLayout, RunLayout, check_output_dir
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, DataError
 from unetzoo.metrics import (
@@ -65,6 +65,7 @@ from unetzoo.metrics import (
 from unetzoo.metrics.case import check_metrics
 from unetzoo.metrics.nsd import check_tolerance
 from unetzoo.metrics.per_case import summarize_cases, write_json
+from unetzoo.runs.outputs import OutputFolder
 
 #: Metrics ``unetzoo test --metrics`` may put in the report (AUC needs probabilities).
 REPORT_METRICS = ("dice", "iou", "sensitivity", "specificity", "hd95", "hd", "assd", "nsd")
@@ -504,6 +505,9 @@ def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str]
             precision=precision))
         return model
     model = model_from_checkpoint(ckpt, device=device)
+    from unetzoo.engine.inference import check_memory
+
+    check_memory(model, int(ckpt["img_size"]), int(ckpt["in_channels"]), str(ckpt_path))
     return make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
                         verbose=verbose, precision=precision)
 
@@ -654,12 +658,13 @@ def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds
     if "nsd" in metrics:
         table += (f"\nNSD: normalized surface Dice at tolerance {settings.nsd_tolerance:g} "
                   f"({hd_unit}).\n")
+    from unetzoo.data.io import atomic_write_text
     from unetzoo.models.weights_maps import encoder_provenance
 
     encoder = encoder_provenance(model_name, dict(spec.options))
     note = f"\nNote: {encoder['encoder_note']}.\n" if "encoder_note" in encoder else ""
-    report.summary_md.write_text(
-        f"# Test of {model_name} on {title} ({settings.split})\n\n" + table + note)
+    atomic_write_text(report.summary_md,
+                      f"# Test of {model_name} on {title} ({settings.split})\n\n" + table + note)
     write_case_csv(res.values, report.cases_csv, class_names, protocol=None, digits=6)
     if settings.case_json:
         write_json(report.cases_json, summarize_cases(res.records))

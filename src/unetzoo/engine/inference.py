@@ -14,11 +14,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
+
+from unetzoo.errors import ModelError
 
 
 @functools.lru_cache(maxsize=64)
@@ -212,3 +215,54 @@ def sliding_window_probs(
         if progress is not None:
             progress(i + len(chunk), len(positions))
     return (acc / norm)[:, :h, :w]
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for tensors on ``device``: the GPU's free memory, else the machine's
+    available memory (``/proc/meminfo``'s MemAvailable where there is one)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_memory(model: nn.Module, img_size: int, in_channels: int, where: str) -> None:
+    """Refuse, in one line, a model whose forward pass at ``img_size`` cannot fit in the
+    free memory even for one slice (a checkpoint's ``img_size`` of 4096 on a 40 px
+    picture ran out of memory with a traceback). The estimate: every layer's output
+    summed over a 32 px pass, scaled to ``img_size`` (an upper bound on the peak)."""
+    if getattr(model, "fixed_input_size", None) is not None or img_size <= 512:
+        return
+    device = next(model.parameters()).device
+    total = [0]
+
+    def add(_m: nn.Module, _x: Any, y: Any) -> None:
+        if torch.is_tensor(y):
+            total[0] += y.numel() * y.element_size()
+
+    probe = 32
+    hooks = [m.register_forward_hook(add) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, probe, probe, device=device))
+    except (RuntimeError, ValueError):
+        return  # a model that cannot take 32 px: no estimate (its own checks speak)
+    finally:
+        for h in hooks:
+            h.remove()
+    need = total[0] * (img_size / probe) ** 2
+    free = free_memory_bytes(device)
+    if need > free:
+        raise ModelError(
+            f"{where}: img_size {img_size} needs about {need / 2**30:.1f} GiB for one slice, "
+            f"more than the {free / 2**30:.1f} GiB free on {device}; use a model trained at "
+            "a smaller img_size, or a machine with more memory"
+        )

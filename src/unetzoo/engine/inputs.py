@@ -78,10 +78,11 @@ def check_size(shape: tuple[int, ...], where: Path, max_pixels: int, volume: boo
 
 def check_header(p: Path, max_pixels: int) -> None:
     """Shape checks from the file header alone: nothing is decoded."""
-    from unetzoo.data.io import nifti_shape, picture_shape
+    from unetzoo.data.io import check_voxels, nifti_shape, picture_shape
 
     if _kind(p) == "nifti":
         shape = nifti_shape(p)
+        check_voxels(shape, p)
         if len(shape) == 5 and shape[3] == 1:  # NIfTI's vector-valued layout (X, Y, Z, 1, C)
             shape = (*shape[:3], shape[4])
         if len(shape) < 2 or len(shape) > 4:
@@ -329,12 +330,22 @@ def read_volume_case(
 
 
 def write_output(target: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """``write(*args, **kwargs)``; a full disk or an unwritable folder is one line naming
-    ``target``, and no half-written file is left behind."""
+    """``write(*args, **kwargs)`` into a temporary file beside ``target`` (the argument
+    naming ``target`` is swapped for it), then renamed onto ``target``
+    (:func:`unetzoo.data.io.atomic_path`): an existing file is replaced, never rewritten in
+    place, and a kill leaves no truncated file under its name. A full disk or an
+    unwritable folder is one line naming ``target``."""
+    from unetzoo.data.io import atomic_path
+
     try:
-        write(*args, **kwargs)
+        with atomic_path(target) as tmp:
+            def swap(a: Any) -> Any:
+                if isinstance(a, (str, Path)) and Path(a) == Path(target):
+                    return str(tmp) if isinstance(a, str) else tmp
+                return a
+
+            write(*map(swap, args), **{k: swap(v) for k, v in kwargs.items()})
     except OSError as exc:
-        target.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise DataError(f"disk full at {target}; free space or choose another --output") from None
         raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None

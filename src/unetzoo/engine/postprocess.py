@@ -235,13 +235,27 @@ def load_plan(path: str | Path) -> dict[str, Any]:
 
 def plan_for_checkpoint(ckpt: dict[str, Any], checkpoint_path: str | Path | None) -> dict | None:
     """The plan stored with a model: the checkpoint's ``"postprocessing"`` entry, else a
-    ``postprocessing.json`` in the checkpoint's folder, else None."""
+    ``postprocessing.json`` in the checkpoint's folder that names this checkpoint file by
+    its SHA-256 (``"checkpoint_sha256"``, written by :func:`crossval_postprocessing`),
+    else None. A plan beside it that names other files (a retrained model, a copied or
+    planted plan) is not applied; one stderr line says so."""
     if isinstance(ckpt, dict) and ckpt.get("postprocessing") is not None:
         return check_plan(ckpt["postprocessing"], f"{checkpoint_path}: 'postprocessing'")
     if checkpoint_path is not None:
         beside = Path(checkpoint_path).parent / PLAN_FILE
         if beside.is_file():
-            return load_plan(beside)
+            plan = load_plan(beside)
+            from unetzoo.engine.backends import file_sha256
+
+            named = plan.get("checkpoint_sha256")
+            if (isinstance(named, list) and Path(checkpoint_path).is_file()
+                    and file_sha256(checkpoint_path) in named):
+                return plan
+            import sys
+
+            print(f"warning: {beside} was not decided for {Path(checkpoint_path).name} (it "
+                  "does not name that file's SHA-256); not applied. Re-run `unetzoo "
+                  "postprocess`, or pass --postprocessing FILE", file=sys.stderr, flush=True)
     return None
 
 
@@ -311,10 +325,19 @@ def crossval_postprocessing(
     batch_size: int = 16,
     write: bool = True,
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Decide the plan on the fold models' validation predictions (nnU-Net's
     ``nnUNetv2_find_best_configuration`` post-processing step) and, with ``write``, store
-    it as ``postprocessing.json`` beside every checkpoint, where ``predict`` finds it."""
+    it as ``postprocessing.json`` beside every checkpoint, where ``predict`` finds it.
+    A ``postprocessing.json`` there that unetzoo did not write is refused before any
+    work unless ``overwrite`` (each folder's ``.unetzoo-outputs.json`` lists ours)."""
+    from unetzoo.runs.outputs import OutputFolder
+
+    folders = [OutputFolder(Path(p).parent, overwrite=overwrite) for p in checkpoints]
+    if write:
+        for folder in folders:
+            folder.claim([PLAN_FILE])
     preds, refs, info = crossval_predictions(checkpoints, device, batch_size, verbose)
     names = info["class_names"]
     plan = determine_postprocessing(
@@ -322,7 +345,13 @@ def crossval_postprocessing(
         verbose=verbose,
     )
     plan["folds"] = info["folds"]
+    from unetzoo.engine.backends import file_sha256
+
+    # The checkpoints it was decided for: predict applies the plan beside a checkpoint
+    # only to these files (plan_for_checkpoint).
+    plan["checkpoint_sha256"] = sorted({file_sha256(p) for p in checkpoints})
     if write:
-        for path in checkpoints:
+        for path, folder in zip(checkpoints, folders):
             save_plan(Path(path).parent / PLAN_FILE, plan)
+            folder.record([PLAN_FILE])
     return plan

@@ -16,7 +16,7 @@ What is refused, in one line each: an inference spec that cannot be right (``img
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,18 @@ def _load_onnx(path: str, batch_size: int, tta: bool, providers: list[str] | Non
                      batch_size, tta)
 
 
+def checked(wrap: Callable[..., nn.Module] | None) -> Callable[..., nn.Module]:
+    """``wrap`` after :func:`unetzoo.engine.inference.check_memory` on the bare model
+    (before any backend runs it)."""
+    from unetzoo.engine.inference import check_memory
+
+    def run(m: nn.Module, path: str, ck: dict[str, Any]) -> nn.Module:
+        check_memory(m, int(ck["img_size"]), int(ck["in_channels"]), path)
+        return m if wrap is None else wrap(m, path, ck)
+
+    return run
+
+
 def _load_checkpoints(names: list[str], device: Any, backend: str, batch_size: int,
                       tta: bool, verbose: bool, precision: str = "fp32") -> Predictor:
     from unetzoo.engine.backends import check_precision, make_backend
@@ -185,8 +197,8 @@ def _load_checkpoints(names: list[str], device: Any, backend: str, batch_size: i
     if backend != "torch" or precision != "fp32":
         def wrap(m: nn.Module, path: str, ck: dict[str, Any]) -> nn.Module:
             return make_backend(m, backend, checkpoint=path, ckpt=ck, device=dev, verbose=verbose,
-                                precision=precision)
-    model, meta = load_ensemble(names, dev, wrap=wrap)
+                                precision=precision, batch_size=batch_size)
+    model, meta = load_ensemble(names, dev, wrap=checked(wrap))
     spec = InferenceSpec.from_checkpoint(meta, names[0])
     return Predictor(model, spec, Path(names[0]), torch.device(dev), meta, names, batch_size, tta)
 

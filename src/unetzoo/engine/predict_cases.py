@@ -58,9 +58,9 @@ from unetzoo.engine.inputs import (
     write_output,
 )
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
-from unetzoo.engine.run_folder import OUTPUTS_MANIFEST, OutputFolder
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import DataError
+from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder
 
 
 def _is_picture(files: Sequence[Path]) -> bool:

@@ -32,8 +32,6 @@ import errno
 import json
 import os
 import re
-import stat
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from typing import Any
 from unetzoo.data.folds import SPLITS_FILE
 from unetzoo.engine.checkpoint import _peek
 from unetzoo.errors import CheckpointError, ConfigError
+from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder, prune_empty, walk_files
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
@@ -52,7 +51,6 @@ TENSORBOARD = "tensorboard"
 REPORT = "report"
 RUN_MARKER = ".unetzoo-run.json"
 LOCK_NAME = ".lock"
-OUTPUTS_MANIFEST = ".unetzoo-outputs.json"
 
 
 @dataclass(frozen=True)
@@ -189,6 +187,8 @@ RUN_SUBFOLDER_FILES: dict[str, tuple[str, ...]] = {
     CHECKPOINTS: (
         rf"{_STEM}\.(pt|onnx|pt2)",  # the checkpoints; `unetzoo export`'s default outputs
         rf"{_STEM}\.[0-9a-f]{{16}}\.onnx",  # the onnxruntime backend's cached export
+        r"\.unetzoo-onnx-cache\.json",  # its SHA-256 record (engine.backends.CACHE_RECORD)
+        r"\.unetzoo-outputs\.json",  # what `unetzoo export` wrote there (OutputFolder)
         rf"\.{_STEM}\..+\.tmp(\.onnx)?",  # temporaries of interrupted writes
         # `unetzoo postprocess`'s plan (engine.postprocess.PLAN_FILE): the old model's
         # plan would be applied to the new one
@@ -327,8 +327,18 @@ class RunFolder:
             foreign = [e for e in entries if e not in RUN_ENTRIES]
             has_ckpt = self.layout.latest.is_file()
             status = (self.marker() or {}).get("status")
-            if ours and (self.overwrite or (status == "running" and not has_ckpt)):
+            # Only a folder a run marked as its own (.unetzoo-run.json) has files to
+            # delete: a copied best.pt beside the user's config.yaml proves nothing.
+            marked = self.marker() is not None
+            if ours and marked and (self.overwrite or (status == "running" and not has_ckpt)):
                 self._remove(own)  # that run's own files only
+            elif own and ours and self.overwrite:
+                names = ", ".join(own[:5])
+                raise CheckpointError(
+                    f"output folder {self.path} holds {names} but no {RUN_MARKER} recording "
+                    "a unetzoo run, so --overwrite deletes none of them; move them or pass "
+                    "another --output"
+                )
             elif own and not ours:
                 names = ", ".join(own[:5])
                 raise CheckpointError(
@@ -375,7 +385,7 @@ class RunFolder:
                 continue
             for f in files:
                 f.unlink(missing_ok=True)
-            _prune(p, files)
+            prune_empty(p, files)
 
     def _clean_temporary(self) -> None:
         """Remove ``.latest.pt.*.tmp`` & co. that a killed write left (we hold the lock)."""
@@ -396,16 +406,6 @@ class RunFolder:
         os.replace(tmp, self.layout.marker)
 
 
-def _walk(folder: Path) -> list[str]:
-    """Every file and link under ``folder`` (links not followed), as names relative to it."""
-    found = []
-    for top, dirs, files in os.walk(folder):
-        rel = Path(top).relative_to(folder)
-        links = [d for d in dirs if os.path.islink(os.path.join(top, d))]
-        found += [(rel / n).as_posix() for n in (*files, *links)]
-    return sorted(found)
-
-
 def run_files(root: str | Path, entry: str) -> list[Path]:
     """The files in the run sub-folder ``root/entry`` that unetzoo wrote (what
     ``--overwrite`` deletes): :data:`RUN_SUBFOLDER_FILES` by name; for ``report/`` the
@@ -422,11 +422,11 @@ def run_files(root: str | Path, entry: str) -> list[Path]:
         return []
     if entry != REPORT:
         patterns = RUN_SUBFOLDER_FILES.get(entry, ())
-        return [folder / n for n in _walk(folder) if any(re.fullmatch(p, n) for p in patterns)]
+        return [folder / n for n in walk_files(folder) if any(re.fullmatch(p, n) for p in patterns)]
     names = OutputFolder(folder).written()
     if names is None:
-        names = [n for n in _walk(folder) if any(re.fullmatch(p, n) for p in REPORT_FILES)]
-    names += [n for n in _walk(folder) if n.startswith(OUTPUTS_MANIFEST)]
+        names = [n for n in walk_files(folder) if any(re.fullmatch(p, n) for p in REPORT_FILES)]
+    names += [n for n in walk_files(folder) if n.startswith(OUTPUTS_MANIFEST)]
     for kept in sorted(set(REPORT_ALWAYS) - set(names)):
         if os.path.lexists(folder / kept):
             raise CheckpointError(
@@ -435,162 +435,4 @@ def run_files(root: str | Path, entry: str) -> list[Path]:
             )
     return [folder / n for n in sorted(set(names))]
 
-
-def _prune(folder: Path, removed: Iterable[Path]) -> None:
-    """Remove the folders below ``folder`` that held a removed file and are now empty,
-    then ``folder`` itself if empty (an empty folder of the user's elsewhere stays)."""
-    dirs = {d for f in removed for d in f.parents if d == folder or folder in d.parents}
-    for d in sorted(dirs | {folder}, key=lambda d: len(d.parts), reverse=True):
-        try:
-            d.rmdir()
-        except OSError:  # not empty (a user's file), or already gone
-            pass
-
-
-def _file_stamp(path: Path) -> dict[str, int] | None:
-    """``{"size", "mtime_ns"}`` of a regular file (not a link); None otherwise."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
-class OutputFolder:
-    """A folder that ``predict`` / ``test`` write into, beside files that are not theirs.
-
-    ``DIR/.unetzoo-outputs.json`` (JSON, written atomically) lists the files unetzoo wrote
-    there, by name relative to ``DIR``, with the size and modification time each had when
-    written: a file is unetzoo's only while it is still that regular file, so a file the
-    user put in its place (or a link) is the user's again. :meth:`claim` refuses, before
-    any work, every target that exists and is not unetzoo's, unless ``overwrite``;
-    :meth:`record` adds what was written. Files that are not targets are never touched.
-
-    The ``report/`` folder of a training run (:func:`is_run_folder`) with no manifest yet
-    belongs to that run (reports written before the manifest existed): its files count
-    as unetzoo's, as :class:`RunFolder` counts ``report/`` among the run's own entries.
-    """
-
-    def __init__(self, root: str | Path, *, overwrite: bool = False) -> None:
-        self.root = Path(root)
-        self.overwrite = bool(overwrite)
-        self.manifest = self.root / OUTPUTS_MANIFEST
-        self._files = self._read()
-        self._adopted = (not self.manifest.exists() and self.root.name == REPORT
-                         and is_run_folder(self.root.parent))
-        self._inherited: set[str] = set()  # adopted targets, recorded by the next record()
-
-    def _load(self) -> dict[str, dict[str, int]] | None:
-        """The manifest's entries; None when it is absent or unreadable."""
-        try:
-            data = json.loads(self.manifest.read_text())
-        except (OSError, ValueError):
-            return None
-        files = data.get("files") if isinstance(data, dict) else None
-        if not isinstance(files, dict):
-            return None
-        return {str(k): v for k, v in files.items() if isinstance(v, dict)}
-
-    def _read(self) -> dict[str, dict[str, int]]:
-        """The manifest's entries; an absent or unreadable manifest lists nothing (every
-        existing file then counts as the user's: refused, never replaced silently)."""
-        return self._load() or {}
-
-    def written(self) -> list[str] | None:
-        """The files the manifest lists that are still unetzoo's (each the same regular
-        file it was when written; names that leave ``DIR`` are ignored), sorted; None
-        without a readable manifest."""
-        files = self._load()
-        if files is None:
-            return None
-        out = []
-        for name, stamp in files.items():
-            try:
-                rel = self._name(name)
-            except ConfigError:  # "../x" or "/x" in a hand-edited manifest: never ours
-                continue
-            if _file_stamp(self.root / rel) == stamp:
-                out.append(rel)
-        return sorted(out)
-
-    def _name(self, name: str | Path) -> str:
-        """A name relative to ``DIR`` (an absolute path is made relative to it)."""
-        p = Path(name)
-        if p.is_absolute():
-            p = Path(os.path.relpath(p, self.root.absolute()))
-        if p.is_absolute() or ".." in p.parts:
-            raise ConfigError(f"{name} is not inside the output folder {self.root}")
-        return p.as_posix()
-
-    def is_ours(self, name: str | Path) -> bool:
-        """True when ``DIR/name`` is a file unetzoo wrote (and nobody replaced since)."""
-        rel = self._name(name)
-        stamp = _file_stamp(self.root / rel)
-        if stamp is None:
-            return False
-        return self._adopted or self._files.get(rel) == stamp
-
-    def existing(self, pattern: str, under: str = "") -> list[str]:
-        """Names (relative to ``DIR``) of the files in ``DIR/under`` whose name matches the
-        regular expression ``pattern`` in full: targets whose exact names are known only
-        after the prediction (the overlay slices), claimed as a family."""
-        folder = self.root / under
-        if not folder.is_dir():
-            return []
-        rx = re.compile(pattern)
-        try:
-            found = [e.name for e in folder.iterdir() if rx.fullmatch(e.name)]
-        except OSError:  # unreadable: check_output_dir says so in one line
-            return []
-        return sorted(self._name(Path(under) / n) for n in found)
-
-    def claim(self, names: Iterable[str | Path]) -> None:
-        """Refuse (one line) the first target that exists and is not unetzoo's, unless
-        ``overwrite``; with ``overwrite`` a link at a target's name is removed, so that
-        the write replaces the link, never the file it points to."""
-        for name in names:
-            rel = self._name(name)
-            path = self.root / rel
-            if not os.path.lexists(path):
-                continue
-            if path.is_dir() and not path.is_symlink():
-                raise ConfigError(f"{path} is a folder where unetzoo writes a file; choose "
-                                  "another --output folder")
-            if self.is_ours(rel):
-                if self._adopted:
-                    self._inherited.add(rel)
-                continue
-            if not self.overwrite:
-                raise ConfigError(
-                    f"{path} exists and was not written by unetzoo; choose another --output "
-                    "folder or pass --overwrite"
-                )
-            if path.is_symlink():
-                path.unlink()
-
-    def record(self, names: Iterable[str | Path | None]) -> None:
-        """Add the files just written to the manifest (re-read first, so that what another
-        run recorded meanwhile stays; replaced atomically: tmp file, then rename)."""
-        files = self._read()
-        for name in [*sorted(self._inherited), *names]:
-            if name is None:
-                continue
-            rel = self._name(name)
-            stamp = _file_stamp(self.root / rel)
-            if stamp is not None:
-                files[rel] = stamp
-        self._files = files
-        data = {"tool": "unetzoo", "kind": "outputs", "version": 1,
-                "files": dict(sorted(files.items()))}
-        tmp = self.root / f"{OUTPUTS_MANIFEST}.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(json.dumps(data, indent=1) + "\n")
-            os.replace(tmp, self.manifest)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write {self.manifest}: {exc.strerror or exc}") from exc
-        self._adopted = False
-        self._inherited.clear()
 

@@ -84,8 +84,10 @@ def split_train_val(
     return train, val
 
 
-def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str) -> None:
-    """Raise a one-line ModelError when ``model`` cannot take ``img_size`` inputs."""
+def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str,
+                   batch_size: int = 2) -> None:
+    """Raise a one-line ModelError when ``model`` cannot take ``img_size`` inputs (or
+    when a BatchNorm layer would see one value per channel at ``batch_size``)."""
     fixed = getattr(model, "fixed_input_size", None)
     if fixed is not None and int(fixed) != int(img_size):
         raise ModelError(
@@ -95,13 +97,28 @@ def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str)
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.no_grad():
-            out = model(torch.zeros(1, in_channels, img_size, img_size, device=device))
+        norm_sizes: list[int] = []
+        hooks = [m.register_forward_hook(lambda _m, x, _y: norm_sizes.append(x[0][0, 0].numel()))
+                 for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, in_channels, img_size, img_size, device=device))
+        finally:
+            for h in hooks:
+                h.remove()
     except (UnetzooError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model {name!r} cannot take --img-size {img_size}: {first}") from exc
     finally:
         model.train(was_training)
+    if batch_size == 1 and norm_sizes and min(norm_sizes) == 1:
+        # Training-mode BatchNorm needs more than one value per channel ("Expected more
+        # than 1 value per channel"): a 1 x 1 map in a batch of one has exactly one.
+        raise ModelError(
+            f"model {name!r} shrinks --img-size {img_size} to 1 x 1 at its deepest level, "
+            "where BatchNorm cannot train on a batch of 1; use --batch-size 2 or more, or "
+            "a larger --img-size"
+        )
     if isinstance(out, (list, tuple)):
         out = out[-1]
     if tuple(out.shape[-2:]) != (img_size, img_size):
@@ -376,6 +393,22 @@ def training_spacing(ds, cases: list[str], split: str = "train") -> tuple[float,
     return tuple(float(s) for s in np.median(np.asarray(spacings), axis=0))
 
 
+def check_foreground(train_set, where: str) -> None:
+    """Refuse training labels that are all background: the run would train to the end
+    on nothing (Dice 0 everywhere, exit 0). Reads label slices until the first foreground
+    voxel, so a usable dataset costs a few slices."""
+    store: dict[str, Any] = {}
+    for cid, z in train_set.index:
+        _, label = train_set.source._read_slice(train_set.split, cid, z, store)
+        if np.any(np.asarray(label) > 0):
+            return
+    raise DataError(
+        f"{where}: every label of the {len(train_set.index)} training slices is background "
+        "(0), so there is nothing to learn; check the label files (classes 1..K) and the "
+        "label values dataset.json declares"
+    )
+
+
 def split_cases(
     cfg: TrainConfig, ds, layout: RunLayout, is_main: bool
 ) -> tuple[list[str], list[str], str]:
@@ -419,6 +452,7 @@ def make_loader(cfg: TrainConfig, ds, info: dist_utils.DistInfo, layout: RunLayo
     train_set = ds.slice_dataset("train", cases=train_cases, transform=transform, seed=seed)
     if len(train_set) == 0:
         raise DataError(f"dataset {ds.name!r} at {ds.root} has no training slices")
+    check_foreground(train_set, f"dataset {ds.name!r} at {ds.root}")
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = None
@@ -455,7 +489,7 @@ def build_model(cfg: TrainConfig, ds, info: dist_utils.DistInfo) -> nn.Module:
     model = create_model(
         cfg.model, in_channels=ds.in_channels, num_classes=ds.num_classes, **options
     )
-    check_img_size(model, cfg.img_size, ds.in_channels, cfg.model)
+    check_img_size(model, cfg.img_size, ds.in_channels, cfg.model, cfg.batch_size)
     model.to(info.device)
     if _channels_last(cfg, info):
         model = model.to(memory_format=torch.channels_last)

@@ -79,6 +79,11 @@ def as_masks(pred: object, gt: object) -> tuple[np.ndarray, np.ndarray]:
     return pred, gt
 
 
+#: Voxel sizes distances are computed with: beyond these the squared distances the
+#: transforms use underflow (to 0) or overflow.
+MIN_SPACING, MAX_SPACING = 1e-9, 1e9
+
+
 def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.ndarray:
     """Voxel spacing as a float64 vector of length ``ndim`` (1.0 per axis when None)."""
     if spacing is None:
@@ -97,6 +102,10 @@ def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.
         sp = np.repeat(sp, ndim)
     if sp.shape != (ndim,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise bad
+    if np.any(sp < MIN_SPACING) or np.any(sp > MAX_SPACING):
+        # Squared distances of 1e-320 (a subnormal) underflow to 0: HD95 0 for any error.
+        raise DataError(f"spacing {spacing!r} is outside {MIN_SPACING:g}..{MAX_SPACING:g} per "
+                        "axis, where distances stop being exact; give the voxel size in mm")
     return sp
 
 

@@ -10,6 +10,7 @@ predicted, so a model that segments nothing can never look half right.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -324,9 +325,15 @@ def write_summary_csv(table: SummaryTable, path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
 def _open_for_writing(path: Path):
+    """A text handle on a temporary file renamed onto ``path`` when the block ends
+    (:func:`unetzoo.data.io.atomic_path`: never a half-written CSV under its name)."""
+    from unetzoo.data.io import atomic_path
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("w", newline="", encoding="utf-8")
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+            yield fh
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}; choose a writable folder") from exc

@@ -140,7 +140,10 @@ def _figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Figure, An
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
+    from unetzoo.data.io import atomic_path
+
+    with atomic_path(path) as tmp:  # replaced, never rewritten in place
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
