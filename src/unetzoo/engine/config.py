@@ -66,7 +66,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,  # share of training cases held out for model selection
     "val_cases": None,  # cap on validation cases evaluated per epoch
     "fold": None,  # fold K of the stored 5-fold split (data/folds.py) instead of val_fraction
-    "test": True,  # run `unetzoo test` on the best checkpoint after training
+    "test": True,  # run `unetzoo test` on the selected checkpoint after training
+    "select": "final",  # the checkpoint that test scores: "final" (last epoch) or "best" (val)
     "test_max_cases": None,
     "protocol": "strict",
     "progress": True,
@@ -233,6 +234,7 @@ PROTOCOLS = ("strict", "transunet")
 # "auto" + unetzoo.losses.DEEP_SUPERVISION_LOSSES
 DEEP_SUPERVISION_LOSSES = ("auto", "sum", "weighted", "mutation")
 LR_BATCH_RULES = ("batch24",)
+SELECTIONS = ("final", "best")  # the checkpoint a run scores (engine/selection.py)
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,7 @@ class TrainConfig(Mapping):
     val_cases: int | None
     fold: int | None
     test: bool
+    select: str
     test_max_cases: int | None
     protocol: str
     progress: bool
@@ -459,10 +462,11 @@ def apply_paper_protocol(
     TransUNet, Swin-Unet and SelfReg train on every training case (Synapse: all 18), select
     no checkpoint on any split, and test the weights of the last epoch with TransUNet's
     empty-mask rule (SelfReg's ``test_unet.py`` scores 35 late checkpoints on the test set
-    instead; the ``selfreg`` recipe without this flag sweeps them on a validation split). So: ``val_fraction = 0``, the dataset's own validation split is not
-    used either (the trainer reads ``paper_protocol``), every epoch's checkpoint is the
-    "best" one, and ``protocol = "transunet"``. Asking for a validation share or another
-    metric protocol at the same time is a contradiction, reported in one line.
+    instead; the ``selfreg`` recipe without this flag sweeps them on a validation split).
+    So: ``val_fraction = 0``, the dataset's own validation split is not used either (the
+    trainer reads ``paper_protocol``), every epoch's checkpoint is the "best" one,
+    ``protocol = "transunet"`` and ``select = "final"``. Asking for a validation share or
+    another metric protocol at the same time is a contradiction, reported in one line.
     """
     flag = cfg.get("paper_protocol")
     if flag in (None, False):
@@ -476,6 +480,9 @@ def apply_paper_protocol(
             raise ConfigError(
                 f"--paper-protocol trains on all training cases; drop --val-fraction {vf}"
             )
+        if source.get("select") not in (None, "final"):
+            raise ConfigError("--paper-protocol tests the last epoch; drop --select "
+                              f"{source['select']}")
         proto = source.get("protocol")
         if proto is not None and proto != "transunet":
             raise ConfigError(
@@ -484,6 +491,7 @@ def apply_paper_protocol(
     cfg["val_fraction"] = 0.0
     cfg["val_cases"] = None
     cfg["protocol"] = "transunet"
+    cfg["select"] = "final"
 
 
 def require_pretrained_encoder(cfg: TrainConfig) -> TrainConfig:
@@ -597,6 +605,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"unknown precision {cfg['precision']!r}; choose one of fp32, bf16")
     if cfg["precision"] == "bf16" and cfg["amp"]:
         raise ConfigError("--amp (fp16) and --precision bf16 exclude each other; pick one")
+    if cfg.get("select") not in SELECTIONS:
+        raise ConfigError(f"unknown select {cfg.get('select')!r}; choose one of "
+                          f"{', '.join(SELECTIONS)}")
     if cfg["protocol"] not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {cfg['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
     for key, lo, hi in (("val_fraction", 0.0, 1.0), ("poly_power", 0.0, math.inf)):
