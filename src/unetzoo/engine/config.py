@@ -126,6 +126,7 @@ SOURCE_RECIPES: dict[str, dict[str, Any]] = {
         "max_epochs": 150,
         "eval_interval": 2,
         "eval_from_epoch": 82,
+        "select": "best",  # the best of those epochs (test_unet.py's sweep, on validation)
         "lr_batch_rule": "batch24",
         "distill_ifd": 0.015,
         "distill_scr": 0.015,
