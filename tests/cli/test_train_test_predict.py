@@ -39,15 +39,18 @@ def trained(roots):
     return out
 
 
-def test_train_writes_report(trained, capsys):
+def test_train_writes_report(trained):
     run = trained
-    for rel in ("config.yaml", "metrics.csv", "checkpoints/best.pt", "plots/loss.png",
+    for rel in ("config.yaml", "metrics.csv", "checkpoints/final.pt", "plots/loss.png",
                 "report/summary.md", "report/summary.json", "report/cases.csv"):
         assert (run / rel).is_file(), rel
     assert list((run / "report" / "overlays").glob("*.png"))
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["protocol"] == "strict"
     assert 0.0 <= summary["mean_dice"] <= 1.0
+    # train's own test scores the final checkpoint and says so
+    assert summary["checkpoints"] == [str(run / "checkpoints" / "final.pt")]
+    assert (summary["scored"]["file"], summary["scored"]["epoch"]) == ("final.pt", 1)
     with (run / "report" / "cases.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8 and {r["class_name"] for r in rows} >= {"liver", "aorta"}
@@ -65,12 +68,13 @@ def test_test_command_nifti_tta_transunet(trained, roots, tmp_path):
     from unetzoo.data import get_dataset
 
     out = tmp_path / "rep"
-    code = main(["test", "--checkpoint", str(trained / "checkpoints" / "best.pt"),
+    code = main(["test", "--checkpoint", str(trained / "checkpoints" / "final.pt"),
                  "--dataset", "phantom", "--data-root", str(roots["ct"]), "--save-nifti",
                  "--tta", "--protocol", "transunet", "--out", str(out), "--overlays", "1"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"] == "transunet" and summary["hd95_unit"] == "voxels" and summary["tta"]
+    assert summary["scored"]["file"] == "final.pt" and summary["scored"]["select"] is None
     assert "HD95 (voxels)" in (out / "summary.md").read_text()
     ds = get_dataset("phantom", roots["ct"], n_train=3, n_test=1, shape=(4, 32, 32))
     cid = ds.cases("test")[0]
@@ -96,7 +100,7 @@ def test_predict_nifti_png_tif(trained, roots, tmp_path):
     tifffile.imwrite(str(tif), rng.integers(-200, 300, (20, 24)).astype(np.int16))
     out = tmp_path / "pred"
     code = main(["predict", str(src), str(png), str(tif), "--checkpoint",
-                 str(trained / "checkpoints" / "best.pt"), "--out", str(out)])
+                 str(trained / "checkpoints" / "final.pt"), "--out", str(out)])
     assert code == 0
     case = src.name[: -len("_0000.nii.gz")]  # nnU-Net naming: CASE_0000 in, CASE out
     seg = nib.load(str(out / f"{case}.nii.gz"))
@@ -149,7 +153,7 @@ def test_train_bad_dataset_and_folders(roots, tmp_path, capsys):
 
 
 def test_test_and_predict_bad_input(trained, roots, tmp_path, capsys):
-    ckpt = str(trained / "checkpoints" / "best.pt")
+    ckpt = str(trained / "checkpoints" / "final.pt")
     err = _error(capsys, ["test", "--checkpoint", ckpt, "--dataset", "drive",
                           "--data-root", str(roots["fundus"])])
     assert "9 classes" in err and "2" in err

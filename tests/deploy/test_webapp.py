@@ -145,7 +145,7 @@ def test_missing_checkpoint_path():
 def test_demo_model_reused_when_present(tmp_path):
     from unetzoo.deploy.demo_model import train_demo_model
 
-    ck = tmp_path / "checkpoints" / "best.pt"
+    ck = tmp_path / "checkpoints" / "final.pt"
     ck.parent.mkdir(parents=True)
     ck.write_bytes(b"stub")
     assert list(train_demo_model(tmp_path)) == [f"checkpoint: {ck}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -200,7 +201,8 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
         import torch
 
         ck = torch.load(checkpoint, weights_only=True)
-        seen.update(epoch=ck["epoch"], protocol=kwargs["protocol"])
+        seen.update(epoch=ck["epoch"], protocol=kwargs["protocol"], file=Path(checkpoint).name,
+                    select=kwargs["selection"].select)
         return {"mean_dice": 0.0, "mean_hd95": 0.0, "hd95_unit": "mm", "cases": 1}
 
     monkeypatch.setattr(trainer, "validate", fake_validate)
@@ -210,7 +212,8 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
     cfg = tiny_cfg(paper_protocol=True, max_epochs=2, test=True, output=None)
     cfg = dataclasses.replace(cfg, output=str(tiny_root.parent / "paper-run"))
     summary = trainer.train(cfg, dataset=ds)
-    assert summary["best_epoch"] == 2 and seen == {"epoch": 2, "protocol": "transunet"}
+    assert summary["best_epoch"] == 2
+    assert seen == {"epoch": 2, "protocol": "transunet", "file": "final.pt", "select": "final"}
 
 
 def test_emcad_recipe_and_mutation_deep_supervision():

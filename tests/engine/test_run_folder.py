@@ -19,6 +19,7 @@ def test_layout_paths(tmp_path: Path) -> None:
     lay = RunLayout(tmp_path)
     assert lay.best == tmp_path / "checkpoints" / "best.pt"
     assert lay.latest == tmp_path / "checkpoints" / "latest.pt"
+    assert lay.final == tmp_path / "checkpoints" / "final.pt"
     assert lay.config == tmp_path / "config.yaml"
     assert lay.metrics_csv == tmp_path / "metrics.csv"
     assert lay.report.summary_json == tmp_path / "report" / "summary.json"

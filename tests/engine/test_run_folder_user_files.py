@@ -32,7 +32,8 @@ def _finished_run(root: Path) -> Path:
 RUNS_OWN = [
     "checkpoints/best.pt", "checkpoints/latest.pt", "checkpoints/.best.pt.k3j2.tmp",
     "checkpoints/best.0123456789abcdef.onnx", "checkpoints/.best.0123456789abcdef.x1.tmp.onnx",
-    "checkpoints/best.onnx", "checkpoints/postprocessing.json",
+    "checkpoints/best.onnx", "checkpoints/postprocessing.json", "checkpoints/final.pt",
+    "checkpoints/.final.pt.x7q1.tmp", "checkpoints/final.0123456789abcdef.onnx",
     "plots/loss.png", "plots/val_metrics.png", "tensorboard/events.out.tfevents.17.host.1.0",
 ]
 USERS = [

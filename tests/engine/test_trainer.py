@@ -33,7 +33,7 @@ def test_train_writes_run_folder_and_poly_lr(tiny_cfg):
     summary = train(cfg)
     run = Path(summary["run_dir"])
     for rel in ("config.yaml", "metrics.csv", "checkpoints/latest.pt", "checkpoints/best.pt",
-                "plots/loss.png", "plots/val_metrics.png"):
+                "checkpoints/final.pt", "plots/loss.png", "plots/val_metrics.png"):
         assert (run / rel).is_file(), rel
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     rows = _rows(run)
@@ -111,7 +111,7 @@ def test_deep_supervision_weighted_heads(tiny_cfg):
     assert heads == ["loss_head0", "loss_head1", "loss_head2", "loss_head3"]
     expected = sum(w * float(rows[0][h]) for w, h in zip([0.2, 0.2, 0.2, 0.4], heads))
     assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-4)
-    ck = load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "best.pt")
+    ck = load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "final.pt")
     assert ck["model"]["options"]["deep_supervision"] is False  # inference builds one head
 
 

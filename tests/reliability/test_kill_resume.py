@@ -5,10 +5,12 @@ fresh helper process
 (``$UNETZOO_TEST_CRASH_AT``, :func:`unetzoo.engine.checkpoint.crash_point`): nothing runs
 after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way
 through writing it (the temporary file is complete, not yet renamed), between the
-``latest.pt`` and ``best.pt`` writes, half way through ``best.pt``, and after both. Then
+``latest.pt`` and ``best.pt`` writes, half way through ``best.pt``, after both, and
+(after the last epoch) before and half way through ``final.pt``. Then
 the run is continued the way a user would (``--resume`` when ``latest.pt`` exists, else a
 plain rerun) and must end with the same ``latest.pt`` weights, the same ``best.pt`` (the
-same epoch and weights), the same metrics.csv and no temporary files. Disk-full writes
+same epoch and weights), the same ``final.pt``, the same metrics.csv and no temporary
+files. Disk-full writes
 are simulated by making the writer raise ``OSError(ENOSPC)``.
 """
 
@@ -159,7 +161,7 @@ def reference(zygote, data_root, tmp_path_factory) -> dict:
 def _kill_points(improving: list[int]) -> list[str]:
     points = [f"between-writes:{e}" for e in improving]  # the dangerous gap, every time
     points += ["before-latest:1", "before-latest:2", "tmp-latest:2", f"tmp-best:{improving[0]}",
-               f"after-best:{EPOCHS - 1}"]
+               f"after-best:{EPOCHS - 1}", f"after-best:{EPOCHS}", f"tmp-final:{EPOCHS}"]
     return points
 
 
@@ -182,6 +184,8 @@ def test_kill_at_every_point_then_resume_matches_uninterrupted_run(run, tmp_path
         assert best["epoch"] == latest["best_epoch"] == reference["best_epoch"], point
         assert _same_weights(ck_dir / "best.pt", ref / "checkpoints" / "best.pt"), point
         assert _same_weights(ck_dir / "latest.pt", ref / "checkpoints" / "latest.pt"), point
+        assert load_checkpoint(ck_dir / "final.pt")["epoch"] == EPOCHS, point
+        assert _same_weights(ck_dir / "final.pt", ref / "checkpoints" / "final.pt"), point
         assert _metrics(out) == _metrics(ref), point
         assert not list(ck_dir.glob(".*.tmp")) and not (out / "metrics.csv.tmp").exists(), point
         assert '"finished"' in (out / RUN_MARKER).read_text(), point

@@ -67,7 +67,7 @@ def test_overwrite_writes_beside_user_files(data_root, tmp_path, capsys):
     files = _user_files(out)
     assert _train(out, data_root, "--overwrite") == 0
     _assert_intact(out, files)
-    assert (out / "checkpoints" / "best.pt").is_file()
+    assert (out / "checkpoints" / "final.pt").is_file()
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.csv", "checkpoints"])
@@ -96,12 +96,12 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(data_root, tmp_pat
     (out / "report").mkdir()
     (out / "report" / "summary.md").write_text("old report of the old model")
     (out / "report" / "old.csv").write_text("the user's file in report/")
-    before = (out / "checkpoints" / "best.pt").stat().st_mtime_ns
+    before = (out / "checkpoints" / "final.pt").stat().st_mtime_ns
     capsys.readouterr()
     assert _train(out, data_root) == 2
     err = _err(capsys)
     assert len(err) == 1 and "finished run" in err[0]
-    assert (out / "checkpoints" / "best.pt").stat().st_mtime_ns == before
+    assert (out / "checkpoints" / "final.pt").stat().st_mtime_ns == before
     assert _train(out, data_root, "--overwrite") == 0
     # The old run's report is gone with the old model; the user's files stay, in report/ too.
     assert not (out / "report" / "summary.md").exists()

@@ -17,7 +17,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "postprocess",
         help="decide largest-component post-processing on the folds' validation cases",
-        description="Give the best.pt of every fold run (`unetzoo train --fold K`). Each "
+        description="Give the final.pt of every fold run (`unetzoo train --fold K`). Each "
         "model predicts its own validation cases; removing all but the largest connected "
         "component is kept where it improves the mean Dice (nnU-Net's rule). The plan is "
         "written as postprocessing.json beside each checkpoint; `unetzoo predict` applies it.",

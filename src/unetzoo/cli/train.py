@@ -21,7 +21,7 @@ _KEYS = (
     "deep_supervision_weights", "distill_ifd", "distill_scr", "val_fraction", "val_cases",
     "test_max_cases", "protocol", "device", "augment", "recipe", "paper_protocol",
     "deep_supervision_loss", "eval_from_epoch", "lr_batch_rule",
-    "fold",
+    "fold", "select",
 )
 
 
@@ -29,8 +29,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train a model; with no --dataset, the embedded phantom demo",
-        description="Train a segmentation model, keep the best checkpoint on a validation "
-        "split carved from the training cases, then test it and write the report.",
+        description="Train a segmentation model (validating on a split carved from the "
+        "training cases), then test the final checkpoint (or --select best) and write the "
+        "report.",
     )
     a = p.add_argument
     a("--model", help="registered model name (`unetzoo list-models`); default: the recipe's")
@@ -91,7 +92,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--fold", type=int, metavar="K",
       help="train fold K (0-4) of nnU-Net's 5-fold cross-validation: a seeded split of the "
       "training cases, stored once in the user cache and copied to the run folder; the "
-      "fold's validation cases pick the best checkpoint (default run folder .../fold_K)")
+      "fold's validation cases are its validation set (default run folder .../fold_K)")
     a("--model-option", action="append", default=None, metavar="KEY=VALUE",
       help="architecture option (repeatable), e.g. base_channels=16")
     a("--encoder-weights", metavar="PATH|imagenet|none",
@@ -102,6 +103,9 @@ def register(subparsers) -> argparse.ArgumentParser:
       help="dataset reader option (repeatable), e.g. n_train=4 for the phantom")
     a("--no-test", dest="test", action="store_false", default=None,
       help="skip the test run after training")
+    a("--select", choices=("final", "best"),
+      help="checkpoint the test after training scores: final (default: the last epoch, "
+      "checkpoints/final.pt, as nnU-Net) or best (the best validation epoch, best.pt)")
     a("--test-max-cases", type=int)
     a("--protocol", choices=("strict", "transunet"), help="empty-mask metric protocol")
     a("--device", help="cpu or cuda (default: cuda when available)")
@@ -189,9 +193,11 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, dataset=ds, resume=resume, overwrite=overwrite)
     if summary.get("test"):
         t = summary["test"]
+        scored = t.get("scored") or {}
         print(
             f"done: test mean Dice {t['mean_dice']:.4f}, mean HD95 {t['mean_hd95']:.2f} "
-            f"{t['hd95_unit']} ({t['cases']} cases); run folder {summary['run_dir']}"
+            f"{t['hd95_unit']} ({t['cases']} cases) of {scored.get('file')}, epoch "
+            f"{scored.get('epoch')}; run folder {summary['run_dir']}"
         )
     else:
         print(f"done: run folder {summary['run_dir']}")

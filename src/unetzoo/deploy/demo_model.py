@@ -1,7 +1,7 @@
 """The phantom demo model: the checkpoint ``make demo`` trains, or a tiny one trained here.
 
 ``make demo`` runs ``unetzoo train --output runs/demo`` and leaves
-``runs/demo/checkpoints/best.pt``. When that is missing, :func:`train_demo_model` runs
+``runs/demo/checkpoints/final.pt``. When that is missing, :func:`train_demo_model` runs
 ``unetzoo train`` (a subprocess: the pipeline's own trainer, so the checkpoint is an
 ordinary one) on the phantom with a narrow U-Net for a few epochs, and yields its log
 lines so the web app can show progress.
@@ -34,9 +34,10 @@ def demo_cache_dir() -> Path:
 
 
 def run_checkpoint(run_dir: Path) -> Path | None:
-    """``best.pt`` (else ``latest.pt``) of a run folder, or None."""
+    """``final.pt`` (the last epoch, what a run scores by default) else ``latest.pt`` of
+    a run folder, or None."""
     layout = RunLayout(run_dir)  # the run folder's names have one home
-    return next((p for p in (layout.best, layout.latest) if p.is_file()), None)
+    return next((p for p in (layout.final, layout.latest) if p.is_file()), None)
 
 
 def find_demo_checkpoint(extra_dirs: tuple[Path, ...] = ()) -> Path | None:

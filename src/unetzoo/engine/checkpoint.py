@@ -378,4 +378,4 @@ def repair_best(ckpt_dir: str | Path, latest: dict[str, Any] | None = None) -> s
         return (f"repaired {best_path}: it was {was}, the run's best is epoch {best_epoch} "
                 "(an interrupted write); copied from latest.pt")
     return (f"warning: {best_path} holds epoch {best_at}, but the run records epoch "
-            f"{best_epoch} as its best; the final test uses {best_path} as it is")
+            f"{best_epoch} as its best; --select best scores {best_path} as it is")

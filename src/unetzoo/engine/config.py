@@ -66,7 +66,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,  # share of training cases held out for model selection
     "val_cases": None,  # cap on validation cases evaluated per epoch
     "fold": None,  # fold K of the stored 5-fold split (data/folds.py) instead of val_fraction
-    "test": True,  # run `unetzoo test` on the best checkpoint after training
+    "test": True,  # run `unetzoo test` on the selected checkpoint after training
+    "select": "final",  # the checkpoint that test scores: "final" (last epoch) or "best" (val)
     "test_max_cases": None,
     "protocol": "strict",
     "progress": True,
@@ -125,6 +126,7 @@ SOURCE_RECIPES: dict[str, dict[str, Any]] = {
         "max_epochs": 150,
         "eval_interval": 2,
         "eval_from_epoch": 82,
+        "select": "best",  # the best of those epochs (test_unet.py's sweep, on validation)
         "lr_batch_rule": "batch24",
         "distill_ifd": 0.015,
         "distill_scr": 0.015,
@@ -233,6 +235,7 @@ PROTOCOLS = ("strict", "transunet")
 # "auto" + unetzoo.losses.DEEP_SUPERVISION_LOSSES
 DEEP_SUPERVISION_LOSSES = ("auto", "sum", "weighted", "mutation")
 LR_BATCH_RULES = ("batch24",)
+SELECTIONS = ("final", "best")  # the checkpoint a run scores (engine/selection.py)
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,7 @@ class TrainConfig(Mapping):
     val_cases: int | None
     fold: int | None
     test: bool
+    select: str
     test_max_cases: int | None
     protocol: str
     progress: bool
@@ -494,10 +498,11 @@ def apply_paper_protocol(
     TransUNet, Swin-Unet and SelfReg train on every training case (Synapse: all 18), select
     no checkpoint on any split, and test the weights of the last epoch with TransUNet's
     empty-mask rule (SelfReg's ``test_unet.py`` scores 35 late checkpoints on the test set
-    instead; the ``selfreg`` recipe without this flag sweeps them on a validation split). So: ``val_fraction = 0``, the dataset's own validation split is not
-    used either (the trainer reads ``paper_protocol``), every epoch's checkpoint is the
-    "best" one, and ``protocol = "transunet"``. Asking for a validation share or another
-    metric protocol at the same time is a contradiction, reported in one line.
+    instead; the ``selfreg`` recipe without this flag sweeps them on a validation split).
+    So: ``val_fraction = 0``, the dataset's own validation split is not used either (the
+    trainer reads ``paper_protocol``), every epoch's checkpoint is the "best" one,
+    ``protocol = "transunet"`` and ``select = "final"``. Asking for a validation share or
+    another metric protocol at the same time is a contradiction, reported in one line.
     """
     flag = cfg.get("paper_protocol")
     if flag in (None, False):
@@ -511,6 +516,9 @@ def apply_paper_protocol(
             raise ConfigError(
                 f"--paper-protocol trains on all training cases; drop --val-fraction {vf}"
             )
+        if source.get("select") not in (None, "final"):
+            raise ConfigError("--paper-protocol tests the last epoch; drop --select "
+                              f"{source['select']}")
         proto = source.get("protocol")
         if proto is not None and proto != "transunet":
             raise ConfigError(
@@ -519,6 +527,7 @@ def apply_paper_protocol(
     cfg["val_fraction"] = 0.0
     cfg["val_cases"] = None
     cfg["protocol"] = "transunet"
+    cfg["select"] = "final"
 
 
 def require_pretrained_encoder(cfg: TrainConfig) -> TrainConfig:
@@ -603,6 +612,28 @@ def _positive(cfg: dict[str, Any], key: str, kind: type = int) -> None:
     cfg[key] = kind(value)
 
 
+def _choice(value: Any, key: str, choices: tuple[str, ...], tail: str = "") -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {key.replace('_', '-')} {value!r}; choose one of "
+                          f"{', '.join(choices)}{tail}")
+
+
+def _check_fold(cfg: dict[str, Any]) -> None:
+    """``fold``: one of the cross-validation folds, never with ``--paper-protocol``."""
+    if cfg.get("fold") is None:
+        return
+    from unetzoo.data.folds import N_FOLDS
+
+    if not (_is_int(cfg["fold"]) and 0 <= cfg["fold"] < N_FOLDS):
+        raise ConfigError(
+            f"fold must be a whole number in 0..{N_FOLDS - 1} ({N_FOLDS}-fold "
+            f"cross-validation), got {cfg['fold']!r}"
+        )
+    if cfg.get("paper_protocol"):
+        raise ConfigError("--fold holds out validation cases; --paper-protocol trains on "
+                          "all of them: drop one of the two")
+
+
 def validate_config(cfg: dict[str, Any]) -> None:
     """Check types and ranges in place; one clear line for the first bad value."""
     for key in ("max_epochs", "batch_size", "img_size", "eval_interval"):
@@ -616,24 +647,15 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if opt not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
     cfg["optimizer"] = opt
-    if cfg["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(
-            f"unknown lr-schedule {cfg['lr_schedule']!r}; choose one of {', '.join(LR_SCHEDULES)}"
-        )
-    if cfg.get("deep_supervision_loss") not in DEEP_SUPERVISION_LOSSES:
-        raise ConfigError(
-            f"unknown deep-supervision-loss {cfg.get('deep_supervision_loss')!r}; choose one "
-            f"of {', '.join(DEEP_SUPERVISION_LOSSES)}"
-        )
-    if cfg.get("lr_batch_rule") not in (None, *LR_BATCH_RULES):
-        raise ConfigError(f"unknown lr-batch-rule {cfg['lr_batch_rule']!r}; choose "
-                          f"{', '.join(LR_BATCH_RULES)} or leave it unset")
-    if cfg["precision"] not in ("fp32", "bf16"):
-        raise ConfigError(f"unknown precision {cfg['precision']!r}; choose one of fp32, bf16")
+    for key, choices in (("lr_schedule", LR_SCHEDULES),
+                         ("deep_supervision_loss", DEEP_SUPERVISION_LOSSES),
+                         ("precision", ("fp32", "bf16")), ("select", SELECTIONS),
+                         ("protocol", PROTOCOLS)):
+        _choice(cfg.get(key), key, choices)
+    if cfg.get("lr_batch_rule") is not None:
+        _choice(cfg["lr_batch_rule"], "lr_batch_rule", LR_BATCH_RULES, " or leave it unset")
     if cfg["precision"] == "bf16" and cfg["amp"]:
         raise ConfigError("--amp (fp16) and --precision bf16 exclude each other; pick one")
-    if cfg["protocol"] not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {cfg['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
     for key, lo, hi in (("val_fraction", 0.0, 1.0), ("poly_power", 0.0, math.inf)):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value < hi:
@@ -667,17 +689,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if reserved:
         raise ConfigError(f"model option {reserved[0]} comes from the dataset (its channels "
                           "and classes); drop that --model-option")
-    if cfg.get("fold") is not None:
-        from unetzoo.data.folds import N_FOLDS
-
-        if not (_is_int(cfg["fold"]) and 0 <= cfg["fold"] < N_FOLDS):
-            raise ConfigError(
-                f"fold must be a whole number in 0..{N_FOLDS - 1} ({N_FOLDS}-fold "
-                f"cross-validation), got {cfg['fold']!r}"
-            )
-        if cfg.get("paper_protocol"):
-            raise ConfigError("--fold holds out validation cases; --paper-protocol trains on "
-                              "all of them: drop one of the two")
+    _check_fold(cfg)
     for key in ("loss_weights", "deep_supervision_weights"):
         _weights(cfg, key)
     from unetzoo.engine.distributed import check_device

@@ -50,6 +50,7 @@ from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.engine.run_folder import ReportLayout, RunLayout, check_output_dir
+from unetzoo.engine.selection import Selection
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, DataError
 from unetzoo.metrics import (
@@ -306,40 +307,39 @@ def run_test(
     overwrite: bool = False,
     strict_inputs: bool = False,
     precision: str = "fp32",
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
     Args:
-        checkpoint: a path (or an already loaded checkpoint dict), or a list of paths:
-            an ensemble that averages the members' softmax (e.g. the folds of a
-            cross-validation; :mod:`unetzoo.engine.ensemble`).
+        checkpoint: a path (or a loaded checkpoint dict), or a list of paths: an
+            ensemble averaging the members' softmax (:mod:`unetzoo.engine.ensemble`).
         dataset: a ``SegDataset``, a dataset name, or None (the checkpoint's dataset).
         data_root: root folder when ``dataset`` is a name.
         max_cases: evaluate only the first N test cases.
         out_dir: report folder (default: ``<run>/report`` next to ``checkpoints/``).
-        save_predictions: also write NIfTI label maps with the input file's shape, voxel
-            order and affine (:func:`unetzoo.data.medio.save_case_nifti`).
+        save_predictions: also write NIfTI label maps on the input files' grids.
         tta: flip test-time augmentation. protocol: ``"strict"`` or ``"transunet"``.
         overlays: overlay PNG slices per case (0 disables).
-        backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"``, the forward pass on CPU
-            (:mod:`unetzoo.engine.backends`; the ONNX export is cached beside the
-            checkpoint file).
-        postprocessing: ``"stored"`` applies the plan stored with the (first) checkpoint
-            when there is one (``unetzoo postprocess``), a plan dict that plan, None none
-            (:mod:`unetzoo.engine.postprocess`).
-        case_json: also write ``cases.json``: per case and class TP / FP / FN / TN and
-            every metric (Dice, IoU, sensitivity, specificity, HD95, HD, ASSD, NSD at
-            ``nsd_tolerance`` in the HD95 unit), nnU-Net's summary layout
-            (:mod:`unetzoo.metrics.per_case`).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` on CPU
+            (:mod:`unetzoo.engine.backends`; ONNX exports cached beside the checkpoint).
+        postprocessing: ``"stored"`` (the plan stored with the first checkpoint, if
+            any), a plan dict, or None (:mod:`unetzoo.engine.postprocess`).
+        case_json: also write ``cases.json``, every metric per case and class in
+            nnU-Net's summary layout (:mod:`unetzoo.metrics.per_case`).
         nsd_tolerance: NSD's tolerance in the HD95 unit (mm, or voxels).
         metrics: the report's metrics, a tuple or a comma list (default Dice and HD95;
             ``"dice,hd95,nsd"`` adds NSD columns to summary.md, summary.json, cases.csv).
         overwrite: replace report files unetzoo did not write (else refused before any work).
         strict_inputs: refuse data far outside the training inputs (:func:`check_test_data`).
         precision: ``"fp32"`` or ``"bf16"`` (native autocast only; in summary.json).
+        selection: how a training run chose the checkpoint
+            (:class:`~unetzoo.engine.selection.Selection`); None: given to ``unetzoo test``.
 
     Returns:
-        The summary (see :func:`mean_table`) plus ``"report_dir"`` and ``"protocol"``.
+        The summary (see :func:`mean_table`) plus ``"report_dir"``, ``"protocol"`` and
+        ``"scored"`` (the checkpoint's ``file``, ``epoch``, ``max_epochs``, ``select``,
+        ``reason``; summary.md says the same in one line).
     """
     device = _checked_device(backend, device, precision)
     settings = _Settings(
@@ -363,6 +363,7 @@ def run_test(
         "report_dir": str(report.root),
         "checkpoints": members or [str(ckpt_path) if ckpt_path else None],
         "postprocessing": None if plan is None else plan["steps"],
+        "scored": scored_checkpoint(ckpt, ckpt_path, members, selection),
     })
 
 
@@ -372,6 +373,33 @@ def _checked_device(backend: str, device: str | torch.device | None, precision: 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_precision(precision, device)
     return device
+
+
+def scored_checkpoint(ckpt: dict[str, Any], ckpt_path: Path | None,
+                      members: list[str] | None,
+                      selection: Selection | None = None) -> dict[str, Any]:
+    """Which checkpoint a report scores and why: ``{"file", "epoch", "max_epochs",
+    "select", "reason"}`` (an ensemble: its files, no epoch)."""
+    if members is not None and len(members) > 1:
+        return {"file": [Path(m).name for m in members], "epoch": None, "max_epochs": None,
+                "select": None, "reason": f"ensemble of {len(members)} checkpoints"}
+    epoch = ckpt.get("epoch")
+    max_epochs = (ckpt.get("config") or {}).get("max_epochs")
+    chosen = selection.to_dict() if selection is not None else {
+        "select": None, "reason": "the checkpoint given to the test (--checkpoint)"}
+    return {"file": ckpt_path.name if ckpt_path is not None else None,
+            "epoch": int(epoch) if isinstance(epoch, int) else None,
+            "max_epochs": int(max_epochs) if isinstance(max_epochs, int) else None, **chosen}
+
+
+def _scored_line(scored: dict[str, Any]) -> str:
+    """summary.md's line naming the scored checkpoint: ``Scored: final.pt, epoch 30 of 30
+    (final epoch (default; ...)).``"""
+    files = scored.get("file")
+    name = ", ".join(files) if isinstance(files, list) else files or "a checkpoint in memory"
+    epoch = "" if scored.get("epoch") is None else f", epoch {scored['epoch']}" + (
+        "" if scored.get("max_epochs") is None else f" of {scored['max_epochs']}")
+    return f"Scored checkpoint: {name}{epoch}: {scored['reason']}.\n\n"
 
 
 def _read_checkpoints(
@@ -663,8 +691,8 @@ def _write_report(report: ReportLayout, outputs: OutputFolder, res: _Results, ds
 
     encoder = encoder_provenance(model_name, dict(spec.options))
     note = f"\nNote: {encoder['encoder_note']}.\n" if "encoder_note" in encoder else ""
-    atomic_write_text(report.summary_md,
-                      f"# Test of {model_name} on {title} ({settings.split})\n\n" + table + note)
+    atomic_write_text(report.summary_md, f"# Test of {model_name} on {title} ({settings.split})\n\n"
+                      + _scored_line(provenance["scored"]) + table + note)
     write_case_csv(res.values, report.cases_csv, class_names, protocol=None, digits=6)
     if settings.case_json:
         write_json(report.cases_json, summarize_cases(res.records))

@@ -8,6 +8,7 @@ Layout (:class:`RunLayout`)::
       metrics.csv             one row per epoch (rewritten atomically via metrics.csv.tmp)
       checkpoints/latest.pt   written every epoch, first
       checkpoints/best.pt     written when the epoch improved the validation Dice, second
+      checkpoints/final.pt    the last epoch, written when training ends (what is scored)
       plots/                  the training curves
       tensorboard/            scalars, per-class Dice, overlays
       splits_final.json       the fold split (``--fold`` runs only; an input, never deleted)
@@ -43,6 +44,7 @@ from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder, prune_empty, wa
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
+FINAL = "final.pt"
 LATEST = "latest.pt"
 CONFIG = "config.yaml"
 METRICS_CSV = "metrics.csv"
@@ -113,6 +115,10 @@ class RunLayout:
         return self.checkpoints / LATEST
 
     @property
+    def final(self) -> Path:
+        return self.checkpoints / FINAL
+
+    @property
     def config(self) -> Path:
         return self.root / CONFIG
 
@@ -171,7 +177,7 @@ def is_run_folder(path: str | Path) -> bool:
     lay = RunLayout(path)
     if lay.marker.is_file():
         return True
-    return any(_peek(p) is not None for p in (lay.latest, lay.best) if p.is_file())
+    return any(_peek(p) is not None for p in (lay.latest, lay.best, lay.final) if p.is_file())
 
 
 # Everything a training run writes into its folder; nothing else is ever deleted.
@@ -182,7 +188,7 @@ RUN_ENTRIES = frozenset({
 # What a run writes *inside* its sub-folders (regular expressions on the name relative to
 # the sub-folder, matched in full): ``--overwrite`` deletes these and nothing else there,
 # so a file the user keeps beside them stays, and a sub-folder goes only if it ends empty.
-_STEM = r"(best|latest)"
+_STEM = r"(best|latest|final)"
 RUN_SUBFOLDER_FILES: dict[str, tuple[str, ...]] = {
     CHECKPOINTS: (
         rf"{_STEM}\.(pt|onnx|pt2)",  # the checkpoints; `unetzoo export`'s default outputs

@@ -4,9 +4,10 @@ The steps, in order: open the dataset and name the run (:func:`open_run`), split
 cases and build the loader (:func:`make_loader`), build the model (:func:`build_model`)
 and its objective (:func:`build_objective`: losses, distillation, optimizer, scaler),
 resume (:func:`resume_state`), then per epoch :func:`train_epoch` and
-:func:`end_epoch` (validation, logs, checkpoints), and :func:`final_test`. The run
-folder's files are named in :mod:`unetzoo.engine.run_folder`. Model selection uses a
-validation split carved from the training cases (never the test set).
+:func:`end_epoch` (validation, logs, checkpoints), and :func:`final_test` (``final.pt``
+and its test; :mod:`unetzoo.engine.selection`). The run folder's files are named in
+:mod:`unetzoo.engine.run_folder`. Validation uses a split carved from the training cases
+(never the test set); ``--select best`` scores its best epoch instead of the last.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from unetzoo.engine.evaluation import spacing_known, validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
+from unetzoo.engine.selection import choose_checkpoint, write_final
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.engine.training_inputs import training_intensity, training_orientation
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
@@ -770,15 +772,22 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
 
 
 def final_test(run: Run) -> dict[str, Any] | None:
-    """``unetzoo test`` of ``best.pt`` on the test split into ``report/`` (when asked
-    and the dataset has test cases); None otherwise."""
+    """Write ``final.pt`` (:func:`~unetzoo.engine.selection.write_final`), then ``unetzoo
+    test`` of the checkpoint ``cfg.select`` picks (``final.pt`` by default) on the test
+    split into ``report/`` (when asked and the dataset has test cases); None otherwise."""
     cfg, ds = run.cfg, run.data.ds
+    write_final(run.layout)
     if not (cfg.test and "test" in ds.splits() and ds.cases("test")):
         return None
     from unetzoo.engine import evaluation  # looked up at call time (tests replace run_test)
 
+    chosen = choose_checkpoint(run.layout, cfg.select, paper_protocol=cfg.paper_protocol,
+                               validated=bool(run.data.val_cases),
+                               best_metric=run.progress.best_metric)
+    print(f"testing {chosen.path}: {chosen.reason}", flush=True)
     return evaluation.run_test(
-        run.layout.best,
+        chosen.path,
+        selection=chosen,
         dataset=ds,
         out_dir=run.layout.report_dir,
         max_cases=cfg.test_max_cases,

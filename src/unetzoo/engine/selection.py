@@ -1,0 +1,87 @@
+"""Which checkpoint a finished run scores: the final epoch by default, ``--select best``
+the best validation epoch.
+
+nnU-Net predicts with ``checkpoint_final`` and the papers' protocols test the last epoch;
+a best epoch chosen on a small validation split (often one case of other anatomy than the
+test cases) is a noisy pick. So a finished run writes ``checkpoints/final.pt`` (a copy of
+the last epoch's ``latest.pt``, :func:`write_final`) and scores it; ``best.pt`` is still
+written every time validation improves, and ``select = "best"`` scores it instead.
+:func:`choose_checkpoint` names the file and says why, for the report's ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unetzoo.engine.checkpoint import _peek, save_checkpoint
+from unetzoo.engine.config import SELECTIONS
+from unetzoo.engine.run_folder import RunLayout
+from unetzoo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The checkpoint a run's test scores: its path, the rule that chose it and why."""
+
+    path: Path
+    select: str | None  # "final", "best", or None (a checkpoint given to `unetzoo test`)
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"select": self.select, "reason": self.reason}
+
+
+def write_final(layout: RunLayout) -> Path | None:
+    """Copy ``latest.pt`` to ``final.pt`` (atomically) at the end of training; returns
+    ``final.pt``, or None when there is no ``latest.pt`` to copy.
+
+    Called on every finished run, so a run resumed after it finished (or after a kill
+    between the last ``latest.pt`` and ``final.pt``) gets its ``final.pt``; a ``final.pt``
+    that already holds the same epoch and iteration is left as it is.
+    """
+    latest = _peek(layout.latest) if layout.latest.is_file() else None
+    if latest is None:
+        return None
+    final = _peek(layout.final) if layout.final.is_file() else None
+    key = ("epoch", "iteration")
+    if final is not None and all(final.get(k) == latest.get(k) for k in key):
+        return layout.final
+    save_checkpoint({k: v for k, v in latest.items() if k not in ("format", "version")},
+                    layout.final)
+    return layout.final
+
+
+def choose_checkpoint(
+    layout: RunLayout, select: str, *, paper_protocol: bool = False, validated: bool = True,
+    best_metric: float = math.nan,
+) -> Selection:
+    """The checkpoint a finished run's test scores under ``select``, and why.
+
+    Args:
+        layout: the run folder.
+        select: ``"final"`` (the last epoch, ``final.pt``) or ``"best"`` (``best.pt``).
+        paper_protocol: the run follows the published protocol (always the last epoch).
+        validated: the run had a validation split (without one ``best.pt`` is only the
+            last epoch again, so ``"best"`` scores ``final.pt`` and says so).
+        best_metric: the best mean validation Dice, for the reason (NaN or -inf: none).
+
+    Raises:
+        ConfigError: ``select`` is not one of :data:`SELECTIONS`.
+    """
+    if select not in SELECTIONS:
+        raise ConfigError(f"unknown select {select!r}; choose one of {', '.join(SELECTIONS)}")
+    if paper_protocol:
+        return Selection(layout.final, "final", "final epoch (--paper-protocol: the "
+                         "published protocol tests the last epoch)")
+    if select == "best" and not validated:
+        return Selection(layout.final, "final", "final epoch (--select best had no "
+                         "validation split to choose on)")
+    if select == "best":
+        score = (f"mean validation Dice {best_metric:.4f}" if math.isfinite(best_metric)
+                 else "no validation scored a class: the first validated epoch")
+        return Selection(layout.best, "best", f"best validation epoch (--select best; {score})")
+    return Selection(layout.final, "final",
+                     "final epoch (default; --select best picks the best validation epoch)")
