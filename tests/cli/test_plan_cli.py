@@ -100,6 +100,14 @@ def test_predict_reproduces_the_training_preprocessing(planned, tmp_path):
     want = array_to_file(labels, None, case.axes)[0]
     np.testing.assert_array_equal(np.asarray(got.dataobj), want)
 
+    # `unetzoo test` of the checkpoint alone (the data reopened from its config) saves the
+    # same label map
+    report = tmp_path / "report"
+    assert main(["test", "--checkpoint", str(ckpt), "--output", str(report), "--save-nifti",
+                 "--overlays", "0", "--device", "cpu", "--backend", "torch"]) == 0
+    tested = nib.load(report / "predictions" / "case_004.nii.gz")
+    np.testing.assert_array_equal(np.asarray(tested.dataobj), want)
+
 
 def test_budget_flags_need_a_planned_run(planned, capsys):
     code = main(["train", "--data-root", str(planned["root"]), *TINY, "--recipe", "transunet",

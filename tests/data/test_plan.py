@@ -157,3 +157,17 @@ def test_resample_slice_and_patch_crop():
         _, pl = crop_patch(np.zeros((1, 64, 64), np.float32), small_lab, (16, 16), rng,
                            foreground=1.0)
         assert (pl == 2).any()
+
+
+def test_time_budget_measures_the_planned_step(tmp_path, monkeypatch):
+    from unetzoo.data.plan import measure_step_seconds, plan_dataset
+
+    monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path / "cache"))
+    secs = measure_step_seconds("unet", 1, 3, 32, 2, options={"base_channels": 4})
+    assert 0 < secs < 30
+    root = write_nnunet(tmp_path / "ds", n_train=2, shape=(20, 18, 3))
+    plan = plan_dataset(None, root, model="unet", time_budget=0.05,
+                        model_options={"base_channels": 4})
+    assert plan.step_seconds > 0
+    assert plan.iterations == max(1, int(3.0 / plan.step_seconds))
+    assert plan.iterations_rule.startswith("--time-budget")

@@ -334,15 +334,17 @@ def _iterations(iterations: int | None, minutes: float | None,
 
 
 def measure_step_seconds(model_name: str, in_channels: int, num_classes: int, patch: int,
-                         batch: int, device: str = "cpu", steps: int = 3) -> float:
+                         batch: int, device: str = "cpu", steps: int = 3,
+                         options: dict[str, Any] | None = None) -> float:
     """Median seconds of one training step (forward, CE loss, backward, AdamW) of
-    ``model_name`` at ``batch`` x ``patch`` px, after one warm-up step."""
+    ``model_name`` (with ``options``) at ``batch`` x ``patch`` px, after one warm-up step."""
     import torch
 
     from unetzoo.models import create_model
 
     dev = torch.device(device)
-    model = create_model(model_name, in_channels=in_channels, num_classes=num_classes).to(dev)
+    model = create_model(model_name, in_channels=in_channels, num_classes=num_classes,
+                         **(options or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, in_channels, patch, patch, device=dev)
     y = torch.randint(0, num_classes, (batch, patch, patch), device=dev)
@@ -386,9 +388,11 @@ def plan_dataset(
     time_budget: float | None = None,
     device: str = "cpu",
     verbose: bool = False,
+    model_options: dict[str, Any] | None = None,
 ) -> Plan:
     """Fingerprint the dataset at ``root`` and plan it; with ``time_budget`` the step
-    time of the planned model, patch and batch is measured on ``device`` first."""
+    time of the planned model (with ``model_options``), patch and batch is measured on
+    ``device`` first."""
     from unetzoo.data.fingerprint import fingerprint_dataset
 
     ds = open_raw(name, root, options)
@@ -396,7 +400,7 @@ def plan_dataset(
     plan = make_plan(fp, model=model, iterations=iterations)
     if time_budget is not None:
         step = measure_step_seconds(model, ds.in_channels, ds.num_classes, plan.patch_size,
-                                    plan.batch_size, device)
+                                    plan.batch_size, device, options=model_options)
         plan = make_plan(fp, model=model, iterations=iterations, time_budget=time_budget,
                          step_seconds=step)
     return plan
@@ -447,7 +451,8 @@ def plan_training(
     given = {**file_values, **flags}
     device = str(resolve_device(given.get("device")))
     plan = plan_dataset(name, root, options, model=given.get("model") or DEFAULT_MODEL,
-                        iterations=iterations, time_budget=time_budget, device=device)
+                        iterations=iterations, time_budget=time_budget, device=device,
+                        model_options=dict(given.get("model_options") or {}))
     plan = with_overrides(plan, given)
     print(plan.summary(), flush=True)
     layer = plan.config_values()

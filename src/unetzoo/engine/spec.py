@@ -68,8 +68,8 @@ PROTOCOL_TEXT: dict[str, str] = {
     ),
     "spacing": (
         "'spacing' is the median (sz, sy, sx) voxel size in mm of the training cases (null "
-        "when the training data had none). Inputs are not resampled to it: each slice is "
-        "resized to img_size as in training; unetzoo predict warns when an input's in-plane "
+        "when the training data had none). Without a plan inputs are not resampled to it: each "
+        "slice is resized to img_size as in training; unetzoo predict warns when an input's in-plane "
         f"voxel size is more than {SPACING_WARN_RATIO:g}x off."
     ),
     "plan": (
