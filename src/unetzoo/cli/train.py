@@ -165,7 +165,10 @@ def _plan(args, ds, name, root, ds_opts, file_values, flags, resumed):
             ds.plan = SlicePlan.from_dict(resumed["plan"], "the resumed checkpoint")
         return ds, file_values
     if wants_plan(ds, file_values, flags):
-        return plan_training(name, root, ds_opts, file_values, flags, **budget)
+        from unetzoo.engine.distributed import resolve_device
+
+        device = str(resolve_device(flags.get("device", file_values.get("device"))))
+        return plan_training(name, root, ds_opts, file_values, flags, device=device, **budget)
     given = [f"--{k.replace('_', '-')}" for k, v in budget.items() if v is not None]
     if given:
         raise ConfigError(f"{' and '.join(given)} size(s) a planned run (an nnU-Net folder "

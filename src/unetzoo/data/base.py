@@ -208,11 +208,9 @@ class SegDataset:
         index = self._slice_index(split, chosen)
         if not index:
             raise DataError(f"{self.name}: split {split!r} of {self.root} has no slices")
-        plan = getattr(self, "plan", None)  # a planned run: resampled slices, patch crops
-        if plan is not None:
-            from unetzoo.data.plan import PlannedSliceDataset
-
-            return PlannedSliceDataset(self, split, index, transform, seed=seed, plan=plan)
+        plan = getattr(self, "plan", None)  # a planned run (data.plan.SlicePlan): resampled
+        if plan is not None:  # slices, patch crops
+            return plan.slice_dataset(self, split, index, transform, seed=seed)
         return SliceDataset(self, split, index, transform, seed=seed)
 
 

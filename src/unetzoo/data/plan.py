@@ -83,6 +83,12 @@ class SlicePlan:
         ty, tx = self.target_spacing
         return (max(1, int(round(hw[0] * sy / ty))), max(1, int(round(hw[1] * sx / tx))))
 
+    def slice_dataset(self, source, split: str, index, transform=None, *,
+                      seed: int = 0) -> PlannedSliceDataset:
+        """The training slices of ``source`` under this plan (``SegDataset.slice_dataset``
+        of a dataset that carries ``plan``)."""
+        return PlannedSliceDataset(source, split, index, transform, seed=seed, plan=self)
+
     def to_dict(self) -> dict[str, Any]:
         return {"target_spacing": [float(s) for s in self.target_spacing],
                 "patch_size": [int(s) for s in self.patch_size]}
@@ -436,20 +442,19 @@ def wants_plan(ds: Any, *sources: dict[str, Any]) -> bool:
 def plan_training(
     name: str | None, root: str | Path, options: dict[str, Any],
     file_values: dict[str, Any], flags: dict[str, Any], *,
-    iterations: int | None = None, time_budget: float | None = None,
+    iterations: int | None = None, time_budget: float | None = None, device: str = "cpu",
 ) -> tuple[Any, dict[str, Any]]:
     """Plan the dataset at ``root`` for ``unetzoo train``: ``(dataset, file_values)``.
 
     The dataset is reopened with the plan's normalisation and carries ``plan`` (the
     :class:`SlicePlan` that training and the checkpoint use) and ``plan_record`` (the
     :class:`Plan` the trainer writes to ``RUN/plans.json``); the plan's configuration
-    keys go under ``file_values`` (the YAML file's and the flags' win).
+    keys go under ``file_values`` (the YAML file's and the flags' win). ``device``
+    times a step for ``time_budget``.
     """
     from unetzoo.data import get_dataset
-    from unetzoo.engine.distributed import resolve_device
 
     given = {**file_values, **flags}
-    device = str(resolve_device(given.get("device")))
     plan = plan_dataset(name, root, options, model=given.get("model") or DEFAULT_MODEL,
                         iterations=iterations, time_budget=time_budget, device=device,
                         model_options=dict(given.get("model_options") or {}))
