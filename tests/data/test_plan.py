@@ -32,9 +32,9 @@ def _stats(modality: str, mean=40.0, sd=20.0, lo=-100.0, hi=300.0) -> ChannelSta
     return ChannelStats(modality, mean, sd, mean, lo, hi, lo - 50, hi + 50)
 
 
-def _fp(channels, cases, name="toy") -> Fingerprint:
+def _fp(channels, cases, name="toy", nonzero=1.0) -> Fingerprint:
     return Fingerprint(name, ("background", "a", "b"), tuple(channels),
-                       tuple(CaseShape(f"c{i}", s, sp) for i, (s, sp) in enumerate(cases)),
+                       tuple(CaseShape(f"c{i}", s, sp, nonzero) for i, (s, sp) in enumerate(cases)),
                        (0.9, 0.07, 0.03))
 
 
@@ -69,6 +69,10 @@ def test_mri_plan_zscore_per_image_per_channel_and_patch_cap_and_dataset_cap():
     # a large MRI dataset: the pixel budget decides
     big = make_plan(_fp([_stats("T2")], [((400, 180, 200), (1.0, 1.2, 1.2))] * 20))
     assert big.batch_size == PIXEL_BUDGET // 224**2 == 10
+    # skull-stripped: the nonzero crop keeps half the data -> z-score over nonzero voxels
+    stripped = make_plan(_fp([_stats("T1")], cases, nonzero=0.5))
+    assert stripped.normalisation == {"kind": "zscore", "nonzero": True}
+    assert make_plan(_fp([_stats("CT")], cases, nonzero=0.5)).normalisation["kind"] == "ct_zscore"
     # a huge slice: capped patch
     huge = make_plan(_fp([_stats("MRI")], [((10, 2000, 1500), (1.0, 0.5, 0.5))] * 2))
     assert huge.patch_size == MAX_PATCH
@@ -119,6 +123,7 @@ def test_fingerprint_of_a_raw_nnunet_folder(tmp_path, monkeypatch):
     assert [c.shape for c in fp.cases] == [(4, 8, 9)] * 3  # (D, H, W): k, j, i
     assert fp.cases[0].spacing == pytest.approx((3.0, 0.9, 0.8))
     assert fp.modalities == ("CT",)
+    assert [c.nonzero_share for c in fp.cases] == [1.0] * 3  # noise: nonzero everywhere
     # every foreground voxel is sampled (fewer than SAMPLES_PER_CASE): exact statistics
     import nibabel as nib
 
@@ -136,6 +141,15 @@ def test_fingerprint_of_a_raw_nnunet_folder(tmp_path, monkeypatch):
     assert ch.p99_5 == pytest.approx(np.percentile(fg, 99.5), rel=1e-5)
     assert fp.class_shares == pytest.approx(tuple(counts / counts.sum()))
     assert Fingerprint.from_dict(fp.to_dict()) == fp
+
+
+def test_nonzero_share():
+    from unetzoo.data.fingerprint import nonzero_share
+
+    img = np.zeros((2, 4, 10, 10), np.float32)
+    img[1, 1:3, 2:7, 0:5] = 1.0
+    assert nonzero_share(img) == pytest.approx(2 * 5 * 5 / 400)
+    assert nonzero_share(np.zeros((1, 2, 3, 3))) == 1.0
 
 
 def test_resample_slice_and_patch_crop():

@@ -12,7 +12,8 @@ seen, read once from the raw intensities:
 - the share of all voxels that each class holds.
 
 Deviations from nnU-Net's fingerprint extractor: it crops each case to its nonzero
-bounding box first and reports shapes after cropping (here: the full array), draws
+bounding box first and reports shapes after cropping (here: the full array, and the
+share the crop would keep, ``nonzero_share``), draws
 ``1e8 / cases`` samples per case with replacement (here: at most
 :data:`SAMPLES_PER_CASE`, without replacement), and records no class shares.
 """
@@ -60,11 +61,14 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class CaseShape:
-    """One training case: ``shape`` ``(D, H, W)`` and ``spacing`` ``(sz, sy, sx)`` mm."""
+    """One training case: ``shape`` ``(D, H, W)``, ``spacing`` ``(sz, sy, sx)`` mm and
+    ``nonzero_share``, the share of the array inside the bounding box of its nonzero
+    voxels (any channel; nnU-Net's crop), which decides mask-based normalisation."""
 
     case: str
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    nonzero_share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class Fingerprint:
                 class_names=tuple(str(n) for n in data["class_names"]),
                 channels=tuple(ChannelStats(**c) for c in data["channels"]),
                 cases=tuple(CaseShape(str(c["case"]), tuple(int(s) for s in c["shape"]),
-                                      tuple(float(s) for s in c["spacing"]))
+                                      tuple(float(s) for s in c["spacing"]),
+                                      float(c.get("nonzero_share", 1.0)))
                             for c in data["cases"]),
                 class_shares=tuple(float(s) for s in data["class_shares"]),
                 spacing_known=bool(data.get("spacing_known", True)),
@@ -115,6 +120,18 @@ def _sample(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if values.size <= n:
         return values
     return values[rng.choice(values.size, n, replace=False)]
+
+
+def nonzero_share(image: np.ndarray) -> float:
+    """Share of ``image`` ``(C, D, H, W)`` inside the bounding box of its nonzero voxels."""
+    mask = np.any(np.asarray(image) != 0, axis=0)
+    if not mask.any():
+        return 1.0
+    box = 1
+    for axis in range(mask.ndim):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        box *= int(hit[-1] - hit[0] + 1)
+    return box / mask.size
 
 
 def raw_reader(ds: Any):
@@ -145,7 +162,8 @@ def fingerprint_dataset(ds: Any, split: str = "train", *, verbose: bool = False,
         # a reader without an affine (2-D pictures, Synapse npz) knows no spacing
         known = known and bool(getattr(case, "spacing_known", case.affine is not None))
         cases.append(CaseShape(str(cid), tuple(int(s) for s in case.image.shape[1:]),
-                               tuple(float(s) for s in case.spacing)))
+                               tuple(float(s) for s in case.spacing),
+                               nonzero_share(case.image)))
         label = np.asarray(case.label)
         fg = label > 0
         for c in range(ds.in_channels):

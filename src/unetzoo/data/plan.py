@@ -18,7 +18,8 @@ From a :class:`~unetzoo.data.fingerprint.Fingerprint` (:func:`make_plan`):
   5 % of the dataset's resampled pixels (nnU-Net's cap);
 - normalisation per channel by modality: CT clipped to the foreground's 0.5-99.5
   percentiles and z-scored with the foreground mean and sd (``ct_zscore``); ``noNorm``
-  none; ``rescale_to_0_1`` min-max; anything else z-scored per image;
+  none; ``rescale_to_0_1`` min-max; anything else z-scored per image (over its nonzero
+  voxels when cropping to them would keep less than 3/4 of the median case);
 - the model (:data:`DEFAULT_MODEL`), the augmentation recipe (:data:`DEFAULT_AUGMENT`) and
   the number of iterations (``iterations`` and/or a time budget over a measured step
   time; :data:`DEFAULT_ITERATIONS` otherwise).
@@ -58,6 +59,9 @@ DEFAULT_AUGMENT = "none"
 DEFAULT_ITERATIONS = 1000
 #: Share of training patches centred on a foreground pixel (nnU-Net: 0.33).
 FOREGROUND_OVERSAMPLING = 0.33
+#: Z-scores use the nonzero voxels when the nonzero crop keeps less than this share
+#: of the median case (nnU-Net's ``use_mask_for_norm`` rule).
+NONZERO_CROP_SHARE = 0.75
 #: Share of training cases held out for validation by the default configuration.
 VAL_FRACTION = 0.1
 PLAN_VERSION = 1
@@ -263,8 +267,9 @@ class Plan:
                 f"{self.max_epochs} epochs)")
 
 
-def channel_normalisation(stats) -> dict[str, Any]:
-    """The intensity spec of one channel by its modality (see the module docstring)."""
+def channel_normalisation(stats, nonzero: bool = False) -> dict[str, Any]:
+    """The intensity spec of one channel by its modality (see the module docstring);
+    ``nonzero``: z-scores use the nonzero voxels only (nnU-Net's ``use_mask_for_norm``)."""
     from unetzoo.data.preprocessing import spec_for_channel
 
     key = stats.modality.strip().lower()
@@ -274,7 +279,10 @@ def channel_normalisation(stats) -> dict[str, Any]:
             lo, hi = lo - 0.5, lo + 0.5
         return {"kind": "ct_zscore", "clip": [lo, hi], "mean": stats.mean,
                 "std": max(stats.sd, 1e-8)}
-    return spec_for_channel(stats.modality)
+    spec = spec_for_channel(stats.modality)
+    if spec["kind"] == "zscore" and nonzero:
+        spec["nonzero"] = True
+    return spec
 
 
 def _round_up(n: float, multiple: int) -> int:
@@ -306,7 +314,9 @@ def make_plan(
     pixels = float(sum(c.shape[0] * int(h) * int(w) for c, (h, w) in zip(fp.cases, shapes)))
     batch = max(PIXEL_BUDGET // patch**2, MIN_BATCH)
     batch = max(min(batch, int(round(MAX_DATASET_SHARE * pixels / patch**2))), MIN_BATCH)
-    specs = [channel_normalisation(c) for c in fp.channels]
+    # nnU-Net: z-score inside the nonzero mask when cropping to it keeps < 3/4 of the data
+    nonzero = float(np.median([c.nonzero_share for c in fp.cases])) < NONZERO_CROP_SHARE
+    specs = [channel_normalisation(c, nonzero) for c in fp.channels]
     norm = specs[0] if len(specs) == 1 else {"kind": "channels", "channels": specs}
     its, rule = _iterations(iterations, time_budget, step_seconds)
     slices = sum(c.shape[0] for c in fp.cases) * (1 - VAL_FRACTION)
