@@ -63,7 +63,7 @@ def test_mri_plan_zscore_per_image_per_channel_and_patch_cap_and_dataset_cap():
         {"kind": "zscore", "nonzero": False}, {"kind": "zscore", "nonzero": False}]}
     assert plan.target_spacing == pytest.approx((1.2, 1.2))
     assert plan.patch_size == 224  # 200 -> next multiple of 32
-    pixels = 3 * 8 * 180 * 200
+    pixels = 3 * 8 * 216 * 240  # nnU-Net: cases x the median resampled shape
     assert plan.batch_size == max(min(PIXEL_BUDGET // 224**2, round(0.05 * pixels / 224**2)),
                                   MIN_BATCH)
     # a large MRI dataset: the pixel budget decides

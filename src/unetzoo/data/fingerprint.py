@@ -12,8 +12,8 @@ seen, read once from the raw intensities:
 - the share of all voxels that each class holds.
 
 Deviations from nnU-Net's fingerprint extractor: it crops each case to its nonzero
-bounding box first and reports shapes after cropping (here: the full array, and the
-share the crop would keep, ``nonzero_share``), draws
+bounding box first and keeps only the cropped data (here: the full array is kept; the
+box, ``cropped_shape``, and the share it keeps, ``nonzero_share``, are recorded), draws
 ``1e8 / cases`` samples per case with replacement (here: at most
 :data:`SAMPLES_PER_CASE`, without replacement), and records no class shares.
 """
@@ -69,6 +69,13 @@ class CaseShape:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     nonzero_share: float = 1.0
+    #: ``(D, H, W)`` of the nonzero bounding box (nnU-Net's shape after cropping).
+    cropped_shape: tuple[int, int, int] | None = None
+
+    @property
+    def plan_shape(self) -> tuple[int, int, int]:
+        """The shape the planner uses: after cropping to nonzero, as nnU-Net plans."""
+        return self.cropped_shape or self.shape
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,9 @@ class Fingerprint:
                 channels=tuple(ChannelStats(**c) for c in data["channels"]),
                 cases=tuple(CaseShape(str(c["case"]), tuple(int(s) for s in c["shape"]),
                                       tuple(float(s) for s in c["spacing"]),
-                                      float(c.get("nonzero_share", 1.0)))
+                                      float(c.get("nonzero_share", 1.0)),
+                                      None if c.get("cropped_shape") is None
+                                      else tuple(int(v) for v in c["cropped_shape"]))
                             for c in data["cases"]),
                 class_shares=tuple(float(s) for s in data["class_shares"]),
                 spacing_known=bool(data.get("spacing_known", True)),
@@ -122,16 +131,22 @@ def _sample(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return values[rng.choice(values.size, n, replace=False)]
 
 
-def nonzero_share(image: np.ndarray) -> float:
-    """Share of ``image`` ``(C, D, H, W)`` inside the bounding box of its nonzero voxels."""
+def nonzero_box(image: np.ndarray) -> tuple[int, ...]:
+    """``(D, H, W)`` of the bounding box of the nonzero voxels of ``image`` ``(C, D, H, W)``
+    (any channel); the whole shape when nothing is nonzero."""
     mask = np.any(np.asarray(image) != 0, axis=0)
     if not mask.any():
-        return 1.0
-    box = 1
+        return tuple(mask.shape)
+    box = []
     for axis in range(mask.ndim):
         hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
-        box *= int(hit[-1] - hit[0] + 1)
-    return box / mask.size
+        box.append(int(hit[-1] - hit[0] + 1))
+    return tuple(box)
+
+
+def nonzero_share(image: np.ndarray) -> float:
+    """Share of ``image`` ``(C, D, H, W)`` inside the bounding box of its nonzero voxels."""
+    return float(np.prod(nonzero_box(image))) / float(np.prod(np.shape(image)[1:]))
 
 
 def raw_reader(ds: Any):
@@ -163,7 +178,7 @@ def fingerprint_dataset(ds: Any, split: str = "train", *, verbose: bool = False,
         known = known and bool(getattr(case, "spacing_known", case.affine is not None))
         cases.append(CaseShape(str(cid), tuple(int(s) for s in case.image.shape[1:]),
                                tuple(float(s) for s in case.spacing),
-                               nonzero_share(case.image)))
+                               nonzero_share(case.image), nonzero_box(case.image)))
         label = np.asarray(case.label)
         fg = label > 0
         for c in range(ds.in_channels):

@@ -10,7 +10,8 @@ the rules and how they relate to nnU-Net's.
 From a :class:`~unetzoo.data.fingerprint.Fingerprint` (:func:`make_plan`):
 
 - target in-plane spacing: the median of the cases' in-plane spacings (per axis);
-- patch side: the largest side of the median slice shape after resampling, rounded up to a
+- patch side: the largest side of the median slice shape (cropped to the nonzero bounding
+  box, as nnU-Net plans) after resampling, rounded up to a
   multiple of :data:`STRIDE`, capped at :data:`MAX_PATCH` (square: the zoo's
   augmentations rotate by 90 degrees); slices larger than the patch are predicted with
   Gaussian sliding windows;
@@ -308,10 +309,12 @@ def make_plan(
     spacings = np.array([c.spacing[1:] for c in fp.cases], dtype=np.float64)
     target = tuple(float(s) for s in np.median(spacings, axis=0))
     sp = SlicePlan((target[0], target[1]), (STRIDE, STRIDE))
-    shapes = np.array([sp.resampled_shape(c.shape[1:], c.spacing) for c in fp.cases])
+    shapes = np.array([sp.resampled_shape(c.plan_shape[1:], c.spacing) for c in fp.cases])
     median = tuple(int(round(s)) for s in np.median(shapes, axis=0))
     patch = min(_round_up(max(median), STRIDE), MAX_PATCH)
-    pixels = float(sum(c.shape[0] * int(h) * int(w) for c, (h, w) in zip(fp.cases, shapes)))
+    # nnU-Net's dataset size: the median resampled (D, H, W) times the number of cases
+    depth = float(np.median([c.plan_shape[0] for c in fp.cases]))
+    pixels = depth * median[0] * median[1] * len(fp.cases)
     batch = max(PIXEL_BUDGET // patch**2, MIN_BATCH)
     batch = max(min(batch, int(round(MAX_DATASET_SHARE * pixels / patch**2))), MIN_BATCH)
     # nnU-Net: z-score inside the nonzero mask when cropping to it keeps < 3/4 of the data
