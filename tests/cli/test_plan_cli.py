@@ -115,3 +115,26 @@ def test_budget_flags_need_a_planned_run(planned, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--iterations" in err[0]
+
+
+def test_a_planned_run_resumes_with_its_plan(planned):
+    """`--resume` keeps the checkpoint's plan (resampled slices, planned normalisation)."""
+    import torch
+
+    from unetzoo.data.plan import plan_training
+    from unetzoo.engine.config import resolve_config
+    from unetzoo.engine.trainer import train
+
+    run = planned["base"] / "resumed"
+    flags = {"model": "unet", "model_options": {"base_channels": 4}, "max_epochs": 2,
+             "img_size": 32, "output": str(run), "data_root": str(planned["root"]),
+             "device": "cpu", "progress": False, "test": False}
+    ds, values = plan_training(None, planned["root"], {}, {}, flags)
+    train(resolve_config(ds.recipe, values, flags), dataset=ds, stop_after_epochs=1)
+    first = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert main(["train", "--resume", "--output", str(run), "--no-progress"]) == 0
+    ck = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["plan"] == first["plan"] == {
+        "target_spacing": pytest.approx([0.9, 0.8]), "patch_size": [32, 32]}
+    assert ck["preprocessing"] == first["preprocessing"]
+    assert ck["preprocessing"]["kind"] == "ct_zscore"

@@ -264,8 +264,10 @@ class Plan:
         return (f"plan for {self.dataset}: {'/'.join(self.modalities)}, spacing {sp} mm, "
                 f"median slice {self.median_shape[0]} x {self.median_shape[1]} -> patch "
                 f"{self.patch_size} px, batch {self.batch_size}, model {self.model}, augment "
-                f"{self.augment}, {self.iterations} iterations ({self.iterations_rule}; "
-                f"{self.max_epochs} epochs)")
+                f"{self.augment}, " + (f"{self.max_epochs} epochs (--max-epochs)"
+                if self.iterations_rule == "--max-epochs" else
+                f"{self.iterations} iterations ({self.iterations_rule}; {self.max_epochs} "
+                "epochs)"))
 
 
 def channel_normalisation(stats, nonzero: bool = False) -> dict[str, Any]:
@@ -434,6 +436,8 @@ def with_overrides(plan: Plan, values: dict[str, Any]) -> Plan:
                        ("max_epochs", "max_epochs")):
         if values.get(key) is not None:
             changes[field] = values[key]
+    if "max_epochs" in changes:  # the epochs were given: no iteration count was planned
+        changes["iterations_rule"] = "--max-epochs"
     return replace(plan, **changes)
 
 
