@@ -138,3 +138,20 @@ def test_a_planned_run_resumes_with_its_plan(planned):
         "target_spacing": pytest.approx([0.9, 0.8]), "patch_size": [32, 32]}
     assert ck["preprocessing"] == first["preprocessing"]
     assert ck["preprocessing"]["kind"] == "ct_zscore"
+
+
+def test_an_exported_planned_model_predicts_the_same_labels(planned, tmp_path):
+    """The plan travels in the ONNX file's metadata: `predict --onnx` resamples as the
+    checkpoint does."""
+    import nibabel as nib
+
+    ckpt = planned["run"] / "checkpoints" / "latest.pt"
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "-o", str(onnx), "--no-verify"]) == 0
+    outs = {}
+    for flag, model in (("--checkpoint", ckpt), ("--onnx", onnx)):
+        out = tmp_path / flag.strip("-")
+        assert main(["predict", flag, str(model), str(planned["root"] / "imagesTs"), "-o",
+                     str(out), "--overlays", "0", "--device", "cpu"]) == 0
+        outs[flag] = np.asarray(nib.load(out / "case_004.nii.gz").dataobj)
+    np.testing.assert_array_equal(outs["--onnx"], outs["--checkpoint"])
