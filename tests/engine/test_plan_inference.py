@@ -91,3 +91,17 @@ def test_spec_round_trip_with_a_plan():
         InferenceSpec.from_dict({k: v for k, v in d.items() if k != "plan"})
     with pytest.raises(CheckpointError, match="patch_size"):
         InferenceSpec.from_dict({**d, "plan": {"target_spacing": [1, 1], "patch_size": [2, 2]}})
+
+
+def test_the_spacing_follows_a_reorientation():
+    """Predict and test reorient a volume to the training orientation before slicing; the
+    spacing handed to the plan is the reoriented array's, axis for axis."""
+    from unetzoo.data.geometry import Reorientation
+    from unetzoo.data.plan import view_spacing
+
+    view = Reorientation((2, 0, 1), (False, True, False))
+    image = np.zeros((1, 4, 5, 6))
+    assert view.forward(image).shape[1:] == (6, 4, 5)
+    assert view_spacing((3.0, 0.9, 0.8), view) == (0.8, 3.0, 0.9)
+    assert view_spacing((3.0, 0.9, 0.8), None) == (3.0, 0.9, 0.8)
+    assert view_spacing(None, view) is None
