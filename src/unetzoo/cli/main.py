@@ -19,6 +19,7 @@ from unetzoo.errors import UnetzooError
 # Module names under unetzoo.cli, in the order `unetzoo --help` lists them.
 COMMAND_MODULES = (
     "list_models",
+    "plan",
     "train",
     "test",
     "predict",

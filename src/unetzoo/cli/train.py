@@ -45,6 +45,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     a("--paper-protocol", action="store_true", default=None,
       help="as the published tables: train on all training cases, select no checkpoint, "
       "test the last epoch with the transunet metric protocol")
+    a("--iterations", type=int, metavar="N",
+      help="a planned run (nnU-Net folder, default recipe): train about N iterations "
+      "(whole epochs; default 1000)")
+    a("--time-budget", type=float, metavar="MINUTES",
+      help="a planned run: as many iterations as fit in MINUTES at the measured step time")
     a("--max-epochs", type=int)
     a("--batch-size", type=int)
     a("--base-lr", type=float, help="initial learning rate (poly decay per iteration)")
@@ -152,6 +157,30 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
+def _plan(args, ds, name, root, ds_opts, file_values, flags, resumed):
+    """A dataset without a source recipe gets a plan (:mod:`unetzoo.data.plan`); a
+    resumed planned run keeps its checkpoint's."""
+    from unetzoo.data.plan import SlicePlan, plan_training, wants_plan
+
+    budget = {"iterations": getattr(args, "iterations", None),
+              "time_budget": getattr(args, "time_budget", None)}
+    if resumed is not None:
+        if resumed.get("plan") is not None:
+            ds.plan = SlicePlan.from_dict(resumed["plan"], "the resumed checkpoint")
+        return ds, file_values
+    if wants_plan(ds, file_values, flags):
+        from unetzoo.engine.distributed import resolve_device
+
+        device = str(resolve_device(flags.get("device", file_values.get("device"))))
+        return plan_training(name, root, ds_opts, file_values, flags, device=device, **budget)
+    given = [f"--{k.replace('_', '-')}" for k, v in budget.items() if v is not None]
+    if given:
+        raise ConfigError(f"{' and '.join(given)} size(s) a planned run (an nnU-Net folder "
+                          "on the default recipe); this run follows a recipe: use "
+                          "--max-epochs")
+    return ds, file_values
+
+
 def run(args: argparse.Namespace) -> int:
     from unetzoo.data import get_dataset
     from unetzoo.engine.checkpoint import load_checkpoint
@@ -183,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
     root = flags.get("data_root", file_values.get("data_root"))
     ds_opts = {**(file_values.get("dataset_options") or {}), **flags.get("dataset_options", {})}
     ds = get_dataset(name, root, **ds_opts)
+    ds, file_values = _plan(args, ds, name, root, ds_opts, file_values, flags,
+                            ck if resume else None)
     cfg = require_pretrained_encoder(resolve_config(ds.recipe, file_values, flags))
     if cfg.precision != "fp32":  # refused in one line before the run folder is made
         from unetzoo.engine.backends import check_precision

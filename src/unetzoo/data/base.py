@@ -208,6 +208,9 @@ class SegDataset:
         index = self._slice_index(split, chosen)
         if not index:
             raise DataError(f"{self.name}: split {split!r} of {self.root} has no slices")
+        plan = getattr(self, "plan", None)  # a planned run (data.plan.SlicePlan): resampled
+        if plan is not None:  # slices, patch crops
+            return plan.slice_dataset(self, split, index, transform, seed=seed)
         return SliceDataset(self, split, index, transform, seed=seed)
 
 
@@ -243,13 +246,17 @@ class SliceDataset(Dataset):
     def case_ids(self) -> list[str]:
         return sorted({c for c, _ in self.index})
 
+    def _prepare(self, case_id: str, image: np.ndarray, label: np.ndarray):
+        """The slice before augmentation (a planned dataset resamples and crops here)."""
+        return image, label
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         case_id, z = self.index[i]
         if self._pid != os.getpid():  # new worker: never share open files or maps
             self._store, self._pid = {}, os.getpid()
         image, label = self.source._read_slice(self.split, case_id, z, self._store)
-        image = np.asarray(image, dtype=np.float32)
-        label = np.asarray(label, dtype=np.int64)
+        image, label = self._prepare(case_id, np.asarray(image, dtype=np.float32),
+                                     np.asarray(label, dtype=np.int64))
         if self.transform is not None:
             image, label = self.transform(image, label, self.rng)
         return {

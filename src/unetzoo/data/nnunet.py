@@ -436,6 +436,11 @@ class NnUNetDataset(SegDataset):
             ignore_label=self.ignore_label,
         )
 
+    def read_case(self, case_id: str, split: str) -> Case:
+        """The case read from its files, bypassing the slice cache (the fingerprint's
+        one pass over raw intensities, :mod:`unetzoo.data.fingerprint`)."""
+        return self._read_case(case_id, split)
+
     def _open_cached(self, split: str, cid: str, mmap_mode: str | None = None):
         """``(meta, image, label)`` from the cache; a damaged cache file (a kill or a full
         disk mid-write, a copy cut short) is rebuilt from the NIfTI files once."""

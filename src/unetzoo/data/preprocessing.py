@@ -11,6 +11,9 @@ Kinds (``spec["kind"]``):
   come from voxels ``!= 0`` only and zero voxels stay 0 (skull-stripped MRI).
 - ``"percentile"``: clip to the per-volume ``lower`` / ``upper`` percentiles (default 0.5
   / 99.5) and scale to ``[0, 1]``.
+- ``"ct_zscore"``: nnU-Net's CT normalisation with statistics fixed by a plan
+  (:mod:`unetzoo.data.plan`): clip to ``clip`` ``[low, high]`` (the training foreground's
+  0.5 / 99.5 percentiles), then ``(x - mean) / std`` (the foreground's mean and sd).
 - ``"channels"``: ``{"kind": "channels", "channels": [spec0, spec1, ...]}``, one spec per
   input channel (axis 0 of the array).
 """
@@ -27,7 +30,7 @@ from unetzoo.errors import DataError
 SYNAPSE_WINDOW = (-125.0, 275.0)
 #: Full scale of 12-bit pictures stored as 16 bits (:func:`display_bit_depth`).
 TWELVE_BIT = 4095
-KINDS = ("none", "ct", "range", "zscore", "percentile", "channels")
+KINDS = ("none", "ct", "range", "zscore", "percentile", "ct_zscore", "channels")
 
 
 def ct_spec(window: tuple[float, float] = SYNAPSE_WINDOW) -> dict[str, Any]:
@@ -85,6 +88,15 @@ def check_spec(spec: Any) -> str:
         if not 0.0 <= lo < hi <= 100.0:
             bad = (f"percentiles lower={spec.get('lower')} upper={spec.get('upper')} must "
                    "satisfy 0 <= lower < upper <= 100")
+    elif kind == "ct_zscore":
+        clip = spec.get("clip")
+        ok = isinstance(clip, (list, tuple)) and len(clip) == 2
+        lo, hi = _finite_pair({"lo": clip[0], "hi": clip[1]}, "lo", "hi", (0, 0)) if ok else (0, 0)
+        mean, std = _finite_pair(spec, "mean", "std", (math.nan, math.nan))
+        if not (ok and math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            bad = f"'clip' must be [low, high] with high > low, got {clip!r}"
+        elif not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            bad = f"mean {spec.get('mean')!r} and std {spec.get('std')!r} must be finite, std > 0"
     elif kind == "channels":
         subs = spec.get("channels")
         if not isinstance(subs, list) or not subs:
@@ -120,6 +132,9 @@ def normalize(array: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     if kind == "ct":
         lo, hi = (float(v) for v in spec.get("window", SYNAPSE_WINDOW))
         return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if kind == "ct_zscore":
+        lo, hi = (float(v) for v in spec["clip"])
+        return ((np.clip(x, lo, hi) - float(spec["mean"])) / float(spec["std"])).astype(np.float32)
     if kind == "range":
         lo, hi = float(spec.get("low", 0.0)), float(spec.get("high", 255.0))
         return ((x - lo) / (hi - lo)).astype(np.float32)

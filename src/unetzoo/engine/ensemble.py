@@ -29,7 +29,8 @@ from torch import nn
 from unetzoo.errors import CheckpointError, DataError
 
 #: What ensemble members must share: the inference spec without the architecture.
-MUST_MATCH = ("class_names", "in_channels", "img_size", "preprocessing", "slicing", "resize")
+MUST_MATCH = ("class_names", "in_channels", "img_size", "preprocessing", "slicing", "resize",
+              "plan")
 _TINY = 1e-12  # floor before the log: exp(log(0)) would be NaN-prone in half precision
 
 
@@ -141,15 +142,18 @@ def predict_volume_probs(
     batch_size: int = 16,
     tta: bool = False,
     device: str | torch.device | None = None,
+    plan=None,
+    spacing=None,
 ) -> np.ndarray:
     """Class probabilities ``(K, D, H, W)`` float32 of a ``(C, D, H, W)`` volume on its own
     grid, in the same TransUNet slice protocol as ``predict_volume``.
 
     The probabilities of each ``img_size`` slice are brought back to ``H x W`` with the
     same nearest-neighbour map as the labels, so ``argmax`` over ``K`` equals
-    ``predict_volume``'s labels exactly.
+    ``predict_volume``'s labels exactly. With a ``plan`` (and the volume's ``spacing``)
+    they are :func:`~unetzoo.engine.inference.planned_probs`, as ``predict_volume``'s.
     """
-    from unetzoo.engine.inference import predict_probs, resize_cubic, resize_nearest
+    from unetzoo.engine.inference import planned_probs, predict_probs, resize_cubic, resize_nearest
 
     if device is None:
         device = next(model.parameters()).device
@@ -158,8 +162,11 @@ def predict_volume_probs(
     out: np.ndarray | None = None
     for start in range(0, d, batch_size):
         x = vol[:, start : start + batch_size].permute(1, 0, 2, 3).to(device)
-        x = resize_cubic(x, (img_size, img_size))
-        p = resize_nearest(predict_probs(model, x, tta=tta), (h, w)).cpu().numpy()
+        if plan is not None:
+            p = planned_probs(model, x, plan, spacing, tta=tta, batch_size=batch_size).cpu().numpy()
+        else:
+            x = resize_cubic(x, (img_size, img_size))
+            p = resize_nearest(predict_probs(model, x, tta=tta), (h, w)).cpu().numpy()
         if out is None:
             out = np.empty((p.shape[1], d, h, w), dtype=np.float32)
         out[:, start : start + p.shape[0]] = np.moveaxis(p, 0, 1)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from unetzoo.data.medio import save_case_nifti
+from unetzoo.data.plan import view_spacing
 from unetzoo.engine.backends import check_backend, check_precision
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from unetzoo.engine.inference import predict_volume
@@ -242,7 +243,7 @@ def validate(
             pred = predict_volume(
                 model, case.image, int(_cfg(cfg, "img_size")),
                 batch_size=int(_cfg(cfg, "batch_size")), device=device,
-                amp=bool(_cfg(cfg, "amp")),
+                amp=bool(_cfg(cfg, "amp")), plan=getattr(ds, "plan", None), spacing=case.spacing,
             )
             per_case[str(cid)] = case_metrics(pred, case, ds.num_classes, protocol)
             if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
@@ -431,6 +432,8 @@ def _test_dataset(ckpt: dict[str, Any], spec: InferenceSpec, dataset,
             # The data it was trained on: same reader options (and root unless given).
             options = dict(train_cfg.get("dataset_options") or {})
             data_root = data_root if data_root is not None else train_cfg.get("data_root")
+        if spec.plan is not None:  # a planned model: its own normalisation, whatever the data
+            options["preprocessing"] = dict(spec.preprocessing)
         dataset = get_dataset(name, data_root, **options)
     ds = dataset
     if ds.num_classes != spec.num_classes:
@@ -602,7 +605,8 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
         view = _orientation(case, spec)
         pred = predict_volume(model, case.image if view is None else view.forward(case.image),
                               spec.img_size, batch_size=settings.batch_size,
-                              tta=settings.tta, device=device)
+                              tta=settings.tta, device=device, plan=spec.plan,
+                              spacing=view_spacing(case.spacing, view))
         pred = pred if view is None else view.back(pred)
         if settings.remap is not None:
             pred = settings.remap[pred]

@@ -39,6 +39,22 @@ def cubic_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
+def linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of ``zoom(x, n_out / n_in, order=1)`` (rows sum to 1, so
+    probabilities stay probabilities)."""
+    return ndimage.zoom(np.eye(n_in, dtype=np.float64), (n_out / n_in, 1.0), order=1)
+
+
+def resize_linear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``(..., H, W)`` like ``scipy.ndimage.zoom(order=1)`` per slice."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    my = torch.as_tensor(linear_zoom_matrix(x.shape[-2], size[0]), dtype=x.dtype, device=x.device)
+    mx = torch.as_tensor(linear_zoom_matrix(x.shape[-1], size[1]), dtype=x.dtype, device=x.device)
+    return my @ x @ mx.T
+
+
+@functools.lru_cache(maxsize=64)
 def nearest_zoom_index(n_in: int, n_out: int) -> np.ndarray:
     """Source indices (length ``n_out``) that ``zoom(x, n_out / n_in, order=0)`` picks.
 
@@ -115,6 +131,28 @@ def predict_probs(
 
 
 @torch.no_grad()
+def planned_probs(
+    model: nn.Module, x: torch.Tensor, plan, spacing: Sequence[float] | None,
+    tta: bool = False, amp: bool = False, batch_size: int = 8,
+) -> torch.Tensor:
+    """Probabilities ``(N, K, H, W)`` of slices ``x`` ``(N, C, H, W)`` on their own grid,
+    under a :class:`~unetzoo.data.plan.SlicePlan`: resampled (cubic) from the in-plane
+    ``spacing`` to the plan's, zero-padded to the patch (or Gaussian sliding windows of
+    the patch when larger), the probabilities cropped and resampled back (linear)."""
+    h, w = x.shape[-2:]
+    th, tw = plan.resampled_shape((h, w), spacing)
+    ph, pw = plan.patch_size
+    xr = resize_cubic(x, (th, tw))
+    if th <= ph and tw <= pw:
+        xp = torch.nn.functional.pad(xr, (0, pw - tw, 0, ph - th))
+        probs = predict_probs(model, xp, tta=tta, amp=amp)[..., :th, :tw]
+    else:
+        probs = torch.stack([sliding_window_probs(model, s, (ph, pw), batch_size=batch_size,
+                                                  tta=tta, amp=amp) for s in xr])
+    return resize_linear(probs, (h, w))
+
+
+@torch.no_grad()
 def predict_volume(
     model: nn.Module,
     image: np.ndarray | torch.Tensor,
@@ -124,8 +162,11 @@ def predict_volume(
     device: str | torch.device | None = None,
     amp: bool = False,
     channels_last: bool = False,
+    plan=None,
+    spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Label map of a volume, slice by slice, in the TransUNet protocol.
+    """Label map of a volume, slice by slice, in the TransUNet protocol (or, with a
+    ``plan``, resampled to the planned spacing: :func:`planned_probs`).
 
     Args:
         model: a segmentation model in eval mode.
@@ -134,6 +175,8 @@ def predict_volume(
             (cubic) and the predicted labels back to ``H x W`` (nearest).
         batch_size: slices per forward pass.
         tta: average the softmax over flips.
+        plan: a :class:`~unetzoo.data.plan.SlicePlan`; ``spacing`` is then the volume's
+            ``(sz, sy, sx)`` (None: already at the plan's spacing).
 
     Returns:
         ``(D, H, W)`` int64 labels.
@@ -146,6 +189,10 @@ def predict_volume(
     out = torch.empty((d, h, w), dtype=torch.int64)
     for start in range(0, d, batch_size):
         x = vol[:, start : start + batch_size].permute(1, 0, 2, 3).to(device)  # (b, C, H, W)
+        if plan is not None:
+            probs = planned_probs(model, x, plan, spacing, tta=tta, amp=amp, batch_size=batch_size)
+            out[start : start + x.shape[0]] = probs.argmax(1).cpu()
+            continue
         x = resize_cubic(x, (img_size, img_size))
         if channels_last and x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)

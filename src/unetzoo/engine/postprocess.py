@@ -276,6 +276,7 @@ def crossval_predictions(
     from unetzoo.data.folds import run_fold_cases
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from unetzoo.engine.inference import predict_volume
+    from unetzoo.engine.spec import InferenceSpec
     from unetzoo.errors import CheckpointError
 
     preds: list[np.ndarray] = []
@@ -309,7 +310,9 @@ def crossval_predictions(
             if case.label is None:
                 raise DataError(f"validation case {cid} of fold {fold} has no label")
             preds.append(predict_volume(model, case.image, int(ck["img_size"]),
-                                        batch_size=batch_size, device=device))
+                                        batch_size=batch_size, device=device,
+                                        plan=InferenceSpec.from_checkpoint(ck, str(path)).plan,
+                                        spacing=case.spacing))
             refs.append(np.asarray(case.label))
             cases.append(cid)
         folds.append(int(fold))

@@ -82,11 +82,14 @@ class Predictor:
 
         return plan_for_checkpoint(self.checkpoint, self.source)
 
-    def predict_volume(self, image: np.ndarray) -> np.ndarray:
+    def predict_volume(self, image: np.ndarray,
+                       spacing: Sequence[float] | None = None) -> np.ndarray:
         """Labels ``(D, H, W)`` int64 of a normalised ``(C, D, H, W)`` array (sliding
-        windows for 2-D images larger than ``img_size``)."""
+        windows for 2-D images larger than ``img_size``; a planned model resamples from
+        ``spacing`` ``(sz, sy, sx)`` mm, None: already at the plan's spacing)."""
         return predict_array(self.model, np.asarray(image, dtype=np.float32), self.img_size,
-                             self.device, tta=self.tta, batch_size=self.batch_size)
+                             self.device, tta=self.tta, batch_size=self.batch_size,
+                             plan=self.spec.plan, spacing=spacing)
 
     def predict_files(
         self, inputs: Sequence[str | Path], out_dir: str | Path, *,

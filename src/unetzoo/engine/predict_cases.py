@@ -44,6 +44,7 @@ import torch
 
 from unetzoo.data import medio
 from unetzoo.data.geometry import Reorientation, file_to_array_affine, reorientation
+from unetzoo.data.plan import view_spacing
 from unetzoo.engine.inference import predict_volume, sliding_window_probs
 from unetzoo.engine.inputs import (
     DEFAULT_MAX_PIXELS,
@@ -218,14 +219,20 @@ def predict_array(
     batch_size: int = 16,
     overlap: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
+    plan=None,
+    spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Labels ``(D, H, W)`` for a normalised ``(C, D, H, W)`` array.
 
     2-D inputs (``D == 1``) larger than ``img_size`` in H or W use sliding windows of
     ``img_size`` with Gaussian blending (``progress(done, total)`` after each batch of
-    windows); everything else uses :func:`~unetzoo.engine.inference.predict_volume`.
+    windows); everything else, and every input of a planned model (``plan``: resampled
+    from ``spacing`` to the plan's), uses :func:`~unetzoo.engine.inference.predict_volume`.
     """
     c, d, h, w = image.shape
+    if plan is not None:
+        return predict_volume(model, image, img_size, batch_size=batch_size, tta=tta,
+                              device=device, plan=plan, spacing=spacing)
     if d == 1 and (h > img_size or w > img_size):
         x = torch.as_tensor(image[:, 0], dtype=torch.float32, device=device)
         probs = sliding_window_probs(model, x, img_size, overlap=overlap, batch_size=batch_size,
@@ -235,18 +242,19 @@ def predict_array(
 
 
 def predict_probabilities(
-    model: Any, image: np.ndarray, img_size: int, device: Any, tta: bool, batch_size: int
+    model: Any, image: np.ndarray, img_size: int, device: Any, tta: bool, batch_size: int,
+    plan=None, spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
     """``(K, D, H, W)`` probabilities, with the same routing as :func:`predict_array`."""
     from unetzoo.engine.ensemble import predict_volume_probs
 
     c, d, h, w = image.shape
-    if d == 1 and (h > img_size or w > img_size):
+    if d == 1 and (h > img_size or w > img_size) and plan is None:
         x = torch.as_tensor(image[:, 0], dtype=torch.float32, device=device)
         p = sliding_window_probs(model, x, img_size, batch_size=batch_size, tta=tta)
         return p.cpu().numpy()[:, None].astype(np.float32)
     return predict_volume_probs(model, image, img_size, batch_size=batch_size, tta=tta,
-                                device=device)
+                                device=device, plan=plan, spacing=spacing)
 
 
 def _to_file_order(ci: CaseImage, labels: np.ndarray,
@@ -405,12 +413,14 @@ def predict_cases(
                 print(warning, file=sys.stderr, flush=True)
         probs = None
         if save_probabilities:
-            probs = predict_probabilities(model, ci.image, spec.img_size, device, tta, batch_size)
+            probs = predict_probabilities(model, ci.image, spec.img_size, device, tta, batch_size,
+                                          plan=spec.plan, spacing=view_spacing(ci.spacing, ci.view))
             labels = probs.argmax(0).astype(np.int64)
         else:
             labels = predict_array(model, ci.image, spec.img_size, device, tta=tta,
                                    batch_size=batch_size,
-                                   progress=progress_printer(files[0].name) if verbose else None)
+                                   progress=progress_printer(files[0].name) if verbose else None,
+                                   plan=spec.plan, spacing=view_spacing(ci.spacing, ci.view))
         if ci.view is not None:  # back onto the input's grid (exact: a transpose and flips)
             labels, probs = ci.view.back(labels), None if probs is None else ci.view.back(probs, 1)
             ci = dataclasses.replace(ci, image=ci.view.back(ci.image, lead=1), view=None)

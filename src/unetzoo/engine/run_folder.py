@@ -5,6 +5,7 @@ Layout (:class:`RunLayout`)::
 
     RUN/
       config.yaml             the resolved configuration (``unetzoo train --config`` reads it)
+      plans.json              the plan of a planned run (:mod:`unetzoo.data.plan`)
       metrics.csv             one row per epoch (rewritten atomically via metrics.csv.tmp)
       checkpoints/latest.pt   written every epoch, first
       checkpoints/best.pt     written when the epoch improved the validation Dice, second
@@ -47,6 +48,7 @@ BEST = "best.pt"
 FINAL = "final.pt"
 LATEST = "latest.pt"
 CONFIG = "config.yaml"
+PLANS = "plans.json"
 METRICS_CSV = "metrics.csv"
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"
@@ -123,6 +125,10 @@ class RunLayout:
         return self.root / CONFIG
 
     @property
+    def plans(self) -> Path:
+        return self.root / PLANS
+
+    @property
     def metrics_csv(self) -> Path:
         return self.root / METRICS_CSV
 
@@ -182,7 +188,7 @@ def is_run_folder(path: str | Path) -> bool:
 
 # Everything a training run writes into its folder; nothing else is ever deleted.
 RUN_ENTRIES = frozenset({
-    CONFIG, METRICS_CSV, METRICS_CSV + ".tmp", CHECKPOINTS, PLOTS, TENSORBOARD,
+    CONFIG, PLANS, METRICS_CSV, METRICS_CSV + ".tmp", CHECKPOINTS, PLOTS, TENSORBOARD,
     REPORT, RUN_MARKER, RUN_MARKER + ".tmp", LOCK_NAME,
 })
 # What a run writes *inside* its sub-folders (regular expressions on the name relative to

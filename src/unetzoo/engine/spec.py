@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from unetzoo.data.plan import SlicePlan
 from unetzoo.errors import CheckpointError, DataError
 
 #: Largest ``img_size`` a spec may name (the zoo trains at 224-512).
@@ -35,7 +36,9 @@ SLICING_RULES = (SLICING_THROUGH_PLANE,)
 #: factor (either way) is predicted with a one-line warning: the model sees its
 #: structures at a scale it was not trained on.
 SPACING_WARN_RATIO = 2.0
-RESIZE_RULES = (RESIZE_CUBIC_NEAREST,)
+#: A planned model (:mod:`unetzoo.data.plan`): slices resampled to the plan's spacing.
+RESIZE_PLANNED = "resample-to-plan"
+RESIZE_RULES = (RESIZE_CUBIC_NEAREST, RESIZE_PLANNED)
 
 #: The contract in words, stored beside the spec in exported files so that a deployer
 #: holding only the file can reproduce ``unetzoo predict`` (docs/deploy.md does).
@@ -65,9 +68,17 @@ PROTOCOL_TEXT: dict[str, str] = {
     ),
     "spacing": (
         "'spacing' is the median (sz, sy, sx) voxel size in mm of the training cases (null "
-        "when the training data had none). Inputs are not resampled to it: each slice is "
-        "resized to img_size as in training; unetzoo predict warns when an input's in-plane "
+        "when the training data had none). Without a plan inputs are not resampled to it: each "
+        "slice is resized to img_size as in training; unetzoo predict warns when an input's in-plane "
         f"voxel size is more than {SPACING_WARN_RATIO:g}x off."
+    ),
+    "plan": (
+        "With resize 'resample-to-plan', 'plan' holds target_spacing [sy, sx] (mm) and "
+        "patch_size [h, w]: each (H, W) slice at in-plane spacing (sy0, sx0) is resized to "
+        "(round(H * sy0 / sy), round(W * sx0 / sx)) with zoom(order=3) (no spacing: kept), "
+        "zero-padded bottom/right to the patch (larger slices: Gaussian-weighted windows of "
+        "the patch, half overlap), the softmax probabilities cropped and resized back to "
+        "(H, W) with zoom(order=1), then argmax."
     ),
     "output": (
         "The model maps float32 (N, C, H, W) to logits (N, K, H, W); label = argmax over K of "
@@ -143,6 +154,9 @@ class InferenceSpec:
         intensity: the training data's raw intensity fingerprint (modality, per-channel
             percentiles, mean, sd: :func:`unetzoo.data.preprocessing.intensity_fingerprint`)
             that inputs are checked against; None (older checkpoints): no check.
+        plan: a planned model's :class:`~unetzoo.data.plan.SlicePlan` (target spacing,
+            patch size; ``resize`` is then :data:`RESIZE_PLANNED`); None: the TransUNet
+            resize to ``img_size``.
     """
 
     model: str
@@ -157,6 +171,7 @@ class InferenceSpec:
     resize: str = RESIZE_CUBIC_NEAREST
     orientation: str | None = None
     intensity: Mapping[str, Any] | None = None
+    plan: SlicePlan | None = None
 
     @property
     def num_classes(self) -> int:
@@ -176,6 +191,7 @@ class InferenceSpec:
         spacing: tuple[float, ...] | None = None,
         orientation: str | None = None,
         intensity: Mapping[str, Any] | None = None,
+        plan: SlicePlan | None = None,
     ) -> InferenceSpec:
         """The spec of a model built by the registry (``unetzoo_name`` /
         ``unetzoo_options``), as training records it. Deep supervision only shapes
@@ -190,6 +206,7 @@ class InferenceSpec:
             "img_size": img_size, "preprocessing": dict(preprocessing or {"kind": "none"}),
             "dataset": dataset, "spacing": spacing, "orientation": orientation,
             "intensity": None if intensity is None else dict(intensity),
+            **({"plan": plan.to_dict(), "resize": RESIZE_PLANNED} if plan else {}),
         }, "training")
 
     @classmethod
@@ -245,6 +262,15 @@ class InferenceSpec:
             if value not in known:
                 raise _fail(where, f"{key} rule {value!r} is not one this unetzoo knows "
                                    f"({', '.join(known)}); upgrade unetzoo")
+        plan = data.get("plan")
+        if (plan is None) != (resize != RESIZE_PLANNED):
+            raise _fail(where, f"resize rule {resize!r} and plan {plan!r} do not go together; "
+                               "the file is damaged")
+        if plan is not None:
+            try:
+                plan = SlicePlan.from_dict(plan, "plan")
+            except DataError as exc:
+                raise _fail(where, f"{exc}; the file is damaged") from None
         dataset = data.get("dataset")
         orientation, intensity = _input_fields(data, where)
         return cls(
@@ -253,7 +279,7 @@ class InferenceSpec:
             img_size=_whole(data.get("img_size"), "img_size", 8, MAX_IMG_SIZE, where),
             preprocessing=_plain(dict(prep)), dataset=None if dataset is None else str(dataset),
             spacing=spacing, slicing=slicing, resize=resize,
-            orientation=orientation, intensity=intensity,
+            orientation=orientation, intensity=intensity, plan=plan,
         )
 
     @classmethod
@@ -276,6 +302,7 @@ class InferenceSpec:
             "resize": self.resize,
             "orientation": self.orientation,
             "intensity": None if self.intensity is None else _plain(dict(self.intensity)),
+            **({"plan": self.plan.to_dict()} if self.plan is not None else {}),
         }
 
     def spacing_warning(self, spacing: tuple[float, ...] | None, where: str) -> str | None:
@@ -284,8 +311,8 @@ class InferenceSpec:
         :data:`SPACING_WARN_RATIO` either way; None when close, or when either is unknown.
         Prediction does not resample (the slices are resized to ``img_size`` as in
         training), so this is a warning, never a refusal."""
-        if self.spacing is None or spacing is None or len(spacing) < 2:
-            return None
+        if self.plan is not None or self.spacing is None or spacing is None or len(spacing) < 2:
+            return None  # a planned model resamples its inputs to the training spacing
         for have, trained in zip(spacing[-2:], self.spacing[-2:]):
             ratio = float(have) / trained if have > 0 else math.inf
             if not 1 / SPACING_WARN_RATIO <= ratio <= SPACING_WARN_RATIO:

@@ -341,7 +341,7 @@ def start_run(
     spec = InferenceSpec.for_model(
         model, class_names=ds.class_names, in_channels=ds.in_channels,
         img_size=cfg.img_size, preprocessing=ds.preprocessing, dataset=ds.name,
-        spacing=training_spacing(ds, data.train_cases),
+        spacing=training_spacing(ds, data.train_cases), plan=getattr(ds, "plan", None),
         orientation=training_orientation(ds, data.train_cases),
         intensity=training_intensity(ds, data.train_cases),
     )
@@ -356,6 +356,8 @@ def start_run(
         if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
             run.log.write()
         dump_yaml(cfg, layout.config)
+        if getattr(ds, "plan_record", None) is not None:  # a planned run (unetzoo.data.plan)
+            ds.plan_record.save(layout.plans)
         print(
             f"training {cfg.model} on {ds.name}: {len(data.train_cases)} train / "
             f"{len(data.val_cases)} val cases, {len(data.train_set)} slices, "
