@@ -153,7 +153,8 @@ def run_unetzoo(root: Path, iterations: int, seed: int, out: Path,
         args += ["--max-epochs", str(epochs)]
         row["budget_flag"] = f"--max-epochs {epochs} (no --iterations in train yet)"
     if tiny:  # the smoke test only: a tiny network, small slices
-        args += ["--img-size", "32", "--batch-size", "2", "--model-option", "base_channels=4"]
+        args += ["--model", "unet", "--model-option", "base_channels=4", "--img-size", "32",
+                 "--batch-size", "2"]
     _cli(*args)
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = _scored_checkpoint(run_dir, summary)
