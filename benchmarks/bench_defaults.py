@@ -86,7 +86,8 @@ def nnunet_score(root: Path, pred_dir: Path) -> dict[str, Any]:
 
     res = compute_metrics_on_folder(str(root / "labelsTs"), str(pred_dir),
                                     str(pred_dir / "summary.json"), SimpleITKIO(),
-                                    ".nii.gz", labels_of(root), num_processes=1)
+                                    ".nii.gz", labels_of(root), num_processes=1,
+                                    chill=False)  # a missing prediction fails, never skipped
     per_class = {str(k): round(float(v["Dice"]), 4) for k, v in res["mean"].items()}
     return {"mean_dice": float(res["foreground_mean"]["Dice"]), "per_class": per_class,
             "cases": len(res["metric_per_case"])}
@@ -149,23 +150,28 @@ def run_unetzoo(root: Path, iterations: int, seed: int, out: Path,
         args += ["--iterations", str(iterations)]
         row["budget_flag"] = f"--iterations {iterations}"
     else:
-        epochs = _epochs_for(root, iterations)
+        epochs, per_epoch = _epochs_for(root, iterations)
         args += ["--max-epochs", str(epochs)]
-        row["budget_flag"] = f"--max-epochs {epochs} (no --iterations in train yet)"
+        row["budget_flag"] = (f"--max-epochs {epochs} (no --iterations in train yet; "
+                             "iterations estimated from the recipe's batch and split)")
+        row["iterations"] = epochs * per_epoch
     if tiny:  # the smoke test only: a tiny network, small slices
         args += ["--model", "unet", "--model-option", "base_channels=4", "--img-size", "32",
                  "--batch-size", "2"]
     _cli(*args)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    # train's own test report (report/summary.json) names its checkpoint where it can.
+    summaries = [run_dir / "summary.json", run_dir / "report" / "summary.json"]
+    summary = next((json.loads(p.read_text()) for p in summaries if p.exists()), {})
     ckpt = _scored_checkpoint(run_dir, summary)
     _cli("predict", "--checkpoint", str(ckpt), "--device", "cpu", "--overlays", "0",
          "-o", str(out), str(root / "imagesTs"))
-    row.update({"iterations": summary.get("iterations"), "checkpoint": ckpt.name,
-                "model": summary.get("model") or summary.get("config", {}).get("model")})
+    row["checkpoint"] = ckpt.name
+    row.setdefault("iterations", summary.get("iterations"))
     return row
 
 
-def _epochs_for(root: Path, iterations: int) -> int:
+def _epochs_for(root: Path, iterations: int) -> tuple[int, int]:
+    """``--max-epochs`` for ``iterations`` with the dataset recipe's batch and split."""
     from benchmarks.bench_real_data import iterations_per_epoch
     from unetzoo.data import get_dataset
     from unetzoo.engine.config import resolve_config
@@ -174,7 +180,8 @@ def _epochs_for(root: Path, iterations: int) -> int:
     cfg = resolve_config(ds.recipe, None, {"data_root": str(root)})
     n = sum(int(ds.build_cache("train", c)["shape"][1]) for c in ds.cases("train"))
     n_train = n - round(n * float(getattr(cfg, "val_fraction", 0.0)))
-    return max(1, round(iterations / iterations_per_epoch(n_train, int(cfg.batch_size))))
+    per_epoch = iterations_per_epoch(n_train, int(cfg.batch_size))
+    return max(1, round(iterations / per_epoch)), per_epoch
 
 
 def _scored_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:

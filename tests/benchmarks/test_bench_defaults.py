@@ -52,6 +52,9 @@ def test_nnunet_evaluator_scores_the_saved_folder(tmp_path):
     assert score["per_class"]["1"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-4)
     assert score["per_class"]["2"] == pytest.approx(1.0)
     assert score["mean_dice"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2, abs=1e-4)
+    (pred / "c2.nii.gz").unlink()  # a side that lost a case is refused, not scored on less
+    with pytest.raises(AssertionError):
+        bench.nnunet_score(root, pred)
 
 
 def test_summary_mean_sd_and_gap_to_the_best_peer():
