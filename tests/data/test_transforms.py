@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from unetzoo.data.base import SegDataset, SliceDataset
 from unetzoo.data.transforms import (
     DriveAugment,
+    NnUNetAugment,
     TransUNetAugment,
     build_eval_transform,
     build_train_transform,
@@ -91,6 +92,58 @@ def test_unknown_recipe_and_bad_option():
     with pytest.raises(ConfigError):
         build_train_transform("synapse", 64, bogus=1)
     assert isinstance(build_train_transform("drive", 64), DriveAugment)
+
+
+NO_INTENSITY = {"p_noise": 0, "p_blur": 0, "p_brightness": 0, "p_contrast": 0, "p_low_res": 0,
+                "p_gamma": 0, "p_gamma_inverted": 0}
+
+
+def test_nnunet_spatial_keeps_image_and_label_aligned():
+    """Rotation, scaling and mirroring of the nnU-Net set move label and image together."""
+    t = build_train_transform("nnunet", 48, p_rotation=1.0, p_scaling=1.0, **NO_INTENSITY)
+    assert isinstance(t, NnUNetAugment)
+    rng = np.random.default_rng(0)
+    worst = moved = 1.0
+    for i in range(12):
+        img, lab = _blobs(seed=i)
+        out_img, out_lab = t(img, lab, rng)
+        assert out_img.shape == (2, 48, 48) and out_lab.shape == (48, 48)
+        assert out_img.dtype == np.float32 and out_lab.dtype == np.int64
+        derived = (out_img[0] > 0.25).astype(np.int64) + (out_img[0] > 0.75)
+        # Bilinear edges on 48 px blobs disagree on a few boundary pixels only.
+        assert (derived == out_lab).mean() > 0.92
+        worst = min(worst, (derived == out_lab).mean())
+        _, ref_lab = build_eval_transform(48)(img, lab, None)
+        moved = min(moved, (derived == ref_lab).mean())  # the untransformed label
+    assert moved < worst - 0.05  # ... which the transformed image no longer matches
+
+
+def test_nnunet_intensity_leaves_the_label_and_gamma_keeps_mean_and_sd():
+    t = build_train_transform("nnunet", 48, p_rotation=0, p_scaling=0, p_mirror=0)
+    img, lab = _blobs(seed=2)
+    ref_img, ref_lab = build_eval_transform(48)(img, lab, None)
+    rng = np.random.default_rng(3)
+    changed = 0
+    for _ in range(40):
+        out_img, out_lab = t(img, lab, rng)
+        assert np.array_equal(out_lab, ref_lab)
+        changed += not np.allclose(out_img, ref_img)
+    # P(no intensity step fires) = 0.9 * 0.8 * 0.85 * 0.85 * 0.75 * 0.9 * 0.7 = 0.25.
+    assert 20 <= changed <= 38
+    gam = NnUNetAugment(48, p_gamma=1.0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
+                        p_low_res=0, p_gamma_inverted=0, p_rotation=0, p_scaling=0, p_mirror=0)
+    out, _ = gam(img, lab, np.random.default_rng(5))
+    assert not np.allclose(out, ref_img)
+    assert np.allclose(out.mean((1, 2)), ref_img.mean((1, 2)), atol=1e-4)
+    assert np.allclose(out.std((1, 2)), ref_img.std((1, 2)), rtol=1e-3)
+
+
+def test_nnunet_mirrors_each_axis_half_the_time():
+    t = NnUNetAugment(32, p_rotation=0, p_scaling=0, **NO_INTENSITY)
+    img, lab = _blobs(size=32, seed=4)
+    rng = np.random.default_rng(6)
+    same = sum(np.array_equal(t(img, lab, rng)[1], lab) for _ in range(400))
+    assert 0.17 < same / 400 < 0.33  # neither axis flipped: 0.25
 
 
 class _Toy(SegDataset):

@@ -20,6 +20,14 @@ Recipes (``build_train_transform(recipe, img_size)``):
   and elastic deformation, all composed into one sampling map so the image is
   interpolated once (bilinear; label nearest) directly at ``img_size``; then gamma
   (0.7-1.5) and Gaussian noise on the image.
+- ``"nnunet"``: nnU-Net v2's default 2-D set (``nnUNetTrainer.get_training_transforms``)
+  on the resized slice: rotation (p 0.2, +-180 deg) and scaling (p 0.2, 0.7-1.4) about the
+  centre (image bilinear, label nearest, zero fill; nnU-Net pads labels with an ignored
+  -1), Gaussian noise (p 0.1, sd 0-0.1), blur (p 0.2, sigma 0.5-1 per axis, each channel
+  p 0.5), brightness (p 0.15, x0.75-1.25), contrast (p 0.15, 0.75-1.25, range kept),
+  low resolution (p 0.25, nearest down 0.5-1 and bilinear up, each channel p 0.5), gamma
+  on the inverted (p 0.1) and plain (p 0.3) image (0.7-1.5, mean and sd kept), mirroring
+  of each axis (p 0.5). Factors as nnU-Net's ``BGContrast``: half below 1, half above.
 - ``"none"``: resize only.
 
 Labels stay on the image's pixel grid: image and label share one coordinate mapping.
@@ -54,7 +62,7 @@ from unetzoo.errors import ConfigError
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 TRANSUNET_RECIPES = ("synapse", "avt", "acdc", "phantom", "default")
-RECIPES = (*TRANSUNET_RECIPES, "drive", "none")
+RECIPES = (*TRANSUNET_RECIPES, "drive", "nnunet", "none")
 #: ``"scipy"``: ``ndimage.zoom`` (corner aligned; the official training and test code and
 #: unetzoo's test protocol); ``"opencv"``: ``cv2.resize`` (pixel-centre aligned).
 RESIZE_CONVENTIONS = ("scipy", "opencv")
@@ -237,6 +245,97 @@ class DriveAugment:
         return f"DriveAugment(img_size={self.img_size})"
 
 
+class NnUNetAugment:
+    """nnU-Net v2's default 2-D training augmentation (see module docstring)."""
+
+    def __init__(self, img_size: int, *, p_rotation: float = 0.2, max_angle: float = 180.0,
+                 p_scaling: float = 0.2, scale: tuple[float, float] = (0.7, 1.4),
+                 p_noise: float = 0.1, noise_sd: tuple[float, float] = (0.0, 0.1),
+                 p_blur: float = 0.2, blur_sigma: tuple[float, float] = (0.5, 1.0),
+                 p_brightness: float = 0.15, p_contrast: float = 0.15,
+                 factor: tuple[float, float] = (0.75, 1.25), p_low_res: float = 0.25,
+                 low_res: tuple[float, float] = (0.5, 1.0), p_gamma_inverted: float = 0.1,
+                 p_gamma: float = 0.3, gamma: tuple[float, float] = (0.7, 1.5),
+                 p_channel: float = 0.5, p_mirror: float = 0.5, resize: str = "scipy") -> None:
+        self.resize = _check_convention(resize)
+        self.img_size = int(img_size)
+        self.p_rotation, self.max_angle = p_rotation, max_angle
+        self.p_scaling, self.scale = p_scaling, scale
+        self.p_noise, self.noise_sd = p_noise, noise_sd
+        self.p_blur, self.blur_sigma = p_blur, blur_sigma
+        self.p_brightness, self.p_contrast, self.factor = p_brightness, p_contrast, factor
+        self.p_low_res, self.low_res = p_low_res, low_res
+        self.p_gamma_inverted, self.p_gamma, self.gamma = p_gamma_inverted, p_gamma, gamma
+        self.p_channel, self.p_mirror = p_channel, p_mirror
+
+    def __call__(self, image, label, rng):
+        image, label = resize_pair(image, label, self.img_size, self.resize)
+        image, label = self._spatial(image, label, rng)
+        image = self._intensity(np.array(image, dtype=np.float32), rng)
+        for axis in (0, 1):
+            if rng.random() < self.p_mirror:
+                image, label = np.flip(image, axis + 1), np.flip(label, axis)
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+    def _spatial(self, image, label, rng):
+        angle = rng.uniform(-self.max_angle, self.max_angle) if rng.random() < self.p_rotation else 0.0
+        zoom = rng.uniform(*self.scale) if rng.random() < self.p_scaling else 1.0
+        if angle == 0.0 and zoom == 1.0:
+            return image, label
+        s = self.img_size
+        # nnU-Net scales the sampling grid: zoom > 1 reads a larger area (zooms out).
+        m = cv2.getRotationMatrix2D(((s - 1) / 2.0, (s - 1) / 2.0), float(angle), 1.0 / zoom)
+        warp = {"dsize": (s, s), "borderMode": cv2.BORDER_CONSTANT, "borderValue": 0}
+        img = _chw(cv2.warpAffine(_hwc(image), m, flags=cv2.INTER_LINEAR, **warp))
+        lab = cv2.warpAffine(label.astype(np.int32), m, flags=cv2.INTER_NEAREST, **warp)
+        return img, lab.astype(np.int64)
+
+    def _factor(self, rng, bounds):
+        low, high = bounds
+        return rng.uniform(low, 1.0) if rng.random() < 0.5 and low < 1 else rng.uniform(max(low, 1.0), high)
+
+    def _intensity(self, img: np.ndarray, rng) -> np.ndarray:
+        s = self.img_size
+        if rng.random() < self.p_noise:
+            img += rng.normal(0.0, rng.uniform(*self.noise_sd), size=img.shape).astype(np.float32)
+        if rng.random() < self.p_blur:
+            for c in range(img.shape[0]):
+                if rng.random() < self.p_channel:
+                    sy, sx = rng.uniform(*self.blur_sigma, size=2)
+                    img[c] = cv2.GaussianBlur(img[c], (0, 0), sigmaX=sx, sigmaY=sy)
+        if rng.random() < self.p_brightness:
+            for c in range(img.shape[0]):
+                img[c] *= self._factor(rng, self.factor)
+        if rng.random() < self.p_contrast:
+            for c in range(img.shape[0]):
+                lo, hi, mean = img[c].min(), img[c].max(), img[c].mean()
+                img[c] = np.clip((img[c] - mean) * self._factor(rng, self.factor) + mean, lo, hi)
+        if rng.random() < self.p_low_res:
+            for c in range(img.shape[0]):
+                if rng.random() < self.p_channel:
+                    n = max(1, round(s * rng.uniform(*self.low_res)))
+                    small = cv2.resize(img[c], (n, n), interpolation=cv2.INTER_NEAREST_EXACT)
+                    img[c] = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
+        for p, invert in ((self.p_gamma_inverted, True), (self.p_gamma, False)):
+            if rng.random() < p:
+                for c in range(img.shape[0]):
+                    img[c] = _gamma(img[c], self._factor(rng, self.gamma), invert)
+        return img
+
+    def __repr__(self) -> str:
+        return f"NnUNetAugment(img_size={self.img_size})"
+
+
+def _gamma(x: np.ndarray, g: float, invert: bool) -> np.ndarray:
+    """nnU-Net's gamma with retained mean and sd: ``((x - min) / range) ** g`` rescaled."""
+    x = -x if invert else x
+    mean, sd = x.mean(), x.std()
+    lo, rng_ = x.min(), x.max() - x.min() + 1e-7
+    y = np.power((x - lo) / rng_, g) * rng_ + lo
+    y = (y - y.mean()) / (y.std() + 1e-8) * sd + mean
+    return (-y if invert else y).astype(np.float32)
+
+
 class Resize:
     """Deterministic resize to ``img_size`` (image cubic, label nearest; ``resize`` as
     :func:`resize_pair`'s ``convention``); ``rng`` unused."""
@@ -264,6 +363,8 @@ def build_train_transform(recipe: str, img_size: int, **options: Any) -> Transfo
             return TransUNetAugment(img_size, **options)
         if key == "drive":
             return DriveAugment(img_size, **options)
+        if key == "nnunet":
+            return NnUNetAugment(img_size, **options)
     except TypeError as exc:
         raise ConfigError(f"augmentation recipe {recipe!r}: {exc}") from exc
     if key == "none":  # resize only: the recipe's augmentation options do not apply
