@@ -186,11 +186,10 @@ def _epochs_for(root: Path, iterations: int) -> tuple[int, int]:
 
 def _scored_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
     """The checkpoint ``train``'s own test scored (its summary names it when it can)."""
-    for key in ("checkpoint", "scored_checkpoint", "test_checkpoint"):
-        name = summary.get(key)
-        if isinstance(name, str) and (run_dir / "checkpoints" / Path(name).name).exists():
-            return run_dir / "checkpoints" / Path(name).name
-    for name in ("best.pt", "final.pt", "latest.pt"):
+    name = (summary.get("scored") or {}).get("file")
+    if isinstance(name, str) and (run_dir / "checkpoints" / Path(name).name).exists():
+        return run_dir / "checkpoints" / Path(name).name
+    for name in ("final.pt", "latest.pt"):  # the default: the final epoch
         if (run_dir / "checkpoints" / name).exists():
             return run_dir / "checkpoints" / name
     raise FileNotFoundError(f"{run_dir}: no checkpoint")
