@@ -1,0 +1,1 @@
+"""Run and output folders: what unetzoo wrote, and so what it may replace."""
