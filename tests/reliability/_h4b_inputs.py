@@ -62,3 +62,16 @@ def save_volume(arr_dhw: np.ndarray, path: Path, zooms=(1.5, 1.5, 4.0)) -> Path:
     affine = np.diag([*zooms, 1.0])
     nib.save(nib.Nifti1Image(np.transpose(arr_dhw, (2, 1, 0)), affine), str(path))
     return path
+
+
+def cli_error(capsys: Any, argv: list) -> str:
+    """Run the CLI, expect exit 2 and exactly one ``error:`` line, no traceback; the line."""
+    from unetzoo.cli.main import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("\r")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]

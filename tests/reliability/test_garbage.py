@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _h4b_inputs import CLASSES, IMG_SIZE, ct_volume, save_tiny_checkpoint, save_volume
+from _h4b_inputs import CLASSES, IMG_SIZE, cli_error, ct_volume, save_tiny_checkpoint, save_volume
 
 from unetzoo.cli.main import main
 from unetzoo.errors import CheckpointError, ConfigError, DataError, ModelError, UnetzooError
@@ -19,16 +19,6 @@ def _one_line(exc_info) -> str:
     assert isinstance(exc_info.value, UnetzooError) and "\n" not in msg and msg
     return msg
 
-
-def _cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expect exit 2 and exactly one ``error:`` line, no traceback."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +132,7 @@ def test_nonfinite_weights_are_refused(tmp_path, capsys, bad):
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(img)
-    line = _cli_error(capsys, ["predict", str(img), "--checkpoint", str(p), "--out",
+    line = cli_error(capsys, ["predict", str(img), "--checkpoint", str(p), "--out",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "NaN or Inf" in line and "nan.pt" in line
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -173,7 +163,7 @@ def test_degenerate_preprocessing_is_refused(tmp_path, capsys, spec):
     _one_line(ei)
     p = save_tiny_checkpoint(tmp_path / "spec.pt", preprocessing=spec)
     vol = save_volume(ct_volume((2, 20, 20)), tmp_path / "v.nii.gz")
-    line = _cli_error(capsys, ["predict", str(vol), "--checkpoint", str(p), "--out",
+    line = cli_error(capsys, ["predict", str(vol), "--checkpoint", str(p), "--out",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "spec.pt" in line and "preprocessing" in line
 
@@ -215,7 +205,7 @@ def test_cli_device_tpu9_is_refused(tmp_path, capsys, ckpt, command):
                     "--out", str(tmp_path / "o")],
         "test": ["test", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")],
     }[command]
-    line = _cli_error(capsys, [*args, "--device", "tpu9"])
+    line = cli_error(capsys, [*args, "--device", "tpu9"])
     assert "tpu9" in line
     assert not (tmp_path / "run").exists()
 
@@ -267,7 +257,7 @@ def test_tuple_options_are_checked_elementwise():
 
 
 def test_cli_model_option_fraction_is_refused(tmp_path, capsys):
-    line = _cli_error(capsys, ["train", "--model", "unet", "--model-option", "base_channels=2.5",
+    line = cli_error(capsys, ["train", "--model", "unet", "--model-option", "base_channels=2.5",
                                "--output", str(tmp_path / "run"), "--device", "cpu",
                                "--no-progress"])
     assert "base_channels" in line and "2.5" in line
@@ -277,7 +267,7 @@ def test_cli_model_option_fraction_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("opset", ["3", "17", "99", "-1"])
 def test_export_opset_out_of_range_is_refused(ckpt, tmp_path, capsys, opset):
     out = tmp_path / "m.onnx"
-    line = _cli_error(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out),
+    line = cli_error(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out),
                                "--opset", opset, "--no-verify"])
     assert "--opset" in line and "18" in line
     assert not out.exists()
@@ -356,13 +346,13 @@ def test_huge_png_is_refused_before_decoding(ckpt, tmp_path, capsys):
     p.write_bytes(b"\x89PNG\r\n\x1a\n"
                   + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 8000, 8, 0, 0, 0, 0))
                   + chunk(b"IDAT", zlib.compress(b"\x00" * 8001)) + chunk(b"IEND", b""))
-    line = _cli_error(capsys, ["predict", str(p), "--checkpoint", str(ckpt), "--out",
+    line = cli_error(capsys, ["predict", str(p), "--checkpoint", str(ckpt), "--out",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "8000 x 8000" in line and "--max-pixels" in line
     # Inputs are checked before the checkpoint is even read.
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    line = _cli_error(capsys, ["predict", str(p), "--checkpoint", str(junk), "--out",
+    line = cli_error(capsys, ["predict", str(p), "--checkpoint", str(junk), "--out",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "8000 x 8000" in line and not (tmp_path / "o").exists()
 

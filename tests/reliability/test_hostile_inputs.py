@@ -12,7 +12,7 @@ import stat
 import numpy as np
 import pytest
 import torch
-from _h4b_inputs import save_tiny_checkpoint
+from _h4b_inputs import cli_error, save_tiny_checkpoint
 
 from unetzoo.cli.main import main
 from unetzoo.errors import DataError
@@ -20,16 +20,6 @@ from unetzoo.errors import DataError
 TINY = ["--dataset-option", "n_train=3", "--dataset-option", "n_test=1",
         "--dataset-option", "shape=[4, 32, 32]"]
 
-
-def _cli_error(capsys, argv: list) -> str:
-    """Run the CLI, expect exit 2 and exactly one ``error:`` line, no traceback."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("\r")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +54,7 @@ def _train(root, out, *extra):
     (["--momentum", "5"], "momentum must be a number in [0, 1)"),
 ])
 def test_bad_training_flags(tmp_path, capsys, phantom_root, extra, needle):
-    line = _cli_error(capsys, _train(phantom_root, tmp_path / "run", *extra))
+    line = cli_error(capsys, _train(phantom_root, tmp_path / "run", *extra))
     assert needle in line
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -73,19 +63,19 @@ def test_batch_of_one_at_a_1x1_bottleneck(tmp_path, capsys, phantom_root):
     argv = _train(phantom_root, tmp_path / "run")
     argv[argv.index("--img-size") + 1] = "16"
     argv[argv.index("--batch-size") + 1] = "1"
-    assert "BatchNorm cannot train on a batch of 1" in _cli_error(capsys, argv)
+    assert "BatchNorm cannot train on a batch of 1" in cli_error(capsys, argv)
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**70)])
 def test_prepare_phantom_seed_out_of_range(tmp_path, capsys, seed):
-    line = _cli_error(capsys, ["prepare", "phantom", "--output", tmp_path / "p", "--seed", seed])
+    line = cli_error(capsys, ["prepare", "phantom", "--output", tmp_path / "p", "--seed", seed])
     assert "seed must be a whole number in 0..4294967295" in line
 
 
 def test_non_utf8_config(tmp_path, capsys, phantom_root):
     cfg = tmp_path / "c.yaml"
     cfg.write_bytes(b"seed: 1\nmodel: \xff\xfe\n")
-    line = _cli_error(capsys, [*_train(phantom_root, tmp_path / "run"), "--config", cfg])
+    line = cli_error(capsys, [*_train(phantom_root, tmp_path / "run"), "--config", cfg])
     assert "is not UTF-8 text" in line
 
 
@@ -94,7 +84,7 @@ def test_yaml_alias_bomb_in_model_options(tmp_path, capsys, phantom_root):
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     cfg = tmp_path / "bomb.yaml"  # 10**9 values once expanded, 1 KB on disk
     cfg.write_text("model_options:\n" + "".join(f"  {ln}\n" for ln in levels))
-    line = _cli_error(capsys, [*_train(phantom_root, tmp_path / "run"), "--config", cfg])
+    line = cli_error(capsys, [*_train(phantom_root, tmp_path / "run"), "--config", cfg])
     assert "expands to more than 100,000 values" in line
 
 
@@ -121,14 +111,14 @@ def _nnunet_root(root, phantom_root, **meta_changes):
 ])
 def test_bad_dataset_json_values(tmp_path, capsys, phantom_root, change, needle):
     root = _nnunet_root(tmp_path / "ds", phantom_root, **change)
-    line = _cli_error(capsys, ["prepare", "nnunet", root, "--cache-dir", tmp_path / "cache"])
+    line = cli_error(capsys, ["prepare", "nnunet", root, "--cache-dir", tmp_path / "cache"])
     assert needle in line
 
 
 def test_dataset_json_nested_100000_deep(tmp_path, capsys, phantom_root):
     root = _nnunet_root(tmp_path / "ds", phantom_root)
     (root / "dataset.json").write_text("[" * 100_000 + "]" * 100_000)
-    line = _cli_error(capsys, ["prepare", "nnunet", root, "--cache-dir", tmp_path / "cache"])
+    line = cli_error(capsys, ["prepare", "nnunet", root, "--cache-dir", tmp_path / "cache"])
     assert "nested too deeply" in line
 
 
@@ -142,7 +132,7 @@ def test_all_background_training_labels(tmp_path, capsys, phantom_root):
     argv = ["train", "--dataset", "nnunet", "--data-root", root, "--model", "unet", "--model-option",
             "base_channels=4", "--img-size", "32", "--batch-size", "4", "--max-epochs", "1",
             "--output", tmp_path / "run", "--device", "cpu", "--no-progress", "--no-test"]
-    line = _cli_error(capsys, argv)
+    line = cli_error(capsys, argv)
     assert "is background (0), so there is nothing to learn" in line
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
 
@@ -158,7 +148,7 @@ def test_checkpoint_version_not_a_number(tmp_path, capsys, ckpt):
     from PIL import Image
 
     Image.fromarray(np.full((20, 20), 100, np.uint8)).save(png)
-    line = _cli_error(capsys, ["predict", "--checkpoint", bad, png, "--output", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", "--checkpoint", bad, png, "--output", tmp_path / "o"])
     assert "checkpoint version 'abc', not a whole number" in line
 
 
@@ -172,7 +162,7 @@ def test_img_size_that_cannot_fit_in_memory(tmp_path, capsys, monkeypatch):
     Image.fromarray(np.full((40, 40), 100, np.uint8)).save(png)
     # The estimate for one 4096 px slice of this 4-wide U-Net is several GiB.
     monkeypatch.setattr(inference, "free_memory_bytes", lambda device: 2**30)
-    line = _cli_error(capsys, ["predict", "--checkpoint", big, png, "--output", tmp_path / "o",
+    line = cli_error(capsys, ["predict", "--checkpoint", big, png, "--output", tmp_path / "o",
                                "--device", "cpu"])
     assert "img_size 4096 needs about" in line and "GiB free" in line
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -217,7 +207,7 @@ def _nifti_header_file(path, shape, dtype=np.int16, nifti2=False, data_bytes=Non
 def test_sparse_16_gib_nifti_is_refused_from_its_header(tmp_path, capsys, ckpt):
     nii = _nifti_header_file(tmp_path / "sparse.nii", (2048, 2048, 2048))
     assert nii.stat().st_size > 16 * 2**30 - 1 and nii.stat().st_blocks < 64
-    line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, nii, "--output", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", "--checkpoint", ckpt, nii, "--output", tmp_path / "o"])
     assert "8,589,934,592 voxels" in line and "--max-voxels" in line
 
 
@@ -227,7 +217,7 @@ def test_gz_declaring_8_gib_is_refused_before_decompressing(tmp_path, capsys, ck
     gz = _nifti_header_file(tmp_path / "bomb.nii.gz", (2048, 2048, 1024), gz=True)
     with pytest.raises(DataError, match="voxels .* over the limit"):
         load_nifti(gz)  # the dataset readers' path
-    line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, gz, "--output", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", "--checkpoint", ckpt, gz, "--output", tmp_path / "o"])
     assert "--max-voxels" in line
 
 
@@ -235,7 +225,7 @@ def test_max_voxels_flag_lowers_the_cap(tmp_path, capsys, ckpt):
     from _h4b_inputs import ct_volume, save_volume
 
     nii = save_volume(ct_volume((3, 40, 40)), tmp_path / "ct.nii.gz")
-    line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, nii, "--output", tmp_path / "o",
+    line = cli_error(capsys, ["predict", "--checkpoint", ckpt, nii, "--output", tmp_path / "o",
                                "--max-voxels", "1000"])
     assert "4,800 voxels" in line and "over the limit of 1,000" in line
     assert main(["predict", "--checkpoint", str(ckpt), str(nii), "--output",
@@ -244,7 +234,7 @@ def test_max_voxels_flag_lowers_the_cap(tmp_path, capsys, ckpt):
 
 def test_nifti2_of_a_million_slices_is_refused(tmp_path, capsys, ckpt):
     nii = _nifti_header_file(tmp_path / "n2.nii", (8, 8, 1_000_000), np.uint8, nifti2=True)
-    line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, nii, "--output", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", "--checkpoint", ckpt, nii, "--output", tmp_path / "o"])
     assert "an axis of 1,000,000 voxels" in line
 
 
@@ -267,15 +257,15 @@ def test_fifo_and_device_are_refused_by_name(tmp_path, capsys, ckpt):
     fifo = tmp_path / "in.nii"
     os.mkfifo(fifo)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, fifo, "--output", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", "--checkpoint", ckpt, fifo, "--output", tmp_path / "o"])
     assert "is a FIFO (named pipe), not a file" in line
-    line = _cli_error(capsys, ["predict", "--checkpoint", ckpt, "/dev/zero", "--output",
+    line = cli_error(capsys, ["predict", "--checkpoint", ckpt, "/dev/zero", "--output",
                                tmp_path / "o"])
     assert "/dev/zero is a device, not a file" in line
-    line = _cli_error(capsys, ["export", "--checkpoint", "/dev/zero", "--output",
+    line = cli_error(capsys, ["export", "--checkpoint", "/dev/zero", "--output",
                                tmp_path / "m.onnx"])
     assert "checkpoint /dev/zero is a device, not a file" in line
-    line = _cli_error(capsys, ["train", "--config", fifo, "--output", tmp_path / "run"])
+    line = cli_error(capsys, ["train", "--config", fifo, "--output", tmp_path / "run"])
     assert "is a FIFO (named pipe), not a file" in line
 
 

@@ -17,21 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _h4b_inputs import save_tiny_checkpoint
+from _h4b_inputs import cli_error, save_tiny_checkpoint
 
 from unetzoo.cli.main import main
 from unetzoo.engine.run_folder import RunFolder
 from unetzoo.errors import UnetzooError
 from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder, clear_recorded
-
-
-def _cli_error(capsys, argv: list) -> str:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("\r")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture
@@ -42,12 +33,12 @@ def run_ckpt(tmp_path) -> Path:
 # ------------------------------------------------------------------ export
 def test_export_never_writes_over_its_checkpoint(tmp_path, capsys, run_ckpt):
     before = run_ckpt.read_bytes()
-    line = _cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--output", run_ckpt,
+    line = cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--output", run_ckpt,
                                "--overwrite", "--no-verify"])
     assert "is the export's own input" in line
     link = tmp_path / "link.onnx"
     os.link(run_ckpt, link)  # the same file under another name
-    line = _cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--output", link,
+    line = cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--output", link,
                                "--overwrite", "--no-verify"])
     assert "is the export's own input" in line
     assert run_ckpt.read_bytes() == before
@@ -57,7 +48,7 @@ def test_export_format_must_match_the_ending(tmp_path, capsys, run_ckpt):
     scan = tmp_path / "scan.png"
     scan.write_bytes(b"a picture of the user's")
     for out in (scan, tmp_path / "new.png"):
-        line = _cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--format",
+        line = cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--format",
                                    "torch-export", "--output", out, "--overwrite"])
         assert "a torch-export export is written as .pt2" in line
     assert scan.read_bytes() == b"a picture of the user's"
@@ -67,7 +58,7 @@ def test_export_format_must_match_the_ending(tmp_path, capsys, run_ckpt):
 def test_export_refuses_a_user_file_and_replaces_its_own(tmp_path, capsys, run_ckpt):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"the user's model")
-    line = _cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--output", out,
+    line = cli_error(capsys, ["export", "--checkpoint", run_ckpt, "--output", out,
                                "--no-verify"])
     assert "was not written by unetzoo" in line and "--overwrite" in line
     assert out.read_bytes() == b"the user's model"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _h4b_inputs import CLASSES, ct_volume, save_tiny_checkpoint, save_volume
+from _h4b_inputs import CLASSES, cli_error, ct_volume, save_tiny_checkpoint, save_volume
 
 from unetzoo.cli.main import main
 from unetzoo.errors import UnetzooError
@@ -19,16 +19,6 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine w
 TINY = ["--dataset-option", "n_train=3", "--dataset-option", "n_test=1",
         "--dataset-option", "shape=[4, 32, 32]"]
 
-
-def _cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expect exit 2 and exactly one ``error:`` line, no traceback."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("\r")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +63,7 @@ def test_cuda_without_gpu(tmp_path, capsys, ckpt, png, phantom_root, command, de
         "predict": ["predict", png, "--checkpoint", ckpt, "--out", tmp_path / "o"],
         "test": ["test", "--checkpoint", ckpt, "--out", tmp_path / "o"],
     }[command]
-    line = _cli_error(capsys, [*argv, "--device", device])
+    line = cli_error(capsys, [*argv, "--device", device])
     assert "no CUDA GPU" in line and "--device cpu" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()
 
@@ -81,7 +71,7 @@ def test_cuda_without_gpu(tmp_path, capsys, ckpt, png, phantom_root, command, de
 # ------------------------------------------------------------ empty volumes
 def test_zero_slice_volume_predict(tmp_path, capsys, ckpt):
     p = save_volume(np.zeros((0, 20, 20), np.float32), tmp_path / "empty.nii.gz")
-    line = _cli_error(capsys, ["predict", p, "--checkpoint", ckpt, "--out", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", p, "--checkpoint", ckpt, "--out", tmp_path / "o"])
     assert "empty.nii.gz" in line and "empty axis" in line
 
 
@@ -107,7 +97,7 @@ def _nnunet(root, test_shape=(12, 10, 3)):
 
 def test_zero_slice_test_volume(tmp_path, capsys, ckpt):
     root = _nnunet(tmp_path / "D", test_shape=(12, 10, 0))
-    line = _cli_error(capsys, ["test", "--checkpoint", ckpt, "--dataset", "nnunet",
+    line = cli_error(capsys, ["test", "--checkpoint", ckpt, "--dataset", "nnunet",
                                "--data-root", root, "--out", tmp_path / "rep", "--device", "cpu"])
     assert "t0_0000.nii.gz" in line and ("no voxels" in line or "shape" in line)
 
@@ -139,7 +129,7 @@ def test_resume_with_other_model_option(tmp_path, capsys, phantom_root):
     argv = _train(phantom_root, run, "--resume")
     argv[argv.index("base_channels=4")] = "base_channels=8"
     argv[argv.index("--max-epochs") + 1] = "2"
-    line = _cli_error(capsys, argv)
+    line = cli_error(capsys, argv)
     assert "base_channels: 4 -> 8" in line
 
 
@@ -168,7 +158,7 @@ def test_resume_with_other_model_option(tmp_path, capsys, phantom_root):
 def test_yaml_values_of_the_wrong_type(tmp_path, capsys, phantom_root, values, needle):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(values))
-    line = _cli_error(capsys, ["train", "--config", cfg, "--dataset", "phantom", "--data-root",
+    line = cli_error(capsys, ["train", "--config", cfg, "--dataset", "phantom", "--data-root",
                                phantom_root, *TINY, "--output", tmp_path / "run", "--no-progress"])
     assert needle in line
     assert not (tmp_path / "run").exists()
@@ -184,7 +174,7 @@ def test_checkpoint_with_bad_img_size(tmp_path, capsys, png, command, img_size):
         "test": ["test", "--checkpoint", p, "--out", tmp_path / "o"],
         "export": ["export", "--checkpoint", p, "--out", tmp_path / "m.onnx"],
     }[command]
-    line = _cli_error(capsys, argv)
+    line = cli_error(capsys, argv)
     assert "bad.pt" in line and "img_size" in line
 
 
@@ -202,7 +192,7 @@ def test_checkpoint_with_absurd_width(tmp_path, capsys, png, command, stored):
         "predict": ["predict", png, "--checkpoint", p, "--out", tmp_path / "o"],
         "export": ["export", "--checkpoint", p, "--out", tmp_path / "m.onnx"],
     }[command]
-    line = _cli_error(capsys, argv)
+    line = cli_error(capsys, argv)
     assert any(w in line for w in ("base_channels", "do not fit", "in_channels", "inconsistent"))
 
 
@@ -227,7 +217,7 @@ def test_disk_full_while_writing_predictions(tmp_path, capsys, monkeypatch, ckpt
         import unetzoo.engine.predict_cases as pred  # the CLI's predictor
 
         monkeypatch.setattr(pred, "overlay_png", _enospc)
-    line = _cli_error(capsys, ["predict", inp, "--checkpoint", ckpt, "--out", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", inp, "--checkpoint", ckpt, "--out", tmp_path / "o"])
     assert "disk full at" in line and str(tmp_path / "o") in line
     if target != "overlay":  # no half-written label map is left behind
         assert not [p for p in (tmp_path / "o").iterdir() if p.name.startswith(("v.", "x_"))]
@@ -249,7 +239,7 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, phant
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(io, "_atomic_write", full)
-    line = _cli_error(capsys, ["test", "--checkpoint", run / "checkpoints" / "best.pt",
+    line = cli_error(capsys, ["test", "--checkpoint", run / "checkpoints" / "best.pt",
                                "--data-root", phantom_root,
                                "--out", tmp_path / "rep", "--device", "cpu", "--overlays", "0"])
     assert "disk full" in line
@@ -259,7 +249,7 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, phant
 def test_prepare_out_naming_a_file(tmp_path, capsys):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
-    line = _cli_error(capsys, ["prepare", "phantom", "--out", f])
+    line = cli_error(capsys, ["prepare", "phantom", "--out", f])
     assert "notes.txt" in line
     assert f.read_text() == "mine"
 
@@ -270,27 +260,27 @@ def test_export_out_naming_a_folder(tmp_path, capsys, ckpt, form):
     if form == "existing-dir":
         d.mkdir()
     out = f"{d}/" if form == "slash" else str(d)
-    line = _cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", out, "--no-verify"])
+    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", out, "--no-verify"])
     assert "names a folder" in line and "cannot be exported" not in line
 
 
 def test_export_out_under_a_file(tmp_path, capsys, ckpt):
     f = tmp_path / "file"
     f.write_text("x")
-    line = _cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", f / "m.onnx",
+    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", f / "m.onnx",
                                "--no-verify"])
     assert "is a file" in line and "cannot be exported" not in line
 
 
 def test_export_out_where_nothing_can_be_written(tmp_path, capsys, ckpt):
-    line = _cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", "/proc/m.onnx",
+    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", "/proc/m.onnx",
                                "--no-verify"])
     assert "cannot write there" in line and "cannot be exported" not in line
 
 
 @pytest.mark.parametrize("option", ["n_train=abc", "shape=[4, 32, x]", "seed=1.5", "shape=5"])
 def test_phantom_option_of_the_wrong_type(tmp_path, capsys, option):
-    line = _cli_error(capsys, ["train", "--dataset-option", option, "--output",
+    line = cli_error(capsys, ["train", "--dataset-option", option, "--output",
                                tmp_path / "run", "--device", "cpu", "--no-progress"])
     assert "phantom" in line and option.split("=")[0] in line
 
