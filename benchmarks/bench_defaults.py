@@ -41,6 +41,7 @@ import glob
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -140,12 +141,13 @@ def _train_has(flag: str) -> bool:
 
 
 def run_unetzoo(root: Path, iterations: int, seed: int, out: Path,
-                tiny: bool) -> dict[str, Any]:
-    """``unetzoo train --data-root D`` and the budget, then ``unetzoo predict``."""
+                tiny: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``unetzoo train --data-root D`` and the budget (plus ``extra`` flags, for a
+    diagnostic row), then ``unetzoo predict``."""
     run_dir = out.parent / f"{out.name}-run"
     args = ["train", "--data-root", str(root), "--seed", str(seed), "--device", "cpu",
-            "--output", str(run_dir)]
-    row: dict[str, Any] = {}
+            "--output", str(run_dir), *extra]
+    row: dict[str, Any] = {"train_flags": " ".join(extra)} if extra else {}
     if _train_has("--iterations"):
         args += ["--iterations", str(iterations)]
         row["budget_flag"] = f"--iterations {iterations}"
@@ -283,10 +285,10 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                      "runs": " ".join(f"{v:.3f}" for v in vals)})
     for row in rows:
-        peers = [r["mean_dice"] for r in rows if r["side"] != "unetzoo"
+        peers = [r["mean_dice"] for r in rows if not r["side"].startswith("unetzoo")
                  and (r["dataset"], r["budget_it"]) == (row["dataset"], row["budget_it"])]
         row["vs_best_peer"] = (round(row["mean_dice"] - max(peers), 4)
-                               if row["side"] == "unetzoo" and peers else "")
+                               if row["side"].startswith("unetzoo") and peers else "")
     return rows
 
 
@@ -310,18 +312,21 @@ def load_runs(paths: list[str]) -> list[dict[str, Any]]:
 def run_one(side: str, dataset: str, root: Path, budget: int, args, seed: int,
             work: Path) -> dict[str, Any]:
     out = work / f"pred-{dataset}-{side}-{budget}-s{seed}"
+    side_name = (f"unetzoo {args.unetzoo_flags}" if side == "unetzoo" and args.unetzoo_flags
+                 else side)
     t0 = time.perf_counter()
     if side == "smp":
         extra = run_smp(root, budget, args.size, args.batch, seed, out)
     elif side == "nnunet":
         extra = run_nnunet(root, budget, args.batch, seed, out, work / "nnunet")
     elif side == "unetzoo":
-        extra = run_unetzoo(root, budget, seed, out, args.tiny)
+        extra = run_unetzoo(root, budget, seed, out, args.tiny,
+                            tuple(shlex.split(args.unetzoo_flags or "")))
     else:
         raise SystemExit(f"unknown side {side!r}; choose from {', '.join(SIDES)}")
     seconds = time.perf_counter() - t0
     score = nnunet_score(root, out)
-    return {"dataset": dataset, "side": side, "budget": budget, "seed": seed,
+    return {"dataset": dataset, "side": side_name, "budget": budget, "seed": seed,
             "batch": args.batch, "wall_s": round(seconds, 1), **extra, **score}
 
 
@@ -337,6 +342,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="parent of the prepared datasets (default: a temp folder)")
     p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--unetzoo-flags", default=None,
+                   help="extra `unetzoo train` flags for a diagnostic row (its side is "
+                        "named 'unetzoo FLAGS'; the defaults' row is the one without)")
     p.add_argument("--table", nargs="+", default=None,
                    help="print the table of these result files (globs) and exit")
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ from unetzoo.data.plan import (
     make_plan,
     open_raw,
     resample_slice,
+    with_overrides,
 )
 from unetzoo.data.preprocessing import check_spec, normalize
 from unetzoo.errors import ConfigError, DataError
@@ -85,13 +86,28 @@ def test_iterations_from_a_budget():
     timed = make_plan(fp, time_budget=2.0, step_seconds=0.5)
     assert timed.iterations == 240 and "time-budget" in timed.iterations_rule
     assert make_plan(fp, iterations=100, time_budget=2.0, step_seconds=0.5).iterations == 100
-    # whole epochs: 4 x 50 slices less 10 % held out at the planned batch
-    per_epoch = int(180 // timed.batch_size)
+    # 4 cases (< VALIDATION_MIN_CASES): none held out; epochs of 4 x 50 slices
+    per_epoch = int(200 // timed.batch_size)
     assert timed.max_epochs == -(-240 // per_epoch)
+    # the exact budget goes to the trainer; the epochs only bound it
+    assert timed.config_values()["max_iterations"] == 240
     with pytest.raises(ConfigError, match="time-budget"):
         make_plan(fp, time_budget=-1.0, step_seconds=0.5)
     with pytest.raises(ConfigError, match="iterations"):
         make_plan(fp, iterations=0)
+
+
+def test_validation_holdout_only_with_enough_cases():
+    few = make_plan(_fp([_stats("MRI")], [((12, 64, 64), (1.0, 1.0, 1.0))] * 9))
+    many = make_plan(_fp([_stats("MRI")], [((12, 64, 64), (1.0, 1.0, 1.0))] * 20))
+    assert few.val_fraction == 0.0 and few.config_values()["val_fraction"] == 0.0
+    assert "validation none (9 cases" in few.summary()
+    assert many.val_fraction == pytest.approx(0.1)
+    # --select best needs validation cases; an explicit --val-fraction wins
+    assert with_overrides(few, {"select": "best"}).val_fraction == pytest.approx(0.1)
+    assert with_overrides(many, {"val_fraction": 0.25}).val_fraction == 0.25
+    # --max-epochs given: no iteration budget is passed on
+    assert with_overrides(few, {"max_epochs": 3}).config_values()["max_iterations"] is None
 
 
 def test_plan_json_round_trip(tmp_path):

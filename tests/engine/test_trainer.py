@@ -52,6 +52,19 @@ def test_train_writes_run_folder_and_poly_lr(tiny_cfg):
     assert ck["spacing"] == [5.0, 2.5, 2.5]
 
 
+def test_max_iterations_is_an_exact_budget(tiny_cfg):
+    per_epoch = train(tiny_cfg(max_epochs=1))["iterations"]
+    budget = per_epoch + 1  # one step into a second epoch
+    summary = train(tiny_cfg(max_epochs=99, max_iterations=budget, eval_interval=99,
+                             output=tiny_cfg()["output"] + "-budget"))
+    assert summary["iterations"] == budget and summary["epochs"] == 2
+    rows = _rows(Path(summary["run_dir"]))
+    assert [int(r["iteration"]) for r in rows] == [per_epoch, budget]
+    # poly decays over the budget, not over 99 epochs: the last step's lr
+    assert float(rows[-1]["lr"]) == pytest.approx(poly_lr(0.01, budget - 1, budget, 0.9))
+    assert load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "final.pt")["epoch"] == 2
+
+
 def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
     full = train(tiny_cfg(output=str(tmp_path / "full"), max_epochs=3, eval_interval=2))
     part_cfg = tiny_cfg(output=str(tmp_path / "part"), max_epochs=3, eval_interval=2)

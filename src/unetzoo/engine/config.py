@@ -36,6 +36,9 @@ BASE_DEFAULTS: dict[str, Any] = {
     "dataset_options": {},  # reader options, e.g. phantom {n_train: 3, shape: [8, 32, 32]}
     "max_cases": None,  # cap on training cases (quick runs)
     "max_epochs": None,
+    # An exact iteration budget (a planned run's --iterations): the epochs follow from it
+    # and the last one stops part-way; None -> max_epochs full passes.
+    "max_iterations": None,
     "batch_size": None,
     "base_lr": None,
     "img_size": None,
@@ -266,6 +269,7 @@ class TrainConfig(Mapping):
     dataset_options: Mapping[str, Any]
     max_cases: int | None
     max_epochs: int
+    max_iterations: int | None
     batch_size: int
     base_lr: float
     img_size: int
@@ -638,6 +642,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
     """Check types and ranges in place; one clear line for the first bad value."""
     for key in ("max_epochs", "batch_size", "img_size", "eval_interval"):
         _positive(cfg, key, int)
+    if cfg.get("max_iterations") is not None:
+        _positive(cfg, "max_iterations", int)
     _positive(cfg, "base_lr", float)
     if cfg["img_size"] < 8:
         raise ConfigError(f"img-size must be at least 8 pixels, got {cfg['img_size']}")

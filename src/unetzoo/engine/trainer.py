@@ -263,7 +263,7 @@ def train(
         dist_utils.barrier(info)
         run = start_run(cfg, ds, info, layout, resume)
         epochs_done = run_epochs(run, stop_after_epochs)
-        finished = run.progress.start_epoch + epochs_done >= cfg.max_epochs
+        finished = run.progress.start_epoch + epochs_done >= run.cfg.max_epochs
         summary = {
             "run_dir": str(layout.root),
             "best_metric": run.progress.best_metric,
@@ -328,6 +328,7 @@ def start_run(
     model's initialisation draws from torch's generator), so it stays as it is.
     """
     data = make_loader(cfg, ds, info, layout)
+    cfg = budget_epochs(cfg, len(data.loader))
     model = build_model(cfg, ds, info)
     obj = build_objective(cfg, ds, model, info)
     progress = Progress()
@@ -350,7 +351,7 @@ def start_run(
         obj=obj, progress=progress, base={**spec.to_dict(), "config": cfg.to_dict()},
         log=MetricsLog(layout.metrics_csv, progress.history),
         writer=_tensorboard(layout.tensorboard) if info.is_main else None,
-        max_it=cfg.max_epochs * len(data.loader),
+        max_it=cfg.max_iterations or cfg.max_epochs * len(data.loader),
     )
     if info.is_main:
         if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
@@ -361,7 +362,10 @@ def start_run(
         print(
             f"training {cfg.model} on {ds.name}: {len(data.train_cases)} train / "
             f"{len(data.val_cases)} val cases, {len(data.train_set)} slices, "
-            f"{cfg.max_epochs} epochs x {len(data.loader)} iterations, device {info.device}"
+            + (f"{cfg.max_iterations} iterations ({cfg.max_epochs} epochs of up to "
+               f"{len(data.loader)})" if cfg.max_iterations else
+               f"{cfg.max_epochs} epochs x {len(data.loader)} iterations")
+            + f", device {info.device}"
             + (f", {info.world_size} processes" if info.enabled else ""),
             flush=True,
         )
@@ -593,9 +597,18 @@ def resume_state(
 
 
 # ------------------------------------------------------------------------------ epochs
+def budget_epochs(cfg: TrainConfig, per_epoch: int) -> TrainConfig:
+    """``cfg`` with ``max_epochs`` derived from an exact ``max_iterations`` budget (the
+    loader's length known): ceil(budget / per_epoch) epochs, the last one cut short."""
+    if cfg.max_iterations is None:
+        return cfg
+    return dataclasses.replace(cfg, max_epochs=max(1, math.ceil(cfg.max_iterations / per_epoch)))
+
+
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    """One pass over the loader; returns the epoch's metrics row (losses averaged over
-    steps and ranks, the last learning rate, the elapsed time)."""
+    """One pass over the loader (cut short at the run's iteration budget); returns the
+    epoch's metrics row (losses averaged over steps and ranks, the last learning rate,
+    the elapsed time)."""
     cfg, info = run.cfg, run.info
     if run.data.sampler is not None:
         run.data.sampler.set_epoch(epoch)
@@ -604,6 +617,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     steps = 0
     bar = _progress(run.data.loader, epoch, cfg.max_epochs, info.is_main and cfg.progress)
     for batch in bar:
+        if run.progress.iteration >= run.max_it:
+            break
         base_lr = effective_base_lr(cfg)
         lr = (
             poly_lr(base_lr, run.progress.iteration, run.max_it, cfg.poly_power)
