@@ -137,16 +137,35 @@ def test_cli_select_flag_and_bad_yaml(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_demo_picks_final_else_latest(tmp_path):
-    from unetzoo.deploy.demo_model import run_checkpoint
+def test_run_folder_picks_the_scored_else_final_else_latest(tmp_path):
+    from unetzoo.engine.selection import find_run_checkpoint, run_checkpoint
 
     lay = RunLayout(tmp_path)
+    assert find_run_checkpoint(tmp_path) is None
+    with pytest.raises(ConfigError, match="without checkpoints/final.pt"):
+        run_checkpoint(tmp_path)
     lay.checkpoints.mkdir()
     for p in (lay.best, lay.latest):
         p.write_bytes(b"x")
     assert run_checkpoint(tmp_path) == lay.latest  # never best.pt by default
     lay.final.write_bytes(b"x")
     assert run_checkpoint(tmp_path) == lay.final
+    (tmp_path / "report").mkdir()  # a --select best run's report names best.pt
+    (tmp_path / "report" / "summary.json").write_text(json.dumps({"scored": {"file": "best.pt"}}))
+    assert run_checkpoint(tmp_path) == lay.best
+    assert run_checkpoint(lay.latest) == lay.latest  # a file is itself
+
+
+def test_test_and_predict_take_a_run_folder(tiny_cfg, tmp_path):
+    from unetzoo.cli.main import main
+
+    summary = trainer.train(tiny_cfg(max_epochs=1, test=True))
+    rc = main(["test", "--checkpoint", summary["run_dir"], "--device", "cpu", "--overlays",
+               "0", "--output", str(tmp_path / "rep")])
+    assert rc == 0
+    again = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert again["mean_dice"] == summary["test"]["mean_dice"]
+    assert again["checkpoints"] == [str(RunLayout(summary["run_dir"]).final)]
 
 
 def test_choose_checkpoint_rules(tmp_path):

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "options, class names, img_size and preprocessing, so `unetzoo predict --onnx` "
         "needs nothing else.",
     )
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint from `unetzoo train`")
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint from `unetzoo train`, or its run folder")
     p.add_argument(
         "--format",
         default="onnx",
@@ -82,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_opset(args.opset, "--opset")  # export_model's own rule, before the checkpoint loads
     check_out(args.output)
+    from unetzoo.engine.selection import run_checkpoint
+
     res = export_checkpoint(
-        args.checkpoint,
+        run_checkpoint(args.checkpoint),
         args.output,
         fmt=args.format,
         dynamic=args.dynamic,

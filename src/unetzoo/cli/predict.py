@@ -27,7 +27,8 @@ def register(subparsers) -> argparse.ArgumentParser:
       "the channels of case CASE")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", action="append", metavar="CKPT",
-                     help="a .pt file written by `unetzoo train`; repeat it to ensemble "
+                     help="a .pt file written by `unetzoo train` or its run folder (the "
+                     "checkpoint its report scored); repeat it to ensemble "
                      "several (e.g. the folds of a cross-validation: softmax averaged)")
     src.add_argument("--onnx", metavar="MODEL.onnx",
                      help="an ONNX file from `unetzoo export`, run by ONNX Runtime instead")
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from unetzoo.engine.backends import check_backend, check_precision
+    from unetzoo.engine.selection import run_checkpoint
     from unetzoo.errors import ConfigError
 
     check_backend(args.backend)
@@ -106,7 +108,8 @@ def _run(args: argparse.Namespace) -> int:
                   save_probabilities=args.save_probabilities, overlays=args.overlays)
     # One loader for both: same pre/post-processing, logits from PyTorch or ONNX Runtime.
     predictor = load_predictor(
-        [args.onnx] if args.onnx else args.checkpoint, kind="onnx" if args.onnx else "checkpoint",
+        [args.onnx] if args.onnx else [run_checkpoint(c) for c in args.checkpoint],
+        kind="onnx" if args.onnx else "checkpoint",
         device=args.device, backend="torch" if args.onnx else args.backend,
         batch_size=args.batch_size, tta=args.tta, verbose=True, precision=args.precision,
     )

@@ -17,7 +17,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--checkpoint", required=True, action="append", metavar="CKPT",
-      help="a .pt file written by `unetzoo train`; repeat it to test an ensemble (softmax "
+      help="a .pt file written by `unetzoo train`, or its run folder (the checkpoint the "
+      "run's report scored, else final.pt); repeat it to test an ensemble (softmax "
       "averaged, e.g. the folds of a cross-validation)")
     a("--dataset", help="dataset name (default: the checkpoint's dataset)")
     a("--data-root", help="dataset folder")
@@ -81,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
     metrics = check_report_metrics(args.metrics)
     plan = (load_plan(args.postprocessing) if args.postprocessing
             else None if args.no_postprocessing else "stored")
+    from unetzoo.engine.selection import run_checkpoint
+
+    ckpts = [run_checkpoint(c) for c in args.checkpoint]
     run_test(
-        args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0],
+        ckpts if len(ckpts) > 1 else ckpts[0],
         dataset=args.dataset,
         data_root=args.data_root,
         split=args.split,

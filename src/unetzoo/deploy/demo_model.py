@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from unetzoo.engine.run_folder import RunLayout
+from unetzoo.engine.selection import find_run_checkpoint
 from unetzoo.errors import ConfigError
 
 MAKE_DEMO_RUN = Path("runs") / "demo"
@@ -33,17 +33,10 @@ def demo_cache_dir() -> Path:
     return Path(root) / "demo-model"
 
 
-def run_checkpoint(run_dir: Path) -> Path | None:
-    """``final.pt`` (the last epoch, what a run scores by default) else ``latest.pt`` of
-    a run folder, or None."""
-    layout = RunLayout(run_dir)  # the run folder's names have one home
-    return next((p for p in (layout.final, layout.latest) if p.is_file()), None)
-
-
 def find_demo_checkpoint(extra_dirs: tuple[Path, ...] = ()) -> Path | None:
     """The first phantom demo checkpoint found: ``runs/demo``, the tiny model, ``extra_dirs``."""
     for run_dir in (MAKE_DEMO_RUN, demo_cache_dir(), *extra_dirs):
-        ck = run_checkpoint(run_dir)
+        ck = find_run_checkpoint(run_dir)
         if ck is not None:
             return ck
     return None
@@ -56,8 +49,8 @@ def train_demo_model(out_dir: Path | None = None, extra_args: tuple[str, ...] = 
     training fails (with the trainer's last line).
     """
     out = Path(out_dir) if out_dir else demo_cache_dir()
-    if run_checkpoint(out) is not None:
-        yield f"checkpoint: {run_checkpoint(out)}"
+    if find_run_checkpoint(out) is not None:
+        yield f"checkpoint: {find_run_checkpoint(out)}"
         return
     # A previous attempt that died half way is started over: --overwrite replaces that
     # run's own files and nothing else (never rmtree a folder the user may have used).
@@ -74,6 +67,6 @@ def train_demo_model(out_dir: Path | None = None, extra_args: tuple[str, ...] = 
         if line:
             last = line
             yield line
-    if proc.wait() != 0 or run_checkpoint(out) is None:
+    if proc.wait() != 0 or find_run_checkpoint(out) is None:
         raise ConfigError(f"training the demo model failed: {last or 'no output'}")
-    yield f"checkpoint: {run_checkpoint(out)}"
+    yield f"checkpoint: {find_run_checkpoint(out)}"

@@ -85,3 +85,34 @@ def choose_checkpoint(
         return Selection(layout.best, "best", f"best validation epoch (--select best; {score})")
     return Selection(layout.final, "final",
                      "final epoch (default; --select best picks the best validation epoch)")
+
+
+
+def find_run_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of a run folder that its own test scored (``report/summary.json``
+    names it), else ``final.pt``, else ``latest.pt`` (an unfinished run); None when the
+    folder has none of them. Never ``best.pt`` unless the run's report scored it."""
+    import json
+
+    layout = RunLayout(run_dir)
+    try:
+        summary = json.loads((layout.root / "report" / "summary.json").read_text())
+        named = layout.checkpoints / Path(str(summary["scored"]["file"])).name
+    except (OSError, ValueError, KeyError, TypeError):
+        named = None
+    return next((p for p in (named, layout.final, layout.latest)
+                 if p is not None and p.is_file()), None)
+
+
+def run_checkpoint(path: str | Path) -> Path:
+    """``path`` itself when it is not a folder; for a run folder (``unetzoo train
+    --output``) :func:`find_run_checkpoint`, so ``unetzoo test RUN``, ``predict
+    --checkpoint RUN`` and ``export --checkpoint RUN`` use what the run's report used."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = find_run_checkpoint(path)
+    if found is None:
+        raise ConfigError(f"{path} is a folder without checkpoints/final.pt or latest.pt; "
+                          "pass a .pt file or a run folder written by `unetzoo train`")
+    return found
