@@ -56,7 +56,6 @@ from unetzoo.engine.selection import Selection
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, DataError
 from unetzoo.metrics import (
-    CaseScore,
     Reference,
     ScoringRules,
     format_table,
@@ -89,12 +88,6 @@ def check_report_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[st
             f"choose a comma list from: {', '.join(REPORT_METRICS)}"
         )
     return tuple(dict.fromkeys(names))
-
-
-def _scored(pred: np.ndarray, case, rules: ScoringRules,
-            class_names: Sequence[str] | None = None) -> CaseScore:
-    """``case`` (a dataset's Case) scored under its own rules and ``rules``."""
-    return score_case(pred, Reference.of_case(case, class_names), rules)
 
 
 def _check_unit(cid: str, unit: str, units: set[str]) -> None:
@@ -200,7 +193,7 @@ def validate(
                 batch_size=int(_cfg(cfg, "batch_size")), device=device,
                 amp=bool(_cfg(cfg, "amp")), plan=getattr(ds, "plan", None), spacing=case.spacing,
             )
-            score = _scored(pred, case, rules)
+            score = score_case(pred, Reference.of_case(case), rules)
             _check_unit(f"validation case {cid!r}", score.distance_unit, units)
             per_case[str(cid)] = score.by_class()
             if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
