@@ -6,7 +6,7 @@ and dilation, a missed slice range, a distant false-positive blob), then times
 
 * medpy: TransUNet's ``calculate_metric_percase`` loop (``pred == c``, ``dc``, ``hd95``
   for every organ), and
-* unetzoo: ``evaluate_case(pred, gt, 9, protocol="transunet")``, its classes' surface
+* unetzoo: ``score_case(pred, Reference(gt), ScoringRules(9, "transunet"))``, its classes' surface
   distances in parallel threads (one per core this process may use), and
 * unetzoo serial: the same with ``workers=1`` (one class after the other),
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion, zoom
 
-from unetzoo.metrics import evaluate_case
+from unetzoo.metrics import Reference, ScoringRules, score_case
 from unetzoo.metrics.parallel import default_workers
 
 CLASS_NAMES = [
@@ -125,8 +125,10 @@ def medpy_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None)
 def unetzoo_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None,
                  workers: int | None = None):
     """unetzoo's side: one call for all organs (``workers=1``: classes one by one)."""
-    return evaluate_case(pred, gt, num_classes, spacing=spacing, protocol="transunet",
-                         metrics=("dice", "hd95"), workers=workers)
+    # distance_unit "mm": the given spacing even under TransUNet's empty-mask protocol
+    rules = ScoringRules(num_classes, "transunet", ("dice", "hd95"), distance_unit="mm",
+                         workers=workers)
+    return score_case(pred, Reference(gt, spacing), rules).by_class()
 
 
 def unetzoo_serial_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing=None):
@@ -300,8 +302,8 @@ def markdown_compare(res: dict, m: dict) -> str:
         "|---|---|---|",
     ]
     for side, label in (("medpy", "medpy `dc` + `hd95` (TransUNet loop)"),
-                        ("unetzoo_serial", "unetzoo `evaluate_case(workers=1)`, serial"),
-                        ("unetzoo", f"unetzoo `evaluate_case`, {res['workers']} threads")):
+                        ("unetzoo_serial", "unetzoo `score_case` (workers=1), serial"),
+                        ("unetzoo", f"unetzoo `score_case`, {res['workers']} threads")):
         runs = ", ".join(f"{t:.2f}" for t in res["times_s"][side])
         lines.append(f"| {label} | {res['median_s'][side]:.3f} | {runs} |")
     lines += [

@@ -52,8 +52,8 @@ def test_misplaced_ignore_and_regions_are_one_line(tmp_path, labels):
 
 
 def test_ignored_pixels_change_neither_loss_nor_metrics(tmp_path):
-    from unetzoo.engine.evaluation import case_metrics
     from unetzoo.losses import build_loss
+    from unetzoo.metrics import Reference, ScoringRules, score_case
 
     ds = get_dataset("nnunet", _ignore_root(tmp_path))
     case = ds.load_case(ds.cases("train")[0], "train")
@@ -74,8 +74,9 @@ def test_ignored_pixels_change_neither_loss_nor_metrics(tmp_path):
     rng = np.random.default_rng(0)
     pred = rng.integers(0, 2, case.label.shape)
     flipped = np.where(ign, 1 - pred, pred)
-    m1 = case_metrics(pred, case, ds.num_classes)
-    m2 = case_metrics(flipped, case, ds.num_classes)
+    ref, rules = Reference.of_case(case), ScoringRules(ds.num_classes)
+    m1 = score_case(pred, ref, rules).by_class()
+    m2 = score_case(flipped, ref, rules).by_class()
     assert m1[1]["dice"] == pytest.approx(m2[1]["dice"])
     keep = ~ign
     p, g = pred[keep] == 1, case.label[keep] == 1

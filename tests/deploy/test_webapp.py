@@ -11,7 +11,6 @@ from unetzoo.deploy.webapp import (
     class_color,
     legend_html,
     render_overlay,
-    score,
 )
 from unetzoo.errors import CheckpointError, DataError, UnetzooError
 
@@ -79,14 +78,94 @@ def test_overlay_colours_only_labelled_pixels():
     assert tuple(big[3, 6]) == tuple(big[5, 8]) == expect
 
 
-def test_score_2d_uses_plane_spacing():
-    pred = np.zeros((1, 20, 20), np.int64)
-    gt = np.zeros_like(pred)
-    pred[0, 5:10, 5:10] = 1
-    gt[0, 5:10, 7:12] = 1
-    m = score(pred, gt, 2, (1.0, 2.0, 2.0), is_volume=False)
-    assert m[1]["dice"] == pytest.approx(2 * 15 / 50)
-    assert m[1]["hd95"] == pytest.approx(4.0)  # 2 columns of 2 mm
+def _header_less(arr: np.ndarray, path, pixdim) -> None:
+    """A NIfTI whose header gives ``pixdim`` (a 0 is an unknown size) and neither qform
+    nor sform (the bytes patched: nibabel would not write it)."""
+    import struct
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(arr, np.eye(4))
+    img.header.set_data_offset(352)
+    raw = bytearray(img.header.binaryblock.ljust(352, b"\0"))
+    raw += np.asarray(arr, dtype=img.get_data_dtype()).tobytes(order="F")
+    raw[80:92] = struct.pack("<3f", *pixdim)  # pixdim[1:4]
+    raw[252:256] = struct.pack("<2h", 0, 0)  # qform_code, sform_code
+    path.write_bytes(bytes(raw))
+
+
+def test_unknown_spacing_scores_in_voxels_as_the_test_does(backend, phantom_case, tmp_path):
+    """A volume whose header lacks a voxel size (pixdim 0 on one axis) is scored in
+    voxels, as `unetzoo test` scores such a case, never with the 1.0 placeholder mixed
+    with the known 2 mm sizes as millimetres."""
+    import nibabel as nib
+
+    from unetzoo.metrics import hd95
+
+    choice = backend.choices()[0]
+    image = tmp_path / "no_size.nii"
+    _header_less(np.transpose(phantom_case[0], (2, 1, 0)).astype(np.int16), image, (2, 2, 0))
+    first = backend.segment(image, choice)
+    # the reference: the demo's own prediction, in the file's order, moved one voxel
+    # along a 2 mm axis
+    moved = np.zeros_like(np.asarray(nib.load(first.download).dataobj))
+    moved[1:] = np.asarray(nib.load(first.download).dataobj)[:-1]
+    gt = tmp_path / "gt.nii"
+    _header_less(moved.astype(np.uint8), gt, (2, 2, 0))
+    seg = backend.segment(image, choice, gt)
+    scored = [k for k in seg.metrics if (seg.labels == k).any()]
+    assert scored, "the tiny model predicts some foreground on the phantom"
+    assert seg.spacing in ((1.0, 2.0, 2.0), (2.0, 1.0, 2.0), (2.0, 2.0, 1.0))  # placeholder
+    for k in scored:
+        voxels = hd95(seg.labels == k, seg.gt == k)
+        assert seg.metrics[k]["hd95"] == pytest.approx(voxels)
+        # the old rule: the 1.0 placeholder beside 2 mm sizes, read as millimetres
+        assert voxels != pytest.approx(hd95(seg.labels == k, seg.gt == k, seg.spacing))
+    assert seg.distance_unit == "voxels" and "HD95 (voxels)" in legend_html(seg, 0)
+
+
+def test_roi_is_scored_as_the_test_scores_the_case(backend, phantom_files, tmp_path):
+    """With a region-of-interest mask (DRIVE's field of view) the demo's Dice and HD95
+    are those `unetzoo test` gives the same case: a dataset Case with that ROI, scored
+    under its own rules (no spacing on file: voxels)."""
+    from PIL import Image
+
+    from unetzoo.data.base import Case
+    from unetzoo.metrics import Reference, ScoringRules, score_case
+
+    choice = backend.choices()[0]
+    whole = backend.segment(phantom_files["png"], choice, phantom_files["gt_png"])
+    h, w = whole.labels.shape[1:]
+    fov = np.zeros((h, w), np.uint8)
+    fov[h // 4 : 3 * h // 4, w // 5 : 4 * w // 5] = 255
+    Image.fromarray(fov).save(tmp_path / "fov.png")
+    seg = backend.segment(phantom_files["png"], choice, phantom_files["gt_png"],
+                          roi_path=tmp_path / "fov.png")
+    case = Case(id="c", image=np.zeros((1, 1, h, w), np.float32), label=seg.gt,
+                roi=(fov > 0)[None], class_names=list(seg.class_names))
+    test = score_case(seg.labels, Reference.of_case(case),
+                      ScoringRules(len(seg.class_names))).by_class()
+    assert seg.metrics.keys() == test.keys() and seg.distance_unit == "voxels"
+    for k, values in test.items():
+        for m, v in values.items():
+            assert seg.metrics[k][m] == pytest.approx(v, nan_ok=True), (k, m)
+    assert seg.metrics != whole.metrics  # the ROI changed the score
+    with pytest.raises(DataError, match="ground-truth"):
+        backend.segment(phantom_files["png"], choice, roi_path=tmp_path / "fov.png")
+
+
+def test_typed_pixel_spacing_scores_in_mm():
+    """2-D images carry no spacing: HD95 in pixels, unless a pixel spacing is typed in,
+    even 1 mm (the legend used to say "px" whenever the spacing was 1)."""
+    from unetzoo.deploy.webapp import Segmentation
+
+    lab = np.zeros((1, 4, 4), np.int64)
+    seg = Segmentation(display=np.zeros(lab.shape, np.uint8), labels=lab, class_names=["bg", "a"],
+                       spacing=(1.0, 1.0, 1.0), is_volume=False, download=None, gt=lab,
+                       metrics={1: {"dice": 1.0, "hd95": 0.0}})
+    assert "HD95 (mm)" in legend_html(seg, 0)
+    seg.distance_unit = "voxels"
+    assert "HD95 (px)" in legend_html(seg, 0)
 
 
 def test_bad_inputs_one_clear_line(backend, tmp_path, phantom_files, phantom_case):

@@ -18,7 +18,8 @@ import torch
 
 from unetzoo.data.base import Case, SegDataset
 from unetzoo.engine import evaluation
-from unetzoo.engine.evaluation import hd95_unit, run_test, spacing_known, validate
+from unetzoo.engine.evaluation import run_test, validate
+from unetzoo.metrics import Reference, ScoringRules, score_case, spacing_known
 
 NAMES = ["background", "liver", "kidney", "spleen"]
 
@@ -135,7 +136,7 @@ def test_transunet_protocol_keeps_published_rules(fake_predictor, tmp_path):
 def test_hd95_unit_is_mm_only_with_known_spacing(fake_predictor, tmp_path):
     ds = _MemDataset(affine=False)  # like a Synapse h5 volume: no spacing on file
     case = ds.load_case("c0", "test")
-    assert not spacing_known(case) and hd95_unit(case) == "voxels"
+    assert not spacing_known(case) and Reference.of_case(case).spacing is None
     summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
                        device="cpu", verbose=False)
     assert summary["hd95_unit"] == "voxels"
@@ -143,9 +144,12 @@ def test_hd95_unit_is_mm_only_with_known_spacing(fake_predictor, tmp_path):
     # with a spacing the same shift is measured in mm: 1 voxel in-plane = 0.5 mm
     lab = ds.labels["c1"]
     shifted = np.roll(lab, 1, axis=2)
-    mm = evaluation.case_metrics(shifted, _MemDataset(affine=True).load_case("c1", "test"), 4)
-    vox = evaluation.case_metrics(shifted, case.__class__(**{**case.__dict__, "label": lab}), 4)
-    assert mm[1]["hd95"] == pytest.approx(0.5) and vox[1]["hd95"] == pytest.approx(1.0)
+    rules = ScoringRules(4)
+    mm = score_case(shifted, Reference.of_case(_MemDataset(affine=True).load_case("c1", "test")),
+                    rules)
+    vox = score_case(shifted, Reference.of_case(ds.load_case("c1", "test")), rules)
+    assert mm.by_class()[1]["hd95"] == pytest.approx(0.5) and mm.distance_unit == "mm"
+    assert vox.by_class()[1]["hd95"] == pytest.approx(1.0) and vox.distance_unit == "voxels"
 
 
 def test_validation_uses_the_same_rule(fake_predictor):
@@ -259,14 +263,23 @@ def test_ensemble_members_must_share_the_spec(tmp_path):
                  overlays=0, device="cpu", verbose=False)
 
 
-def test_case_metrics_are_the_values_of_case_scores():
-    from unetzoo.errors import ConfigError
+def test_validation_never_averages_mm_with_voxels(fake_predictor):
+    """A case without a known spacing among cases with one: one line, not a mean of HD95
+    in mm and in voxels (the test report's rule)."""
+    from unetzoo.errors import DataError
 
-    case = _MemDataset(affine=True).load_case("c0", "test")
-    pred = _never_predicts_2_or_3(None, case.image, 16)
-    scores = evaluation.case_scores(pred, case, 4, "strict", ("dice", "nsd"), 2.0)
-    assert evaluation.case_metrics(pred, case, 4, "strict", ("dice", "nsd"), 2.0) == \
-        {k: s.values for k, s in scores.items()}
-    assert evaluation.case_metrics(pred, case, 4, metrics=("dice",))[1] == {"dice": 1.0}
-    with pytest.raises(ConfigError, match="unknown metric"):
-        evaluation.case_metrics(pred, case, 4, "strict", ())
+    ds = _MemDataset(affine=True)
+    known = ds.load_case
+
+    def load_case(cid, split):
+        case = known(cid, split)
+        case.affine = None if cid == "c1" else case.affine
+        return case
+
+    ds.load_case = load_case
+    cfg = {"img_size": 16, "batch_size": 2, "amp": False, "protocol": "strict"}
+    with pytest.raises(DataError, match="validation case 'c1' has no known voxel spacing.*"
+                       "cannot be averaged"):
+        validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
+    cfg["protocol"] = "transunet"  # voxels throughout
+    assert validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")

@@ -8,6 +8,7 @@ import pytest
 
 from unetzoo.engine import postprocess as pp
 from unetzoo.errors import DataError
+from unetzoo.metrics import Reference
 
 
 def test_keep_largest_component_full_connectivity_and_ties():
@@ -47,7 +48,7 @@ def _organ_cases(n=4, seed=0):
         pred = gt.copy()
         pred[1:3, 20:22, 20:22] = 1
         preds.append(pred)
-        refs.append(gt)
+        refs.append(Reference(gt))
     return preds, refs
 
 
@@ -60,13 +61,13 @@ def test_determined_per_class_like_nnunet():
     assert plan["dice_after"]["liver"] > plan["dice_before"]["liver"]
     assert plan["dice_after"]["kidney"] == plan["dice_before"]["kidney"] == 1.0
     out = pp.apply_postprocessing(preds[0], plan)
-    np.testing.assert_array_equal(out, refs[0])
+    np.testing.assert_array_equal(out, refs[0].labels)
 
 
 def test_foreground_step_for_a_single_class():
     preds, refs = _organ_cases()
     preds = [np.where(p == 2, 0, p) for p in preds]
-    refs = [np.where(r == 2, 0, r) for r in refs]
+    refs = [Reference(np.where(r.labels == 2, 0, r.labels)) for r in refs]
     plan = pp.determine_postprocessing(preds, refs, 2)
     assert plan["steps"] == [{"kind": pp.STEP_KIND, "classes": [1]}]
     assert plan["dice_after"]["foreground_mean"] == 1.0
@@ -74,15 +75,36 @@ def test_foreground_step_for_a_single_class():
 
 def test_nothing_when_it_does_not_help():
     _, refs = _organ_cases()
-    plan = pp.determine_postprocessing(refs, refs, 3)
+    plan = pp.determine_postprocessing([r.labels for r in refs], refs, 3)
     assert plan["steps"] == []
     # An island inside the reference's ignore region costs nothing: not removed either.
     preds, refs = _organ_cases()
-    refs = [r.copy() for r in refs]
-    for r in refs:
+    labels = [r.labels.copy() for r in refs]
+    for r in labels:
         r[:, 18:24, 18:24] = np.where(r[:, 18:24, 18:24] == 0, 9, r[:, 18:24, 18:24])
-    plan = pp.determine_postprocessing(preds, refs, 3, ignore_label=9)
+    plan = pp.determine_postprocessing(preds, [Reference(r, ignore_label=9) for r in labels], 3)
     assert [1] not in [s["classes"] for s in plan["steps"]]
+
+
+def test_decided_inside_the_cases_roi_as_the_test_scores():
+    """A spurious island outside the case's ROI (e.g. DRIVE's field of view) counts for
+    nothing in `unetzoo test`, so the plan search must not remove a real second
+    component to get rid of it. Scored on the whole image, the island (16 voxels) costs
+    more than the small real component (4 voxels) and the step would be taken."""
+    gt = np.zeros((1, 20, 20), np.int64)
+    gt[0, 2:8, 2:8] = 1  # the big component
+    gt[0, 12:14, 2:4] = 1  # a small real one, inside the ROI
+    pred = gt.copy()
+    pred[0, 14:18, 14:18] = 1  # outside the ROI
+    roi = np.zeros_like(gt, bool)
+    roi[:, :, :12] = True
+    whole = pp.determine_postprocessing([pred], [Reference(gt)], 2)
+    inside = pp.determine_postprocessing([pred], [Reference(gt, roi=roi)], 2)
+    assert whole["steps"] == [{"kind": pp.STEP_KIND, "classes": [1]}]
+    assert inside["steps"] == [] and inside["dice_before"]["foreground_mean"] == 1.0
+    # The spacing of a case never changes the plan's Dice (voxels or mm alike).
+    assert pp.determine_postprocessing([pred], [Reference(gt, (3.0, 0.7, 0.7), roi)], 2) == \
+        inside
 
 
 def test_plan_round_trips_through_json_and_the_checkpoint(tmp_path):
@@ -129,6 +151,10 @@ def test_plan_of_another_model_is_refused(tmp_path):
         pp.load_plan(tmp_path / "p.json")
     with pytest.raises(DataError, match="prediction"):
         pp.determine_postprocessing([np.zeros((2, 2), int)], [], 2)
+    from unetzoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Reference"):  # a bare label map has no rules
+        pp.determine_postprocessing([np.zeros((2, 2), int)], [np.zeros((2, 2), int)], 2)
 
 
 def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
@@ -173,7 +199,7 @@ def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
         for cid in splits[fold]["val"]:
             case = ds.load_case(cid, "train")
             preds.append(predict_volume(model, case.image, 32))
-            refs.append(case.label)
+            refs.append(Reference.of_case(case))
     ref = pp.determine_postprocessing(preds, refs, ds.num_classes, class_names=ds.class_names)
     assert plan["steps"] == ref["steps"]
     # A run trained without --fold cannot take part.

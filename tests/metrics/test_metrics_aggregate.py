@@ -1,4 +1,4 @@
-"""evaluate_case / summarize / tables and CSV against the per-mask functions."""
+"""score_case / summarize / tables and CSV against the per-mask functions."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import pytest
 from unetzoo.errors import ConfigError, DataError
 from unetzoo.metrics import (
     METRICS,
+    Reference,
+    ScoringRules,
     auc,
     dice,
-    evaluate_case,
     format_table,
     hd95,
     never_predicted_warning,
     present_classes,
+    score_case,
     summarize,
     surface_distances,
     write_case_csv,
@@ -26,6 +28,14 @@ from unetzoo.metrics import (
 from unetzoo.metrics.overlap import sensitivity, specificity
 
 NAMES = ["background", "liver", "kidney", "spleen", "tumour"]
+
+
+def _values(pred, gt, k, spacing=None, protocol="strict", metrics=("dice", "hd95"), roi=None,
+            prob=None):
+    """``{class: {metric: value}}`` of the one scorer, distances with the given spacing
+    under either protocol."""
+    rules = ScoringRules(k, protocol, metrics, distance_unit="mm")
+    return score_case(pred, Reference(gt, spacing, roi), rules, prob=prob).by_class()
 
 
 def _case(seed: int, shape=(8, 40, 36)):
@@ -42,11 +52,11 @@ def _case(seed: int, shape=(8, 40, 36)):
 
 
 @pytest.mark.parametrize("protocol", ["strict", "transunet"])
-def test_evaluate_case_equals_per_class_functions(protocol):
+def test_score_case_equals_per_class_functions(protocol):
     pred, gt = _case(0)
     spacing = (3.0, 0.8, 0.7)
     metrics = ("dice", "iou", "sensitivity", "specificity", "hd95", "hd", "assd")
-    res = evaluate_case(pred, gt, 5, spacing=spacing, protocol=protocol, metrics=metrics)
+    res = _values(pred, gt, 5, spacing=spacing, protocol=protocol, metrics=metrics)
     assert sorted(res) == [1, 2, 3, 4]
     for c in range(1, 5):
         p, g = pred == c, gt == c
@@ -69,10 +79,10 @@ def test_evaluate_case_equals_per_class_functions(protocol):
         assert math.isnan(res[4]["sensitivity"])
 
 
-def test_evaluate_case_matches_medpy_hd95():
+def test_score_case_matches_medpy_hd95():
     mb = pytest.importorskip("medpy.metric.binary")
     pred, gt = _case(1)
-    res = evaluate_case(pred, gt, 5, spacing=(2.0, 1.0, 1.0))
+    res = _values(pred, gt, 5, spacing=(2.0, 1.0, 1.0))
     for c in (1, 2, 3):
         ref = mb.hd95(pred == c, gt == c, voxelspacing=(2.0, 1.0, 1.0))
         assert res[c]["hd95"] == pytest.approx(ref, abs=1e-6)
@@ -86,7 +96,7 @@ def test_roi_and_auc():
     roi[2:28, 3:27] = True
     rng = np.random.default_rng(0)
     prob = rng.random((5, *gt.shape))
-    res = evaluate_case(pred, gt, 5, roi=roi, prob=prob,
+    res = _values(pred, gt, 5, roi=roi, prob=prob,
                         metrics=("dice", "specificity", "auc"))
     for c in (1, 2, 3):
         p, g = (pred == c)[roi], (gt == c)[roi]
@@ -95,30 +105,30 @@ def test_roi_and_auc():
         assert res[c]["auc"] == pytest.approx(auc(prob[c][roi], g), nan_ok=True)
     assert all(res[c]["dice"] > 0 for c in (1, 2, 3))
     with pytest.raises(ConfigError, match="prob"):
-        evaluate_case(pred, gt, 5, metrics=("auc",))
+        _values(pred, gt, 5, metrics=("auc",))
 
 
 def test_empty_classes_both_protocols():
     z = np.zeros((4, 6, 6), np.int64)
-    strict = evaluate_case(z, z, 3, metrics=("dice", "iou", "hd95", "assd"))
+    strict = _values(z, z, 3, metrics=("dice", "iou", "hd95", "assd"))
     assert all(math.isnan(v) for c in (1, 2) for v in strict[c].values())
-    tu = evaluate_case(z, z, 3, protocol="transunet")
+    tu = _values(z, z, 3, protocol="transunet")
     assert tu == {c: {"dice": 0.0, "hd95": 0.0} for c in (1, 2)}
     g = z.copy()
     g[1, 2:4, 2:4] = 2
-    tu = evaluate_case(z, g, 3, protocol="transunet")
+    tu = _values(z, g, 3, protocol="transunet")
     assert tu[2] == {"dice": 0.0, "hd95": 0.0}
-    tu = evaluate_case(g, z, 3, protocol="transunet")  # predicted, absent from reference
+    tu = _values(g, z, 3, protocol="transunet")  # predicted, absent from reference
     assert tu[2] == {"dice": 1.0, "hd95": 0.0}
-    strict = evaluate_case(z, g, 3, spacing=(1.0, 1.0, 1.0))
+    strict = _values(z, g, 3, spacing=(1.0, 1.0, 1.0))
     assert strict[2] == {"dice": 0.0, "hd95": math.inf}
     assert math.isnan(strict[1]["dice"])
-    strict = evaluate_case(g, z, 3)
+    strict = _values(g, z, 3)
     assert strict[2] == {"dice": 0.0, "hd95": math.inf}
 
 
 def test_summarize_and_tables(tmp_path):
-    per_case = {f"case{i:02d}": evaluate_case(*_case(i), 5, spacing=(3.0, 0.8, 0.8),
+    per_case = {f"case{i:02d}": _values(*_case(i), 5, spacing=(3.0, 0.8, 0.8),
                                                protocol="transunet") for i in range(3)}
     table = summarize(per_case, NAMES, protocol="transunet")
     assert table.class_names == NAMES[1:]
@@ -143,31 +153,31 @@ def test_summarize_and_tables(tmp_path):
 def test_bad_inputs():
     z = np.zeros((4, 4), np.int64)
     with pytest.raises(ConfigError, match="choose from"):
-        evaluate_case(z, z, 2, metrics=("dsc",))
+        _values(z, z, 2, metrics=("dsc",))
     with pytest.raises(DataError, match="integer"):
-        evaluate_case(z.astype(float), z, 2)
+        _values(z.astype(float), z, 2)
     with pytest.raises(DataError, match="shape"):
-        evaluate_case(z, np.zeros((4, 5), np.int64), 2)
+        _values(z, np.zeros((4, 5), np.int64), 2)
     with pytest.raises(DataError, match="same"):
         summarize({"a": {1: {"dice": 1.0}}, "b": {1: {"hd95": 1.0}}})
     assert set(METRICS) >= {"dice", "iou", "hd95", "hd", "assd", "sensitivity", "auc"}
     assert math.isnan(hd95(z, z))
     with pytest.raises(DataError, match="outside 0..1"):
-        evaluate_case(z + 2, z, 2)
+        _values(z + 2, z, 2)
     with pytest.raises(DataError, match="outside"):
-        evaluate_case(z - 1, z, 2)
+        _values(z - 1, z, 2)
     with pytest.raises(DataError, match="None"):
-        evaluate_case(None, z, 2)
+        _values(None, z, 2)
     with pytest.raises(ConfigError, match="num_classes"):
-        evaluate_case(z, z, 2.5)
+        _values(z, z, 2.5)
 
 
 def test_one_slice_volume_is_evaluated_as_2d():
     pred, gt = _case(3, shape=(8, 30, 28))
     pred, gt = pred[3:4], gt[3:4]  # one slice through classes 1-3
     metrics = ("dice", "hd95", "assd")
-    as3d = evaluate_case(pred, gt, 5, spacing=(5.0, 0.5, 0.7), metrics=metrics)
-    as2d = evaluate_case(pred[0], gt[0], 5, spacing=(0.5, 0.7), metrics=metrics)
+    as3d = _values(pred, gt, 5, spacing=(5.0, 0.5, 0.7), metrics=metrics)
+    as2d = _values(pred[0], gt[0], 5, spacing=(0.5, 0.7), metrics=metrics)
     assert as3d == as2d
     assert as2d[1]["hd95"] == pytest.approx(hd95(pred[0] == 1, gt[0] == 1, (0.5, 0.7)))
 
@@ -185,7 +195,7 @@ def test_summary_never_counts_absent_or_missed_classes_as_success(tmp_path):
     absent from both scored Dice 1 and the mean looked half right."""
     gts = {"a": _issue_case((1, 2)), "b": _issue_case((1,)), "c": _issue_case((1, 3))}
     preds = {k: np.where(g == 1, 1, 0) for k, g in gts.items()}
-    per_case = {k: evaluate_case(preds[k], gts[k], 5, metrics=("dice", "hd95", "iou"))
+    per_case = {k: _values(preds[k], gts[k], 5, metrics=("dice", "hd95", "iou"))
                 for k in gts}
     predicted = set().union(*(present_classes(p, 5) for p in preds.values()))
     table = summarize(per_case, NAMES, predicted=predicted)
@@ -210,7 +220,7 @@ def test_summary_never_counts_absent_or_missed_classes_as_success(tmp_path):
     n_dice = next(r for r in rows if r[0] == "n_dice")
     assert n_dice[3:] == ["3", "3", "1", "1", "0"]
     # the same model under the TransUNet rules: every case counts, absent-both is 0
-    per_case = {k: evaluate_case(preds[k], gts[k], 5, protocol="transunet") for k in gts}
+    per_case = {k: _values(preds[k], gts[k], 5, protocol="transunet") for k in gts}
     tu = summarize(per_case, NAMES, protocol="transunet", predicted=predicted)
     assert tu.per_class["dice"] == [1.0, 0.0, 0.0, 0.0] and tu.counts["dice"] == [3] * 4
     assert tu.mean["dice"] == pytest.approx(0.25) and tu.never_predicted == [2, 3, 4]
@@ -218,8 +228,8 @@ def test_summary_never_counts_absent_or_missed_classes_as_success(tmp_path):
 
 def test_summary_without_any_scored_class_is_nan_not_success():
     z = np.zeros((3, 8, 8), np.int64)
-    table = summarize({"a": evaluate_case(z, z, 3), "b": evaluate_case(z, z, 3)},
+    table = summarize({"a": _values(z, z, 3), "b": _values(z, z, 3)},
                       predicted=set())
     assert math.isnan(table.mean["dice"]) and table.classes_in_mean("dice") == 0
     assert "n/a" in format_table(table)
-    assert summarize({"a": evaluate_case(z, z, 3)}).never_predicted == []  # not checked
+    assert summarize({"a": _values(z, z, 3)}).never_predicted == []  # not checked

@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from unetzoo.errors import DataError
-from unetzoo.metrics import assd, auc, dice, evaluate_case, hd, hd95, iou, sensitivity
+from unetzoo.metrics import (
+    Reference,
+    ScoringRules,
+    assd,
+    auc,
+    dice,
+    hd,
+    hd95,
+    iou,
+    score_case,
+    sensitivity,
+)
 
 MASK = np.zeros((6, 6), bool)
 MASK[1:4, 2:5] = True
@@ -69,17 +80,17 @@ def test_accepted_inputs_score_the_same():
     assert hd95(MASK, shifted, spacing=2.0) == hd95(MASK, shifted, spacing=(2.0, 2.0)) == 2.0
 
 
-def test_evaluate_case_refuses_bad_label_maps():
+def test_score_case_refuses_bad_label_maps():
     z = np.zeros((4, 4), np.int64)
     for bad, match in [(None, "None"), (z.astype(float), "integer class indices"),
                        (np.array(0), "at least one dimension"), (z + 5, "outside 0..2")]:
         with pytest.raises(DataError, match=match) as exc:
-            evaluate_case(bad, z, 3)
+            score_case(bad, Reference(z), ScoringRules(3))
         _one_line(exc)
     with pytest.raises(DataError, match="spacing"):
-        evaluate_case(z, z, 3, spacing="1 mm")
+        score_case(z, Reference(z, "1 mm"), ScoringRules(3))
     with pytest.raises(DataError, match="roi"):
-        evaluate_case(z, z, 3, roi=np.ones((4, 5), bool))
+        score_case(z, Reference(z, roi=np.ones((4, 5), bool)), ScoringRules(3))
 
 
 def test_auc_refuses_bad_scores():

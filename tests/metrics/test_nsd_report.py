@@ -1,4 +1,4 @@
-"""NSD in the report: ``evaluate_case(metrics=(..., "nsd"))`` and ``unetzoo test --metrics``."""
+"""NSD in the report: ``score_case`` with ``metrics=(..., "nsd")`` and ``unetzoo test --metrics``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unetzoo.cli.main import main
-from unetzoo.metrics import evaluate_case
+from unetzoo.metrics import Reference, ScoringRules, score_case
 from unetzoo.metrics.nsd import nsd
 
 
@@ -30,10 +30,14 @@ def _maps() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("spacing", [None, (2.5, 0.8, 0.8)])
 @pytest.mark.parametrize("tolerance", [1.0, 2.0])
-def test_evaluate_case_nsd_matches_nsd(spacing, tolerance):
+def test_score_case_nsd_matches_nsd(spacing, tolerance):
     pred, gt = _maps()
-    res = evaluate_case(pred, gt, 5, spacing=spacing, metrics=("dice", "hd95", "nsd"),
-                        nsd_tolerance=tolerance, workers=1)
+
+    def score(metrics):
+        rules = ScoringRules(5, metrics=metrics, nsd_tolerance=tolerance, workers=1)
+        return score_case(pred, Reference(gt, spacing), rules).by_class()
+
+    res = score(("dice", "hd95", "nsd"))
     for c in (1, 2, 3, 4):
         want = nsd(pred == c, gt == c, tolerance, spacing)
         got = res[c]["nsd"]
@@ -41,17 +45,15 @@ def test_evaluate_case_nsd_matches_nsd(spacing, tolerance):
     assert 0.0 < res[1]["nsd"] < 1.0 and 0.0 < res[2]["nsd"] < 1.0
     assert res[3]["nsd"] == 0.0 and math.isnan(res[4]["nsd"])
     # NSD only, without HD95, is the same value (distances computed for it alone)
-    alone = evaluate_case(pred, gt, 5, spacing=spacing, metrics=("nsd",),
-                          nsd_tolerance=tolerance, workers=1)
+    alone = score(("nsd",))
     assert alone[1]["nsd"] == res[1]["nsd"]
 
 
-def test_evaluate_case_bad_tolerance_is_config_error():
+def test_bad_tolerance_is_config_error():
     from unetzoo.errors import ConfigError
 
-    pred, gt = _maps()
     with pytest.raises(ConfigError, match="tolerance"):
-        evaluate_case(pred, gt, 5, metrics=("nsd",), nsd_tolerance=-1.0)
+        ScoringRules(5, metrics=("nsd",), nsd_tolerance=-1.0)
 
 
 TINY = ["--dataset-option", "n_train=2", "--dataset-option", "n_test=1",

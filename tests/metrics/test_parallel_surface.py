@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unetzoo.errors import ConfigError
-from unetzoo.metrics import evaluate_case, parallel
+from unetzoo.metrics import Reference, ScoringRules, parallel, score_case
 
 
 def _case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +28,11 @@ def _case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return pred, gt
 
 
+def _values(pred, gt, k, spacing=None, protocol="strict", metrics=("dice", "hd95"), workers=None):
+    rules = ScoringRules(k, protocol, metrics, distance_unit="mm", workers=workers)
+    return score_case(pred, Reference(gt, spacing), rules).by_class()
+
+
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         a[c].keys() == b[c].keys()
@@ -42,9 +47,9 @@ def _same(a: dict, b: dict) -> bool:
 def test_threads_give_the_serial_values(protocol, spacing):
     pred, gt = _case()
     metrics = ("dice", "hd95", "hd", "assd")
-    serial = evaluate_case(pred, gt, 8, spacing, protocol, metrics, workers=1)
+    serial = _values(pred, gt, 8, spacing, protocol, metrics, workers=1)
     for workers in (2, 3, None):
-        threaded = evaluate_case(pred, gt, 8, spacing, protocol, metrics, workers=workers)
+        threaded = _values(pred, gt, 8, spacing, protocol, metrics, workers=workers)
         assert _same(serial, threaded)
     assert math.isnan(serial[7]["dice"]) if protocol == "strict" else serial[7]["dice"] == 0.0
     assert serial[5]["hd95"] == (math.inf if protocol == "strict" else 0.0)
@@ -61,10 +66,10 @@ def test_classes_run_in_worker_threads(monkeypatch):
     monkeypatch.setattr(parallel, "_distances_in_box", spy)
     monkeypatch.setattr(parallel, "_volume", lambda box: 1)  # equal boxes: none is split
     pred, gt = _case()
-    evaluate_case(pred, gt, 8, workers=2)
+    _values(pred, gt, 8, workers=2)
     assert len(seen) == 4 and all(n.startswith("unetzoo-surface") for n in seen)
     seen.clear()
-    evaluate_case(pred, gt, 8, workers=1)
+    _values(pred, gt, 8, workers=1)
     assert seen == [threading.current_thread().name] * 4
 
 
@@ -72,7 +77,7 @@ def test_classes_run_in_worker_threads(monkeypatch):
 def test_bad_worker_count_is_one_line(bad):
     pred, gt = _case()
     with pytest.raises(ConfigError, match="workers must be a whole number"):
-        evaluate_case(pred, gt, 8, workers=bad)
+        _values(pred, gt, 8, workers=bad)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.8)])
@@ -107,12 +112,12 @@ def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing, monk
 
 def test_per_case_nsd_and_hd95_equal_the_one_class_functions():
     from unetzoo.metrics.nsd import nsd_from_distances
-    from unetzoo.metrics.per_case import case_metrics
     from unetzoo.metrics.surface import surface_distances
 
     pred, gt = _case()
     spacing = (2.5, 0.7, 0.8)
-    got = case_metrics(pred, gt, 8, spacing, nsd_tolerance=1.5)["classes"]
+    rules = ScoringRules(8, metrics=("hd95", "assd", "nsd"), nsd_tolerance=1.5)
+    got = score_case(pred, Reference(gt, spacing), rules).record()["classes"]
     for c in range(1, 8):
         sd = surface_distances(pred == c, gt == c, spacing)
         for metric, want in (("hd95", sd.hd95()), ("assd", sd.assd()),

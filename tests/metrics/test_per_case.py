@@ -1,4 +1,5 @@
-"""Per-case TP / FP / FN and every metric per class as JSON (unetzoo.metrics.per_case)."""
+"""Per-case TP / FP / FN and every metric per class as JSON (``CaseScore.record`` and
+unetzoo.metrics.per_case)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from unetzoo.errors import ConfigError, DataError
-from unetzoo.metrics import dice, hd95
+from unetzoo.errors import DataError
+from unetzoo.metrics import Reference, ScoringRules, dice, hd95, score_case
 from unetzoo.metrics import per_case as cm
+from unetzoo.metrics.case import RECORD_METRICS
 from unetzoo.metrics.nsd import nsd
-from unetzoo.metrics.overlap import confusion as binary_confusion
 
 
 def _maps(seed=0, shape=(3, 12, 11), k=4):
@@ -22,42 +23,40 @@ def _maps(seed=0, shape=(3, 12, 11), k=4):
     return pred, gt
 
 
-def test_counts_equal_the_binary_confusion_of_each_class():
-    pred, gt = _maps()
-    counts = cm.class_counts(pred, gt, 4)
-    assert sorted(counts) == [1, 2, 3]
-    for c, conf in counts.items():
-        assert conf == binary_confusion(pred == c, gt == c)
+def _record(pred, gt, k, spacing=None, metrics=RECORD_METRICS, **kw):
+    """The per-case JSON record of one case (the one scorer's record)."""
+    return score_case(pred, Reference(gt, spacing, **kw), ScoringRules(k, metrics=metrics,
+                                                                       nsd_tolerance=1.5)).record()
 
 
 def test_hand_counts_and_ignore_label():
     gt = np.array([[0, 1, 1, 3], [2, 2, 3, 0]])
     pred = np.array([[1, 1, 0, 2], [2, 0, 1, 1]])
-    assert cm.class_counts(pred, np.where(gt == 3, 0, gt), 3)[1][:3] == (1, 3, 1)
+    row = _record(pred, np.where(gt == 3, 0, gt), 3)["classes"]["1"]
+    assert (row["tp"], row["fp"], row["fn"]) == (1, 3, 1)
     # Without an ignore label, value 3 is outside the classes: refused, not miscounted.
     with pytest.raises(DataError, match="holds class 3"):
-        cm.class_counts(gt, gt, 3)
-    counts = cm.class_counts(pred, gt, 3, ignore_label=3)  # 2 voxels left out
-    assert (counts[1].tp, counts[1].fp, counts[1].fn, counts[1].tn) == (1, 2, 1, 2)
-    assert (counts[2].tp, counts[2].fp, counts[2].fn) == (1, 0, 1)
-    assert sum(counts[1]) == 6
+        _record(gt, gt, 3)
+    rows = _record(pred, gt, 3, ignore_label=3)["classes"]  # 2 voxels left out
+    assert [rows["1"][k] for k in ("tp", "fp", "fn", "tn")] == [1, 2, 1, 2]
+    assert [rows["2"][k] for k in ("tp", "fp", "fn")] == [1, 0, 1]
 
 
-def test_case_metrics_hold_counts_and_every_metric():
+def test_records_hold_counts_and_every_metric():
     pred, gt = _maps(1)
     sp = (2.0, 0.9, 1.1)
-    res = cm.case_metrics(pred, gt, 4, sp, class_names=["bg", "a", "b", "c"], nsd_tolerance=1.5)
+    res = _record(pred, gt, 4, sp, class_names=("bg", "a", "b", "c"))
     assert res["distance_units"] == "mm" and res["spacing"] == list(sp)
     for c in (1, 2, 3):
         row = res["classes"][str(c)]
         assert row["name"] == ["bg", "a", "b", "c"][c]
-        assert set(cm.COUNT_KEYS) | set(cm.CASE_METRICS) <= set(row)
+        assert set(cm.COUNT_KEYS) | set(RECORD_METRICS) <= set(row)
         assert row["n_ref"] == int((gt == c).sum()) and row["n_pred"] == int((pred == c).sum())
         assert row["dice"] == pytest.approx(dice(pred == c, gt == c))
         assert row["hd95"] == pytest.approx(hd95(pred == c, gt == c, sp))
         assert row["nsd"] == pytest.approx(nsd(pred == c, gt == c, 1.5, sp))
-    res = cm.case_metrics(pred, gt, 4, metrics=("dice", "nsd"))
-    assert res["distance_units"] == "voxels"
+    res = _record(pred, gt, 4, metrics=("dice", "nsd"))
+    assert res["distance_units"] == "voxels" and res["classes"]["1"]["name"] == "1"
     assert "hd95" not in res["classes"]["1"]
 
 
@@ -66,7 +65,7 @@ def test_absent_class_is_null_and_one_sided_distance_is_inf_in_json(tmp_path):
     gt[1:3, 1:3] = 1
     pred = np.zeros_like(gt)
     pred[4:6, 4:6] = 2  # class 1 missed, class 2 hallucinated, class 3 absent
-    res = cm.case_metrics(pred, gt, 4)
+    res = _record(pred, gt, 4)
     assert res["classes"]["1"]["dice"] == 0.0 and res["classes"]["2"]["dice"] == 0.0
     assert math.isinf(res["classes"]["1"]["hd95"]) and res["classes"]["1"]["nsd"] == 0.0
     assert math.isnan(res["classes"]["3"]["dice"]) and math.isnan(res["classes"]["3"]["nsd"])
@@ -89,9 +88,9 @@ def test_summary_means_only_the_scored_cases():
     half = a.copy()
     half[2, 2:5] = 0
     cases = {
-        "x": cm.case_metrics(a, a, 2, metrics=("dice",)),
-        "y": cm.case_metrics(b, b, 2, metrics=("dice",)),
-        "z": cm.case_metrics(half, a, 2, metrics=("dice",)),
+        "x": _record(a, a, 2, metrics=("dice",)),
+        "y": _record(b, b, 2, metrics=("dice",)),
+        "z": _record(half, a, 2, metrics=("dice",)),
     }
     s = cm.summarize_cases(cases)
     assert s["mean"]["1"]["dice"] == pytest.approx((1.0 + 0.8) / 2)
@@ -99,29 +98,3 @@ def test_summary_means_only_the_scored_cases():
     assert s["mean"]["1"]["tp"] == 9 + 6 and s["mean"]["1"]["fn"] == 3
     assert s["foreground_mean"]["dice"] == pytest.approx(0.9)
     assert set(s["metric_per_case"]) == {"x", "y", "z"}
-
-
-def test_bad_input_is_one_line():
-    pred, gt = _maps()
-    with pytest.raises(DataError, match="differs from ground-truth shape"):
-        cm.class_counts(pred[:1], gt, 4)
-    with pytest.raises(DataError, match="outside 0..2"):
-        cm.class_counts(pred, gt, 3)
-    with pytest.raises(ConfigError, match="unknown metric"):
-        cm.case_metrics(pred, gt, 4, metrics=("dice", "volume"))
-    with pytest.raises(DataError):
-        cm.class_counts(pred.astype(float) + 0.5, gt, 4)
-
-
-def test_roi_leaves_outside_voxels_out():
-    pred, gt = _maps(2, shape=(10, 12))
-    roi = np.zeros(gt.shape, bool)
-    roi[2:8, 3:9] = True
-    counts = cm.class_counts(pred, gt, 4, roi=roi)
-    for c, conf in counts.items():
-        assert conf == binary_confusion(pred[roi] == c, gt[roi] == c)
-    res = cm.case_metrics(pred, gt, 4, metrics=("dice", "hd95"), roi=roi)
-    inside_p, inside_g = np.where(roi, pred, 0), np.where(roi, gt, 0)
-    assert res["classes"]["2"]["hd95"] == pytest.approx(hd95(inside_p == 2, inside_g == 2))
-    with pytest.raises(DataError, match="roi shape"):
-        cm.class_counts(pred, gt, 4, roi=roi[:5])

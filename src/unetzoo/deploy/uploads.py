@@ -230,7 +230,7 @@ def read_upload(
     kind, data = _sniffed(read_bytes(path, max_bytes), label, max_bytes)
     dec = _decode(data, kind, label, axes)
     return Upload(dec.array, dec.spacing, dec.affine, dec.order, dec.file_ndim, label,
-                  kind=kind, name=safe_stem(name or Path(path).name))
+                  dec.geometry_known, kind=kind, name=safe_stem(name or Path(path).name))
 
 
 def to_model_input(upload: Upload, in_channels: int, preprocessing: dict[str, Any]) -> np.ndarray:

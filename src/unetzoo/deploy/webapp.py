@@ -3,7 +3,7 @@
 :class:`DemoBackend` holds everything that is not UI (model loading, validation,
 inference, rendering, metrics) so tests can call it directly; :func:`build_app` wires it
 to Gradio components with stable ``elem_id`` s that the browser test drives:
-``upload``, ``gt-upload``, ``model-choice``, ``slice``, ``run-btn``, ``overlay``,
+``upload``, ``gt-upload``, ``roi-upload``, ``model-choice``, ``slice``, ``run-btn``, ``overlay``,
 ``legend``, ``status``, ``download``, ``train-btn``, ``train-log``.
 """
 
@@ -23,6 +23,7 @@ from unetzoo.deploy import uploads
 from unetzoo.engine.logging import display
 from unetzoo.engine.logging.display import ALPHA, PALETTE, class_color  # noqa: F401 (API)
 from unetzoo.errors import DataError, UnetzooError
+from unetzoo.metrics import Reference, ScoringRules, score_case
 
 if TYPE_CHECKING:
     from unetzoo.engine.predict import Predictor
@@ -51,6 +52,8 @@ class Segmentation:
     download: Path
     gt: np.ndarray | None = None
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: unit of the HD95 in ``metrics``: "mm" with a known spacing, else "voxels"
+    distance_unit: str = "mm"
     #: maps ``(d, h, w)`` of ``labels`` to RAS+ world mm (NIfTI uploads), else None
     affine: np.ndarray | None = None
 
@@ -117,7 +120,8 @@ def legend_html(seg: Segmentation, z: int) -> str:
     else:
         head += ["pixels", "area (mm²)" if px_area != 1.0 else "area (px²)"]
     if seg.metrics:
-        head += ["Dice", "HD95 (mm)" if seg.is_volume or px_area != 1.0 else "HD95 (px)"]
+        unit = "mm" if seg.distance_unit == "mm" else "voxels" if seg.is_volume else "px"
+        head += ["Dice", f"HD95 ({unit})"]
     rows = []
     for k, name in enumerate(seg.class_names):
         if k == 0:
@@ -226,21 +230,30 @@ class DemoBackend:
         choice: str,
         gt_path: str | Path | None = None,
         pixel_spacing: float | None = None,
+        roi_path: str | Path | None = None,
     ) -> Segmentation:
         """Validate and segment an upload; score it against an optional ground truth.
 
-        ``pixel_spacing`` (mm) applies to 2-D images, whose files carry none.
+        ``pixel_spacing`` (mm) applies to 2-D images, whose files carry none. The score
+        is ``unetzoo test``'s (:func:`unetzoo.metrics.score_case`, strict protocol) under
+        the upload's own rules: HD95 in mm when its spacing is known (a volume's header,
+        or ``pixel_spacing``), else in voxels; only the pixels of the ``roi_path`` mask
+        (e.g. a field of view) are scored when one is given.
         """
+        if roi_path and not gt_path:
+            raise DataError("a region-of-interest mask says which pixels are scored: upload "
+                            "the ground-truth mask too")
         up = uploads.read_upload(upload_path, name=Path(upload_path).name, max_bytes=self.max_bytes)
         lm = self.load(choice)
         x = uploads.to_model_input(up, lm.in_channels, lm.preprocessing)
         labels = self._predict_in_time(lm, x)
         spacing = up.spacing
+        known = up.is_volume and up.geometry_known
         if not up.is_volume and pixel_spacing:
             # Bounds keep areas and distances finite (1e308 mm overflowed them).
             if not 1e-6 <= pixel_spacing <= 1e4:
                 raise DataError(f"pixel spacing must be 1e-06..10000 mm, got {pixel_spacing}")
-            spacing = (1.0, float(pixel_spacing), float(pixel_spacing))
+            spacing, known = (1.0, float(pixel_spacing), float(pixel_spacing)), True
         folder = uploads.download_dir_under(self.download_root)
         seg = Segmentation(
             display=to_display(x[0]),
@@ -252,12 +265,18 @@ class DemoBackend:
             affine=display.file_to_array_affine(up.affine, up.axes),
         )
         if gt_path:
-            gt = uploads.read_mask(gt_path, labels.shape, len(lm.class_names),
-                                   name=Path(gt_path).name, max_bytes=self.max_bytes,
-                                   axes=up.axes)
-            seg.gt = gt
-            seg.metrics = score(labels, gt, len(lm.class_names), spacing, up.is_volume)
+            seg.gt = self._mask(gt_path, labels.shape, len(lm.class_names), up)
+            roi = None if not roi_path else self._mask(roi_path, labels.shape, 2, up) > 0
+            case = Reference(seg.gt, spacing if known else None, roi,
+                             class_names=tuple(lm.class_names))
+            score = score_case(labels, case, ScoringRules(len(lm.class_names)))
+            seg.metrics, seg.distance_unit = score.by_class(), score.distance_unit
         return seg
+
+    def _mask(self, path: str | Path, shape: tuple[int, ...], num_classes: int,
+              up: uploads.Upload) -> np.ndarray:
+        return uploads.read_mask(path, shape, num_classes, name=Path(path).name,
+                                 max_bytes=self.max_bytes, axes=up.axes)
 
 
     def _predict_in_time(self, lm: Predictor, x: np.ndarray) -> np.ndarray:
@@ -295,20 +314,6 @@ def check_model_file(path: Path) -> None:
         load_checkpoint(path)
 
 
-def score(
-    labels: np.ndarray, gt: np.ndarray, num_classes: int, spacing: tuple[float, float, float],
-    is_volume: bool,
-) -> dict[int, dict[str, float]]:
-    """Per-class Dice and HD95 (strict protocol, HD95 in mm) of ``(D, H, W)`` maps: the
-    one per-case evaluation of the report (:func:`unetzoo.metrics.evaluate_case`)."""
-    from unetzoo.metrics import evaluate_case
-
-    pred, ref, sp = labels, gt, spacing
-    if not is_volume:  # a 2-D image: score the plane, not a one-slice volume
-        pred, ref, sp = labels[0], gt[0], spacing[1:]
-    return evaluate_case(pred, ref, num_classes, sp, "strict", ("dice", "hd95"))
-
-
 def _slice_update(seg: Segmentation | None):
     import gradio as gr
 
@@ -330,14 +335,16 @@ def build_app(backend: DemoBackend) -> Any:
         z = int(np.clip(int(z or 0), 0, seg.labels.shape[0] - 1))
         return render_view(seg, z, min_size=DISPLAY_SIZE), legend_html(seg, z)
 
-    def run(file, gt, choice, spacing):
+    def run(file, gt, choice, spacing, roi=None):
         if file is None:
             return (None, None, "", gr.update(visible=False), _slice_update(None),
                     "**Upload an image or a volume first.**")
         path = file if isinstance(file, str) else getattr(file, "name", file)
         gt_path = None if gt is None else (gt if isinstance(gt, str) else gt.name)
+        roi_path = None if roi is None else (roi if isinstance(roi, str) else roi.name)
         try:
-            seg = backend.segment(path, choice, gt_path, float(spacing) if spacing else None)
+            seg = backend.segment(path, choice, gt_path, float(spacing) if spacing else None,
+                                  roi_path)
         except UnetzooError as exc:
             return (None, None, "", gr.update(visible=False), _slice_update(None),
                     f"**Error:** {html.escape(str(exc))}")
@@ -377,6 +384,8 @@ def build_app(backend: DemoBackend) -> Any:
             with gr.Column(scale=1):
                 up = gr.File(label="Image or volume (PNG, JPEG, TIFF, NIfTI, NRRD, .mha)", elem_id="upload")
                 gt = gr.File(label="Ground-truth mask (optional)", elem_id="gt-upload")
+                roi = gr.File(label="Region of interest, the scored pixels (optional, e.g. a "
+                              "field of view)", elem_id="roi-upload")
                 choice = gr.Dropdown(backend.choices(), value=backend.choices()[0],
                                      label="Model", elem_id="model-choice")
                 spacing = gr.Number(label="Pixel spacing of 2-D images in mm (0 = unknown)",
@@ -396,7 +405,7 @@ def build_app(backend: DemoBackend) -> Any:
                 legend = gr.HTML("", elem_id="legend")
                 dl = gr.DownloadButton("Download label map", visible=False, elem_id="download")
 
-        btn.click(run, [up, gt, choice, spacing], [state, overlay, legend, dl, zslider, status])
+        btn.click(run, [up, gt, choice, spacing, roi], [state, overlay, legend, dl, zslider, status])
         zslider.change(view, [state, zslider], [overlay, legend])
         tbtn.click(train, None, tlog)
     return app

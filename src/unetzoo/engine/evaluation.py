@@ -1,11 +1,12 @@
-"""Evaluation: the one per-case evaluation of a case, the trainer's validation and
-``unetzoo test`` (volume inference on a test split, per-case metrics and the report).
+"""Evaluation: the trainer's validation and ``unetzoo test`` (volume inference on a test
+split, per-case metrics and the report).
 
-:func:`case_scores` scores one case under its own rules (ROI, ignore label, spacing,
-protocol) through :func:`unetzoo.metrics.score_case`; :func:`validate` (called by the
-trainer each validation) and :func:`run_test` (the report and its ``cases.json``) both
-use it and aggregate with :func:`unetzoo.metrics.summarize`. Nothing here imports the
-trainer or ``unetzoo.deploy``.
+:func:`validate` (called by the trainer each validation) and :func:`run_test` (the
+report and its ``cases.json``) score each case with the one per-case evaluation,
+:func:`unetzoo.metrics.score_case`, under the case's own rules
+(:meth:`unetzoo.metrics.Reference.of_case`: ROI, ignore label, spacing when known), and
+aggregate with :func:`unetzoo.metrics.summarize`. Nothing here imports the trainer or
+``unetzoo.deploy``.
 
 The report folder holds ``summary.md`` (the mean table laid out as in the papers: mean
 DSC, mean HD95, one Dice column per class; then per class each mean with ``n``, the
@@ -55,7 +56,8 @@ from unetzoo.engine.selection import Selection
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, DataError
 from unetzoo.metrics import (
-    ClassScore,
+    Reference,
+    ScoringRules,
     format_table,
     never_predicted_warning,
     present_classes,
@@ -64,7 +66,7 @@ from unetzoo.metrics import (
     summarize,
     write_case_csv,
 )
-from unetzoo.metrics.case import check_metrics
+from unetzoo.metrics.case import RECORD_METRICS
 from unetzoo.metrics.nsd import check_tolerance
 from unetzoo.metrics.per_case import summarize_cases, write_json
 from unetzoo.runs.outputs import OutputFolder
@@ -88,74 +90,16 @@ def check_report_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[st
     return tuple(dict.fromkeys(names))
 
 
-def spacing_known(case) -> bool:
-    """Whether ``case.spacing`` holds real voxel sizes (not the 1.0 placeholder).
-
-    A reader may say so with a ``spacing_known`` attribute; otherwise a case with an
-    affine (the NIfTI readers) has a known spacing and one without (Synapse h5/npz, 2-D
-    image folders) has none; NaN or non-positive voxel sizes are unknown.
-    """
-    known = getattr(case, "spacing_known", None)
-    if known is None:
-        known = getattr(case, "affine", None) is not None
-    # A header without voxel sizes (NIfTI pixdim 0, no qform/sform) reads as NaN spacing.
-    spacing = np.asarray(getattr(case, "spacing", ()) or (), dtype=np.float64)
-    return bool(known) and bool(np.all(np.isfinite(spacing)) and np.all(spacing > 0))
-
-
-def hd95_unit(case, protocol: str = "strict") -> str:
-    """``"mm"`` when HD95 of ``case`` is computed with its voxel spacing, else ``"voxels"``."""
-    return "mm" if protocol == "strict" and spacing_known(case) else "voxels"
-
-
-def scored_region(case) -> np.ndarray | None:
-    """Boolean mask of the voxels that are scored: ``case.roi`` without the voxels whose
-    reference is ``case.ignore_label``; None when every voxel counts."""
-    roi = case.roi
-    ignore = getattr(case, "ignore_label", None)
-    if ignore is None or case.label is None:
-        return roi
-    keep = np.asarray(case.label) != ignore
-    return keep if roi is None else keep & np.asarray(roi, dtype=bool)
-
-
-def case_scores(
-    pred: np.ndarray,
-    case,
-    num_classes: int,
-    protocol: str = "strict",
-    metrics: Sequence[str] = DEFAULT_REPORT_METRICS,
-    nsd_tolerance: float = 1.0,
-) -> dict[int, ClassScore]:
-    """The one per-case evaluation of a :class:`~unetzoo.data.base.Case`: counts and
-    ``metrics`` per foreground class (:func:`unetzoo.metrics.score_case`) under the
-    case's own rules. The report, its ``cases.json`` and :func:`validate` all call it.
-
-    Pixels outside ``case.roi`` (e.g. the DRIVE field of view) are ignored when present,
-    and so are pixels whose reference is ``case.ignore_label`` (nnU-Net's ignore label:
-    removed from prediction and reference before scoring, as nnU-Net's evaluator).
-    HD95 is in mm when the spacing is known under ``"strict"`` (see :func:`hd95_unit`),
-    else in voxels; NSD's ``nsd_tolerance`` is in that unit. Under ``"strict"`` a class
-    absent from both maps is NaN.
-    """
-    spacing = tuple(float(s) for s in case.spacing) if hd95_unit(case, protocol) == "mm" \
-        else None
-    return score_case(
-        pred, case.label, num_classes, spacing, protocol, tuple(metrics), case.roi,
-        ignore_label=getattr(case, "ignore_label", None), nsd_tolerance=nsd_tolerance,
-    )
-
-
-def case_metrics(
-    pred: np.ndarray, case, num_classes: int, *args: Any, **kwargs: Any
-) -> dict[int, dict[str, float]]:
-    """The metrics (default Dice and HD95) per foreground class of one case,
-    ``{class_index: {metric: value}}``: the values of :func:`case_scores`, with its
-    arguments ``(pred, case, num_classes, protocol, metrics, nsd_tolerance)``."""
-    scores = case_scores(pred, case, num_classes, *args, **kwargs)
-    if not any(s.values for s in scores.values()):
-        check_metrics(())  # no metric asked: the one-line ConfigError
-    return {k: {m: float(v) for m, v in s.values.items()} for k, s in scores.items()}
+def _check_unit(cid: str, unit: str, units: set[str]) -> None:
+    """HD95 in mm and in voxels are never averaged: a case whose unit differs from the
+    earlier cases' is a one-line DataError."""
+    if units and unit not in units:
+        raise DataError(
+            f"{cid} has {'no' if unit == 'voxels' else 'a'} known voxel spacing "
+            f"but earlier cases' HD95 is in {next(iter(units))}: HD95 in mm and in voxels "
+            "cannot be averaged; fix its header (pixdim 0, no qform/sform) or test with "
+            "--protocol transunet (HD95 in voxels)")
+    units.add(unit)
 
 
 def mean_table(
@@ -172,7 +116,8 @@ def mean_table(
     :func:`unetzoo.metrics.summarize` and :func:`unetzoo.metrics.format_table`.
 
     Args:
-        per_case: ``{case id: {class index: {metric: value}}}`` (:func:`case_metrics`).
+        per_case: ``{case id: {class index: {metric: value}}}``
+            (:meth:`unetzoo.metrics.CaseScore.by_class`).
         class_names: names indexed by class (index 0 background).
         predicted: classes the model predicted in at least one case (None: unchecked).
 
@@ -219,7 +164,8 @@ def validate(
     as the trainer's validation step. ``cfg`` gives ``img_size``, ``batch_size``,
     ``amp`` and ``protocol`` (a dict or the trainer's config object).
 
-    The same per-case function (:func:`case_metrics`) and aggregation
+    The same per-case evaluation (:func:`unetzoo.metrics.score_case` under the case's
+    own rules; HD95 in mm and in voxels never averaged) and aggregation
     (:func:`unetzoo.metrics.summarize`) as the test report: per class the mean over the
     cases that scored it, then the mean over the classes with at least one scored case.
     Under ``"strict"`` a class absent from both prediction and reference is not scored
@@ -236,7 +182,9 @@ def validate(
     was_training = model.training
     model.eval()
     protocol = _cfg(cfg, "protocol")
+    rules = ScoringRules(ds.num_classes, protocol)
     per_case: dict[str, dict[int, dict[str, float]]] = {}
+    units: set[str] = set()
     try:
         for cid in cases:
             case = ds.load_case(cid, split)
@@ -245,7 +193,9 @@ def validate(
                 batch_size=int(_cfg(cfg, "batch_size")), device=device,
                 amp=bool(_cfg(cfg, "amp")), plan=getattr(ds, "plan", None), spacing=case.spacing,
             )
-            per_case[str(cid)] = case_metrics(pred, case, ds.num_classes, protocol)
+            score = score_case(pred, Reference.of_case(case), rules)
+            _check_unit(f"validation case {cid!r}", score.distance_unit, units)
+            per_case[str(cid)] = score.by_class()
             if collect is not None and len(collect.setdefault("samples", [])) < IMAGES_PER_VALIDATION:
                 collect["samples"].append(pick_sample(case, pred))
     finally:
@@ -592,11 +542,12 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
     manifest); one console line per case when verbose."""
     report, outputs = folder
     from unetzoo.engine.postprocess import apply_postprocessing
-    from unetzoo.metrics.per_case import CASE_METRICS, case_record
 
     class_names = list(ds.class_names)  # the model's, matched by name (match_class_names)
     # cases.json holds every metric: score them all in the same pass as the report's
-    wanted = tuple(dict.fromkeys(settings.metrics + (CASE_METRICS if settings.case_json else ())))
+    wanted = tuple(dict.fromkeys(settings.metrics + (RECORD_METRICS if settings.case_json else ())))
+    rules = ScoringRules(ds.num_classes, settings.protocol, wanted,
+                         nsd_tolerance=settings.nsd_tolerance)
     res = _Results()
     for i, cid in enumerate(cases):
         case = ds.load_case(cid, settings.split)
@@ -612,23 +563,14 @@ def _evaluate_cases(model, ds, cases: list[str], spec: InferenceSpec, plan,
             pred = settings.remap[pred]
         if plan is not None:
             pred = apply_postprocessing(pred, plan)
-        scores = case_scores(pred, case, ds.num_classes, settings.protocol, wanted,
-                             settings.nsd_tolerance)
+        ref = Reference.of_case(case, class_names)
+        score = score_case(pred, ref, rules)
         res.values[cid] = {k: {m: float(s.values[m]) for m in settings.metrics}
-                           for k, s in scores.items()}
-        unit = hd95_unit(case, settings.protocol)
+                           for k, s in score.classes.items()}
         if settings.case_json:
-            spacing = case.spacing if unit == "mm" else None
-            res.records[cid] = case_record(scores, class_names, spacing, settings.protocol,
-                                           settings.nsd_tolerance)
-        res.predicted |= present_classes(pred, ds.num_classes, scored_region(case))
-        if res.units and unit not in res.units:  # never average mm with voxels
-            raise DataError(
-                f"test case {cid!r} has {'no' if unit == 'voxels' else 'a'} known voxel spacing "
-                f"but earlier cases' HD95 is in {next(iter(res.units))}: HD95 in mm and in voxels "
-                "cannot be averaged; fix its header (pixdim 0, no qform/sform) or test with "
-                "--protocol transunet (HD95 in voxels)")
-        res.units.add(unit)
+            res.records[cid] = score.record()
+        res.predicted |= present_classes(pred, ds.num_classes, ref.scored_region())
+        _check_unit(f"test case {cid!r}", score.distance_unit, res.units)
         written = _write_case_files(report, cid, case, pred, class_names, settings)
         outputs.record(p.relative_to(report.root) for p in written)
         if settings.verbose and "dice" in settings.metrics:

@@ -12,8 +12,9 @@ remove_connected_components.py``), step for step:
    Accepted when that class's mean Dice strictly improves.
 
 Dice per case is ``2 TP / (2 TP + FP + FN)``, NaN when the class is absent from both maps
-(left out of the class mean); voxels whose reference is the ``ignore_label`` count for
-nothing. Components are connected through faces, edges and corners (full connectivity,
+(left out of the class mean), scored by :func:`unetzoo.metrics.score_case` under each
+case's own rules as ``unetzoo test`` scores it: voxels outside the case's ROI or whose
+reference is the ignore label count for nothing. Components are connected through faces, edges and corners (full connectivity,
 as ``skimage.measure.label(connectivity=None)`` in nnU-Net's ``acvl_utils``), and when
 several components share the largest size all of them are kept (as acvl_utils does).
 
@@ -34,8 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from unetzoo.errors import DataError
-from unetzoo.metrics import evaluate_case, summarize
-from unetzoo.metrics.case import check_num_classes
+from unetzoo.metrics import Reference, ScoringRules, score_case, summarize
 from unetzoo.metrics.per_case import write_json
 
 PLAN_FORMAT = "unetzoo-postprocessing"
@@ -119,15 +119,12 @@ def apply_postprocessing(labels: np.ndarray, plan: dict[str, Any] | None) -> np.
 
 
 def _class_means(
-    preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
-    ignore_label: int | None,
+    preds: Sequence[np.ndarray], refs: Sequence[Reference], rules: ScoringRules,
 ) -> tuple[dict[int, float], float]:
     """Per class the mean Dice over the cases that scored it, and the mean over the
     scored classes (the report's aggregation, :func:`unetzoo.metrics.summarize`)."""
-    per_case = {
-        str(i): evaluate_case(p, g, num_classes, metrics=("dice",), ignore_label=ignore_label)
-        for i, (p, g) in enumerate(zip(preds, refs))
-    }
+    per_case = {str(i): score_case(p, g, rules).by_class()
+                for i, (p, g) in enumerate(zip(preds, refs))}
     table = summarize(per_case)
     return dict(zip(table.class_indices, table.per_class["dice"])), table.mean["dice"]
 
@@ -142,20 +139,20 @@ def _worse(new: float, old: float) -> bool:
 
 def determine_postprocessing(
     predictions: Sequence[np.ndarray],
-    references: Sequence[np.ndarray],
+    references: Sequence[Reference],
     num_classes: int,
     *,
-    ignore_label: int | None = None,
     class_names: Sequence[str] | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """The post-processing plan that cross-validation supports (see the module docstring).
 
     Args:
-        predictions, references: label maps of the validation cases of every fold (the
-            predictions of the fold that did not train on the case), pairwise of one shape.
+        predictions: label maps of the validation cases of every fold (the predictions
+            of the fold that did not train on the case).
+        references: the cases, pairwise (:class:`unetzoo.metrics.Reference`, e.g.
+            ``Reference.of_case(case)``: labels, ROI, ignore label, spacing).
         num_classes: classes including background.
-        ignore_label: reference value whose voxels are not scored (dataset.json "ignore").
         class_names: names for the messages and the plan.
 
     Returns:
@@ -170,7 +167,8 @@ def determine_postprocessing(
         )
     if not predictions:
         raise DataError("no cross-validation predictions to decide post-processing on")
-    num_classes = check_num_classes(num_classes)
+    rules = ScoringRules(num_classes, metrics=("dice",))  # nnU-Net's: strict Dice
+    num_classes = rules.num_classes
 
     def name(c: int) -> str:
         return class_names[c] if class_names is not None and c < len(class_names) else str(c)
@@ -181,12 +179,12 @@ def determine_postprocessing(
 
     fg = list(range(1, num_classes))
     current = [np.asarray(p) for p in predictions]
-    base, base_fg = _class_means(current, references, num_classes, ignore_label)
+    base, base_fg = _class_means(current, references, rules)
     before, before_fg = dict(base), base_fg
     steps: list[dict[str, Any]] = []
 
     cand = [remove_all_but_largest_component(p, fg) for p in current]
-    new, new_fg = _class_means(cand, references, num_classes, ignore_label)
+    new, new_fg = _class_means(cand, references, rules)
     if _better(new_fg, base_fg) and not any(_worse(new[c], base[c]) for c in fg):
         say(f"largest foreground component: mean Dice {base_fg:.5f} -> {new_fg:.5f}")
         steps.append({"kind": STEP_KIND, "classes": fg})
@@ -197,7 +195,7 @@ def determine_postprocessing(
     if len(fg) > 1:
         for c in fg:
             cand = [remove_all_but_largest_component(p, [c]) for p in current]
-            new, new_fg = _class_means(cand, references, num_classes, ignore_label)
+            new, new_fg = _class_means(cand, references, rules)
             if _better(new[c], base[c]):
                 say(f"largest component of {name(c)}: Dice {base[c]:.5f} -> {new[c]:.5f}")
                 steps.append({"kind": STEP_KIND, "classes": [c]})
@@ -270,7 +268,9 @@ def crossval_predictions(
     Each checkpoint must come from a ``--fold K`` run: its config names the fold and its
     run folder (two levels above ``checkpoints/best.pt``) holds the ``splits_final.json``
     it trained with; the dataset is reopened from the config. Returns ``(predictions,
-    references, info)`` with ``info = {"folds", "cases", "class_names", "ignore_label"}``.
+    references, info)``: the references are the cases under their own rules
+    (:meth:`unetzoo.metrics.Reference.of_case`), ``info = {"folds", "cases",
+    "class_names"}``.
     """
     from unetzoo.data import get_dataset
     from unetzoo.data.folds import run_fold_cases
@@ -280,11 +280,10 @@ def crossval_predictions(
     from unetzoo.errors import CheckpointError
 
     preds: list[np.ndarray] = []
-    refs: list[np.ndarray] = []
+    refs: list[Reference] = []
     folds: list[int] = []
     cases: list[str] = []
     names: list[str] | None = None
-    ignore = None
     for path in checkpoints:
         ck = load_checkpoint(path)
         cfg = ck.get("config") or {}
@@ -303,7 +302,6 @@ def crossval_predictions(
         _, val = run_fold_cases(run_dir, int(fold))
         ds = get_dataset(cfg.get("dataset"), cfg.get("data_root"),
                          **(cfg.get("dataset_options") or {}))
-        ignore = getattr(ds, "ignore_label", None)
         model = model_from_checkpoint(ck, device=device)
         for cid in val:
             case = ds.load_case(cid, "train")
@@ -313,12 +311,12 @@ def crossval_predictions(
                                         batch_size=batch_size, device=device,
                                         plan=InferenceSpec.from_checkpoint(ck, str(path)).plan,
                                         spacing=case.spacing))
-            refs.append(np.asarray(case.label))
+            refs.append(Reference.of_case(case))
             cases.append(cid)
         folds.append(int(fold))
         if verbose:
             print(f"fold {fold}: {len(val)} validation case(s) predicted", flush=True)
-    info = {"folds": sorted(folds), "cases": cases, "class_names": names, "ignore_label": ignore}
+    info = {"folds": sorted(folds), "cases": cases, "class_names": names}
     return preds, refs, info
 
 
@@ -344,8 +342,7 @@ def crossval_postprocessing(
     preds, refs, info = crossval_predictions(checkpoints, device, batch_size, verbose)
     names = info["class_names"]
     plan = determine_postprocessing(
-        preds, refs, len(names), ignore_label=info["ignore_label"], class_names=names,
-        verbose=verbose,
+        preds, refs, len(names), class_names=names, verbose=verbose,
     )
     plan["folds"] = info["folds"]
     from unetzoo.engine.backends import file_sha256

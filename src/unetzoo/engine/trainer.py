@@ -46,7 +46,7 @@ from unetzoo.engine.config import (
     effective_base_lr,
     poly_lr,
 )
-from unetzoo.engine.evaluation import spacing_known, validate
+from unetzoo.engine.evaluation import validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
@@ -55,6 +55,7 @@ from unetzoo.engine.spec import InferenceSpec
 from unetzoo.engine.training_inputs import training_intensity, training_orientation
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
 from unetzoo.losses import source_deep_supervision_loss, supervised_loss
+from unetzoo.metrics import spacing_known
 
 
 class TrainingDiverged(UnetzooError):
@@ -379,7 +380,7 @@ def start_run(
 def training_spacing(ds, cases: list[str], split: str = "train") -> tuple[float, ...] | None:
     """Median voxel spacing ``(sz, sy, sx)`` mm of the training ``cases`` (nnU-Net's
     fingerprint statistic), recorded in the inference spec; None when the reader knows
-    no spacing (the 1.0 placeholder, :func:`~unetzoo.engine.evaluation.spacing_known`).
+    no spacing (the 1.0 placeholder, :func:`~unetzoo.metrics.spacing_known`).
 
     A reader may answer from its metadata (``ds.case_spacing(case_id, split)``, e.g. the
     nnU-Net slice cache) instead of a full read; the first case without a known spacing

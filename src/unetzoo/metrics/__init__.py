@@ -6,9 +6,10 @@ is a one-line ``DataError``, a ``ValueError``) and a ``protocol`` for empty mask
 means; ``"transunet"`` to reproduce TransUNet's tables; see docs/metrics.md):
 :func:`dice`, :func:`iou`, :func:`sensitivity`, :func:`specificity`, :func:`auc` (scores against a mask), and the medpy-exact surface metrics :func:`hd95`,
 :func:`hd`, :func:`assd` (with ``spacing``). :func:`surface_distances` computes the
-distances once for all three. :func:`score_case` is the one per-case evaluation (counts
-and metrics per class; :func:`evaluate_case` its values) and :func:`summarize` builds the
-per-class tables from per-case results.
+distances once for all three. :func:`score_case` ``(pred, case, rules)`` is the one
+per-case evaluation (a :class:`Reference` with the case's own geometry, the
+:class:`ScoringRules` of the evaluation; a :class:`CaseScore` back) and
+:func:`summarize` builds the per-class tables from per-case results.
 """
 
 from unetzoo.metrics._common import PROTOCOLS, scored_mean
@@ -22,7 +23,15 @@ from unetzoo.metrics.aggregate import (
     write_case_csv,
     write_summary_csv,
 )
-from unetzoo.metrics.case import METRICS, ClassScore, evaluate_case, score_case
+from unetzoo.metrics.case import (
+    METRICS,
+    CaseScore,
+    ClassScore,
+    Reference,
+    ScoringRules,
+    score_case,
+    spacing_known,
+)
 from unetzoo.metrics.nsd import nsd
 from unetzoo.metrics.overlap import Confusion, auc, confusion, dice, iou, sensitivity, specificity
 from unetzoo.metrics.surface import SurfaceDistances, assd, hd, hd95, surface_distances
@@ -31,6 +40,7 @@ __all__ = [
     "METRICS",
     "PROTOCOLS",
     "PROTOCOL_NOTES",
+    "CaseScore",
     "ClassScore",
     "Confusion",
     "SummaryTable",
@@ -39,7 +49,6 @@ __all__ = [
     "auc",
     "confusion",
     "dice",
-    "evaluate_case",
     "format_table",
     "hd",
     "hd95",
@@ -49,9 +58,12 @@ __all__ = [
     "specificity",
     "never_predicted_warning",
     "present_classes",
+    "Reference",
     "score_case",
+    "ScoringRules",
     "scored_mean",
     "summarize",
+    "spacing_known",
     "surface_distances",
     "write_case_csv",
     "write_summary_csv",

@@ -1,7 +1,7 @@
 """The per-class mean table of the papers, over per-case results.
 
-:func:`unetzoo.metrics.evaluate_case` (:mod:`unetzoo.metrics.case`) gives one case's
-``{class_index: {metric: value}}``; ``summarize`` averages many cases into a :class:`SummaryTable` (per-class means over the
+:func:`unetzoo.metrics.score_case` (:mod:`unetzoo.metrics.case`) gives one case's
+``{class_index: {metric: value}}`` (``CaseScore.by_class()``); ``summarize`` averages many cases into a :class:`SummaryTable` (per-class means over the
 cases that scored the class, how many did, and the mean over classes, as in
 TransUNet-style tables); ``format_table`` and the CSV writers turn it into files. Every
 table records the empty-mask protocol used and names the classes that the model never
@@ -130,7 +130,7 @@ def summarize(
     *,
     predicted: Iterable[int] | None = None,
 ) -> SummaryTable:
-    """Average ``{case_id: evaluate_case(...)}`` into the papers' table.
+    """Average ``{case_id: score_case(...).by_class()}`` into the papers' table.
 
     Args:
         per_case: per-case results; every case must hold the same classes and metrics.
