@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from unetzoo.data.transforms import build_train_transform, seed_worker
 from unetzoo.engine import distributed as dist_utils
 from unetzoo.engine.checkpoint import (
     capture_rng_state,
-    crash_point,
     disk_full_error,
     load_checkpoint,
     repair_best,
@@ -214,6 +213,7 @@ class Run:
     writer: Any  # a TensorBoard SummaryWriter on the main rank, else None
     max_it: int
     t_start: float = field(default_factory=time.time)
+    on_checkpoint: Callable[[str, int], None] | None = None  # see train()
 
 
 # ------------------------------------------------------------------------------- train
@@ -223,6 +223,7 @@ def train(
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
     overwrite: bool = False,
+    on_checkpoint: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says; returns a summary dict.
 
@@ -238,6 +239,11 @@ def train(
             files only; see :class:`~unetzoo.engine.run_folder.RunFolder`). Without it
             (and without ``resume``) a non-empty folder that is not a fresh start is
             refused. The folder is locked for the whole call.
+        on_checkpoint: called as ``on_checkpoint(step, epoch)`` at each step of writing
+            the checkpoints: ``"before-latest"``, ``"tmp-latest"`` (its temporary file
+            complete, not yet renamed), ``"between-writes"``, ``"tmp-best"``,
+            ``"after-best"`` and, after the last epoch, ``"tmp-final"``. A callback that
+            exits the process there is how the tests prove a kill at any step resumable.
 
     Returns:
         ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations",
@@ -262,6 +268,7 @@ def train(
                 print(note, flush=True)
         dist_utils.barrier(info)
         run = start_run(cfg, ds, info, layout, resume)
+        run.on_checkpoint = on_checkpoint
         epochs_done = run_epochs(run, stop_after_epochs)
         finished = run.progress.start_epoch + epochs_done >= run.cfg.max_epochs
         summary = {
@@ -779,13 +786,19 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
         "history": run.log.rows,
         "rng": rng,
     }
-    # The crash points are the kill test's hooks.
-    crash_point(f"before-latest:{epoch + 1}")
-    save_checkpoint(payload, run.layout.latest)
-    crash_point(f"between-writes:{epoch + 1}")
+    step = _checkpoint_steps(run, epoch + 1)
+    step("before-latest")
+    save_checkpoint(payload, run.layout.latest, on_written=lambda _: step("tmp-latest"))
+    step("between-writes")
     if improved:
-        save_checkpoint(payload, run.layout.best)
-    crash_point(f"after-best:{epoch + 1}")
+        save_checkpoint(payload, run.layout.best, on_written=lambda _: step("tmp-best"))
+    step("after-best")
+
+
+def _checkpoint_steps(run: Run, epoch: int) -> Callable[[str], None]:
+    """``step(name)``: tells ``run.on_checkpoint`` (if any) that the writes reached ``name``."""
+    hook = run.on_checkpoint
+    return (lambda name: hook(name, epoch)) if hook is not None else (lambda name: None)
 
 
 def final_test(run: Run) -> dict[str, Any] | None:
@@ -793,7 +806,8 @@ def final_test(run: Run) -> dict[str, Any] | None:
     test`` of the checkpoint ``cfg.select`` picks (``final.pt`` by default) on the test
     split into ``report/`` (when asked and the dataset has test cases); None otherwise."""
     cfg, ds = run.cfg, run.data.ds
-    write_final(run.layout)
+    step = _checkpoint_steps(run, cfg.max_epochs)
+    write_final(run.layout, on_written=lambda _: step("tmp-final"))
     if not (cfg.test and "test" in ds.splits() and ds.cases("test")):
         return None
     from unetzoo.engine import evaluation  # looked up at call time (tests replace run_test)
