@@ -309,6 +309,7 @@ def run_test(
     strict_inputs: bool = False,
     precision: str = "fp32",
     selection: Selection | None = None,
+    model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -336,6 +337,9 @@ def run_test(
         precision: ``"fp32"`` or ``"bf16"`` (native autocast only; in summary.json).
         selection: how a training run chose the checkpoint
             (:class:`~unetzoo.engine.selection.Selection`); None: given to ``unetzoo test``.
+        model: a model already in memory to score in place of the checkpoint's weights,
+            used as given (no backend, no memory check); the checkpoint still gives the
+            inference spec and the report's names. None: built from the checkpoint.
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"``, ``"protocol"`` and
@@ -355,7 +359,8 @@ def run_test(
     cases = _test_cases(ds, split, max_cases)
     settings = check_test_data(spec, ds, cases, settings, strict_inputs)
     report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
-    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose, precision)
+    if model is None:
+        model = _test_model(ckpt, ckpt_path, members, backend, device, verbose, precision)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
     t0 = time.time()
     results = _evaluate_cases(model, ds, cases, spec, plan, (report, outputs), settings, device)
