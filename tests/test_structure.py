@@ -241,11 +241,11 @@ def _private_patches(source: str) -> list[int]:
 
 def test_the_private_patch_finder_finds_them():
     found = _private_patches(
-        "monkeypatch.setattr(evaluation, '_test_model', f)\n"
-        "monkeypatch.setattr('unetzoo.data.io._atomic_write', f)\n"
-        "monkeypatch.setattr(torchvision.models._api, 'load', f)\n"
+        "mp.setattr(evaluation, '_test_model', f)\n"
+        "mp.setattr('unetzoo.data.io._atomic_write', f)\n"
+        "mp.setattr(torchvision.models._api, 'load', f)\n"
         "mp.setattr(ev, 'run_test', f)\n"
-        "monkeypatch.setattr('unetzoo.engine.inference.predict_volume', f)\n"
+        "mp.setattr('unetzoo.engine.inference.predict_volume', f)\n"
         "setattr(obj, '_x', 1)\n"
     )
     assert found == [1, 2, 3]
