@@ -1,11 +1,12 @@
 """Kill a tiny training at many points, ``--resume``, and get the uninterrupted run.
 
 Each kill is ``os._exit(137)`` at a named step of the checkpoint writes, in a child forked
-from a fresh helper process: the child passes ``train(..., on_checkpoint=...)`` a callback
-that exits at the chosen step, and nothing runs after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way
-through writing it (the temporary file is complete, not yet renamed), between the
-``latest.pt`` and ``best.pt`` writes, half way through ``best.pt``, after both, and
-(after the last epoch) before and half way through ``final.pt``. Then
+from a fresh helper process: the child passes ``train`` a callback
+(``hooks=TrainHooks(on_checkpoint=...)``) that exits at the chosen step, and nothing runs
+after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way through
+writing it (the temporary file is complete, not yet renamed), between the ``latest.pt``
+and ``best.pt`` writes, half way through ``best.pt``, after both, and (after the last
+epoch) before and half way through ``final.pt``. Then
 the run is continued the way a user would (``--resume`` when ``latest.pt`` exists, else a
 plain rerun) and must end with the same ``latest.pt`` weights, the same ``best.pt`` (the
 same epoch and weights), the same ``final.pt``, the same metrics.csv and no temporary
@@ -72,7 +73,8 @@ for line in sys.stdin:
                     os._exit(137)  # a kill -9 stand-in: no finally, no cleanup
             ds = get_dataset("phantom", job["root"], **job["ds"])
             cfg = resolve_config(ds.recipe, None, job["flags"])
-            trainer.train(cfg, dataset=ds, resume=job["resume"], on_checkpoint=kill_at)
+            trainer.train(cfg, dataset=ds, resume=job["resume"],
+                          hooks=trainer.TrainHooks(on_checkpoint=kill_at))
             code = 0
         except BaseException:
             traceback.print_exc()

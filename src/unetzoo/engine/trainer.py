@@ -45,7 +45,7 @@ from unetzoo.engine.config import (
     effective_base_lr,
     poly_lr,
 )
-from unetzoo.engine.evaluation import spacing_known, validate
+from unetzoo.engine.evaluation import run_test, spacing_known, validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
@@ -196,6 +196,28 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """The collaborators :func:`train` calls at its seams; pass stand-ins to observe or
+    replace one (the tests do; so can a caller with its own validation).
+
+    Attributes:
+        validate: ``validate(model, ds, split, cases, cfg, device, collect=None) ->
+            {"val_dice", "val_hd95", ...}``, the validation score of an epoch.
+        test: ``test(checkpoint, selection=, dataset=, out_dir=, max_cases=, protocol=,
+            device=) -> summary``, the test of the chosen checkpoint after training.
+        on_checkpoint: ``on_checkpoint(step, epoch)`` at each step of writing the
+            checkpoints: ``"before-latest"``, ``"tmp-latest"`` (its temporary file complete,
+            not yet renamed), ``"between-writes"``, ``"tmp-best"``, ``"after-best"`` and,
+            after the last epoch, ``"tmp-final"``. A callback that exits the process there
+            is how the tests prove a kill at any step resumable.
+    """
+
+    validate: Callable[..., dict[str, Any]] = validate
+    test: Callable[..., dict[str, Any]] = run_test
+    on_checkpoint: Callable[[str, int], None] | None = None
+
+
 @dataclass
 class Run:
     """Everything the epoch steps share (one training call)."""
@@ -213,7 +235,7 @@ class Run:
     writer: Any  # a TensorBoard SummaryWriter on the main rank, else None
     max_it: int
     t_start: float = field(default_factory=time.time)
-    on_checkpoint: Callable[[str, int], None] | None = None  # see train()
+    hooks: TrainHooks = field(default_factory=TrainHooks)
 
 
 # ------------------------------------------------------------------------------- train
@@ -223,7 +245,7 @@ def train(
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
     overwrite: bool = False,
-    on_checkpoint: Callable[[str, int], None] | None = None,
+    hooks: TrainHooks | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says; returns a summary dict.
 
@@ -239,11 +261,8 @@ def train(
             files only; see :class:`~unetzoo.engine.run_folder.RunFolder`). Without it
             (and without ``resume``) a non-empty folder that is not a fresh start is
             refused. The folder is locked for the whole call.
-        on_checkpoint: called as ``on_checkpoint(step, epoch)`` at each step of writing
-            the checkpoints: ``"before-latest"``, ``"tmp-latest"`` (its temporary file
-            complete, not yet renamed), ``"between-writes"``, ``"tmp-best"``,
-            ``"after-best"`` and, after the last epoch, ``"tmp-final"``. A callback that
-            exits the process there is how the tests prove a kill at any step resumable.
+        hooks: the validation, the final test and a checkpoint-writing callback
+            (:class:`TrainHooks`; default: unetzoo's own, no callback).
 
     Returns:
         ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations",
@@ -268,7 +287,7 @@ def train(
                 print(note, flush=True)
         dist_utils.barrier(info)
         run = start_run(cfg, ds, info, layout, resume)
-        run.on_checkpoint = on_checkpoint
+        run.hooks = hooks or TrainHooks()
         epochs_done = run_epochs(run, stop_after_epochs)
         finished = run.progress.start_epoch + epochs_done >= run.cfg.max_epochs
         summary = {
@@ -745,8 +764,8 @@ def validation_row(run: Run, details: dict[str, Any]) -> dict[str, float]:
     """``val_dice``, ``val_hd95`` (:func:`unetzoo.engine.evaluation.validate`) and
     ``val_loss``; ``details`` receives the per-class Dice and samples for TensorBoard."""
     d, cfg = run.data, run.cfg
-    val = validate(run.model, d.ds, d.val_split, d.val_cases, cfg, run.info.device,
-                   collect=details if run.writer is not None else None)
+    val = run.hooks.validate(run.model, d.ds, d.val_split, d.val_cases, cfg, run.info.device,
+                             collect=details if run.writer is not None else None)
     val["val_loss"] = validation_loss(
         run.model, d.ds, d.val_split, d.val_cases, run.obj.val_criterion, cfg.img_size,
         cfg.batch_size, run.info.device,
@@ -796,8 +815,8 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
 
 
 def _checkpoint_steps(run: Run, epoch: int) -> Callable[[str], None]:
-    """``step(name)``: tells ``run.on_checkpoint`` (if any) that the writes reached ``name``."""
-    hook = run.on_checkpoint
+    """``step(name)``: tells ``on_checkpoint`` (if any) that the writes reached ``name``."""
+    hook = run.hooks.on_checkpoint
     return (lambda name: hook(name, epoch)) if hook is not None else (lambda name: None)
 
 
@@ -810,13 +829,11 @@ def final_test(run: Run) -> dict[str, Any] | None:
     write_final(run.layout, on_written=lambda _: step("tmp-final"))
     if not (cfg.test and "test" in ds.splits() and ds.cases("test")):
         return None
-    from unetzoo.engine import evaluation  # looked up at call time (tests replace run_test)
-
     chosen = choose_checkpoint(run.layout, cfg.select, paper_protocol=cfg.paper_protocol,
                                validated=bool(run.data.val_cases),
                                best_metric=run.progress.best_metric)
     print(f"testing {chosen.path}: {chosen.reason}", flush=True)
-    return evaluation.run_test(
+    return run.hooks.test(
         chosen.path,
         selection=chosen,
         dataset=ds,
