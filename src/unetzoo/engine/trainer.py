@@ -53,7 +53,7 @@ from unetzoo.engine.selection import choose_checkpoint, write_final
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.engine.training_inputs import training_intensity, training_orientation
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
-from unetzoo.losses import source_deep_supervision_loss, supervised_loss
+from unetzoo.losses import build_loss, source_deep_supervision_loss, supervised_loss
 
 
 class TrainingDiverged(UnetzooError):
@@ -206,6 +206,8 @@ class TrainHooks:
             {"val_dice", "val_hd95", ...}``, the validation score of an epoch.
         test: ``test(checkpoint, selection=, dataset=, out_dir=, max_cases=, protocol=,
             device=) -> summary``, the test of the chosen checkpoint after training.
+        build_loss: ``build_loss(name, num_classes, weights=, **options) -> loss``, called
+            for the training and the validation loss (:func:`unetzoo.losses.build_loss`).
         on_checkpoint: ``on_checkpoint(step, epoch)`` at each step of writing the
             checkpoints: ``"before-latest"``, ``"tmp-latest"`` (its temporary file complete,
             not yet renamed), ``"between-writes"``, ``"tmp-best"``, ``"after-best"`` and,
@@ -215,6 +217,7 @@ class TrainHooks:
 
     validate: Callable[..., dict[str, Any]] = validate
     test: Callable[..., dict[str, Any]] = run_test
+    build_loss: Callable[..., nn.Module] = build_loss
     on_checkpoint: Callable[[str, int], None] | None = None
 
 
@@ -286,8 +289,7 @@ def train(
             for note in run_folder.notes:
                 print(note, flush=True)
         dist_utils.barrier(info)
-        run = start_run(cfg, ds, info, layout, resume)
-        run.hooks = hooks or TrainHooks()
+        run = start_run(cfg, ds, info, layout, resume, hooks or TrainHooks())
         epochs_done = run_epochs(run, stop_after_epochs)
         finished = run.progress.start_epoch + epochs_done >= run.cfg.max_epochs
         summary = {
@@ -346,7 +348,7 @@ def open_run(cfg: TrainConfig, dataset=None) -> tuple[Any, TrainConfig]:
 
 def start_run(
     cfg: TrainConfig, ds, info: dist_utils.DistInfo, layout: RunLayout,
-    resume: str | Path | None,
+    resume: str | Path | None, hooks: TrainHooks | None = None,
 ) -> Run:
     """Everything before the first epoch: data, model, objective, resumed state, logs.
 
@@ -356,7 +358,8 @@ def start_run(
     data = make_loader(cfg, ds, info, layout)
     cfg = budget_epochs(cfg, len(data.loader))
     model = build_model(cfg, ds, info)
-    obj = build_objective(cfg, ds, model, info)
+    hooks = hooks or TrainHooks()
+    obj = build_objective(cfg, ds, model, info, hooks.build_loss)
     progress = Progress()
     if resume is not None:
         progress = resume_state(resume, cfg, model, obj, data, info, layout)
@@ -377,7 +380,7 @@ def start_run(
         obj=obj, progress=progress, base={**spec.to_dict(), "config": cfg.to_dict()},
         log=MetricsLog(layout.metrics_csv, progress.history),
         writer=_tensorboard(layout.tensorboard) if info.is_main else None,
-        max_it=cfg.max_iterations or cfg.max_epochs * len(data.loader),
+        max_it=cfg.max_iterations or cfg.max_epochs * len(data.loader), hooks=hooks,
     )
     if info.is_main:
         if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
@@ -535,11 +538,11 @@ def _channels_last(cfg: TrainConfig, info: dist_utils.DistInfo) -> bool:
 
 
 def build_objective(
-    cfg: TrainConfig, ds, model: nn.Module, info: dist_utils.DistInfo
+    cfg: TrainConfig, ds, model: nn.Module, info: dist_utils.DistInfo,
+    build_loss: Callable[..., nn.Module] = build_loss,
 ) -> Objective:
-    """Training and validation losses, SelfReg distillation (when its weights are set),
-    the optimizer and the AMP grad scaler."""
-    from unetzoo.losses import build_loss  # looked up per call: tests replace it
+    """Training and validation losses (from ``build_loss``), SelfReg distillation (when
+    its weights are set), the optimizer and the AMP grad scaler."""
     from unetzoo.models import get_entry
 
     # nnU-Net's ignore label: unannotated pixels count for neither CE nor Dice.
