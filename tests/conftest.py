@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision.models._api
 from torch import nn
 
 
@@ -12,6 +11,8 @@ from torch import nn
 def _no_weight_downloads(monkeypatch, tmp_path_factory):
     """Nothing downloads in tests: fetching pretrained weights fails as it does offline,
     and the torch hub cache is an empty folder of the test's own (``$TORCH_HOME``).
+    Every fetch (torchvision's weights through ``torch.hub.load_state_dict_from_url``,
+    unetzoo's own) ends in ``torch.hub.download_url_to_file``, so blocking it is enough.
 
     Models are built as registered; a test that wants a rung whose default is ImageNet
     weights passes ``encoder_weights=None`` explicitly (or a local file), or writes the
@@ -22,7 +23,6 @@ def _no_weight_downloads(monkeypatch, tmp_path_factory):
         raise ConnectionError(f"downloads are disabled in tests ({url})")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
 

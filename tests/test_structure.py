@@ -9,6 +9,9 @@
   ``metrics`` and ``losses`` never import ``engine``, ``deploy`` or ``cli``; only the
   ``python -m unetzoo`` entry imports ``cli``.
 - Short stage functions: no function in ``unetzoo/engine/`` is over 80 lines.
+- Tests go through public seams: no test monkeypatches a ``_``-prefixed name (a private
+  function, or an attribute of a private module), and no environment variable exists
+  only for tests (``UNETZOO_TEST_*``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ PACKAGES = (
     "cli", "data", "deploy", "engine", "losses", "metrics", "models", "measure", "runs", "errors"
 )
 MAX_ENGINE_FUNCTION_LINES = 80
+TESTS = Path(__file__).resolve().parent
 
 
 def _modules() -> dict[str, Path]:
@@ -200,3 +204,64 @@ def test_no_long_function_in_engine():
                 if lines > MAX_ENGINE_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
     assert long == []
+
+
+def _dotted(node: ast.AST) -> list[str]:
+    """``a.b._c`` as ``["a", "b", "_c"]`` (the names of an attribute chain)."""
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        names.append(node.id)
+    return names[::-1]
+
+
+def _private_patches(source: str) -> list[int]:
+    """Lines of ``*.setattr(target, "_name", ...)`` and ``*.setattr("a.b._c", ...)`` calls
+    (monkeypatch's two forms), and of patches of anything reached through a private
+    module (``setattr(pkg._mod, "f", ...)``)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "setattr" and node.args):
+            continue
+        first, names = node.args[0], []
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            names = first.value.split(".")  # the dotted-path form
+        else:
+            names = _dotted(first)[1:]  # the object's attribute chain (its root is local)
+            second = node.args[1] if len(node.args) > 1 else None
+            if isinstance(second, ast.Constant) and isinstance(second.value, str):
+                names.append(second.value)
+        if any(n.startswith("_") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_private_patch_finder_finds_them():
+    found = _private_patches(
+        "mp.setattr(evaluation, '_test_model', f)\n"
+        "mp.setattr('unetzoo.data.io._atomic_write', f)\n"
+        "mp.setattr(torchvision.models._api, 'load', f)\n"
+        "mp.setattr(ev, 'run_test', f)\n"
+        "mp.setattr('unetzoo.engine.inference.predict_volume', f)\n"
+        "setattr(obj, '_x', 1)\n"
+    )
+    assert found == [1, 2, 3]
+
+
+def test_no_test_patches_a_private_name():
+    found = [f"{path.relative_to(TESTS.parent)}:{line}"
+             for path in sorted(TESTS.rglob("*.py"))
+             for line in _private_patches(path.read_text(encoding="utf-8"))]
+    assert found == [], "patch a public seam (a parameter, a hook), not a private name"
+
+
+def test_no_environment_variable_exists_for_tests():
+    found = [f"{path.relative_to(SRC)}:{node.lineno}"
+             for path in sorted(ROOT.rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and node.value.startswith("UNETZOO_TEST")]
+    assert found == []

@@ -1,5 +1,5 @@
-"""One flag vocabulary (issue 14): ``-o/--output`` everywhere, the old ``--out`` a hidden
-alias that still works."""
+"""One flag vocabulary (issue 14): ``-o/--output`` everywhere; the old ``--out`` is gone
+and, like any flag spelled otherwise than documented, refused (issue 25)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("spelling", ["--output", "-o", "--out"])
+@pytest.mark.parametrize("spelling", ["--output", "-o"])
 def test_output_spellings_parse_the_same(name, spelling):
     args = build_parser().parse_args([*CASES[name], spelling, "somewhere"])
     assert args.output == "somewhere"
@@ -48,20 +48,32 @@ def test_required_output_still_required(name, capsys):
     assert "--output" in capsys.readouterr().err
 
 
-def test_both_spellings_run_prepare_phantom(tmp_path):
-    """End to end through main(): the new and the old spelling write the same dataset."""
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("flag", ["--out", "--outp"])
+def test_old_or_abbreviated_flags_are_refused(name, flag, capsys):
+    """``--out`` (the old spelling) and abbreviations of real flags are unknown flags:
+    exit 2 and one error line, as for any misspelling."""
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*CASES[name], "-o", "x", flag, "somewhere"])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"unrecognized arguments: {flag} somewhere" in errors[0]
+
+
+def test_old_out_is_refused_end_to_end(tmp_path, capsys):
+    """Through main(): ``--out`` is refused before any work (exit 2, nothing written)."""
     from unetzoo.cli.main import main
 
-    for flag in ("--output", "--out"):
-        out = tmp_path / flag.strip("-")
-        assert main(["prepare", "phantom", flag, str(out), "--n-train", "1", "--n-test", "1",
-                     "--shape", "4", "16", "16"]) == 0
-        assert (out / "dataset.json").is_file()
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(out)])
+    assert exc.value.code == 2 and not out.exists()
+    assert f"unrecognized arguments: --out {out}" in capsys.readouterr().err
 
 
-def test_alias_is_hidden_not_a_second_destination():
+def test_output_is_one_plain_flag():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for cmd in ("test", "predict", "export"):
-        outs = [a for a in sub.choices[cmd]._actions if "--out" in a.option_strings]
-        assert len(outs) == 1 and outs[0].dest == "output" and outs[0].help == argparse.SUPPRESS
+        outs = [a for a in sub.choices[cmd]._actions if a.dest == "output"]
+        assert len(outs) == 1 and outs[0].option_strings == ["-o", "--output"]

@@ -22,7 +22,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def test_prepare_train_test_on_real_mri(tmp_path, capsys):
     data = tmp_path / "data"
-    assert main(["prepare", "mni_dk", "--out", str(data), "--max-slices", "12"]) == 0
+    assert main(["prepare", "mni_dk", "--output", str(data), "--max-slices", "12"]) == 0
     root = data / "Dataset801_MNIDesikanKilliany"
     assert str(root) in capsys.readouterr().out
     classes = list(json.loads((root / "dataset.json").read_text())["labels"])
@@ -35,7 +35,7 @@ def test_prepare_train_test_on_real_mri(tmp_path, capsys):
     ]) == 0
     report = tmp_path / "report"
     assert main(["test", "--checkpoint", str(run / "checkpoints" / "best.pt"),
-                 "--dataset", "nnunet", "--data-root", str(root), "--out", str(report)]) == 0
+                 "--dataset", "nnunet", "--data-root", str(root), "--output", str(report)]) == 0
     summary = json.loads((report / "summary.json").read_text())
     assert summary["split"] == "test" and summary["cases"] == 2
     assert summary["hd95_unit"] == "mm", "the real data carries its 1 mm spacing"
@@ -45,14 +45,14 @@ def test_prepare_train_test_on_real_mri(tmp_path, capsys):
 
 def test_prepare_refuses_rebuild_and_file_out(tmp_path, capsys):
     out = tmp_path / "d"
-    assert main(["prepare", "icbm_tissue", "--out", str(out), "--max-slices", "6"]) == 0
+    assert main(["prepare", "icbm_tissue", "--output", str(out), "--max-slices", "6"]) == 0
     capsys.readouterr()
-    assert main(["prepare", "icbm_tissue", "--out", str(out), "--max-slices", "6"]) == 2
+    assert main(["prepare", "icbm_tissue", "--output", str(out), "--max-slices", "6"]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert main(["prepare", "icbm_tissue", "--out", str(out), "--max-slices", "6",
+    assert main(["prepare", "icbm_tissue", "--output", str(out), "--max-slices", "6",
                  "--overwrite"]) == 0
     afile = tmp_path / "file"
     afile.write_text("x")
-    assert main(["prepare", "mni_dk", "--out", str(afile)]) == 2
+    assert main(["prepare", "mni_dk", "--output", str(afile)]) == 2
     assert "is a file" in capsys.readouterr().err

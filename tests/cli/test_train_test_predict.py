@@ -70,7 +70,7 @@ def test_test_command_nifti_tta_transunet(trained, roots, tmp_path):
     out = tmp_path / "rep"
     code = main(["test", "--checkpoint", str(trained / "checkpoints" / "final.pt"),
                  "--dataset", "phantom", "--data-root", str(roots["ct"]), "--save-nifti",
-                 "--tta", "--protocol", "transunet", "--out", str(out), "--overlays", "1"])
+                 "--tta", "--protocol", "transunet", "--output", str(out), "--overlays", "1"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"] == "transunet" and summary["hd95_unit"] == "voxels" and summary["tta"]
@@ -100,7 +100,7 @@ def test_predict_nifti_png_tif(trained, roots, tmp_path):
     tifffile.imwrite(str(tif), rng.integers(-200, 300, (20, 24)).astype(np.int16))
     out = tmp_path / "pred"
     code = main(["predict", str(src), str(png), str(tif), "--checkpoint",
-                 str(trained / "checkpoints" / "final.pt"), "--out", str(out)])
+                 str(trained / "checkpoints" / "final.pt"), "--output", str(out)])
     assert code == 0
     case = src.name[: -len("_0000.nii.gz")]  # nnU-Net naming: CASE_0000 in, CASE out
     seg = nib.load(str(out / f"{case}.nii.gz"))
@@ -165,13 +165,13 @@ def test_test_and_predict_bad_input(trained, roots, tmp_path, capsys):
 
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(png)
     assert "corrupt" in _error(capsys, ["predict", str(png), "--checkpoint", str(bad),
-                                        "--out", str(tmp_path / "o")])
+                                        "--output", str(tmp_path / "o")])
     assert "does not exist" in _error(capsys, ["predict", str(tmp_path / "none.png"),
-                                               "--checkpoint", ckpt, "--out", str(tmp_path / "o")])
+                                               "--checkpoint", ckpt, "--output", str(tmp_path / "o")])
     txt = tmp_path / "notes.txt"
     txt.write_text("hi")
     assert "unsupported input" in _error(capsys, ["predict", str(txt), "--checkpoint", ckpt,
-                                                  "--out", str(tmp_path / "o")])
+                                                  "--output", str(tmp_path / "o")])
 
 
 def test_resume_from_the_command_line(trained, roots, tmp_path, capsys):

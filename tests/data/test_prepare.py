@@ -37,7 +37,7 @@ def test_standard_split_and_mapping_constants():
 def test_prepare_synapse_on_fake_btcv(tmp_path, capsys):
     vols = _fake_btcv(tmp_path / "RawData" / "Training")
     out = tmp_path / "Synapse"
-    rc = main(["prepare", "synapse", "--raw", str(tmp_path), "--out", str(out),
+    rc = main(["prepare", "synapse", "--raw", str(tmp_path), "--output", str(out),
                "--train", "5 6", "--test", "1"])
     assert rc == 0
     assert (out / "train_npz" / "case0005_slice003.npz").is_file()
@@ -61,15 +61,15 @@ def test_prepare_synapse_on_fake_btcv(tmp_path, capsys):
 
 def test_prepare_synapse_errors(tmp_path, capsys):
     _fake_btcv(tmp_path / "raw", ids=(5,))
-    rc = main(["prepare", "synapse", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "o")])
+    rc = main(["prepare", "synapse", "--raw", str(tmp_path / "raw"), "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "img0006.nii.gz" in err and "--train" in err
     (tmp_path / "o2").mkdir()
     (tmp_path / "o2" / "x").write_text("keep")
-    rc = main(["prepare", "synapse", "--raw", str(tmp_path / "raw"), "--out",
+    rc = main(["prepare", "synapse", "--raw", str(tmp_path / "raw"), "--output",
                str(tmp_path / "o2"), "--train", "5", "--test", ""])
     assert rc == 2 and "not empty" in capsys.readouterr().err
-    rc = main(["prepare", "synapse", "--raw", str(tmp_path), "--out", str(tmp_path / "o3")])
+    rc = main(["prepare", "synapse", "--raw", str(tmp_path), "--output", str(tmp_path / "o3")])
     assert rc == 2 and "no img/ and label/" in capsys.readouterr().err
 
 
@@ -82,8 +82,8 @@ def test_prepare_nnunet_builds_cache(tmp_path, capsys):
 
 
 def test_prepare_phantom(tmp_path, capsys):
-    assert main(["prepare", "phantom", "--out", str(tmp_path / "p"), "--n-train", "1",
+    assert main(["prepare", "phantom", "--output", str(tmp_path / "p"), "--n-train", "1",
                  "--n-test", "0", "--shape", "4", "16", "16"]) == 0
     assert (tmp_path / "p" / "dataset.json").is_file()
     with pytest.raises(SystemExit):
-        main(["prepare", "synapse"])  # --raw and --out are required
+        main(["prepare", "synapse"])  # --raw and --output are required

@@ -37,7 +37,7 @@ def test_train_and_test_leave_the_raw_folder_untouched(tmp_path, monkeypatch):
     ])
     assert rc == 0
     assert main(["test", "--checkpoint", str(out / "checkpoints" / "best.pt"), "--device", "cpu",
-                 "--out", str(tmp_path / "report2")]) == 0
+                 "--output", str(tmp_path / "report2")]) == 0
     assert _snapshot(root) == before  # same files, sizes and mtimes
     assert any((cache / "nnunet").rglob("*.img.npy"))  # the cache went to the user cache
 

@@ -159,7 +159,9 @@ def test_unwritable_out_is_one_line_and_interrupted_build_leaves_nothing(tmp_pat
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(realdata, "_write_slabs", boom)
+    import nibabel
+
+    monkeypatch.setattr(nibabel, "save", boom)  # interrupted while writing the first case
     with pytest.raises(KeyboardInterrupt):
         prepare_real_dataset("mni_dk", tmp_path / "o", max_slices=6)
     assert list((tmp_path / "o").iterdir()) == [], "no half-written dataset, no temp folder"

@@ -95,5 +95,5 @@ def dynamic_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx",
-                 "--dynamic", "--out", str(out)]) == 0
+                 "--dynamic", "--output", str(out)]) == 0
     return out

@@ -55,7 +55,7 @@ def test_dynamic_unet_parity(dynamic_onnx, tiny_checkpoint, phantom_norm):
 
 def test_static_export_and_printed_summary(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "static.onnx"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert "dynamic axes: none" in text and "ONNX Runtime - PyTorch" in text
     shape = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
@@ -77,9 +77,9 @@ def test_predict_onnx_equals_checkpoint_path(dynamic_onnx, tiny_checkpoint, phan
 
     inputs = [str(phantom_files["png"]), str(phantom_files["nii"])]
     a, b = tmp_path / "torch", tmp_path / "onnx"
-    assert main(["predict", *inputs, "--checkpoint", str(tiny_checkpoint), "--out", str(a),
+    assert main(["predict", *inputs, "--checkpoint", str(tiny_checkpoint), "--output", str(a),
                  "--overlays", "0"]) == 0
-    assert main(["predict", *inputs, "--onnx", str(dynamic_onnx), "--out", str(b),
+    assert main(["predict", *inputs, "--onnx", str(dynamic_onnx), "--output", str(b),
                  "--overlays", "0"]) == 0
     png_a = np.asarray(Image.open(a / "phantom_slice_seg.png"))
     png_b = np.asarray(Image.open(b / "phantom_slice_seg.png"))

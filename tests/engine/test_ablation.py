@@ -54,7 +54,7 @@ def tiny_phantom(tmp_path_factory):
     return get_dataset("phantom", root, n_train=3, n_test=1, shape=(4, 48, 48))
 
 
-def test_tiny_ladder_interrupted_and_resumed(tiny_phantom, tmp_path, monkeypatch):
+def test_tiny_ladder_interrupted_and_resumed(tiny_phantom, tmp_path):
     calls: list[tuple[str, bool]] = []
     real_train = trainer.train
     interrupt = {"resunet_v1_0"}
@@ -67,9 +67,9 @@ def test_tiny_ladder_interrupted_and_resumed(tiny_phantom, tmp_path, monkeypatch
         return real_train(cfg, dataset=dataset, resume=resume, stop_after_epochs=stop_after_epochs,
                           overwrite=overwrite)
 
-    monkeypatch.setattr(trainer, "train", spy)
     out = tmp_path / "ladder"
-    kw = {"output": out, "flag_values": TINY, "encoder_weights": "none", "verbose": False}
+    kw = {"output": out, "flag_values": TINY, "encoder_weights": "none", "verbose": False,
+          "train": spy}
     with pytest.raises(UnetzooError, match="not tested"):
         ablation.run_ladder("resunet", tiny_phantom, rungs=["v0_1", "v1_0"], **kw)
     assert calls == [("resunet_v0_1", False), ("resunet_v1_0", False)]

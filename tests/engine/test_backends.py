@@ -176,7 +176,7 @@ def test_cli_bad_backend_is_one_line(command, tmp_path, capsys):
 
     argv = ["--checkpoint", str(tmp_path / "x.pt"), "--backend", "fast"]
     argv = ["test", *argv] if command == "test" else ["predict", "in.nii.gz", *argv,
-                                                     "--out", str(tmp_path / "o")]
+                                                     "--output", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: unknown backend 'fast'; choose one of: auto, torch, onnxruntime"
@@ -195,7 +195,7 @@ def test_cli_predict_labels_equal_across_backends_and_the_export_is_cached(tmp_p
     labels = {}
     for backend in ("torch", "auto", "onnxruntime", "auto"):
         out = tmp_path / f"out_{backend}_{len(labels)}"
-        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--out", str(out),
+        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--output", str(out),
                      "--device", "cpu", "--overlays", "0", "--backend", backend]) == 0
         labels[len(labels)] = np.asarray(nib.load(out / "case.nii.gz").dataobj)
     for k in range(1, 4):

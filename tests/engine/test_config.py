@@ -181,7 +181,7 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
     tiny_cfg, tiny_root, monkeypatch
 ):
     from unetzoo.data import get_dataset
-    from unetzoo.engine import evaluation, trainer
+    from unetzoo.engine import trainer
 
     # A dataset with its own validation split: the paper protocol must ignore it too.
     ds = get_dataset("phantom", tiny_root, **tiny_cfg()["dataset_options"])
@@ -205,13 +205,12 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
                     select=kwargs["selection"].select)
         return {"mean_dice": 0.0, "mean_hd95": 0.0, "hd95_unit": "mm", "cases": 1}
 
-    monkeypatch.setattr(trainer, "validate", fake_validate)
-    monkeypatch.setattr(evaluation, "run_test", fake_test)
+    hooks = trainer.TrainHooks(validate=fake_validate, test=fake_test)
     with pytest.raises(Validated):  # control: without the switch the val split is used
-        trainer.train(tiny_cfg(max_epochs=1), dataset=ds)
+        trainer.train(tiny_cfg(max_epochs=1), dataset=ds, hooks=hooks)
     cfg = tiny_cfg(paper_protocol=True, max_epochs=2, test=True, output=None)
     cfg = dataclasses.replace(cfg, output=str(tiny_root.parent / "paper-run"))
-    summary = trainer.train(cfg, dataset=ds)
+    summary = trainer.train(cfg, dataset=ds, hooks=hooks)
     assert summary["best_epoch"] == 2
     assert seen == {"epoch": 2, "protocol": "transunet", "file": "final.pt", "select": "final"}
 

@@ -60,10 +60,14 @@ class _MemDataset(SegDataset):
         )
 
 
-def _never_predicts_2_or_3(model, image, img_size, **kwargs) -> np.ndarray:
-    """The case's label (carried in the image) with classes 2 and 3 erased."""
-    lab = np.rint(image[0]).astype(np.int64)
-    return np.where(lab == 1, 1, 0)
+class NeverPredicts2Or3(torch.nn.Module):
+    """Logits whose argmax is the case's label (carried in the image) with classes 2 and
+    3 erased."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lab = x[:, 0].round().long()
+        keep = torch.where(lab == 1, 1, 0)
+        return 10.0 * torch.nn.functional.one_hot(keep, len(NAMES)).permute(0, 3, 1, 2).float()
 
 
 def _checkpoint() -> dict:
@@ -82,15 +86,14 @@ def _checkpoint() -> dict:
 
 
 @pytest.fixture()
-def fake_predictor(monkeypatch):
-    monkeypatch.setattr(evaluation, "predict_volume", _never_predicts_2_or_3)
-    monkeypatch.setattr("unetzoo.engine.inference.predict_volume", _never_predicts_2_or_3)
+def fake_predictor() -> torch.nn.Module:
+    return NeverPredicts2Or3().eval()
 
 
 def test_report_never_counts_a_missing_class_as_success(fake_predictor, tmp_path, capsys):
     ds = _MemDataset(affine=True)
     summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
-                       device="cpu", protocol="strict")
+                       device="cpu", protocol="strict", model=fake_predictor)
     pc = summary["per_class"]
     assert pc["liver"]["dice"] == 1.0 and pc["liver"]["n_dice"] == 2
     # kidney: missed in c0 (Dice 0, HD95 inf), absent from both in c1 (not scored)
@@ -124,7 +127,8 @@ def test_report_never_counts_a_missing_class_as_success(fake_predictor, tmp_path
 def test_transunet_protocol_keeps_published_rules(fake_predictor, tmp_path):
     ds = _MemDataset(affine=True)
     summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
-                       device="cpu", protocol="transunet", verbose=False)
+                       device="cpu", protocol="transunet", verbose=False,
+                       model=fake_predictor)
     pc = summary["per_class"]
     # calculate_metric_percase: prediction empty -> Dice 0, HD95 0, in every case
     assert pc["kidney"]["dice"] == 0.0 and pc["kidney"]["hd95"] == 0.0
@@ -138,7 +142,7 @@ def test_hd95_unit_is_mm_only_with_known_spacing(fake_predictor, tmp_path):
     case = ds.load_case("c0", "test")
     assert not spacing_known(case) and Reference.of_case(case).spacing is None
     summary = run_test(_checkpoint(), dataset=ds, out_dir=tmp_path / "r", overlays=0,
-                       device="cpu", verbose=False)
+                       device="cpu", verbose=False, model=fake_predictor)
     assert summary["hd95_unit"] == "voxels"
     assert "HD95 (voxels)" in (tmp_path / "r" / "summary.md").read_text()
     # with a spacing the same shift is measured in mm: 1 voxel in-plane = 0.5 mm
@@ -155,30 +159,31 @@ def test_hd95_unit_is_mm_only_with_known_spacing(fake_predictor, tmp_path):
 def test_validation_uses_the_same_rule(fake_predictor):
     ds = _MemDataset(affine=True)
     cfg = {"img_size": 16, "batch_size": 2, "amp": False, "protocol": "strict"}
-    val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
+    val = validate(fake_predictor, ds, "test", ["c0", "c1"], cfg, "cpu")
     assert val["val_dice"] == pytest.approx(0.5) and val["val_hd95"] == math.inf
-    val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c1"], cfg, "cpu")
+    val = validate(fake_predictor, ds, "test", ["c1"], cfg, "cpu")
     assert val["val_dice"] == pytest.approx(1.0)  # kidney and spleen not scored in c1
     cfg["protocol"] = "transunet"
-    val = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
+    val = validate(fake_predictor, ds, "test", ["c0", "c1"], cfg, "cpu")
     assert val["val_dice"] == pytest.approx(1 / 3)
 
 
-def test_unscored_validation_never_wins_but_best_pt_exists(tiny_cfg, monkeypatch):
+def test_unscored_validation_never_wins_but_best_pt_exists(tiny_cfg):
     """val_dice NaN (no class scored) never beats a real score; the first validation
     still writes best.pt so the run keeps a model to test."""
     from unetzoo.engine import trainer
 
     scores = iter([math.nan, 0.4, math.nan])
-    monkeypatch.setattr(trainer, "validate",
-                        lambda *a, **k: {"val_dice": next(scores), "val_hd95": math.nan})
-    summary = trainer.train(tiny_cfg(max_epochs=3))
+    hooks = trainer.TrainHooks(
+        validate=lambda *a, **k: {"val_dice": next(scores), "val_hd95": math.nan})
+    summary = trainer.train(tiny_cfg(max_epochs=3), hooks=hooks)
     assert summary["best_epoch"] == 2 and summary["best_metric"] == 0.4
     run = Path(summary["run_dir"])
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 2
 
     scores = iter([math.nan, math.nan])
-    summary = trainer.train(tiny_cfg(max_epochs=2, output=str(run.parent / "nan-run")))
+    summary = trainer.train(tiny_cfg(max_epochs=2, output=str(run.parent / "nan-run")),
+                            hooks=hooks)
     assert summary["best_epoch"] == 1  # the first validated model, not a "better" NaN
     assert (Path(summary["run_dir"]) / "checkpoints" / "best.pt").is_file()
 
@@ -210,7 +215,8 @@ def test_one_scoring_for_cases_csv_cases_json_and_the_summary(fake_predictor, tm
 
     monkeypatch.setattr(evaluation, "score_case", counting)
     summary = run_test(_checkpoint(), dataset=_MemDataset(affine=True), out_dir=tmp_path / "r",
-                       overlays=0, device="cpu", verbose=False, case_json=True)
+                       overlays=0, device="cpu", verbose=False, case_json=True,
+                       model=fake_predictor)
     assert len(calls) == 2  # one per case, not one for the report and one for the JSON
     cases = json.loads((tmp_path / "r" / "cases.json").read_text())
     rows = {(r["case"], r["class_index"]): r
@@ -230,8 +236,8 @@ def test_validate_reads_a_config_object_as_a_dict(fake_predictor):
 
     ds = _MemDataset(affine=True)
     cfg = {"img_size": 16, "batch_size": 2, "amp": False, "protocol": "strict"}
-    as_dict = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"], cfg, "cpu")
-    as_obj = validate(torch.nn.Conv2d(1, 4, 1), ds, "test", ["c0", "c1"],
+    as_dict = validate(fake_predictor, ds, "test", ["c0", "c1"], cfg, "cpu")
+    as_obj = validate(fake_predictor, ds, "test", ["c0", "c1"],
                       SimpleNamespace(**cfg), "cpu")
     assert as_obj == as_dict and as_dict["val_dice"] == pytest.approx(0.5)
 
@@ -241,7 +247,7 @@ def test_validate_reads_a_config_object_as_a_dict(fake_predictor):
     ({"class_names": []}, "class_names"),
     ({"model": {"options": {}}}, "model name"),
 ])
-def test_run_test_reads_the_checkpoint_through_the_spec(fake_predictor, tmp_path, over, needle):
+def test_run_test_reads_the_checkpoint_through_the_spec(tmp_path, over, needle):
     """A damaged checkpoint is one line from InferenceSpec, before any case is read."""
     from unetzoo.errors import CheckpointError
 

@@ -192,28 +192,38 @@ def _checkpoint() -> dict:
             "img_size": 16, "dataset": "mem", "config": {}}
 
 
-def _copies_the_label(model, image, img_size, **kwargs) -> np.ndarray:
-    return np.rint(image[0]).astype(np.int64)
+class _CopiesTheLabel(torch.nn.Module):
+    """Logits whose argmax is the input (the test images are their label maps)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        labels = x[:, 0].round().long().clamp(0, len(CLASSES) - 1)
+        return 10.0 * torch.nn.functional.one_hot(labels, len(CLASSES)).permute(0, 3, 1, 2).float()
 
 
-def test_report_keeps_a_user_summary(tmp_path, monkeypatch):
+class _NeverRuns(torch.nn.Module):
+    """A model for runs that must be refused before any prediction."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pytest.fail("a case was predicted")
+
+
+def test_report_keeps_a_user_summary(tmp_path):
     from unetzoo.engine import evaluation
 
-    monkeypatch.setattr(evaluation, "predict_volume", _copies_the_label)
-    monkeypatch.setattr(evaluation, "_test_model", lambda *a, **k: pytest.fail("model loaded"))
     out = tmp_path / "r"
     out.mkdir()
     (out / "summary.md").write_bytes(USER_BYTES)
     (out / "mine.txt").write_text("unrelated")
     with pytest.raises(ConfigError, match="summary.md exists and was not written by unetzoo"):
         evaluation.run_test(_checkpoint(), dataset=_MemDataset(), out_dir=out,
-                            overlays=0, device="cpu", verbose=False)
+                            overlays=0, device="cpu", verbose=False, model=_NeverRuns())
     assert (out / "summary.md").read_bytes() == USER_BYTES
-    monkeypatch.setattr(evaluation, "_test_model", lambda *a, **k: None)
     for overwrite in (True, False):  # replaced with the flag, then a re-run needs none
-        evaluation.run_test(_checkpoint(), dataset=_MemDataset(), out_dir=out,
-                            overlays=1, save_predictions=True, device="cpu", verbose=False,
-                            overwrite=overwrite)
+        summary = evaluation.run_test(_checkpoint(), dataset=_MemDataset(), out_dir=out,
+                                      overlays=1, save_predictions=True, device="cpu",
+                                      verbose=False, overwrite=overwrite,
+                                      model=_CopiesTheLabel().eval())
+        assert summary["mean_dice"] == 1.0  # the model in memory made the predictions
     assert (out / "summary.md").read_text().startswith("# Test of unet")
     assert (out / "mine.txt").read_text() == "unrelated"
     listed = set(json.loads((out / OUTPUTS_MANIFEST).read_text())["files"])
@@ -221,10 +231,9 @@ def test_report_keeps_a_user_summary(tmp_path, monkeypatch):
     assert any(n.startswith("overlays/c0_slice") for n in listed)
 
 
-def test_report_claims_predictions_and_overlays(tmp_path, monkeypatch):
+def test_report_claims_predictions_and_overlays(tmp_path):
     from unetzoo.engine import evaluation
 
-    monkeypatch.setattr(evaluation, "_test_model", lambda *a, **k: pytest.fail("model loaded"))
     out = tmp_path / "r"
     for rel in ("predictions/c1.nii.gz", "overlays/c0_slice001.png"):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -232,5 +241,5 @@ def test_report_claims_predictions_and_overlays(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=rel):
             evaluation.run_test(_checkpoint(), dataset=_MemDataset(), out_dir=out,
                                 overlays=1, save_predictions=True, device="cpu",
-                                verbose=False)
+                                verbose=False, model=_NeverRuns())
         assert (out / rel).read_bytes() == USER_BYTES

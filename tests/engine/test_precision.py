@@ -102,7 +102,7 @@ def test_cli_refuses_bf16_on_a_cpu_without_it(command, plain_cpu, tmp_path, caps
 
     argv = ["--checkpoint", str(tmp_path / "x.pt"), "--precision", "bf16", "--device", "cpu"]
     argv = ["test", *argv] if command == "test" else ["predict", "in.nii.gz", *argv,
-                                                     "--out", str(tmp_path / "o")]
+                                                     "--output", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --precision bf16: this CPU") and "\n" not in err
@@ -130,7 +130,7 @@ def test_cli_predict_bf16_with_a_capable_cpu(bf16_cpu, tmp_path, capsys):
     maps = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--out", str(out),
+        assert main(["predict", str(img), "--checkpoint", str(ckpt), "--output", str(out),
                      "--device", "cpu", "--overlays", "0", "--precision", precision]) == 0
         maps[precision] = np.asarray(nib.load(out / "case.nii.gz").dataobj)
     assert "torch bf16 autocast" in capsys.readouterr().out

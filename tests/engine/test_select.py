@@ -21,11 +21,11 @@ EARLY_PEAK = [0.9, 0.2, 0.1]
 
 
 @pytest.fixture()
-def early_peak(monkeypatch):
-    """Validation scores that peak at the first epoch (the trainer's public ``validate``)."""
+def early_peak() -> trainer.TrainHooks:
+    """Validation scores that peak at the first epoch (the trainer's ``validate`` hook)."""
     scores = iter(EARLY_PEAK)
-    monkeypatch.setattr(trainer, "validate",
-                        lambda *a, **k: {"val_dice": next(scores), "val_hd95": 1.0})
+    return trainer.TrainHooks(
+        validate=lambda *a, **k: {"val_dice": next(scores), "val_hd95": 1.0})
 
 
 def _report(run: Path) -> tuple[dict, str]:
@@ -36,7 +36,7 @@ def _report(run: Path) -> tuple[dict, str]:
 def test_final_checkpoint_is_scored_by_default(tiny_cfg, early_peak, tmp_path):
     from unetzoo.engine.evaluation import run_test
 
-    summary = trainer.train(tiny_cfg(max_epochs=3, test=True))
+    summary = trainer.train(tiny_cfg(max_epochs=3, test=True), hooks=early_peak)
     run = RunLayout(summary["run_dir"])
     assert summary["best_epoch"] == 1  # validation picked the first epoch ...
     assert load_checkpoint(run.best)["epoch"] == 1
@@ -60,7 +60,7 @@ def test_final_checkpoint_is_scored_by_default(tiny_cfg, early_peak, tmp_path):
 
 
 def test_select_best_scores_best_pt_and_says_so(tiny_cfg, early_peak):
-    summary = trainer.train(tiny_cfg(max_epochs=3, test=True, select="best"))
+    summary = trainer.train(tiny_cfg(max_epochs=3, test=True, select="best"), hooks=early_peak)
     scored = summary["test"]["scored"]
     assert (scored["file"], scored["epoch"], scored["select"]) == ("best.pt", 1, "best")
     assert "best validation epoch" in scored["reason"] and "0.9000" in scored["reason"]

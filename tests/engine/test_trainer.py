@@ -86,10 +86,9 @@ def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
     assert [r["loss"] for r in _rows(tmp_path / "full")] == [r["loss"] for r in _rows(tmp_path / "part")]
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg, monkeypatch):
-    import unetzoo.losses as losses
-
-    real = losses.build_loss
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg):
+    from unetzoo.engine.trainer import TrainHooks
+    from unetzoo.losses import build_loss as real
 
     def poisoned(name, num_classes, weights=None):
         inner = real(name, num_classes, weights)
@@ -104,10 +103,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg, monkeypatch):
 
         return loss
 
-    monkeypatch.setattr(losses, "build_loss", poisoned)
     cfg = tiny_cfg(max_epochs=3)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 4") as info:
-        train(cfg)
+        train(cfg, hooks=TrainHooks(build_loss=poisoned))
     assert "latest.pt" in str(info.value) and "\n" not in str(info.value)
     ck = load_checkpoint(Path(cfg["output"]) / "checkpoints" / "latest.pt")
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["state_dict"].values()

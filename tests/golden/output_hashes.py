@@ -69,6 +69,8 @@ def _onnx_hash(path: Path) -> str:
     import onnx
 
     model = onnx.load(str(path))
+    for node in model.graph.node:  # stack traces name the checkout's path
+        del node.metadata_props[:]
     meta = {p.key: p.value for p in model.metadata_props}
     meta = _clean({k: (json.loads(v) if v[:1] in "[{" else v) for k, v in meta.items()})
     return _digest(model.graph.SerializeToString() + json.dumps(meta, sort_keys=True).encode())

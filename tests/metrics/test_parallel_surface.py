@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -55,22 +56,44 @@ def test_threads_give_the_serial_values(protocol, spacing):
     assert serial[5]["hd95"] == (math.inf if protocol == "strict" else 0.0)
 
 
-def test_classes_run_in_worker_threads(monkeypatch):
-    seen: list[str] = []
-    real = parallel._distances_in_box
+class RecordingPool(ThreadPoolExecutor):
+    """A thread pool that records the thread each submitted task ran in."""
 
-    def spy(*args):
-        seen.append(threading.current_thread().name)
-        return real(*args)
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="recorded")
+        self.ran: list[str] = []
 
-    monkeypatch.setattr(parallel, "_distances_in_box", spy)
-    monkeypatch.setattr(parallel, "_volume", lambda box: 1)  # equal boxes: none is split
+    def submit(self, fn, /, *args, **kwargs):
+        def task():
+            self.ran.append(threading.current_thread().name)
+            return fn(*args, **kwargs)
+        return super().submit(task)
+
+
+def _boxes_and_spacing(pred, gt, classes, spacing=None):
+    from unetzoo.metrics._common import normalize_spacing
+    from unetzoo.metrics.case import class_boxes
+
+    return (class_boxes(pred, classes), class_boxes(gt, classes),
+            normalize_spacing(spacing, pred.ndim))
+
+
+def test_classes_run_in_worker_threads():
     pred, gt = _case()
-    _values(pred, gt, 8, workers=2)
-    assert len(seen) == 4 and all(n.startswith("unetzoo-surface") for n in seen)
-    seen.clear()
-    _values(pred, gt, 8, workers=1)
-    assert seen == [threading.current_thread().name] * 4
+    boxes_p, boxes_g, sp = _boxes_and_spacing(pred, gt, 8)
+    serial = parallel.class_surface_distances(pred, gt, boxes_p, boxes_g, sp, workers=1)
+    with RecordingPool(2) as pool:
+        threaded = parallel.class_surface_distances(pred, gt, boxes_p, boxes_g, sp,
+                                                    workers=2, executor=pool)
+        assert len(pool.ran) >= len(serial) == 4  # classes 1-4 are in both maps
+        assert all(name.startswith("recorded") for name in pool.ran)
+        pool.ran.clear()
+        parallel.class_surface_distances(pred, gt, boxes_p, boxes_g, sp, workers=1,
+                                         executor=pool)
+        assert pool.ran == []  # one worker: serial, in the calling thread
+    for c in serial:
+        np.testing.assert_array_equal(threaded[c].pred_to_gt, serial[c].pred_to_gt)
+        np.testing.assert_array_equal(threaded[c].gt_to_pred, serial[c].gt_to_pred)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
@@ -81,11 +104,8 @@ def test_bad_worker_count_is_one_line(bad):
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.8)])
-def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing, monkeypatch):
+def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing):
     from scipy.ndimage import binary_dilation
-
-    from unetzoo.metrics._common import normalize_spacing
-    from unetzoo.metrics.case import class_boxes as _class_boxes
 
     rng = np.random.default_rng(3)
     gt = np.zeros((24, 48, 48), np.uint8)
@@ -94,20 +114,19 @@ def test_a_dominant_class_is_split_and_its_distances_stay_the_same(spacing, monk
     pred = gt.copy()
     pred = np.where(binary_dilation(gt == 1, iterations=1) & (gt == 0), 1, pred)
     pred[20:23, 1:3, 1:3] = 1  # a distant false positive widens the class's box
-    boxes = (_class_boxes(pred, 3), _class_boxes(gt, 3))
-    sp = normalize_spacing(spacing, 3)
-    calls = []
-    real = parallel._split_distances
-    monkeypatch.setattr(parallel, "_split_distances", lambda *a: calls.append(a[2]) or real(*a))
+    boxes_p, boxes_g, sp = _boxes_and_spacing(pred, gt, 3, spacing)
 
-    serial = parallel.class_surface_distances(pred, gt, *boxes, sp, workers=1)
+    serial = parallel.class_surface_distances(pred, gt, boxes_p, boxes_g, sp, workers=1)
     for workers in (2, 3):
-        split = parallel.class_surface_distances(pred, gt, *boxes, sp, workers=workers)
+        with RecordingPool(workers) as pool:
+            split = parallel.class_surface_distances(pred, gt, boxes_p, boxes_g, sp,
+                                                     workers=workers, executor=pool)
+        # unsplit, the two classes are two tasks; the big one split is many more
+        assert len(pool.ran) > 2 * workers, workers
         assert split.keys() == serial.keys() == {1, 2}
         for c in serial:
             np.testing.assert_array_equal(split[c].pred_to_gt, serial[c].pred_to_gt)
             np.testing.assert_array_equal(split[c].gt_to_pred, serial[c].gt_to_pred)
-    assert calls == [1, 1]  # the big class was split, the small one was not
 
 
 def test_per_case_nsd_and_hd95_equal_the_one_class_functions():

@@ -132,7 +132,7 @@ def test_nonfinite_weights_are_refused(tmp_path, capsys, bad):
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(img)
-    line = cli_error(capsys, ["predict", str(img), "--checkpoint", str(p), "--out",
+    line = cli_error(capsys, ["predict", str(img), "--checkpoint", str(p), "--output",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "NaN or Inf" in line and "nan.pt" in line
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -163,7 +163,7 @@ def test_degenerate_preprocessing_is_refused(tmp_path, capsys, spec):
     _one_line(ei)
     p = save_tiny_checkpoint(tmp_path / "spec.pt", preprocessing=spec)
     vol = save_volume(ct_volume((2, 20, 20)), tmp_path / "v.nii.gz")
-    line = cli_error(capsys, ["predict", str(vol), "--checkpoint", str(p), "--out",
+    line = cli_error(capsys, ["predict", str(vol), "--checkpoint", str(p), "--output",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "spec.pt" in line and "preprocessing" in line
 
@@ -202,8 +202,8 @@ def test_cli_device_tpu9_is_refused(tmp_path, capsys, ckpt, command):
         "bench": ["bench", "--models", "unet", "--tiny", "--in-process"],
         "train": ["train", "--output", str(tmp_path / "run"), "--no-progress"],
         "predict": ["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt),
-                    "--out", str(tmp_path / "o")],
-        "test": ["test", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")],
+                    "--output", str(tmp_path / "o")],
+        "test": ["test", "--checkpoint", str(ckpt), "--output", str(tmp_path / "o")],
     }[command]
     line = cli_error(capsys, [*args, "--device", "tpu9"])
     assert "tpu9" in line
@@ -267,7 +267,7 @@ def test_cli_model_option_fraction_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("opset", ["3", "17", "99", "-1"])
 def test_export_opset_out_of_range_is_refused(ckpt, tmp_path, capsys, opset):
     out = tmp_path / "m.onnx"
-    line = cli_error(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out),
+    line = cli_error(capsys, ["export", "--checkpoint", str(ckpt), "--output", str(out),
                                "--opset", opset, "--no-verify"])
     assert "--opset" in line and "18" in line
     assert not out.exists()
@@ -280,7 +280,7 @@ def test_export_opset_is_honoured(ckpt, tmp_path, capsys):
 
     opset = max(SUPPORTED_OPSETS)
     out = tmp_path / "m.onnx"
-    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--opset", str(opset),
+    assert main(["export", "--checkpoint", str(ckpt), "--output", str(out), "--opset", str(opset),
                  "--no-verify"]) == 0
     model = onnx.load(str(out))
     got = {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")}
@@ -346,13 +346,13 @@ def test_huge_png_is_refused_before_decoding(ckpt, tmp_path, capsys):
     p.write_bytes(b"\x89PNG\r\n\x1a\n"
                   + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 8000, 8, 0, 0, 0, 0))
                   + chunk(b"IDAT", zlib.compress(b"\x00" * 8001)) + chunk(b"IEND", b""))
-    line = cli_error(capsys, ["predict", str(p), "--checkpoint", str(ckpt), "--out",
+    line = cli_error(capsys, ["predict", str(p), "--checkpoint", str(ckpt), "--output",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "8000 x 8000" in line and "--max-pixels" in line
     # Inputs are checked before the checkpoint is even read.
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    line = cli_error(capsys, ["predict", str(p), "--checkpoint", str(junk), "--out",
+    line = cli_error(capsys, ["predict", str(p), "--checkpoint", str(junk), "--output",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "8000 x 8000" in line and not (tmp_path / "o").exists()
 

@@ -152,10 +152,10 @@ def test_predict_test_export_of_trained_checkpoint_never_touch_the_hub(
 ):
     ckpt = str(trained[stored])
     image = next((ct / "imagesTs").glob("*.nii.gz"))
-    assert main(["predict", str(image), "--checkpoint", ckpt, "--out", str(tmp_path / "p")]) == 0
+    assert main(["predict", str(image), "--checkpoint", ckpt, "--output", str(tmp_path / "p")]) == 0
     assert main(["test", "--checkpoint", ckpt, "--dataset", "phantom", "--data-root", str(ct),
-                 "--out", str(tmp_path / "t"), "--overlays", "0"]) == 0
-    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
+                 "--output", str(tmp_path / "t"), "--overlays", "0"]) == 0
+    assert main(["export", "--checkpoint", ckpt, "--output", str(tmp_path / "m.onnx")]) == 0
 
 
 def test_no_torchvision_unpickling_loader_in_sources():

@@ -155,12 +155,11 @@ def levels(shape=(16, 16, 6)):
     return img, model_labels
 
 
-def run(ds, s, tmp_path, net=None, monkeypatch=None, **kw):
-    monkeypatch.setattr(evaluation, "_test_model", lambda *a, **k: (net or LevelNet()).eval())
+def run(ds, s, tmp_path, net=None, **kw):
     ckpt = {**s.to_dict(), "config": {}}
     return evaluation.run_test(ckpt, dataset=ds, out_dir=tmp_path / "report", overlays=0,
                                verbose=False, backend="torch", device="cpu",
-                               postprocessing=None, **kw)
+                               postprocessing=None, model=(net or LevelNet()).eval(), **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -168,35 +167,35 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path / "cache"))
 
 
-def test_test_maps_classes_by_name(tmp_path, monkeypatch, capsys):
+def test_test_maps_classes_by_name(tmp_path, capsys):
     img, model_labels = levels()
     swapped = np.select([model_labels == 1, model_labels == 2], [2, 1], 0)  # "a" is 2 there
     ds = nnunet(tmp_path / "d", img, swapped, {"background": 0, "b": 1, "a": 2}, "noNorm")
     s = spec(preprocessing={"kind": "none"})
-    summary = run(ds, s, tmp_path, monkeypatch=monkeypatch)
+    summary = run(ds, s, tmp_path)
     assert "classes matched by name" in capsys.readouterr().err
     assert summary["mean_dice"] > 0.9  # without the match: 0 (a scored against b)
 
 
-def test_test_refuses_other_class_names(tmp_path, monkeypatch):
+def test_test_refuses_other_class_names(tmp_path):
     img, model_labels = levels()
     ds = nnunet(tmp_path / "d", img, model_labels, {"background": 0, "liver": 1, "b": 2},
                 "noNorm")
     with pytest.raises(CheckpointError) as exc:
-        run(ds, spec(preprocessing={"kind": "none"}), tmp_path, monkeypatch=monkeypatch)
+        run(ds, spec(preprocessing={"kind": "none"}), tmp_path)
     assert "liver" in one_line(exc)
 
 
-def test_test_warns_on_another_modality_and_strict_refuses(tmp_path, monkeypatch, capsys):
+def test_test_warns_on_another_modality_and_strict_refuses(tmp_path, capsys):
     img, model_labels = levels()
     ds = nnunet(tmp_path / "d", ct(img.shape), model_labels,
                 {"background": 0, "a": 1, "b": 2}, "CT")
     s = spec(intensity=intensity_fingerprint([mri(img.shape)[None]], "MRI"))
-    run(ds, s, tmp_path, monkeypatch=monkeypatch)
+    run(ds, s, tmp_path)
     err = capsys.readouterr().err
     assert "is CT but the model was trained on MRI" in err and "negative intensities" in err
     with pytest.raises(DataError) as exc:
-        run(ds, s, tmp_path, monkeypatch=monkeypatch, strict_inputs=True, overwrite=True)
+        run(ds, s, tmp_path, strict_inputs=True, overwrite=True)
     assert "--strict-inputs" in one_line(exc)
 
 
@@ -243,7 +242,7 @@ def header_less(arr, path):
     return path
 
 
-def test_pixdim_zero_is_voxels_and_never_mixed_with_mm(tmp_path, monkeypatch):
+def test_pixdim_zero_is_voxels_and_never_mixed_with_mm(tmp_path):
     from unetzoo.data.io import load_nifti
 
     img, model_labels = levels()
@@ -256,7 +255,7 @@ def test_pixdim_zero_is_voxels_and_never_mixed_with_mm(tmp_path, monkeypatch):
         header_less(img, root / f"images{split}" / f"{tag}_0000.nii.gz")
         header_less(model_labels.astype(np.uint8), root / f"labels{split}" / f"{tag}.nii.gz")
     s = spec(preprocessing={"kind": "none"})
-    assert run(NnUNetDataset(root), s, tmp_path, monkeypatch=monkeypatch)["hd95_unit"] == "voxels"
+    assert run(NnUNetDataset(root), s, tmp_path)["hd95_unit"] == "voxels"
     # beside a case with a real spacing: one line, never a mean of mm and voxels
     mixed = tmp_path / "mixed"
     nnunet(mixed, img, model_labels, {"background": 0, "a": 1, "b": 2}, "noNorm",
@@ -264,7 +263,7 @@ def test_pixdim_zero_is_voxels_and_never_mixed_with_mm(tmp_path, monkeypatch):
     header_less(img, mixed / "imagesTs" / "case_002_0000.nii.gz")
     header_less(model_labels.astype(np.uint8), mixed / "labelsTs" / "case_002.nii.gz")
     with pytest.raises(DataError) as exc:
-        run(NnUNetDataset(mixed), s, tmp_path / "m", monkeypatch=monkeypatch)
+        run(NnUNetDataset(mixed), s, tmp_path / "m")
     assert "cannot be averaged" in one_line(exc)
 
 

@@ -1,12 +1,12 @@
 """Kill a tiny training at many points, ``--resume``, and get the uninterrupted run.
 
-Each kill is ``os._exit(137)`` at a named point of the trainer, in a child forked from a
-fresh helper process
-(``$UNETZOO_TEST_CRASH_AT``, :func:`unetzoo.engine.checkpoint.crash_point`): nothing runs
-after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way
-through writing it (the temporary file is complete, not yet renamed), between the
-``latest.pt`` and ``best.pt`` writes, half way through ``best.pt``, after both, and
-(after the last epoch) before and half way through ``final.pt``. Then
+Each kill is ``os._exit(137)`` at a named step of the checkpoint writes, in a child forked
+from a fresh helper process: the child passes ``train`` a callback
+(``hooks=TrainHooks(on_checkpoint=...)``) that exits at the chosen step, and nothing runs
+after it, as after ``kill -9``. Points: before ``latest.pt`` is written, half way through
+writing it (the temporary file is complete, not yet renamed), between the ``latest.pt``
+and ``best.pt`` writes, half way through ``best.pt``, after both, and (after the last
+epoch) before and half way through ``final.pt``. Then
 the run is continued the way a user would (``--resume`` when ``latest.pt`` exists, else a
 plain rerun) and must end with the same ``latest.pt`` weights, the same ``best.pt`` (the
 same epoch and weights), the same ``final.pt``, the same metrics.csv and no temporary
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetzoo.engine.checkpoint import CRASH_ENV, load_checkpoint
+from unetzoo.engine.checkpoint import load_checkpoint
 from unetzoo.engine.run_folder import RUN_MARKER
 from unetzoo.errors import CheckpointError
 
@@ -68,11 +68,13 @@ for line in sys.stdin:
             fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            if job["crash"]:
-                os.environ[job["env"]] = job["crash"]
+            def kill_at(step, epoch, point=job["crash"]):
+                if f"{step}:{epoch}" == point:
+                    os._exit(137)  # a kill -9 stand-in: no finally, no cleanup
             ds = get_dataset("phantom", job["root"], **job["ds"])
             cfg = resolve_config(ds.recipe, None, job["flags"])
-            trainer.train(cfg, dataset=ds, resume=job["resume"])
+            trainer.train(cfg, dataset=ds, resume=job["resume"],
+                          hooks=trainer.TrainHooks(on_checkpoint=kill_at))
             code = 0
         except BaseException:
             traceback.print_exc()
@@ -117,7 +119,7 @@ def run(zygote, data_root):
         out.parent.mkdir(parents=True, exist_ok=True)
         log = out.parent / f"{out.name}-{(crash or 'run').replace(':', '-')}.log"
         job = {"root": str(data_root), "ds": {"n_train": 4, "n_test": 1, "shape": SHAPE},
-               "flags": {**FLAGS, "output": str(out)}, "crash": crash, "env": CRASH_ENV,
+               "flags": {**FLAGS, "output": str(out)}, "crash": crash,
                "resume": str(latest) if latest.exists() else None, "log": str(log)}
         zygote.stdin.write(json.dumps(job) + "\n")
         zygote.stdin.flush()
@@ -143,7 +145,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 def reference(zygote, data_root, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ref") / "run"
     job = {"root": str(data_root), "ds": {"n_train": 4, "n_test": 1, "shape": SHAPE},
-           "flags": {**FLAGS, "output": str(out)}, "crash": None, "env": CRASH_ENV,
+           "flags": {**FLAGS, "output": str(out)}, "crash": None,
            "resume": None, "log": str(out.parent / "ref.log")}
     zygote.stdin.write(json.dumps(job) + "\n")
     zygote.stdin.flush()

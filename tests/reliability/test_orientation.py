@@ -192,7 +192,6 @@ def test_test_scores_the_same_anatomy_the_same_in_any_voxel_order(tmp_path, t1, 
     from unetzoo.engine import evaluation
 
     monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(evaluation, "_test_model", lambda *a, **k: EdgeNet().eval())
     arr, aff = t1
     label = (np.gradient(arr, axis=1) > 1.0).astype(np.uint8)  # a fixed, asymmetric target
 
@@ -211,7 +210,7 @@ def test_test_scores_the_same_anatomy_the_same_in_any_voxel_order(tmp_path, t1, 
         ckpt = {**spec(orientation).to_dict(), "config": {}}
         out = evaluation.run_test(ckpt, dataset=NnUNetDataset(root), out_dir=root / "r",
                                   overlays=0, verbose=False, backend="torch", device="cpu",
-                                  postprocessing=None)
+                                  postprocessing=None, model=EdgeNet().eval())
         return out["mean_dice"]
 
     ref = dice((0, 1, 2), (False, False, False), "SAR")

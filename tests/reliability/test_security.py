@@ -119,7 +119,7 @@ def test_payload_is_live(payloads, tmp_path):
 
 @pytest.mark.parametrize("kind", ["onnx", "pt2", "pt"])
 def test_predict_onnx_refuses_payload(payloads, marker, image, tmp_path, capsys, kind):
-    rc = main(["predict", str(image), "--onnx", str(payloads[kind]), "--out", str(tmp_path / "o")])
+    rc = main(["predict", str(image), "--onnx", str(payloads[kind]), "--output", str(tmp_path / "o")])
     line = _one_line_error(capsys, rc)
     if kind != "pt":
         assert "zip archive" in line and "not an ONNX model" in line
@@ -128,19 +128,19 @@ def test_predict_onnx_refuses_payload(payloads, marker, image, tmp_path, capsys,
 @pytest.mark.parametrize("kind", ["onnx", "pt2", "pt"])
 def test_predict_checkpoint_refuses_payload(payloads, marker, image, tmp_path, capsys, kind):
     rc = main(["predict", str(image), "--checkpoint", str(payloads[kind]),
-               "--out", str(tmp_path / "o")])
+               "--output", str(tmp_path / "o")])
     _one_line_error(capsys, rc)
 
 
 @pytest.mark.parametrize("kind", ["pt2", "pt"])
 def test_test_refuses_payload(payloads, marker, tmp_path, capsys, kind):
-    rc = main(["test", "--checkpoint", str(payloads[kind]), "--out", str(tmp_path / "r")])
+    rc = main(["test", "--checkpoint", str(payloads[kind]), "--output", str(tmp_path / "r")])
     _one_line_error(capsys, rc)
 
 
 @pytest.mark.parametrize("kind", ["pt2", "pt"])
 def test_export_refuses_payload(payloads, marker, tmp_path, capsys, kind):
-    rc = main(["export", "--checkpoint", str(payloads[kind]), "--out", str(tmp_path / "m.onnx")])
+    rc = main(["export", "--checkpoint", str(payloads[kind]), "--output", str(tmp_path / "m.onnx")])
     _one_line_error(capsys, rc)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,8 +61,8 @@ def test_cuda_without_gpu(tmp_path, capsys, ckpt, png, phantom_root, command, de
     del train[i : i + 2]
     argv = {
         "train": train,
-        "predict": ["predict", png, "--checkpoint", ckpt, "--out", tmp_path / "o"],
-        "test": ["test", "--checkpoint", ckpt, "--out", tmp_path / "o"],
+        "predict": ["predict", png, "--checkpoint", ckpt, "--output", tmp_path / "o"],
+        "test": ["test", "--checkpoint", ckpt, "--output", tmp_path / "o"],
     }[command]
     line = cli_error(capsys, [*argv, "--device", device])
     assert "no CUDA GPU" in line and "--device cpu" in line
@@ -71,7 +72,7 @@ def test_cuda_without_gpu(tmp_path, capsys, ckpt, png, phantom_root, command, de
 # ------------------------------------------------------------ empty volumes
 def test_zero_slice_volume_predict(tmp_path, capsys, ckpt):
     p = save_volume(np.zeros((0, 20, 20), np.float32), tmp_path / "empty.nii.gz")
-    line = cli_error(capsys, ["predict", p, "--checkpoint", ckpt, "--out", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", p, "--checkpoint", ckpt, "--output", tmp_path / "o"])
     assert "empty.nii.gz" in line and "empty axis" in line
 
 
@@ -98,7 +99,7 @@ def _nnunet(root, test_shape=(12, 10, 3)):
 def test_zero_slice_test_volume(tmp_path, capsys, ckpt):
     root = _nnunet(tmp_path / "D", test_shape=(12, 10, 0))
     line = cli_error(capsys, ["test", "--checkpoint", ckpt, "--dataset", "nnunet",
-                               "--data-root", root, "--out", tmp_path / "rep", "--device", "cpu"])
+                               "--data-root", root, "--output", tmp_path / "rep", "--device", "cpu"])
     assert "t0_0000.nii.gz" in line and ("no voxels" in line or "shape" in line)
 
 
@@ -170,9 +171,9 @@ def test_yaml_values_of_the_wrong_type(tmp_path, capsys, phantom_root, values, n
 def test_checkpoint_with_bad_img_size(tmp_path, capsys, png, command, img_size):
     p = save_tiny_checkpoint(tmp_path / "bad.pt", img_size=img_size)
     argv = {
-        "predict": ["predict", png, "--checkpoint", p, "--out", tmp_path / "o"],
-        "test": ["test", "--checkpoint", p, "--out", tmp_path / "o"],
-        "export": ["export", "--checkpoint", p, "--out", tmp_path / "m.onnx"],
+        "predict": ["predict", png, "--checkpoint", p, "--output", tmp_path / "o"],
+        "test": ["test", "--checkpoint", p, "--output", tmp_path / "o"],
+        "export": ["export", "--checkpoint", p, "--output", tmp_path / "m.onnx"],
     }[command]
     line = cli_error(capsys, argv)
     assert "bad.pt" in line and "img_size" in line
@@ -189,8 +190,8 @@ def test_checkpoint_with_bad_img_size(tmp_path, capsys, png, command, img_size):
 def test_checkpoint_with_absurd_width(tmp_path, capsys, png, command, stored):
     p = save_tiny_checkpoint(tmp_path / "wide.pt", model_options_stored=stored)
     argv = {
-        "predict": ["predict", png, "--checkpoint", p, "--out", tmp_path / "o"],
-        "export": ["export", "--checkpoint", p, "--out", tmp_path / "m.onnx"],
+        "predict": ["predict", png, "--checkpoint", p, "--output", tmp_path / "o"],
+        "export": ["export", "--checkpoint", p, "--output", tmp_path / "m.onnx"],
     }[command]
     line = cli_error(capsys, argv)
     assert any(w in line for w in ("base_channels", "do not fit", "in_channels", "inconsistent"))
@@ -217,7 +218,7 @@ def test_disk_full_while_writing_predictions(tmp_path, capsys, monkeypatch, ckpt
         import unetzoo.engine.predict_cases as pred  # the CLI's predictor
 
         monkeypatch.setattr(pred, "overlay_png", _enospc)
-    line = cli_error(capsys, ["predict", inp, "--checkpoint", ckpt, "--out", tmp_path / "o"])
+    line = cli_error(capsys, ["predict", inp, "--checkpoint", ckpt, "--output", tmp_path / "o"])
     assert "disk full at" in line and str(tmp_path / "o") in line
     if target != "overlay":  # no half-written label map is left behind
         assert not [p for p in (tmp_path / "o").iterdir() if p.name.startswith(("v.", "x_"))]
@@ -229,19 +230,17 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, phant
     run = tmp_path / "run"
     assert main([str(a) for a in _train(phantom_root, run)]) == 0
     capsys.readouterr()
-    import unetzoo.data.io as io
+    real = os.replace  # every report file is written beside its place, then renamed
 
-    real = io._atomic_write  # every report file goes through it (temp file, rename)
-
-    def full(path, *args, **kwargs):
-        if Path(path).name.startswith("summary"):
+    def full(src, dst, *args, **kwargs):
+        if Path(dst).name.startswith("summary"):
             _enospc()
-        return real(path, *args, **kwargs)
+        return real(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(io, "_atomic_write", full)
+    monkeypatch.setattr(os, "replace", full)
     line = cli_error(capsys, ["test", "--checkpoint", run / "checkpoints" / "best.pt",
                                "--data-root", phantom_root,
-                               "--out", tmp_path / "rep", "--device", "cpu", "--overlays", "0"])
+                               "--output", tmp_path / "rep", "--device", "cpu", "--overlays", "0"])
     assert "disk full" in line
 
 
@@ -249,7 +248,7 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, phant
 def test_prepare_out_naming_a_file(tmp_path, capsys):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
-    line = cli_error(capsys, ["prepare", "phantom", "--out", f])
+    line = cli_error(capsys, ["prepare", "phantom", "--output", f])
     assert "notes.txt" in line
     assert f.read_text() == "mine"
 
@@ -260,20 +259,20 @@ def test_export_out_naming_a_folder(tmp_path, capsys, ckpt, form):
     if form == "existing-dir":
         d.mkdir()
     out = f"{d}/" if form == "slash" else str(d)
-    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", out, "--no-verify"])
+    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--output", out, "--no-verify"])
     assert "names a folder" in line and "cannot be exported" not in line
 
 
 def test_export_out_under_a_file(tmp_path, capsys, ckpt):
     f = tmp_path / "file"
     f.write_text("x")
-    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", f / "m.onnx",
+    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--output", f / "m.onnx",
                                "--no-verify"])
     assert "is a file" in line and "cannot be exported" not in line
 
 
 def test_export_out_where_nothing_can_be_written(tmp_path, capsys, ckpt):
-    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--out", "/proc/m.onnx",
+    line = cli_error(capsys, ["export", "--checkpoint", ckpt, "--output", "/proc/m.onnx",
                                "--no-verify"])
     assert "cannot write there" in line and "cannot be exported" not in line
 

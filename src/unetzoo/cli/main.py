@@ -32,10 +32,20 @@ COMMAND_MODULES = (
 )
 
 
+class StrictParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that takes flags only as spelled (no ``--out`` for
+    ``--output``): an abbreviation that works today would break when a flag is added.
+    Sub-command parsers are of this class too (``add_subparsers`` uses the parent's)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unetzoo import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = StrictParser(
         prog="unetzoo",
         description="Train, test, compare and deploy U-Net family models for medical "
         "image segmentation.",
@@ -76,7 +86,7 @@ def describe_os_error(exc: OSError) -> str:
     """One line for an operating-system error that reached the CLI: what and where.
 
     Writers that know their file name say it themselves (``disk full at PATH``); this
-    is the net for the rest, e.g. a report file on a full disk or ``--out`` naming a file.
+    is the net for the rest, e.g. a report file on a full disk or ``--output`` naming a file.
     """
     where = exc.filename or "the output folder"
     if exc.errno == errno.ENOSPC:

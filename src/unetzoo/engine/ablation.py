@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,7 @@ def run_ladder(
     encoder_weights: str | None = "default",
     retrain: bool = False,
     verbose: bool = True,
+    train: Callable[..., dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train and test every rung of ``ladder``; write the comparison table.
 
@@ -125,6 +127,8 @@ def run_ladder(
             ``None`` / ``"none"`` or a checkpoint path replaces it on rungs whose default
             is pretrained (offline runs). The choice is part of the recipe.
         retrain: train the chosen rungs again even when finished.
+        train: the trainer, called as ``train(cfg, dataset=, resume=, overwrite=)``
+            (default :func:`unetzoo.engine.trainer.train`).
 
     Returns:
         The table rows (one dict per finished rung, ladder order).
@@ -151,7 +155,7 @@ def run_ladder(
         recipe = _jsonable(_recipe_key(cfg))
         if not retrain and _kept_earlier(name, out, recipe, verbose):
             continue
-        summary, earlier = train_rung(cfg, ds, retrain=retrain, verbose=verbose)
+        summary, earlier = train_rung(cfg, ds, retrain=retrain, verbose=verbose, train=train)
         result = rung_result(cfg, ds, summary, earlier, recipe)
         (out / name / "result.json").write_text(json.dumps(result, indent=2))
 
@@ -203,13 +207,17 @@ def _kept_earlier(name: str, out: Path, recipe: dict[str, Any], verbose: bool) -
 
 
 def train_rung(
-    cfg: TrainConfig, ds, *, retrain: bool, verbose: bool
+    cfg: TrainConfig, ds, *, retrain: bool, verbose: bool,
+    train: Callable[..., dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """Train (or resume from ``latest.pt``) and test one rung; returns the trainer's
-    summary and the training seconds of earlier, interrupted segments."""
+    """Train (or resume from ``latest.pt``) and test one rung with ``train`` (default the
+    trainer's); returns its summary and the training seconds of earlier, interrupted
+    segments."""
     from unetzoo.engine.checkpoint import load_checkpoint
     from unetzoo.engine.run_folder import RunLayout
-    from unetzoo.engine.trainer import train
+    from unetzoo.engine.trainer import train as trainer_train
+
+    train = train or trainer_train
 
     layout = RunLayout(cfg.output)
     latest = layout.latest

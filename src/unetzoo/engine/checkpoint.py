@@ -21,6 +21,7 @@ import random
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,8 @@ VERSION = 1
 REQUIRED_KEYS = ("model", "state_dict", "class_names", "in_channels", "img_size")
 
 
-CRASH_ENV = "UNETZOO_TEST_CRASH_AT"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _LOW_SPACE = 64 << 20  # below this, a failed torch.save write is taken as a full disk
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``os._exit(137)`` (a ``kill -9`` stand-in) when ``$UNETZOO_TEST_CRASH_AT``
-    equals ``name``. Nothing runs after it: no ``finally``, no cleanup, as in a real kill."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(137)
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:
@@ -70,12 +63,14 @@ def disk_full_error(exc: OSError, run_dir: str | Path | None) -> CheckpointError
     return CheckpointError(f"disk full at {where}{kept}; free space and continue with --resume")
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(payload: dict[str, Any], path: str | Path, *,
+                    on_written: Callable[[Path], None] | None = None) -> Path:
     """Write ``payload`` atomically: a temporary file in the same folder, then rename.
 
     A crash mid-write leaves the previous file intact (and a ``.NAME.*.tmp`` file that
     :class:`~unetzoo.engine.run_folder.RunFolder` removes on the next run). ``format`` and ``version`` are added.
-    Returns the final path.
+    ``on_written(tmp)`` is called once the temporary file is complete and synced, before
+    the rename (the kill tests stop the process there). Returns the final path.
 
     Raises:
         CheckpointError: ``"disk full at PATH"`` when the disk is full, one line for any
@@ -91,7 +86,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             torch.save(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        crash_point(f"tmp-{path.stem}:{payload.get('epoch')}")
+        if on_written is not None:
+            on_written(Path(tmp))
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         full = _disk_full(exc, path.parent)

@@ -258,7 +258,7 @@ def run_test(
     overwrite: bool = False,
     strict_inputs: bool = False,
     precision: str = "fp32",
-    selection: Selection | None = None,
+    selection: Selection | None = None, model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split and write the report folder.
 
@@ -266,8 +266,7 @@ def run_test(
         checkpoint: a path (or a loaded checkpoint dict), or a list of paths: an
             ensemble averaging the members' softmax (:mod:`unetzoo.engine.ensemble`).
         dataset: a ``SegDataset``, a dataset name, or None (the checkpoint's dataset).
-        data_root: root folder when ``dataset`` is a name.
-        max_cases: evaluate only the first N test cases.
+        data_root: root folder when ``dataset`` is a name. max_cases: the first N cases only.
         out_dir: report folder (default: ``<run>/report`` next to ``checkpoints/``).
         save_predictions: also write NIfTI label maps on the input files' grids.
         tta: flip test-time augmentation. protocol: ``"strict"`` or ``"transunet"``.
@@ -286,6 +285,7 @@ def run_test(
         precision: ``"fp32"`` or ``"bf16"`` (native autocast only; in summary.json).
         selection: how a training run chose the checkpoint
             (:class:`~unetzoo.engine.selection.Selection`); None: given to ``unetzoo test``.
+        model: score this model in memory (as given, no backend) instead of the weights.
 
     Returns:
         The summary (see :func:`mean_table`) plus ``"report_dir"``, ``"protocol"`` and
@@ -305,7 +305,7 @@ def run_test(
     cases = _test_cases(ds, split, max_cases)
     settings = check_test_data(spec, ds, cases, settings, strict_inputs)
     report, outputs = _report_folder(out_dir, ckpt_path, cases, settings, overwrite)
-    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose, precision)
+    model = _test_model(ckpt, ckpt_path, members, backend, device, verbose, precision, model)
     plan = _postprocessing_plan(ckpt, ckpt_path, postprocessing)
     t0 = time.time()
     results = _evaluate_cases(model, ds, cases, spec, plan, (report, outputs), settings, device)
@@ -473,9 +473,12 @@ def _test_cases(ds, split: str, max_cases: int | None) -> list[str]:
 
 
 def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str] | None,
-                backend: str, device, verbose: bool,
-                precision: str = "fp32") -> torch.nn.Module:
-    """The checkpoint's model (or the ensemble of ``members``) behind ``backend``."""
+                backend: str, device, verbose: bool, precision: str = "fp32",
+                given: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The checkpoint's model (or the ensemble of ``members``) behind ``backend``; a model
+    ``given`` to ``run_test`` as it is."""
+    if given is not None:
+        return given
     from unetzoo.engine.backends import make_backend
 
     if members is not None and len(members) > 1:

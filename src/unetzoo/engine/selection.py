@@ -12,6 +12,7 @@ written every time validation improves, and ``select = "best"`` scores it instea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,15 @@ class Selection:
         return {"select": self.select, "reason": self.reason}
 
 
-def write_final(layout: RunLayout) -> Path | None:
+def write_final(layout: RunLayout, *,
+                on_written: Callable[[Path], None] | None = None) -> Path | None:
     """Copy ``latest.pt`` to ``final.pt`` (atomically) at the end of training; returns
     ``final.pt``, or None when there is no ``latest.pt`` to copy.
 
     Called on every finished run, so a run resumed after it finished (or after a kill
     between the last ``latest.pt`` and ``final.pt``) gets its ``final.pt``; a ``final.pt``
-    that already holds the same epoch and iteration is left as it is.
+    that already holds the same epoch and iteration is left as it is. ``on_written``: as
+    for :func:`~unetzoo.engine.checkpoint.save_checkpoint`.
     """
     latest = _peek(layout.latest) if layout.latest.is_file() else None
     if latest is None:
@@ -50,7 +53,7 @@ def write_final(layout: RunLayout) -> Path | None:
     if final is not None and all(final.get(k) == latest.get(k) for k in key):
         return layout.final
     save_checkpoint({k: v for k, v in latest.items() if k not in ("format", "version")},
-                    layout.final)
+                    layout.final, on_written=on_written)
     return layout.final
 
 

@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from unetzoo.data.transforms import build_train_transform, seed_worker
 from unetzoo.engine import distributed as dist_utils
 from unetzoo.engine.checkpoint import (
     capture_rng_state,
-    crash_point,
     disk_full_error,
     load_checkpoint,
     repair_best,
@@ -46,7 +45,7 @@ from unetzoo.engine.config import (
     effective_base_lr,
     poly_lr,
 )
-from unetzoo.engine.evaluation import validate
+from unetzoo.engine.evaluation import run_test, validate
 from unetzoo.engine.logging.plots import MetricsLog, plot_history
 from unetzoo.engine.logging.tensorboard import log_validation, validation_loss
 from unetzoo.engine.run_folder import RunFolder, RunLayout
@@ -54,7 +53,7 @@ from unetzoo.engine.selection import choose_checkpoint, write_final
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.engine.training_inputs import training_intensity, training_orientation
 from unetzoo.errors import ConfigError, DataError, ModelError, UnetzooError
-from unetzoo.losses import source_deep_supervision_loss, supervised_loss
+from unetzoo.losses import build_loss, source_deep_supervision_loss, supervised_loss
 from unetzoo.metrics import spacing_known
 
 
@@ -198,6 +197,31 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """The collaborators :func:`train` calls at its seams; pass stand-ins to observe or
+    replace one (the tests do; so can a caller with its own validation).
+
+    Attributes:
+        validate: ``validate(model, ds, split, cases, cfg, device, collect=None) ->
+            {"val_dice", "val_hd95", ...}``, the validation score of an epoch.
+        test: ``test(checkpoint, selection=, dataset=, out_dir=, max_cases=, protocol=,
+            device=) -> summary``, the test of the chosen checkpoint after training.
+        build_loss: ``build_loss(name, num_classes, weights=, **options) -> loss``, called
+            for the training and the validation loss (:func:`unetzoo.losses.build_loss`).
+        on_checkpoint: ``on_checkpoint(step, epoch)`` at each step of writing the
+            checkpoints: ``"before-latest"``, ``"tmp-latest"`` (its temporary file complete,
+            not yet renamed), ``"between-writes"``, ``"tmp-best"``, ``"after-best"`` and,
+            after the last epoch, ``"tmp-final"``. A callback that exits the process there
+            is how the tests prove a kill at any step resumable.
+    """
+
+    validate: Callable[..., dict[str, Any]] = validate
+    test: Callable[..., dict[str, Any]] = run_test
+    build_loss: Callable[..., nn.Module] = build_loss
+    on_checkpoint: Callable[[str, int], None] | None = None
+
+
 @dataclass
 class Run:
     """Everything the epoch steps share (one training call)."""
@@ -215,6 +239,7 @@ class Run:
     writer: Any  # a TensorBoard SummaryWriter on the main rank, else None
     max_it: int
     t_start: float = field(default_factory=time.time)
+    hooks: TrainHooks = field(default_factory=TrainHooks)
 
 
 # ------------------------------------------------------------------------------- train
@@ -224,6 +249,7 @@ def train(
     resume: str | Path | None = None,
     stop_after_epochs: int | None = None,
     overwrite: bool = False,
+    hooks: TrainHooks | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says; returns a summary dict.
 
@@ -239,6 +265,8 @@ def train(
             files only; see :class:`~unetzoo.engine.run_folder.RunFolder`). Without it
             (and without ``resume``) a non-empty folder that is not a fresh start is
             refused. The folder is locked for the whole call.
+        hooks: the validation, the final test and a checkpoint-writing callback
+            (:class:`TrainHooks`; default: unetzoo's own, no callback).
 
     Returns:
         ``{"run_dir", "best_metric", "best_epoch", "epochs", "iterations",
@@ -262,7 +290,7 @@ def train(
             for note in run_folder.notes:
                 print(note, flush=True)
         dist_utils.barrier(info)
-        run = start_run(cfg, ds, info, layout, resume)
+        run = start_run(cfg, ds, info, layout, resume, hooks or TrainHooks())
         epochs_done = run_epochs(run, stop_after_epochs)
         finished = run.progress.start_epoch + epochs_done >= run.cfg.max_epochs
         summary = {
@@ -321,7 +349,7 @@ def open_run(cfg: TrainConfig, dataset=None) -> tuple[Any, TrainConfig]:
 
 def start_run(
     cfg: TrainConfig, ds, info: dist_utils.DistInfo, layout: RunLayout,
-    resume: str | Path | None,
+    resume: str | Path | None, hooks: TrainHooks | None = None,
 ) -> Run:
     """Everything before the first epoch: data, model, objective, resumed state, logs.
 
@@ -331,7 +359,8 @@ def start_run(
     data = make_loader(cfg, ds, info, layout)
     cfg = budget_epochs(cfg, len(data.loader))
     model = build_model(cfg, ds, info)
-    obj = build_objective(cfg, ds, model, info)
+    hooks = hooks or TrainHooks()
+    obj = build_objective(cfg, ds, model, info, hooks.build_loss)
     progress = Progress()
     if resume is not None:
         progress = resume_state(resume, cfg, model, obj, data, info, layout)
@@ -352,7 +381,7 @@ def start_run(
         obj=obj, progress=progress, base={**spec.to_dict(), "config": cfg.to_dict()},
         log=MetricsLog(layout.metrics_csv, progress.history),
         writer=_tensorboard(layout.tensorboard) if info.is_main else None,
-        max_it=cfg.max_iterations or cfg.max_epochs * len(data.loader),
+        max_it=cfg.max_iterations or cfg.max_epochs * len(data.loader), hooks=hooks,
     )
     if info.is_main:
         if resume is not None:  # drop rows of epochs after the checkpoint (a crash)
@@ -510,11 +539,11 @@ def _channels_last(cfg: TrainConfig, info: dist_utils.DistInfo) -> bool:
 
 
 def build_objective(
-    cfg: TrainConfig, ds, model: nn.Module, info: dist_utils.DistInfo
+    cfg: TrainConfig, ds, model: nn.Module, info: dist_utils.DistInfo,
+    build_loss: Callable[..., nn.Module] = build_loss,
 ) -> Objective:
-    """Training and validation losses, SelfReg distillation (when its weights are set),
-    the optimizer and the AMP grad scaler."""
-    from unetzoo.losses import build_loss  # looked up per call: tests replace it
+    """Training and validation losses (from ``build_loss``), SelfReg distillation (when
+    its weights are set), the optimizer and the AMP grad scaler."""
     from unetzoo.models import get_entry
 
     # nnU-Net's ignore label: unannotated pixels count for neither CE nor Dice.
@@ -739,8 +768,8 @@ def validation_row(run: Run, details: dict[str, Any]) -> dict[str, float]:
     """``val_dice``, ``val_hd95`` (:func:`unetzoo.engine.evaluation.validate`) and
     ``val_loss``; ``details`` receives the per-class Dice and samples for TensorBoard."""
     d, cfg = run.data, run.cfg
-    val = validate(run.model, d.ds, d.val_split, d.val_cases, cfg, run.info.device,
-                   collect=details if run.writer is not None else None)
+    val = run.hooks.validate(run.model, d.ds, d.val_split, d.val_cases, cfg, run.info.device,
+                             collect=details if run.writer is not None else None)
     val["val_loss"] = validation_loss(
         run.model, d.ds, d.val_split, d.val_cases, run.obj.val_criterion, cfg.img_size,
         cfg.batch_size, run.info.device,
@@ -780,13 +809,19 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
         "history": run.log.rows,
         "rng": rng,
     }
-    # The crash points are the kill test's hooks.
-    crash_point(f"before-latest:{epoch + 1}")
-    save_checkpoint(payload, run.layout.latest)
-    crash_point(f"between-writes:{epoch + 1}")
+    step = _checkpoint_steps(run, epoch + 1)
+    step("before-latest")
+    save_checkpoint(payload, run.layout.latest, on_written=lambda _: step("tmp-latest"))
+    step("between-writes")
     if improved:
-        save_checkpoint(payload, run.layout.best)
-    crash_point(f"after-best:{epoch + 1}")
+        save_checkpoint(payload, run.layout.best, on_written=lambda _: step("tmp-best"))
+    step("after-best")
+
+
+def _checkpoint_steps(run: Run, epoch: int) -> Callable[[str], None]:
+    """``step(name)``: tells ``on_checkpoint`` (if any) that the writes reached ``name``."""
+    hook = run.hooks.on_checkpoint
+    return (lambda name: hook(name, epoch)) if hook is not None else (lambda name: None)
 
 
 def final_test(run: Run) -> dict[str, Any] | None:
@@ -794,16 +829,15 @@ def final_test(run: Run) -> dict[str, Any] | None:
     test`` of the checkpoint ``cfg.select`` picks (``final.pt`` by default) on the test
     split into ``report/`` (when asked and the dataset has test cases); None otherwise."""
     cfg, ds = run.cfg, run.data.ds
-    write_final(run.layout)
+    step = _checkpoint_steps(run, cfg.max_epochs)
+    write_final(run.layout, on_written=lambda _: step("tmp-final"))
     if not (cfg.test and "test" in ds.splits() and ds.cases("test")):
         return None
-    from unetzoo.engine import evaluation  # looked up at call time (tests replace run_test)
-
     chosen = choose_checkpoint(run.layout, cfg.select, paper_protocol=cfg.paper_protocol,
                                validated=bool(run.data.val_cases),
                                best_metric=run.progress.best_metric)
     print(f"testing {chosen.path}: {chosen.reason}", flush=True)
-    return evaluation.run_test(
+    return run.hooks.test(
         chosen.path,
         selection=chosen,
         dataset=ds,

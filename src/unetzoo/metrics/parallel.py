@@ -19,10 +19,11 @@ trees and every distance are those of the serial path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import numpy as np
 from scipy.ndimage import generate_binary_structure
@@ -57,6 +58,7 @@ def class_surface_distances(
     connectivity: int = 1,
     *,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> dict[int, SurfaceDistances]:
     """Surface distances of every class present in both label maps.
 
@@ -68,6 +70,8 @@ def class_surface_distances(
         connectivity: surface neighbourhood (1 = faces, medpy's default).
         workers: threads (default: the cores this process may use; 1 runs serially
             in the calling thread).
+        executor: the thread pool to run in when ``workers`` > 1 (default: a fresh one of
+            ``workers`` threads named ``unetzoo-surface``; one given is not shut down).
 
     Returns:
         ``{class: SurfaceDistances}`` for the classes with a box in both maps; a class
@@ -93,7 +97,9 @@ def class_surface_distances(
         return {c: one((c, box)) for c, box in tasks}
     total = sum(_volume(box) for _, box in tasks)
     big = [t for t in tasks if _volume(t[1]) * n > total and t[1][0].stop - t[1][0].start >= 2 * n]
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="unetzoo-surface") as pool:
+    with contextlib.ExitStack() as stack:
+        pool = executor or stack.enter_context(
+            ThreadPoolExecutor(max_workers=n, thread_name_prefix="unetzoo-surface"))
         small = {c: pool.submit(one, (c, box)) for c, box in tasks if (c, box) not in big}
         # The dominant classes are driven from this thread, their pieces run in the pool
         # behind the small classes (this thread is not a pool worker: no deadlock).
@@ -121,7 +127,7 @@ def _slab_points(labels: np.ndarray, c: int, box: Box, z0: int, z1: int,
 
 
 def _split_distances(pred: np.ndarray, gt: np.ndarray, c: int, box: Box,
-                     spacing: np.ndarray, connectivity: int, pool: ThreadPoolExecutor,
+                     spacing: np.ndarray, connectivity: int, pool: Executor,
                      n: int) -> SurfaceDistances:
     """:func:`_distances_in_box` of class ``c`` with its work split over ``pool``."""
     depth = box[0].stop - box[0].start
