@@ -236,7 +236,7 @@ class DemoBackend:
         x = uploads.to_model_input(up, lm.in_channels, lm.preprocessing)
         labels = self._predict_in_time(lm, x)
         spacing = up.spacing
-        if not up.is_volume and pixel_spacing:
+        if up.picture and pixel_spacing:
             # Bounds keep areas and distances finite (1e308 mm overflowed them).
             if not 1e-6 <= pixel_spacing <= 1e4:
                 raise DataError(f"pixel spacing must be 1e-06..10000 mm, got {pixel_spacing}")
@@ -247,16 +247,16 @@ class DemoBackend:
             labels=labels,
             class_names=lm.class_names,
             spacing=spacing,
-            is_volume=up.is_volume,
+            is_volume=not up.picture,
             download=uploads.write_label_map(labels, up, folder),
-            affine=display.file_to_array_affine(up.affine, up.axes),
+            affine=display.file_to_array_affine(up.affine, up.order),
         )
         if gt_path:
             gt = uploads.read_mask(gt_path, labels.shape, len(lm.class_names),
                                    name=Path(gt_path).name, max_bytes=self.max_bytes,
-                                   axes=up.axes)
+                                   axes=up.order)
             seg.gt = gt
-            seg.metrics = score(labels, gt, len(lm.class_names), spacing, up.is_volume)
+            seg.metrics = score(labels, gt, len(lm.class_names), spacing, not up.picture)
         return seg
 
 
