@@ -72,12 +72,29 @@ def model_input(
     Volumes, float and signed pictures (raw intensities) get ``spec``; 8/16-bit pictures
     the bit-depth rule (:func:`unetzoo.data.preprocessing.normalize_picture`).
     """
+    return _normalised(image, match_channels(image, in_channels, case), spec)
+
+
+def _normalised(image: Decoded, arr: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
     from unetzoo.data.preprocessing import normalize, normalize_picture
 
-    arr = match_channels(image, in_channels, case)
     if image.picture:
-        return normalize_picture(arr[:, 0], spec, image.bit_depth)[:, None]
-    return normalize(arr.astype(np.float32), spec)
+        return normalize_picture(arr[:, 0], prep, image.bit_depth)[:, None]
+    return normalize(arr.astype(np.float32), prep)
+
+
+def prepare(image: Decoded, spec: Any, case: str | None = None,
+            strict: bool = False) -> tuple[np.ndarray, str | None]:
+    """``predict``'s one step from a decoded input (in the model's orientation) to the
+    model: :func:`model_input` under ``spec`` (an :class:`~unetzoo.engine.spec.InferenceSpec`)
+    and :func:`intensity_warning` (raw intensities of a volume, the model input of a
+    picture). Returns ``(model input, warning or None)``."""
+    arr = match_channels(image, spec.in_channels, case)
+    if image.picture:
+        x = _normalised(image, arr, dict(spec.preprocessing))
+        return x, intensity_warning(x, True, spec, image.where, strict)
+    warning = intensity_warning(arr, False, spec, image.where, strict)
+    return _normalised(image, arr, dict(spec.preprocessing)), warning
 
 
 def intensity_warning(

@@ -48,13 +48,7 @@ from unetzoo.data.geometry import Reorientation, file_to_array_affine, reorienta
 from unetzoo.data.imageio import DEFAULT_MAX_PIXELS, Decoded
 from unetzoo.data.plan import view_spacing
 from unetzoo.engine.inference import predict_volume, sliding_window_probs
-from unetzoo.engine.inputs import (
-    intensity_warning,
-    match_channels,
-    model_input,
-    progress_printer,
-    write_output,
-)
+from unetzoo.engine.inputs import prepare, progress_printer, write_output
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import DataError
@@ -128,21 +122,14 @@ def read_case(
     is the normalised ``(C, D, H, W)`` float32 model input, in the model's training
     orientation (``view`` maps it back to the file's grid, None when it is the file's
     own), and a warning for an input far outside the training intensities
-    (:func:`~unetzoo.engine.inputs.intensity_warning`; an error under ``strict_inputs``)."""
-    prep = dict(spec.preprocessing)
+    (:func:`~unetzoo.engine.inputs.prepare`; an error under ``strict_inputs``)."""
     where = str(files[0]) if len(files) == 1 else f"case {case}"
     dec = imageio.decode(files, where=where)
-    if dec.picture:
-        image = model_input(dec, spec.in_channels, prep)
-        warning = intensity_warning(image, True, spec, dec.where, strict_inputs)
-        return dataclasses.replace(dec, array=image), None, warning
-    raw = match_channels(dec, spec.in_channels, case)
-    warning = intensity_warning(raw, False, spec, dec.where, strict_inputs)
     view = training_orientation(dec, spec)
     if view is not None:  # before normalising: the same voxels in the same order
         dec = dataclasses.replace(dec, array=view.forward(dec.array))
-    return (dataclasses.replace(dec, array=model_input(dec, spec.in_channels, prep, case)),
-            view, warning)
+    image, warning = prepare(dec, spec, case, strict_inputs)
+    return dataclasses.replace(dec, array=image), view, warning
 
 
 def training_orientation(dec: Decoded, spec: InferenceSpec) -> Reorientation | None:
