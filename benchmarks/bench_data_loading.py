@@ -87,7 +87,7 @@ def write_nifti_cases(root: Path, n: int, size: int, depth: int, seed: int = 0) 
 
     import numpy as np
 
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.imageio import save_image
 
     rng = np.random.default_rng(seed)
     (root / "imagesTr").mkdir(parents=True)
@@ -96,8 +96,8 @@ def write_nifti_cases(root: Path, n: int, size: int, depth: int, seed: int = 0) 
     for i in range(n):
         hu = rng.normal(40, 200, (size, size, depth)).astype(np.int16)
         lab = (rng.random((size, size, depth)) * 9).astype(np.uint8)
-        save_nifti(hu, affine, root / "imagesTr" / f"vol_{i:03d}_0000.nii.gz")
-        save_nifti(lab, affine, root / "labelsTr" / f"vol_{i:03d}.nii.gz")
+        save_image(hu, affine, root / "imagesTr" / f"vol_{i:03d}_0000.nii.gz")
+        save_image(lab, affine, root / "labelsTr" / f"vol_{i:03d}.nii.gz")
     labels = {"background": 0, **{f"organ{k}": k for k in range(1, 9)}}
     (root / "dataset.json").write_text(json.dumps(
         {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": n,
@@ -113,7 +113,7 @@ def nifti_rates(root: Path, img_size: int, batch: int, workers: int, naive_sampl
     from torch.utils.data import DataLoader
 
     from unetzoo.data import get_dataset
-    from unetzoo.data.io import load_nifti
+    from unetzoo.data.imageio import read_file
     from unetzoo.data.transforms import build_train_transform, seed_worker
 
     ds = get_dataset("nnunet", root)
@@ -131,7 +131,7 @@ def nifti_rates(root: Path, img_size: int, batch: int, workers: int, naive_sampl
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     for _ in range(naive_samples):
-        arr, _, _ = load_nifti(files[int(rng.integers(len(files)))])
+        arr, _, _ = read_file(files[int(rng.integers(len(files)))])
         _ = np.asarray(arr[:, :, int(rng.integers(arr.shape[2]))], dtype=np.float32)
     naive = naive_samples / (time.perf_counter() - t0)
     return {"build_s": build, "slices": seen, "cached_per_s": cached, "naive_per_s": naive}

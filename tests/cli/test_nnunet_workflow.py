@@ -92,7 +92,7 @@ def test_postprocess_then_predict_a_folder_with_an_ensemble(folds, tmp_path):
         assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases]
         return out
 
-    from unetzoo.data.medio import load_medical_image
+    from unetzoo.data.imageio import read_file
     from unetzoo.engine.postprocess import STEP_KIND, empty_plan, save_plan
 
     custom = empty_plan(plan["num_classes"])
@@ -105,8 +105,8 @@ def test_postprocess_then_predict_a_folder_with_an_ensemble(folds, tmp_path):
     }
     for out, used in runs.values():
         for c in cases:
-            labels, aff, _ = load_medical_image(out / f"{c}.nii.gz")
-            src, src_aff, _ = load_medical_image(images / f"{c}_0000.nii.gz")
+            labels, aff, _ = read_file(out / f"{c}.nii.gz")
+            src, src_aff, _ = read_file(images / f"{c}_0000.nii.gz")
             assert labels.shape == src.shape
             np.testing.assert_allclose(aff, src_aff, atol=1e-5)
             with np.load(out / f"{c}.npz") as z:

@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from unetzoo.data.io import save_nifti
+from unetzoo.data.imageio import save_image
 
 
 def write_synapse(root: Path, *, test_dir="test_vol_h5", n_classes=9, size=16, lists=True,
@@ -95,9 +95,9 @@ def write_nnunet(root: Path, *, channels=("CT",), n_train=2, n_test=1, shape=(7,
         cid = f"case_{i:03d}"
         for c, _ in enumerate(channels):
             arr = rng.normal(50, 100, shape).astype(np.float32)
-            save_nifti(arr, affine, root / ("imagesTr" if tr else "imagesTs") / f"{cid}_{c:04d}.nii.gz")
+            save_image(arr, affine, root / ("imagesTr" if tr else "imagesTs") / f"{cid}_{c:04d}.nii.gz")
         lab = rng.integers(0, len(labels), shape).astype(np.uint8)
-        save_nifti(lab, affine, root / ("labelsTr" if tr else "labelsTs") / f"{cid}.nii.gz")
+        save_image(lab, affine, root / ("labelsTr" if tr else "labelsTs") / f"{cid}.nii.gz")
     meta = {
         "channel_names": {str(i): c for i, c in enumerate(channels)},
         "labels": {name: i for i, name in enumerate(labels)},
@@ -115,9 +115,9 @@ def write_msd(root: Path, *, n_channels=2, shape=(6, 5, 4), seed=0) -> Path:
     training = []
     for i in range(2):
         name = f"prostate_{i:02d}.nii.gz"
-        save_nifti(rng.normal(300, 50, (*shape, n_channels)).astype(np.float32), np.eye(4),
+        save_image(rng.normal(300, 50, (*shape, n_channels)).astype(np.float32), np.eye(4),
                    root / "imagesTr" / name)
-        save_nifti(rng.integers(0, 3, shape).astype(np.uint8), np.eye(4), root / "labelsTr" / name)
+        save_image(rng.integers(0, 3, shape).astype(np.uint8), np.eye(4), root / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     meta = {"modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "PZ", "2": "TZ"},
             "numTraining": 2, "training": training, "test": []}

@@ -6,7 +6,7 @@ from _data_writers import write_nnunet
 
 from unetzoo.cli.main import main
 from unetzoo.data import get_dataset
-from unetzoo.data.io import save_nifti
+from unetzoo.data.imageio import save_image
 from unetzoo.data.prepare import BTCV_TO_SYNAPSE, SYNAPSE_TEST, SYNAPSE_TRAIN
 
 
@@ -19,8 +19,8 @@ def _fake_btcv(root, ids=(1, 5, 6), shape=(12, 10, 4)):
     for i in ids:
         hu = rng.integers(-1000, 1000, shape).astype(np.int16)
         lab = rng.integers(0, 14, shape).astype(np.uint8)
-        save_nifti(hu, np.diag([0.7, 0.7, 3.0, 1]), root / "img" / f"img{i:04d}.nii.gz")
-        save_nifti(lab, np.diag([0.7, 0.7, 3.0, 1]), root / "label" / f"label{i:04d}.nii.gz")
+        save_image(hu, np.diag([0.7, 0.7, 3.0, 1]), root / "img" / f"img{i:04d}.nii.gz")
+        save_image(lab, np.diag([0.7, 0.7, 3.0, 1]), root / "label" / f"label{i:04d}.nii.gz")
         vols[i] = (hu, lab)
     return vols
 

@@ -118,10 +118,10 @@ def test_nnunet_v2_multichannel_spacing_and_affine(tmp_path):
     assert np.allclose(world_case, world_file)
     # Round trip: a prediction saved with Case.affine/axes lands on the file's voxels
     # in the file's own axis order, and reads back as the same Case arrays.
-    from unetzoo.data.medio import save_case_nifti
+    from unetzoo.data.imageio import save_case_labels
 
     assert case.axes == (2, 1, 0)
-    save_case_nifti(case.label.astype(np.uint8), case.affine, tmp_path / "p.nii.gz", case.axes)
+    save_case_labels(case.label.astype(np.uint8), case.affine, tmp_path / "p.nii.gz", case.axes)
     back = nib.load(tmp_path / "p.nii.gz")
     assert back.shape == raw.shape and np.allclose(back.affine, raw.affine)
     assert np.array_equal(np.asarray(back.dataobj), np.asarray(raw.dataobj))
@@ -130,7 +130,7 @@ def test_nnunet_v2_multichannel_spacing_and_affine(tmp_path):
     assert np.allclose(spacing, case.spacing) and np.allclose(aff, case.affine)
     assert np.array_equal(reor, case.label)
     # Without axes, the (D, H, W) array is written as is with Case.affine: same world points.
-    save_case_nifti(case.label.astype(np.uint8), case.affine, tmp_path / "q.nii.gz")
+    save_case_labels(case.label.astype(np.uint8), case.affine, tmp_path / "q.nii.gz")
     q = nib.load(tmp_path / "q.nii.gz")
     assert np.allclose(q.affine @ [d, h, w, 1], world_file)
 

@@ -8,18 +8,19 @@ import io
 import numpy as np
 import pytest
 
+from unetzoo.data.imageio import Decoded
 from unetzoo.deploy import uploads
 from unetzoo.errors import DataError
 
 
 def test_types_by_content_not_name(phantom_files, tmp_path):
-    for key, kind in (("png", "png"), ("tif", "tiff"), ("nii", "nifti")):
+    for key, kind in (("png", ".png"), ("tif", ".tif"), ("nii", ".nii")):
         # The same bytes under a misleading name decode the same way.
         liar = tmp_path / f"renamed_{key}.jpg"
         liar.write_bytes(phantom_files[key].read_bytes())
         a = uploads.read_upload(phantom_files[key])
         b = uploads.read_upload(liar)
-        assert a.kind == b.kind == kind
+        assert a.ending == b.ending == kind
         np.testing.assert_array_equal(a.array, b.array)
 
 
@@ -34,14 +35,14 @@ def test_png_and_jpeg_arrays(tmp_path):
     rgb = np.stack([grey, grey // 2, grey // 3], -1)
     Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=95)
     up = uploads.read_upload(tmp_path / "c.jpg")
-    assert up.kind == "jpeg" and up.array.shape == (3, 1, 48, 40)
+    assert up.ending == ".jpg" and up.array.shape == (3, 1, 48, 40)
     x = uploads.to_model_input(up, 1, {"kind": "none"})  # colour -> grey, scaled to [0, 1]
     assert x.shape == (1, 1, 48, 40) and 0.0 <= x.min() and x.max() <= 1.0
 
 
 def test_nifti_volume_orientation_and_spacing(phantom_files, phantom_case):
     up = uploads.read_upload(phantom_files["nii"])
-    assert up.is_volume and up.bit_depth is None
+    assert not up.picture and up.bit_depth is None
     np.testing.assert_array_equal(up.array[0], phantom_case[0])  # (D, H, W) as generated
     assert up.spacing == pytest.approx((5.0, 2.5, 2.5))
     # Raw HU go through the checkpoint's CT window.
@@ -119,7 +120,7 @@ def test_safe_names_and_downloads(tmp_path):
     assert uploads.safe_stem("..\\..\\boot.ini") == "boot.ini"
     assert uploads.safe_stem("case 01 (final).nii.gz") == "case_01_final_"
     assert uploads.safe_stem("....") == "upload"
-    up = uploads.Upload(np.zeros((1, 1, 4, 4), np.float32), kind="png", name="../../../tmp/evil")
+    up = Decoded(np.zeros((1, 1, 4, 4), np.float32), where="../../../tmp/evil")
     folder = uploads.download_dir_under(tmp_path)
     out = uploads.write_label_map(np.ones((1, 4, 4), np.int64), up, folder)
     assert out.parent == folder.resolve() and out.name == "evil_labels.png"

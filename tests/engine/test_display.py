@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unetzoo.data.io import save_nifti
+from unetzoo.data.imageio import save_image
 from unetzoo.engine.logging import display
 from unetzoo.engine.logging.display import slice_orientation
 
@@ -41,8 +41,8 @@ def _nnunet(root: Path, affine: np.ndarray) -> Path:
         (root / d).mkdir(parents=True)
     vol = _blob_volume(affine)
     for c in ("a", "b"):
-        save_nifti(vol, affine, root / "imagesTr" / f"{c}_0000.nii.gz")
-        save_nifti((vol > 0).astype(np.uint8), affine, root / "labelsTr" / f"{c}.nii.gz")
+        save_image(vol, affine, root / "imagesTr" / f"{c}_0000.nii.gz")
+        save_image((vol > 0).astype(np.uint8), affine, root / "labelsTr" / f"{c}.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "blob": 1},
         "numTraining": 2, "file_ending": ".nii.gz",
@@ -98,7 +98,7 @@ def test_demo_upload_is_shown_the_same_way(tmp_path):
 
     aff = _affine(True, True)
     path = tmp_path / "vol.nii.gz"
-    save_nifti(_blob_volume(aff), aff, path)
+    save_image(_blob_volume(aff), aff, path)
     up = uploads.read_upload(path)
     o = slice_orientation(display.file_to_array_affine(up.affine))
     shown = o.apply(up.array[0, 1])

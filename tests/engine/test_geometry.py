@@ -35,7 +35,7 @@ def _affine() -> np.ndarray:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from unetzoo import create_model
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.imageio import save_image
     from unetzoo.data.preprocessing import mri_spec
     from unetzoo.engine.checkpoint import save_checkpoint
 
@@ -50,8 +50,8 @@ def setup(tmp_path_factory):
                                              + [("imagesTs", "labelsTs")]):
         blob = ((ii - 9 - i) ** 2 / 36 + (kk - 11) ** 2 / 49 + (jj - 2) ** 2 / 4) < 1
         img = (rng.normal(0, 1, SHAPE) + 4.0 * blob + 0.1 * ii - 0.05 * kk).astype(np.float32)
-        save_nifti(img, aff, root / folder / f"g_{i:03d}_0000.nii.gz")
-        save_nifti(blob.astype(np.uint8), aff, root / lab_folder / f"g_{i:03d}.nii.gz")
+        save_image(img, aff, root / folder / f"g_{i:03d}_0000.nii.gz")
+        save_image(blob.astype(np.uint8), aff, root / lab_folder / f"g_{i:03d}.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "blob": 1},
         "numTraining": 2, "file_ending": ".nii.gz"}))
@@ -123,14 +123,14 @@ def test_demo_slices_and_scores_like_predict(setup, written):
     """The demo cuts the volume along predict's axis (j, the largest spacing), and its
     ground truth lines up with the image."""
     from unetzoo.data.geometry import volume_to_cdhw
-    from unetzoo.data.io import load_nifti
+    from unetzoo.data.imageio import read_file
     from unetzoo.deploy import uploads
 
     seg = written["seg"]
-    arr, aff, zooms = load_nifti(setup["image"])
+    arr, aff, zooms = read_file(setup["image"])
     vol, axes, spacing = volume_to_cdhw(arr, aff, zooms)
     up = uploads.read_upload(setup["image"])
-    assert up.axes == axes and axes[0] == 1  # slices along j, as predict
+    assert up.order == axes and axes[0] == 1  # slices along j, as predict
     assert up.array.shape == vol.shape == (1, 5, 23, 19)
     np.testing.assert_allclose(up.spacing, spacing)
     assert seg.labels.shape == (5, 23, 19) and seg.gt.shape == seg.labels.shape
@@ -140,48 +140,49 @@ def test_demo_slices_and_scores_like_predict(setup, written):
 
 def test_anisotropic_volume_cut_along_the_same_axis(tmp_path):
     """predict's reader and the demo's decoder share one slicing rule."""
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.imageio import decode, save_image
     from unetzoo.deploy import uploads
-    from unetzoo.engine.inputs import read_input
+    from unetzoo.engine.inputs import model_input
 
     rng = np.random.default_rng(1)
     arr = rng.normal(0, 1, (6, 7, 8)).astype(np.float32)
     for zooms, axis in (((3.0, 1.0, 1.0), 0), ((1.0, 2.5, 1.0), 1), ((1.0, 1.0, 4.0), 2),
                         ((1.0, 1.0, 1.0), 2)):
         path = tmp_path / f"v{axis}{zooms[0]}.nii.gz"
-        save_nifti(arr, np.diag([*zooms, 1.0]), path)
-        inp = read_input(path, 1, {"kind": "none"})
+        save_image(arr, np.diag([*zooms, 1.0]), path)
+        inp = decode(path)
         up = uploads.read_upload(path)
-        assert inp.order == up.axes and inp.order[0] == axis
-        np.testing.assert_allclose(inp.image, up.array)
+        assert inp.order == up.order and inp.order[0] == axis
+        np.testing.assert_allclose(model_input(inp, 1, {"kind": "none"}), up.array)
 
 
 def test_rgb_to_grey_is_one_constant():
     import unetzoo.deploy.uploads as uploads
-    import unetzoo.engine.inputs as predict  # the reader of predict (moved from engine.predict)
-    from unetzoo.data.io import RGB_TO_GREY
+    import unetzoo.engine.inputs as predict  # predict's model inputs
+    from unetzoo.data.imageio import Decoded
+    from unetzoo.engine.inputs import RGB_TO_GREY
 
     # The demo has no colour rule of its own: it goes through predict's.
-    assert predict.RGB_TO_GREY is RGB_TO_GREY and not hasattr(uploads, "RGB_TO_GREY")
+    assert not hasattr(uploads, "RGB_TO_GREY")
     rgb = np.zeros((3, 1, 2, 2), np.float32)
     rgb[1] = 100.0
-    up = uploads.Upload(rgb, kind="png", name="x")
+    up = Decoded(rgb, where="x")
     grey = uploads.to_model_input(up, 1, {"kind": "none"})
     pix = np.zeros((3, 1, 2, 2), np.uint8)
     pix[1] = 100
-    via_predict = predict.match_channels(predict.Decoded(pix), 1)
+    via_predict = predict.match_channels(Decoded(pix), 1)
     assert grey[0, 0, 0, 0] == pytest.approx(100 * RGB_TO_GREY[1])
     assert via_predict.dtype == np.uint8 and via_predict[0, 0, 0, 0] == round(100 * RGB_TO_GREY[1])
 
 
 @pytest.mark.parametrize("ending", [".nii.gz", ".nrrd", ".mha"])
 def test_one_writer_puts_any_format_back_on_the_file_grid(tmp_path, ending):
-    """save_case_nifti un-permutes a (D, H, W) map read by volume_to_cdhw, whatever the
-    format its path names (NRRD/MetaImage through medio.save_labels)."""
+    """save_case_labels un-permutes a (D, H, W) map read by volume_to_cdhw, whatever the
+    format its path names (NRRD/MetaImage through imageio.save_labels)."""
     pytest.importorskip("SimpleITK")
-    from unetzoo.data import medio
+    from unetzoo.data import imageio
     from unetzoo.data.geometry import volume_to_cdhw
-    from unetzoo.data.medio import save_case_nifti
+    from unetzoo.data.imageio import save_case_labels
     from unetzoo.engine.logging.display import file_to_array_affine
 
     rng = np.random.default_rng(2)
@@ -189,8 +190,8 @@ def test_one_writer_puts_any_format_back_on_the_file_grid(tmp_path, ending):
     aff = _affine()
     vol, axes, _ = volume_to_cdhw(file_labels, aff, ZOOMS)
     assert axes[0] == 1
-    out = save_case_nifti(vol[0], file_to_array_affine(aff, axes), tmp_path / f"p{ending}", axes)
-    back, back_aff, _ = medio.load_medical_image(out)
+    out = save_case_labels(vol[0], file_to_array_affine(aff, axes), tmp_path / f"p{ending}", axes)
+    back, back_aff, _ = imageio.read_file(out)
     np.testing.assert_array_equal(back, file_labels)
     # ITK stores orthonormal directions: this affine (rotation, flip, zooms) has them.
     np.testing.assert_allclose(back_aff, aff, atol=1e-4)

@@ -1,5 +1,5 @@
 """One reader for inputs (issue 14): ``unetzoo predict`` and the demo's uploads decode a
-file through the same function (:func:`unetzoo.engine.inputs.decode`) and turn it into a
+file through the same function (:func:`unetzoo.data.imageio.decode`) and turn it into a
 model input through the same function (:func:`unetzoo.engine.inputs.model_input`)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import gzip
 import numpy as np
 import pytest
 
-from unetzoo.data.io import save_nifti
+from unetzoo.data import imageio
+from unetzoo.data.imageio import save_image
 from unetzoo.data.preprocessing import ct_spec
 from unetzoo.deploy import uploads
 from unetzoo.engine import inputs
@@ -22,14 +23,24 @@ NONE = {"kind": "none"}
 def decode_calls(monkeypatch):
     """Every call of the one reader, with the file it read."""
     calls: list[str] = []
-    real = inputs.decode
+    real = imageio.decode
 
     def counting(files, *args, **kwargs):
         calls.append(str(files))
         return real(files, *args, **kwargs)
 
-    monkeypatch.setattr(inputs, "decode", counting)
+    monkeypatch.setattr(imageio, "decode", counting)
     return calls
+
+
+class _Read:
+    """``predict``'s reading of one file: the header checked, decoded, normalised."""
+
+    def __init__(self, path, in_channels: int, spec: dict):
+        imageio.read_header(path, imageio.Limits())
+        dec = imageio.decode(path)
+        self.image = inputs.model_input(dec, in_channels, spec)
+        self.order, self.affine = dec.order, dec.affine
 
 
 def _volume(tmp_path, name="vol.nii.gz", zooms=(0.7, 3.0, 0.9)):
@@ -38,7 +49,7 @@ def _volume(tmp_path, name="vol.nii.gz", zooms=(0.7, 3.0, 0.9)):
     aff = np.diag([*zooms, 1.0])
     aff[:3, 3] = (5.0, -3.0, 12.0)
     path = tmp_path / name
-    save_nifti(arr, aff, path)
+    save_image(arr, aff, path)
     return path, arr, aff
 
 
@@ -52,7 +63,7 @@ def _png(tmp_path, rgb: np.ndarray, name="pic.png"):
 
 def test_demo_and_predict_read_a_volume_through_one_function(tmp_path, decode_calls):
     path, arr, aff = _volume(tmp_path)
-    via_predict = inputs.read_input(path, 1, ct_spec())
+    via_predict = _Read(path, 1, ct_spec())
     assert len(decode_calls) == 1
     up = uploads.read_upload(path, name="scan.nii.gz")
     assert len(decode_calls) == 2  # the demo's bytes went through the same reader
@@ -69,7 +80,7 @@ def test_demo_and_predict_read_a_volume_through_one_function(tmp_path, decode_ca
 def test_demo_and_predict_read_a_picture_through_one_function(tmp_path, decode_calls):
     grey = (np.arange(30 * 20) % 253).reshape(30, 20).astype(np.uint8)
     path = _png(tmp_path, grey)
-    via_predict = inputs.read_input(path, 1, NONE)
+    via_predict = _Read(path, 1, NONE)
     up = uploads.read_upload(path, name="pic.png")
     assert len(decode_calls) == 2
     assert up.array.shape == (1, 1, 30, 20) and up.bit_depth == 255 and up.order is None
@@ -84,7 +95,7 @@ def test_colour_picture_to_grey_as_predict_does(tmp_path):
     rgb = np.zeros((6, 5, 3), np.uint8)
     rgb[..., 1] = 100
     path = _png(tmp_path, rgb)
-    via_predict = inputs.read_input(path, 1, NONE).image
+    via_predict = _Read(path, 1, NONE).image
     via_demo = uploads.to_model_input(uploads.read_upload(path), 1, NONE)
     np.testing.assert_array_equal(via_demo, via_predict)
     assert via_demo[0, 0, 0, 0] == pytest.approx(59 / 255)
@@ -98,18 +109,17 @@ def test_vector_nifti_read_by_both(tmp_path):
     vol = np.random.default_rng(1).normal(size=(6, 5, 4, 1, 2)).astype(np.float32)
     path = tmp_path / "vec.nii.gz"
     nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
-    via_predict = inputs.read_input(path, 2, NONE)
+    via_predict = _Read(path, 2, NONE)
     up = uploads.read_upload(path)
     assert up.array.shape == via_predict.image.shape == (2, 4, 5, 6)
     np.testing.assert_array_equal(uploads.to_model_input(up, 2, NONE), via_predict.image)
 
 
-@pytest.mark.parametrize("ending, kind", [(".nrrd", "nrrd"), (".mha", "mha")])
-def test_nrrd_and_metaimage_uploads(tmp_path, ending, kind):
+@pytest.mark.parametrize("ending", [".nrrd", ".mha"])
+def test_nrrd_and_metaimage_uploads(tmp_path, ending):
     """Formats predict reads are demo formats too (by content, whatever the name), and the
     download is in the upload's own format on its grid, as predict writes it."""
     sitk = pytest.importorskip("SimpleITK")
-    from unetzoo.data import medio
 
     arr = np.random.default_rng(2).normal(size=(3, 6, 8)).astype(np.float32)  # (z, y, x)
     img = sitk.GetImageFromArray(arr)
@@ -120,14 +130,14 @@ def test_nrrd_and_metaimage_uploads(tmp_path, ending, kind):
     liar = tmp_path / "vol.png"
     liar.write_bytes(src.read_bytes())
     up = uploads.read_upload(liar)
-    ref = inputs.decode(src)
-    assert up.kind == kind and up.is_volume and up.order == ref.order
+    ref = imageio.decode(src)
+    assert up.ending == ending and not up.picture and up.order == ref.order
     np.testing.assert_array_equal(up.array, ref.array)
     np.testing.assert_array_equal(up.affine, ref.affine)
     labels = (up.array[0] > 0).astype(np.int64)
     out = uploads.write_label_map(labels, up, uploads.download_dir_under(tmp_path))
     assert out.name == f"vol_labels{ending}"
-    back, back_aff, _ = medio.load_medical_image(out)
+    back, back_aff, _ = imageio.read_file(out)
     np.testing.assert_array_equal(back, np.transpose(labels, np.argsort(up.order)))
     np.testing.assert_allclose(back_aff, ref.affine, atol=1e-5)
 
@@ -150,9 +160,9 @@ def test_errors_name_the_upload_never_the_server_path(tmp_path):
     vol = np.zeros((5, 5, 3), np.float32)
     vol[1, 1, 1] = np.nan
     path = tmp_path / "stored.nii.gz"
-    save_nifti(vol, np.eye(4), path)
+    save_image(vol, np.eye(4), path)
     with pytest.raises(DataError) as predict_err:
-        inputs.read_input(path, 1, NONE)
+        _Read(path, 1, NONE)
     with pytest.raises(DataError) as demo_err:
         uploads.read_upload(path, name="my scan.nii.gz")
     # The same check and words; only the name differs.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unetzoo import create_model
-from unetzoo.data import medio
+from unetzoo.data import imageio
 from unetzoo.engine.ensemble import EnsembleModel
 from unetzoo.engine.postprocess import STEP_KIND, apply_postprocessing, empty_plan
 from unetzoo.engine.predict_cases import predict_cases
@@ -59,7 +59,7 @@ def _reference_labels(model, files) -> np.ndarray:
     """Slice-wise prediction done by hand, in the file's (i, j, k) order."""
     from unetzoo.engine.inference import predict_volume
 
-    arr = np.stack([medio.load_medical_image(f)[0] for f in files], axis=-1)  # (i, j, k, C)
+    arr = np.stack([imageio.read_file(f)[0] for f in files], axis=-1)  # (i, j, k, C)
     vol = np.moveaxis(np.transpose(arr, (2, 1, 0, 3)), -1, 0)  # (C, k, j, i)
     labels = predict_volume(model, vol, 16)
     return np.transpose(labels, (2, 1, 0))
@@ -73,7 +73,7 @@ def test_folder_of_channel_files_gives_one_map_per_case(folder, tmp_path):
     for rec, end in zip(recs, (".nii.gz", ".nrrd")):
         out = tmp_path / "out" / f"{rec['case']}{end}"
         assert rec["output"] == str(out) and len(rec["inputs"]) == 2
-        labels, aff, _ = medio.load_medical_image(out)
+        labels, aff, _ = imageio.read_file(out)
         ref_img = sitk.ReadImage(rec["inputs"][0])
         got = sitk.ReadImage(str(out))
         assert got.GetSize() == ref_img.GetSize()
@@ -95,7 +95,7 @@ def test_probabilities_in_nnunet_layout_and_ensemble(folder, tmp_path):
         probs, names = z["probabilities"], list(z["class_names"])
     assert names == CLASSES
     assert probs.shape == (3, *SHAPE[::-1])  # (K, z, y, x)
-    labels, _, _ = medio.load_medical_image(rec["output"])
+    labels, _, _ = imageio.read_file(rec["output"])
     np.testing.assert_array_equal(probs.argmax(0).T, labels)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
     # The ensemble's probabilities are the mean of its members'.
@@ -116,8 +116,8 @@ def test_postprocessing_plan_is_applied(folder, tmp_path):
     post = predict_cases([folder], model, _meta(), tmp_path / "b", overlays=0,
                          verbose=False, postprocessing=plan)
     for a, b in zip(plain, post):
-        la = medio.load_medical_image(a["output"])[0]
-        lb = medio.load_medical_image(b["output"])[0]
+        la = imageio.read_file(a["output"])[0]
+        lb = imageio.read_file(b["output"])[0]
         np.testing.assert_array_equal(lb, apply_postprocessing(la, plan))
 
 

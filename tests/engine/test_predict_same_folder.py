@@ -53,10 +53,10 @@ def test_a_folder_predicted_into_itself_twice(folder: Path, capsys, tiny_unet,
 
 
 def gather_inputs_cases(d: Path) -> list[tuple[str, int]]:
-    from unetzoo.data import medio
+    from unetzoo.data import imageio
 
     files, _ = gather_inputs([d])
-    return [(c, len(f)) for c, f in medio.group_cases(files).items()]
+    return [(c, len(f)) for c, f in imageio.group_cases(files).items()]
 
 
 def test_a_file_named_on_its_own_is_always_an_input(folder: Path, tiny_unet,

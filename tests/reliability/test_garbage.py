@@ -32,8 +32,9 @@ def test_png_of_a_ct_slice_is_read_like_the_nifti_slice(ckpt, tmp_path):
     HU window: its model input and labels match the NIfTI slice's."""
     from PIL import Image
 
+    from unetzoo.data.imageio import decode
     from unetzoo.data.preprocessing import ct_spec, normalize
-    from unetzoo.engine.inputs import read_input
+    from unetzoo.engine.inputs import model_input
     from unetzoo.engine.predict import predict_files
 
     # HU values on the 8-bit grid of the window, so the PNG holds the slice exactly and
@@ -49,9 +50,9 @@ def test_png_of_a_ct_slice_is_read_like_the_nifti_slice(ckpt, tmp_path):
     Image.fromarray(pixels[z].astype(np.uint8)).save(jpg, quality=100)
 
     spec = ct_spec()
-    vol = read_input(nii, 1, spec).image  # (C, D, H, W), file k axis -> D
+    vol = model_input(decode(nii), 1, spec)  # (C, D, H, W), file k axis -> D
     for path in (png, jpg):
-        img = read_input(path, 1, spec).image
+        img = model_input(decode(path), 1, spec)
         assert img.shape == (1, 1, IMG_SIZE, IMG_SIZE)
         np.testing.assert_allclose(img[0, 0], vol[0, z], atol=2.5 / 255)
 
@@ -67,13 +68,14 @@ def test_png_of_a_ct_slice_is_read_like_the_nifti_slice(ckpt, tmp_path):
 def test_16bit_png_scaled_by_its_depth(tmp_path):
     from PIL import Image
 
+    from unetzoo.data.imageio import decode
     from unetzoo.data.preprocessing import ct_spec
-    from unetzoo.engine.inputs import read_input
+    from unetzoo.engine.inputs import model_input
 
     arr = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
     p = tmp_path / "deep.png"
     Image.fromarray(arr).save(p)
-    img = read_input(p, 1, ct_spec()).image
+    img = model_input(decode(p), 1, ct_spec())
     assert img.min() == 0.0 and img.max() == pytest.approx(1.0)
 
 
@@ -109,11 +111,11 @@ def test_complex_volume_and_page_stack_are_refused(ckpt, tmp_path):
     """Complex voxels were cast to their real part and a 5-page TIFF read as 30 channels."""
     import tifffile
 
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.imageio import save_image
     from unetzoo.engine.predict import predict_files
 
     cplx = tmp_path / "c.nii.gz"
-    save_nifti(np.ones((20, 20, 2), np.complex64), None, cplx)
+    save_image(np.ones((20, 20, 2), np.complex64), None, cplx)
     stack = tmp_path / "s.tif"
     tifffile.imwrite(stack, np.zeros((5, 30, 30), np.uint8))
     for p, needle in ((cplx, "complex64"), (stack, "not one 2-D image")):
@@ -289,16 +291,16 @@ def test_export_opset_is_honoured(ckpt, tmp_path, capsys):
 
 # ------------------------------------------------------------ label / image geometry
 def _nnunet(root, label_affine):
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.imageio import save_image
 
     for d in ("imagesTr", "labelsTr"):
         (root / d).mkdir(parents=True)
     aff = np.diag([0.8, 0.9, 3.0, 1.0])
     rng = np.random.default_rng(0)
     for i in range(2):
-        save_nifti(rng.normal(0, 100, (12, 10, 3)).astype(np.float32), aff,
+        save_image(rng.normal(0, 100, (12, 10, 3)).astype(np.float32), aff,
                    root / "imagesTr" / f"c{i}_0000.nii.gz")
-        save_nifti(rng.integers(0, 3, (12, 10, 3)).astype(np.uint8),
+        save_image(rng.integers(0, 3, (12, 10, 3)).astype(np.uint8),
                    label_affine if i == 1 else aff, root / "labelsTr" / f"c{i}.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(CLASSES)},

@@ -212,11 +212,11 @@ def test_sparse_16_gib_nifti_is_refused_from_its_header(tmp_path, capsys, ckpt):
 
 
 def test_gz_declaring_8_gib_is_refused_before_decompressing(tmp_path, capsys, ckpt):
-    from unetzoo.data.io import load_nifti
+    from unetzoo.data.imageio import read_file
 
     gz = _nifti_header_file(tmp_path / "bomb.nii.gz", (2048, 2048, 1024), gz=True)
     with pytest.raises(DataError, match="voxels .* over the limit"):
-        load_nifti(gz)  # the dataset readers' path
+        read_file(gz)  # the dataset readers' path
     line = cli_error(capsys, ["predict", "--checkpoint", ckpt, gz, "--output", tmp_path / "o"])
     assert "--max-voxels" in line
 
@@ -241,13 +241,14 @@ def test_nifti2_of_a_million_slices_is_refused(tmp_path, capsys, ckpt):
 def test_tiff_with_too_many_pages(tmp_path):
     import tifffile
 
-    from unetzoo.data.io import MAX_TIFF_PAGES, load_image, picture_shape
+    from unetzoo.data.imageio import load_image
+    from unetzoo.data.imageio.pictures import MAX_TIFF_PAGES, PictureIO
 
     tif = tmp_path / "stack.tif"
     with tifffile.TiffWriter(tif) as w:
         for _ in range(MAX_TIFF_PAGES + 1):
             w.write(np.zeros((4, 4), np.uint8), contiguous=False)
-    for read in (load_image, picture_shape):
+    for read in (load_image, PictureIO.shape):
         with pytest.raises(DataError, match=f"more than {MAX_TIFF_PAGES} pages"):
             read(tif)
 

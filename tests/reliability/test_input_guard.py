@@ -243,10 +243,10 @@ def header_less(arr, path):
 
 
 def test_pixdim_zero_is_voxels_and_never_mixed_with_mm(tmp_path):
-    from unetzoo.data.io import load_nifti
+    from unetzoo.data.imageio import read_file
 
     img, model_labels = levels()
-    _, _, zooms = load_nifti(header_less(img, tmp_path / "h.nii"))
+    _, _, zooms = read_file(header_less(img, tmp_path / "h.nii"))
     assert all(np.isnan(zooms))  # unknown, not 1 mm
     # alone: HD95 in voxels
     root = tmp_path / "alone"
@@ -268,7 +268,8 @@ def test_pixdim_zero_is_voxels_and_never_mixed_with_mm(tmp_path):
 
 
 def test_12_bit_png_is_read_at_full_brightness(tmp_path):
-    from unetzoo.engine.inputs import decode, model_input
+    from unetzoo.data.imageio import decode
+    from unetzoo.engine.inputs import model_input
 
     a8 = np.linspace(0, 255, 256).reshape(16, 16).astype(np.uint8)
     a12 = (a8.astype(np.int64) * 4095 // 255).astype(np.uint16)
@@ -281,31 +282,32 @@ def test_12_bit_png_is_read_at_full_brightness(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from unetzoo.data.io import load_image, load_picture, picture_shape
+    from unetzoo.data.imageio import load_image
+    from unetzoo.data.imageio.pictures import PictureIO
 
     arr = RNG.integers(0, 255, (10, 16), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     Image.fromarray(arr).save(tmp_path / "p.png", exif=exif)
     shown = np.asarray(Image.fromarray(arr).transpose(Image.Transpose.ROTATE_270))
-    assert np.array_equal(load_picture(tmp_path / "p.png"), shown)
+    assert np.array_equal(PictureIO.read(tmp_path / "p.png")[0], shown)
     assert np.array_equal(load_image(tmp_path / "p.png"), shown)
-    assert picture_shape(tmp_path / "p.png") == shown.shape
+    assert PictureIO.shape(tmp_path / "p.png") == shown.shape
 
 
 def test_tiff_stack_is_refused(tmp_path):
     import tifffile
 
-    from unetzoo.data.io import load_picture
+    from unetzoo.data.imageio.pictures import PictureIO
 
     tifffile.imwrite(tmp_path / "s.tif", RNG.integers(0, 255, (3, 12, 12), dtype=np.uint8),
                      photometric="minisblack")
     with pytest.raises(DataError) as exc:
-        load_picture(tmp_path / "s.tif")
+        PictureIO.read(tmp_path / "s.tif")
     assert "3 pages" in one_line(exc)
     rgb = RNG.integers(0, 255, (12, 12, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    assert np.array_equal(load_picture(tmp_path / "rgb.tif"), rgb)  # one page, RGB: fine
+    assert np.array_equal(PictureIO.read(tmp_path / "rgb.tif")[0], rgb)  # one page, RGB: fine
 
 
 def test_jpeg_masks_are_refused(tmp_path):

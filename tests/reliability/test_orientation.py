@@ -166,7 +166,8 @@ def test_same_labels_in_every_voxel_order(tmp_path, t1):
 
 def test_old_checkpoint_keeps_the_file_slicing(tmp_path, t1):
     """A spec without ``orientation`` slices as before: the file's own rule."""
-    from unetzoo.engine.inputs import decode, model_input
+    from unetzoo.data.imageio import decode
+    from unetzoo.engine.inputs import model_input
     from unetzoo.engine.predict_cases import predict_array
 
     arr, aff = t1

@@ -77,19 +77,19 @@ def test_zero_slice_volume_predict(tmp_path, capsys, ckpt):
 
 
 def _nnunet(root, test_shape=(12, 10, 3)):
-    from unetzoo.data.io import save_nifti
+    from unetzoo.data.imageio import save_image
 
     for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (root / d).mkdir(parents=True)
     aff = np.diag([0.8, 0.9, 3.0, 1.0])
     rng = np.random.default_rng(0)
     for i in range(2):
-        save_nifti(rng.normal(0, 100, (12, 10, 3)).astype(np.float32), aff,
+        save_image(rng.normal(0, 100, (12, 10, 3)).astype(np.float32), aff,
                    root / "imagesTr" / f"c{i}_0000.nii.gz")
-        save_nifti(rng.integers(0, 3, (12, 10, 3)).astype(np.uint8), aff,
+        save_image(rng.integers(0, 3, (12, 10, 3)).astype(np.uint8), aff,
                    root / "labelsTr" / f"c{i}.nii.gz")
-    save_nifti(np.zeros(test_shape, np.float32), aff, root / "imagesTs" / "t0_0000.nii.gz")
-    save_nifti(np.zeros(test_shape, np.uint8), aff, root / "labelsTs" / "t0.nii.gz")
+    save_image(np.zeros(test_shape, np.float32), aff, root / "imagesTs" / "t0_0000.nii.gz")
+    save_image(np.zeros(test_shape, np.uint8), aff, root / "labelsTs" / "t0.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(CLASSES)},
         "numTraining": 2, "file_ending": ".nii.gz"}))

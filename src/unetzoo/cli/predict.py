@@ -25,6 +25,10 @@ def register(subparsers) -> argparse.ArgumentParser:
       help="files or folders: NIfTI (.nii/.nii.gz), NRRD, MetaImage (.mha/.mhd), DICOM "
       "series folders, PNG, JPG, BMP or TIF; nnU-Net's CASE_0000, CASE_0001 ... files are "
       "the channels of case CASE")
+    a("--format", default="auto", choices=("auto", "dicom-seg"), dest="output_format",
+      help="label map format: auto (default) keeps the input's own format, NIfTI for DICOM "
+      "series; dicom-seg writes CASE.seg.dcm, a DICOM SEG referencing the input series, "
+      "segments named after the checkpoint's classes (DICOM inputs only; needs highdicom)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", action="append", metavar="CKPT",
                      help="a .pt file written by `unetzoo train` or its run folder (the "
@@ -68,7 +72,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetzoo.data.io import voxel_limit
+    from unetzoo.data.imageio import voxel_limit
     from unetzoo.errors import ConfigError
 
     limit = getattr(args, "max_voxels", None)
@@ -104,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cases = check_cases(args.inputs, args.max_pixels)  # every header, before any model is loaded
     # A user's file under a target's name: refused before the model is loaded.
-    claim_targets(cases, args.output, overwrite=args.overwrite,
+    claim_targets(cases, args.output, overwrite=args.overwrite, output_format=args.output_format,
                   save_probabilities=args.save_probabilities, overlays=args.overlays)
     # One loader for both: same pre/post-processing, logits from PyTorch or ONNX Runtime.
     predictor = load_predictor(
@@ -125,5 +129,6 @@ def _run(args: argparse.Namespace) -> int:
         args.inputs, args.output, postprocessing=plan, overlays=args.overlays,
         save_probabilities=args.save_probabilities, max_pixels=args.max_pixels,
         overwrite=args.overwrite, strict_inputs=args.strict_inputs,
+        output_format=args.output_format,
     )
     return 0

@@ -34,7 +34,7 @@ class Case:
     mapping ``(d, h, w, 1)`` voxel indices of these arrays to world mm (None for formats
     without one), ``roi`` bool ``(D, H, W)`` or None (DRIVE field of view). 2-D datasets
     have ``D == 1``. ``axes``: for NIfTI sources, the file axis (0, 1, 2 = i, j, k) that
-    each of ``(D, H, W)`` came from, so :func:`unetzoo.data.medio.save_case_nifti` can write
+    each of ``(D, H, W)`` came from, so :func:`unetzoo.data.imageio.save_case_labels` can write
     a prediction back in the file's own voxel order. ``ignore_label``: the label value
     of unannotated voxels (nnU-Net's ``"ignore"``), left out of the metrics; None if none.
     """

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.data import io
+from unetzoo.data import imageio
 from unetzoo.data.base import Case, SegDataset, check_image, check_shapes
 from unetzoo.data.preprocessing import normalize
 from unetzoo.errors import DataError
@@ -112,7 +112,7 @@ class DriveDataset(SegDataset):
         entry = self._files[split].get(case_id)
         if entry is None:
             raise DataError(f"drive: no case {case_id!r} in split {split!r} of {self.root}")
-        raw = io.load_image(entry["image"])
+        raw = imageio.load_image(entry["image"])
         if raw.ndim == 2:
             raw = np.repeat(raw[..., None], 3, axis=2)
         raw = raw[..., :3]
@@ -120,10 +120,10 @@ class DriveDataset(SegDataset):
         image = normalize(np.moveaxis(raw, -1, 0), self.preprocessing)[:, None]
         label = None
         if entry["label"] is not None:
-            lab = binary_mask(io.load_image(entry["label"], mode="L"), str(entry["label"]))
+            lab = binary_mask(imageio.load_image(entry["label"], mode="L"), str(entry["label"]))
             check_shapes(raw.shape[:2], lab.shape, f"{entry['label']} vs {entry['image']}")
             label = lab[None].astype(np.int64)
-        roi = binary_mask(io.load_image(entry["roi"], mode="L"), str(entry["roi"]))
+        roi = binary_mask(imageio.load_image(entry["roi"], mode="L"), str(entry["roi"]))
         check_shapes(raw.shape[:2], roi.shape, f"{entry['roi']} vs {entry['image']}")
         return Case(
             id=case_id,

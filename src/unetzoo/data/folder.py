@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.data import io
+from unetzoo.data import imageio
 from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_shapes
 from unetzoo.data.preprocessing import display_bit_depth, normalize
 from unetzoo.errors import DataError
@@ -78,7 +78,7 @@ class FolderDataset(SegDataset):
                 f"{'/, '.join(SPLITS)}/)"
             )
         first_img = next(iter(next(iter(self._files.values())).values()))[0]
-        sample = io.load_image(first_img)
+        sample = imageio.load_image(first_img)
         if channels is None:
             channels = 1 if sample.ndim == 2 else 3
         if channels not in (1, 3):
@@ -144,7 +144,7 @@ class FolderDataset(SegDataset):
         return pairs
 
     def _raw_mask(self, path: Path) -> np.ndarray:
-        arr = io.load_image(path)
+        arr = imageio.load_image(path)
         if arr.ndim == 3:
             if arr.shape[2] >= 3 and not (
                 np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
@@ -188,7 +188,7 @@ class FolderDataset(SegDataset):
         return check_label(raw, self.num_classes, str(path))
 
     def _image(self, path: Path) -> np.ndarray:
-        raw = io.load_image(path)
+        raw = imageio.load_image(path)
         if raw.ndim == 3:
             raw = raw[..., :3]
             if self.in_channels == 1:

@@ -1,11 +1,11 @@
 """Voxel order and grids: the one home of the slicing rule and of affine permutations.
 
 A medical file holds a volume in file index order ``(i, j, k)`` with a 4x4 ``affine``
-from those indices to world mm (:func:`unetzoo.data.medio.load_medical_image`). The
+from those indices to world mm (:func:`unetzoo.data.imageio.read_file`). The
 pipeline works on ``(D, H, W)`` arrays whose ``D`` is the slicing axis; ``axes`` (or
 ``order``) names the file axis each of ``D, H, W`` came from. This module turns one into
 the other, both ways, and checks that two files lie on one grid. Pure numpy: no file is
-read or written here (the label writer, :func:`unetzoo.data.medio.save_case_nifti`, puts
+read or written here (the label writer, :func:`unetzoo.data.imageio.save_case_labels`, puts
 predictions back through :func:`array_to_file`).
 """
 
@@ -93,7 +93,7 @@ def volume_to_cdhw(
     The slicing axis is a single-slice axis when there is one, else the through-plane
     axis (largest spacing; :func:`reorient`); ``axes`` forces an order (a mask read in
     the order of its image). Returns ``(volume, axes, spacing)``: the file axis of each of
-    ``D, H, W`` (for :func:`unetzoo.data.medio.save_case_nifti`) and the voxel size along
+    ``D, H, W`` (for :func:`unetzoo.data.imageio.save_case_labels`) and the voxel size along
     them in mm.
     """
     arr = np.asarray(array)

@@ -3,9 +3,7 @@ naming the file and the fix."""
 
 from __future__ import annotations
 
-import contextvars
 import json
-import math
 import os
 import stat
 import tempfile
@@ -42,55 +40,6 @@ def require_file(path: Path, what: str, fix: str = "") -> Path:
     if not path.is_file():
         raise DataError(f"missing {what}: {path}" + (f"; {fix}" if fix else ""))
     return path
-
-
-#: Voxels any reader decodes at most, checked from the file header before anything is
-#: decompressed: 2**28 (a 512 x 512 x 1024 CT, 1 GiB as float32). A 7 MB .nii.gz that
-#: inflates to 8 GiB, or a sparse 16 GiB .nii, is refused in one line instead.
-DEFAULT_MAX_VOXELS = 2**28
-#: The longest axis a volume may have: a NIfTI-2 of 1,000,000 slices of 8 x 8 is few
-#: voxels but a million model runs (~49 CPU-minutes).
-MAX_AXIS = 16_384
-#: Pages a TIFF may have (a 20,000-page file ran for minutes).
-MAX_TIFF_PAGES = 1024
-_MAX_VOXELS: contextvars.ContextVar[int | None] = contextvars.ContextVar("max_voxels",
-                                                                         default=None)
-
-
-def max_voxels() -> int:
-    """The voxel cap in force: ``--max-voxels`` (:func:`voxel_limit`), else the
-    ``UNETZOO_MAX_VOXELS`` environment variable, else :data:`DEFAULT_MAX_VOXELS`."""
-    value = _MAX_VOXELS.get()
-    if value is None:
-        env = os.environ.get("UNETZOO_MAX_VOXELS", "")
-        value = int(env) if env.isdigit() and int(env) > 0 else DEFAULT_MAX_VOXELS
-    return value
-
-
-@contextmanager
-def voxel_limit(limit: int | None) -> Iterator[None]:
-    """Every reader inside the block caps files at ``limit`` voxels (None: unchanged)."""
-    token = _MAX_VOXELS.set(limit) if limit is not None else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            _MAX_VOXELS.reset(token)
-
-
-def check_voxels(shape: Sequence[int], where: Path | str) -> None:
-    """One line when a header's ``shape`` is over the voxel cap or :data:`MAX_AXIS`."""
-    dims = [int(n) for n in shape]
-    total, limit = math.prod(dims), max_voxels()
-    if total > limit:
-        raise DataError(
-            f"{where}: {total:,} voxels (shape {tuple(dims)}) are over the limit of "
-            f"{limit:,}; crop or downsample it, or raise --max-voxels (UNETZOO_MAX_VOXELS) "
-            "if the machine has the memory"
-        )
-    if dims and max(dims[:3]) > MAX_AXIS:
-        raise DataError(f"{where}: an axis of {max(dims[:3]):,} voxels (shape {tuple(dims)}) "
-                        f"is over the limit of {MAX_AXIS:,} per axis; crop or resample it")
 
 
 @contextmanager
@@ -164,173 +113,6 @@ def load_h5(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: cannot read data ({exc}); the file may be truncated") from exc
 
 
-def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """``(array, affine, zooms)`` of a NIfTI file, array in file (x, y, z[, c]) order."""
-    import nibabel as nib
-
-    require_file(path, "NIfTI file", "check the dataset folder and dataset.json")
-    with unreadable_as_data_error(path, "NIfTI file"):
-        img = nib.load(str(path))
-        check_voxels(img.shape, path)  # from the header, before decompressing
-        arr = np.asarray(img.dataobj)
-        affine = np.asarray(img.affine, dtype=np.float64)
-        zooms = unknown_zooms(img, path, tuple(float(z) for z in img.header.get_zooms()))
-    return arr, affine, zooms
-
-
-def unknown_zooms(img: Any, path: Path, zooms: tuple[float, ...]) -> tuple[float, ...]:
-    """``zooms`` with NaN for the axes whose size a NIfTI header does not know: pixdim 0
-    and neither qform nor sform (nibabel reads such axes as 1 mm, which would put voxel
-    HD95s under "mm"). NaN spacing is "unknown" to the metrics (HD95 in voxels)."""
-    header = img.header
-    try:
-        if int(header["qform_code"]) or int(header["sform_code"]):
-            return zooms
-        from nibabel.openers import ImageOpener
-
-        with ImageOpener(str(path)) as fh:  # as written: nibabel's loader sets 0 to 1
-            raw = type(header).from_fileobj(fh, check=False)
-        pixdim = [float(p) for p in raw["pixdim"][1: 1 + len(zooms)]]
-    except (KeyError, TypeError, ValueError, AttributeError):  # not a NIfTI-1/2 header
-        return zooms
-    return tuple(z if p > 0 else float("nan") for z, p in zip(zooms, pixdim))
-
-
-def nifti_shape(path: Path) -> tuple[int, ...]:
-    """The data shape of a NIfTI file from its header (nothing decompressed)."""
-    import nibabel as nib
-
-    require_file(path, "NIfTI file")
-    with unreadable_as_data_error(path, "NIfTI file"):
-        return tuple(int(n) for n in nib.load(str(path)).shape)
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray | None, path: str | Path) -> None:
-    """Write ``array`` (any axis order) with ``affine`` (identity when None)."""
-    import nibabel as nib
-
-    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    img = nib.Nifti1Image(np.asarray(array), aff)
-    img.header.set_qform(aff, code=1)
-    img.header.set_sform(aff, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-
-
-#: ITU-R BT.601 luma weights (R, G, B): the one RGB -> grey rule of ``predict`` and the demo.
-RGB_TO_GREY = (0.299, 0.587, 0.114)
-
-
-def load_image(path: Path, *, mode: str | None = None) -> np.ndarray:
-    """Pixel array of a png/jpg/bmp/gif/tif file: ``(H, W)`` or ``(H, W, C)``.
-
-    ``mode`` converts with PIL (``"L"``, ``"RGB"``); ``"P"`` palette images are returned
-    as their palette indices (class indices of palette masks).
-    """
-    require_file(path, "image file")
-    suffix = path.suffix.lower()
-    with unreadable_as_data_error(path, "image"):
-        if suffix in (".tif", ".tiff") and mode is None:
-            import tifffile
-
-            with tifffile.TiffFile(str(path)) as tif:
-                _check_tiff(tif, path)
-                _one_page(tif, path)
-                arr = np.asarray(tif.series[0].asarray())
-            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-                arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) tif
-            return arr
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im = _upright(im)
-            if mode is not None and im.mode != mode:
-                im = im.convert(mode)
-            return np.asarray(im)
-
-
-_EXIF_ORIENTATION = 0x0112
-
-
-def _upright(im: Any) -> Any:
-    """The picture as it is displayed: its EXIF orientation (a camera's or phone's
-    rotation flag) applied, as every viewer does; pixels loaded."""
-    from PIL import ImageOps
-
-    im.load()
-    if im.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
-        return im
-    return ImageOps.exif_transpose(im)
-
-
-def _one_page(tif: Any, path: Path) -> None:
-    """Refuse a multi-page TIFF (a stack, not a picture: its pages read as RGB)."""
-    pages = len(tif.series[0].pages) if tif.series else 0
-    if pages > 1:
-        raise DataError(f"{path}: a TIFF stack of {pages} pages, not one 2-D image; save a "
-                        "stack as a NIfTI volume, or each page as its own file")
-
-
-def _check_tiff(tif: Any, path: Path) -> None:
-    """Page and voxel caps of an open TIFF, before any page is decoded."""
-    pages = tif.pages
-    pages.useframes = False
-    n = 0
-    for _ in pages:  # stops at the cap: the page count of a hostile file is not trusted
-        n += 1
-        if n > MAX_TIFF_PAGES:
-            raise DataError(f"{path}: more than {MAX_TIFF_PAGES} pages; give one image "
-                            "per file (or a volume as NIfTI)")
-    check_voxels(tif.series[0].shape, path)
-
-
-def picture_shape(path: Path) -> tuple[int, ...]:
-    """``(H, W)`` of a png/jpg/bmp/tif from its header only (nothing decoded)."""
-    require_file(path, "image file")
-    with unreadable_as_data_error(path, "image"):
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(str(path)) as tif:
-                _check_tiff(tif, path)
-                _one_page(tif, path)
-                shape = tuple(int(n) for n in tif.series[0].shape)
-            # (H, W), (H, W, C) or planar (C, H, W): the two largest axes are the plane.
-            return tuple(sorted(shape, reverse=True)[:2]) if len(shape) > 2 else shape
-        from PIL import Image
-
-        with Image.open(path) as im:
-            swap = im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # turned 90 degrees
-            return (int(im.width), int(im.height)) if swap else (int(im.height), int(im.width))
-
-
-def load_picture(path: Path) -> np.ndarray:
-    """Pixels of a png/jpg/bmp/tif *image* (not a mask): ``(H, W)`` or ``(H, W, C)``.
-
-    Palette images are expanded to their colours and alpha is dropped (the one picture
-    reader: ``predict`` and the demo's uploads both come here); the dtype is kept (uint8 / uint16 / float) so the caller can tell
-    a display rendering from raw intensities.
-    """
-    if path.suffix.lower() in (".tif", ".tiff"):
-        arr = load_image(path)
-        if arr.ndim == 3 and arr.shape[-1] in (2, 4):
-            arr = arr[..., :-1]  # grey + alpha, RGB + alpha
-        return arr
-    require_file(path, "image file")
-    with unreadable_as_data_error(path, "image"):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im = _upright(im)
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            if im.mode in ("LA", "RGBA", "PA"):
-                im = im.convert(im.mode[:-1] if im.mode != "PA" else "RGB")
-            if im.mode == "1":
-                im = im.convert("L")
-            return np.asarray(im)
-
-
 def read_json(path: Path) -> dict[str, Any]:
     require_file(path, "JSON file")
     try:
@@ -354,9 +136,10 @@ def _atomic_write(path: Path, mode: str, suffix: str, write: Callable[[IO], obje
 
 def _ending(name: str) -> str:
     """A file name's format ending, kept by temporary names (writers pick the format from
-    it: ``.nii.gz``, ``.npz``, ``.png``)."""
-    if name.lower().endswith(".nii.gz"):
-        return name[-7:]
+    it: ``.nii.gz``, ``.seg.dcm``, ``.npz``, ``.png``)."""
+    for double in (".nii.gz", ".seg.dcm"):
+        if name.lower().endswith(double):
+            return name[-len(double):]
     return os.path.splitext(name)[1]
 
 

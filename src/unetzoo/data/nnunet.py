@@ -13,7 +13,7 @@ and a ``"training": [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii
 list (multi-channel images are 4-D, channel last), ``"test": ["./imagesTs/y.nii.gz"]``.
 
 Image files may be NIfTI, NRRD or MetaImage (``"file_ending"`` in dataset.json, as nnU-Net's
-SimpleITK reader allows), read by :func:`unetzoo.data.medio.load_medical_image`.
+SimpleITK reader allows), read by :func:`unetzoo.data.imageio.read_file`.
 
 Volumes are reoriented so that axis 0 (``D``) is the slicing axis: the through-plane axis
 (largest voxel spacing) unless ``slice_axis`` names a file axis (0, 1, 2 = i, j, k). The
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from unetzoo.data import io, medio
+from unetzoo.data import imageio, io
 from unetzoo.data.base import Case, SegDataset, check_image, check_label, check_shapes
 from unetzoo.data.geometry import check_same_geometry, reorient
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, normalize, spec_for_channel
@@ -383,7 +383,7 @@ class NnUNetDataset(SegDataset):
         affine = spacing = order = None
         ref_shape = ref_affine = None
         for p in entry["images"]:
-            arr, aff, zooms = medio.load_medical_image(p)  # NIfTI, NRRD, MHA
+            arr, aff, zooms = imageio.read_file(p)  # NIfTI, NRRD, MHA
             if ref_affine is None:
                 ref_affine = aff
             else:
@@ -416,7 +416,7 @@ class NnUNetDataset(SegDataset):
         image = normalize(image, self.preprocessing)
         label = None
         if entry["label"] is not None:
-            larr, laff, lz = medio.load_medical_image(entry["label"])
+            larr, laff, lz = imageio.read_file(entry["label"])
             if larr.ndim == 4 and larr.shape[3] == 1:
                 larr = larr[..., 0]
             check_shapes(ref_shape, larr.shape, f"{entry['label']} vs {entry['images'][0]}")
@@ -493,7 +493,7 @@ class NnUNetDataset(SegDataset):
         intensity fingerprint of the inference spec)."""
         chans = []
         for p in self._entry(case_id, split)["images"]:
-            arr = medio.load_medical_image(p)[0]
+            arr = imageio.read_file(p)[0]
             chans += [arr[..., c] for c in range(arr.shape[3])] if arr.ndim == 4 else [arr]
         return np.stack(chans).astype(np.float32)
 

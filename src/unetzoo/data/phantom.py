@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unetzoo.data import io
+from unetzoo.data import imageio, io
 from unetzoo.data.listed import SYNAPSE_CLASSES
 from unetzoo.errors import DataError
 
@@ -236,8 +236,8 @@ def _write_ct(root: Path, params: dict[str, Any]) -> None:
         train = i < params["n_train"]
         cid = f"phantom_{i:03d}"
         img_dir, lab_dir = ("imagesTr", "labelsTr") if train else ("imagesTs", "labelsTs")
-        io.save_nifti(hu.transpose(2, 1, 0), affine, root / img_dir / f"{cid}_0000.nii.gz")
-        io.save_nifti(lab.transpose(2, 1, 0), affine, root / lab_dir / f"{cid}.nii.gz")
+        imageio.save_image(hu.transpose(2, 1, 0), affine, root / img_dir / f"{cid}_0000.nii.gz")
+        imageio.save_image(lab.transpose(2, 1, 0), affine, root / lab_dir / f"{cid}.nii.gz")
     meta = {
         "name": "phantom",
         "description": "unetzoo synthetic CT-like abdomen (Synapse organ classes)",

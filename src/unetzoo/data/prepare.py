@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.data import io
+from unetzoo.data import imageio
 from unetzoo.data.preprocessing import SYNAPSE_WINDOW, ct_spec, normalize
 from unetzoo.errors import DataError
 
@@ -46,8 +46,8 @@ def read_btcv_case(img_path: Path, lab_path: Path, window=SYNAPSE_WINDOW):
     """One BTCV case as ``(image float32 (D, H, W) in [0, 1], label uint8 (D, H, W))``:
     NIfTI (x, y, z) -> (z, y, x), HU clipped to ``window`` and scaled, labels mapped to the
     8 Synapse organs."""
-    img, _, _ = io.load_nifti(img_path)
-    lab, _, _ = io.load_nifti(lab_path)
+    img, _, _ = imageio.read_file(img_path)
+    lab, _, _ = imageio.read_file(lab_path)
     if img.ndim != 3:
         raise DataError(f"{img_path}: expected a 3-D CT volume, got shape {img.shape}")
     if img.shape != lab.shape:

@@ -5,25 +5,26 @@ What is upload-specific lives here: byte limits, the type sniffed from the first
 name is never trusted), a capped inflate so a small gzip bomb cannot exhaust memory,
 NRRD/MetaImage headers that would read a second (server-side) file refused, and safe
 download names. The bytes are then written to a private file with the sniffed suffix and
-read by ``unetzoo predict``'s reader (:func:`unetzoo.engine.inputs.decode` and
+read by ``unetzoo predict``'s reader (the registry of :mod:`unetzoo.data.imageio`, with
+the demo's size :class:`~unetzoo.data.imageio.Limits`, then
 :func:`unetzoo.engine.inputs.model_input`): the same array, slicing axis, spacing,
-affine, checks and messages. Downloads are written under a fresh temporary folder with a
+affine, checks and messages, in the one decoded type
+(:class:`~unetzoo.data.imageio.Decoded`). Downloads are written under a fresh temporary folder with a
 sanitised name, so no part of a client-supplied name can point outside it.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unetzoo.data.medio import save_case_nifti
+from unetzoo.data import imageio
+from unetzoo.data.imageio import Decoded
 from unetzoo.engine import inputs
 from unetzoo.errors import DataError
 
@@ -37,41 +38,15 @@ SUFFIX = {"png": (".png", "PNG"), "jpeg": (".jpg", "JPEG"), "tiff": (".tif", "TI
 VOLUME_KINDS = ("nifti", "nrrd", "mha")
 
 
-@dataclass
-class Upload(inputs.Decoded):
-    """A decoded upload: :class:`unetzoo.engine.inputs.Decoded` (``array`` ``(C, D, H, W)``
-    raw intensities in the file's dtype, ``spacing``, ``affine``, ``order``, ...) plus
-
-    Attributes:
-        kind: the sniffed type (``"png"``, ``"jpeg"``, ``"tiff"``, ``"nifti"``, ``"nrrd"``,
-            ``"mha"``).
-        name: a sanitised stem of the original file name, safe for a download name.
-    """
-
-    kind: str = "png"
-    name: str = "upload"
-
-    @property
-    def is_volume(self) -> bool:
-        return not self.picture
-
-    @property
-    def axes(self) -> tuple[int, int, int] | None:
-        """The file axis each of ``D, H, W`` came from (volumes), else None."""
-        return self.order
-
-
 def safe_stem(name: str | None, default: str = "upload") -> str:
     """A file-name stem with only ``[A-Za-z0-9._-]``, no leading dots, at most 64 chars.
 
     Folder parts are dropped first, so ``"../../etc/passwd"`` becomes ``"passwd"``.
     """
     base = re.split(r"[\\/]", str(name or ""))[-1]
-    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha",
-                ".gz"):
-        if base.lower().endswith(ext):
-            base = base[: -len(ext)]
-            break
+    base = imageio.strip_ending(base)
+    if base.lower().endswith(".gz"):
+        base = base[:-3]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip("._")[:64]
     return stem or default
 
@@ -167,25 +142,14 @@ def _sniffed(data: bytes, label: str, max_bytes: int) -> tuple[str, bytes]:
     return kind, data
 
 
-def _check_total_size(file: Path, kind: str, label: str) -> None:
-    """The whole upload (all slices and channels) within :data:`MAX_PIXELS`, from its header."""
-    from unetzoo.data.io import picture_shape
-    from unetzoo.data.medio import image_shape
-
-    shape = image_shape(file) if kind in VOLUME_KINDS else picture_shape(file)
-    if math.prod(shape) > MAX_PIXELS:
-        raise DataError(f"{label}: an image of shape {tuple(shape)} is too large; crop or "
-                        "downsample it")
-    if kind in VOLUME_KINDS and len(shape) >= 3 and min(shape[:3]) > MAX_SLICES:
-        # Each slice is one model run at img_size: the work is the slice count.
-        raise DataError(f"{label}: {min(shape[:3]):,} slices along every axis, over the "
-                        f"demo's limit of {MAX_SLICES}; upload a cropped volume")
-    if kind in VOLUME_KINDS and max(shape[:3]) > MAX_SLICES * 4:
-        raise DataError(f"{label}: an axis of {max(shape[:3]):,} voxels is over the demo's "
-                        f"limit of {MAX_SLICES * 4:,}; upload a cropped volume")
+def _limits() -> imageio.Limits:
+    """The demo's size rules (:func:`unetzoo.data.imageio.check_size`): the whole upload
+    within :data:`MAX_PIXELS`, each slice one model run, so :data:`MAX_SLICES`."""
+    return imageio.Limits(max_pixels=MAX_PIXELS, max_voxels=MAX_PIXELS,
+                          max_axis=MAX_SLICES * 4, max_slices=MAX_SLICES, owner="the demo")
 
 
-def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | None) -> inputs.Decoded:
+def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | None) -> Decoded:
     """``predict``'s reader on the upload's bytes, from a private file named by the sniffed
     type; messages name the client's file, never the server's path."""
     suffix, what = SUFFIX[kind]
@@ -193,10 +157,11 @@ def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | Non
         file = Path(tmp) / f"upload{suffix}"
         file.write_bytes(data)
         try:
-            _check_total_size(file, kind, label)
-            dec = inputs.decode(file, max_pixels=MAX_PIXELS, axes=axes, where=label)
+            imageio.read_header(file, _limits())  # the one size check, before decoding
+            dec = imageio.decode(file, axes=axes, where=label)
             # nibabel memory-maps an uncompressed .nii: own the voxels before the file goes.
             dec.array = np.array(dec.array)
+            dec.source = ()  # the private file is gone
             return dec
         except DataError as exc:
             # One line (decoders' messages may hold newlines), naming the client's file.
@@ -210,7 +175,7 @@ def _decode(data: bytes, kind: str, label: str, axes: tuple[int, int, int] | Non
 def read_upload(
     path: str | Path, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES,
     axes: tuple[int, int, int] | None = None,
-) -> Upload:
+) -> Decoded:
     """Decode an uploaded image or volume, checking its type by content.
 
     Args:
@@ -221,19 +186,18 @@ def read_upload(
         axes: slice a volume along these file axes (default: predict's rule).
 
     Returns:
-        an :class:`Upload`: :func:`unetzoo.engine.inputs.decode`'s result for its bytes.
+        the :class:`~unetzoo.data.imageio.Decoded` upload (``where``: the client's file
+        name; ``ending``: the sniffed type's).
 
     Raises:
         DataError: too big, empty, not one of the accepted types, or undecodable.
     """
     label = Path(name or path).name
     kind, data = _sniffed(read_bytes(path, max_bytes), label, max_bytes)
-    dec = _decode(data, kind, label, axes)
-    return Upload(dec.array, dec.spacing, dec.affine, dec.order, dec.file_ndim, label,
-                  dec.geometry_known, kind=kind, name=safe_stem(name or Path(path).name))
+    return _decode(data, kind, label, axes)
 
 
-def to_model_input(upload: Upload, in_channels: int, preprocessing: dict[str, Any]) -> np.ndarray:
+def to_model_input(upload: Decoded, in_channels: int, preprocessing: dict[str, Any]) -> np.ndarray:
     """Normalised ``(C, D, H, W)`` float32 input for a model: ``unetzoo predict``'s rule
     (:func:`unetzoo.engine.inputs.model_input`). Volumes and float images get the
     checkpoint's preprocessing; 8/16-bit pictures are scaled by their bit depth."""
@@ -245,7 +209,7 @@ def read_mask(path: str | Path, shape: tuple[int, int, int], num_classes: int,
               axes: tuple[int, int, int] | None = None) -> np.ndarray:
     """A ground-truth label map ``(D, H, W)`` int64 matching ``shape``.
 
-    A NIfTI mask is sliced along ``axes`` (its image's ``Upload.axes``), so it lines up
+    A NIfTI mask is sliced along ``axes`` (its image's ``Decoded.order``), so it lines up
     with the image whatever its header's spacing says. PNG/TIFF masks with values 0/255
     are mapped to 0/1 for binary models.
     """
@@ -253,7 +217,7 @@ def read_mask(path: str | Path, shape: tuple[int, int, int], num_classes: int,
     arr = up.array
     label = Path(name or path).name
     if arr.shape[0] != 1:
-        if not up.is_volume and arr.shape[0] == 3 and np.all(arr == arr[:1]):
+        if up.picture and arr.shape[0] == 3 and np.all(arr == arr[:1]):
             arr = arr[:1]
         else:
             raise DataError(f"{label}: a label map needs one channel, got {arr.shape[0]}")
@@ -288,28 +252,17 @@ def download_dir_under(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="r", dir=root))
 
 
-def write_label_map(labels: np.ndarray, upload: Upload, folder: Path) -> Path:
+def write_label_map(labels: np.ndarray, upload: Decoded, folder: Path) -> Path:
     """Save ``labels`` ``(D, H, W)`` as ``<stem>_labels.png`` (2-D), ``.nrrd`` / ``.mha``
-    (an NRRD / MetaImage volume: its own format, as ``predict`` writes) or ``.nii.gz``.
-
-    Volumes go through the project's one label writer
-    (:func:`unetzoo.data.medio.save_case_nifti`): the upload's shape, voxel order and
-    affine, as ``unetzoo predict`` writes them. The name comes from :func:`safe_stem`,
-    and the result is checked to lie inside ``folder``.
-    """
+    (an NRRD / MetaImage volume: its own format, as ``predict`` writes) or ``.nii.gz``,
+    through the one label writer (:func:`unetzoo.data.imageio.write_labels`): the
+    upload's shape, voxel order and affine, as ``unetzoo predict`` writes them. The stem
+    comes from :func:`safe_stem` of the client's name, and the result is checked to lie
+    inside ``folder``."""
     folder = Path(folder).resolve()
-    stem = safe_stem(upload.name)
-    suffix = {"nrrd": ".nrrd", "mha": ".mha"}.get(upload.kind, ".nii.gz") if upload.is_volume else ".png"
-    target = (folder / f"{stem}_labels{suffix}").resolve()
+    ending = {".nrrd": ".nrrd", ".mha": ".mha"}.get(upload.ending, ".nii.gz")
+    suffix = ".png" if upload.picture else ending
+    target = (folder / f"{safe_stem(upload.where)}_labels{suffix}").resolve()
     if folder not in target.parents:
         raise DataError("refusing to write a download outside its folder")
-    if upload.is_volume:
-        from unetzoo.data.geometry import file_to_array_affine
-
-        assert upload.order is not None and upload.affine is not None
-        return save_case_nifti(labels, file_to_array_affine(upload.affine, upload.order),
-                               target, upload.order)
-    from PIL import Image
-
-    Image.fromarray(labels[0].astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
-    return target
+    return imageio.write_labels(labels, upload, target)

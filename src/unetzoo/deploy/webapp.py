@@ -26,6 +26,7 @@ from unetzoo.errors import DataError, UnetzooError
 from unetzoo.metrics import Reference, ScoringRules, score_case
 
 if TYPE_CHECKING:
+    from unetzoo.data.imageio import Decoded
     from unetzoo.engine.predict import Predictor
 
 DEMO_CHOICE = "phantom demo model"
@@ -248,8 +249,8 @@ class DemoBackend:
         x = uploads.to_model_input(up, lm.in_channels, lm.preprocessing)
         labels = self._predict_in_time(lm, x)
         spacing = up.spacing
-        known = up.is_volume and up.geometry_known
-        if not up.is_volume and pixel_spacing:
+        known = not up.picture and up.geometry_known
+        if up.picture and pixel_spacing:
             # Bounds keep areas and distances finite (1e308 mm overflowed them).
             if not 1e-6 <= pixel_spacing <= 1e4:
                 raise DataError(f"pixel spacing must be 1e-06..10000 mm, got {pixel_spacing}")
@@ -260,9 +261,9 @@ class DemoBackend:
             labels=labels,
             class_names=lm.class_names,
             spacing=spacing,
-            is_volume=up.is_volume,
+            is_volume=not up.picture,
             download=uploads.write_label_map(labels, up, folder),
-            affine=display.file_to_array_affine(up.affine, up.axes),
+            affine=display.file_to_array_affine(up.affine, up.order),
         )
         if gt_path:
             seg.gt = self._mask(gt_path, labels.shape, len(lm.class_names), up)
@@ -274,9 +275,9 @@ class DemoBackend:
         return seg
 
     def _mask(self, path: str | Path, shape: tuple[int, ...], num_classes: int,
-              up: uploads.Upload) -> np.ndarray:
+              up: Decoded) -> np.ndarray:
         return uploads.read_mask(path, shape, num_classes, name=Path(path).name,
-                                 max_bytes=self.max_bytes, axes=up.axes)
+                                 max_bytes=self.max_bytes, axes=up.order)
 
 
     def _predict_in_time(self, lm: Predictor, x: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetzoo.data.medio import save_case_nifti
+from unetzoo.data.imageio import save_case_labels
 from unetzoo.data.plan import view_spacing
 from unetzoo.engine.backends import check_backend, check_precision
 from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -604,7 +604,7 @@ def _write_case_files(report: ReportLayout, cid: str, case, pred: np.ndarray,
         # slicing order), as `predict` writes; no affine: a diagonal one of the spacing.
         affine = case.affine if case.affine is not None else np.diag([*map(float, case.spacing), 1.0])
         written.append(report.predictions / f"{_safe(cid)}.nii.gz")
-        save_case_nifti(pred, affine, written[-1], getattr(case, "axes", None))
+        save_case_labels(pred, affine, written[-1], getattr(case, "axes", None))
     if settings.overlays:
         # Radiological orientation from the affine, one window for the whole volume.
         window = display_window(case.image[0])

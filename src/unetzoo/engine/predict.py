@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetzoo.engine.inputs import DEFAULT_MAX_PIXELS
+from unetzoo.data.imageio import DEFAULT_MAX_PIXELS
 from unetzoo.engine.predict_cases import predict_array, predict_cases
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError
@@ -96,7 +96,7 @@ class Predictor:
         postprocessing: dict[str, Any] | str | Path | None = STORED, overlays: int = 3,
         verbose: bool = True, save_probabilities: bool = False, max_pixels: int | None = None,
         tta: bool | None = None, batch_size: int | None = None, overwrite: bool = False,
-        strict_inputs: bool = False,
+        strict_inputs: bool = False, output_format: str = "auto",
     ) -> list[dict[str, Any]]:
         """:func:`~unetzoo.engine.predict_cases.predict_cases` with this model;
         ``postprocessing`` is :data:`STORED` (the checkpoint's plan), None, a plan or a
@@ -108,7 +108,7 @@ class Predictor:
             overlays=max(int(overlays), 0), verbose=verbose,
             save_probabilities=save_probabilities, postprocessing=self._plan(postprocessing),
             max_pixels=max_pixels, source=self.source, overwrite=overwrite,
-            strict_inputs=strict_inputs,
+            strict_inputs=strict_inputs, output_format=output_format,
         )
 
     def _plan(self, postprocessing: dict[str, Any] | str | Path | None) -> dict[str, Any] | None:

@@ -1,8 +1,8 @@
-"""NRRD / MetaImage / NIfTI / DICOM-series input and label-map output (unetzoo.data.medio).
+"""NRRD / MetaImage / NIfTI / DICOM-series input and label-map output (the registry of unetzoo.data.imageio).
 
 All files are written by the tests with SimpleITK. The NIfTI reference is written by
 SimpleITK (which converts ITK's LPS world to NIfTI's RAS itself) and read by nibabel, so
-the LPS -> RAS and (z, y, x) -> (i, j, k) conversions of medio are checked against an
+the LPS -> RAS and (z, y, x) -> (i, j, k) conversions of the readers are checked against an
 independent implementation, not against a copy of their own formula.
 """
 
@@ -20,7 +20,7 @@ sitk = pytest.importorskip("SimpleITK")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _medical_writers import write_dicom_series  # noqa: E402
 
-from unetzoo.data import medio  # noqa: E402
+from unetzoo.data import imageio  # noqa: E402
 from unetzoo.errors import DataError  # noqa: E402
 
 SHAPE = (6, 5, 4)  # (i, j, k)
@@ -57,11 +57,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_every_format_reads_to_the_same_array_affine_and_zooms(files):
-    ref_arr, ref_aff, ref_zooms = medio.load_medical_image(files[".nii.gz"])  # nibabel
+    ref_arr, ref_aff, ref_zooms = imageio.read_file(files[".nii.gz"])  # nibabel
     assert ref_arr.shape == SHAPE
     np.testing.assert_array_equal(ref_arr, _volume())
     for key in (".nrrd", ".mha", "dicom"):
-        arr, aff, zooms = medio.load_medical_image(files[key])
+        arr, aff, zooms = imageio.read_file(files[key])
         assert arr.shape == SHAPE, key
         np.testing.assert_array_equal(arr, ref_arr, err_msg=key)
         np.testing.assert_allclose(aff, ref_aff, atol=1e-4, err_msg=key)
@@ -70,12 +70,12 @@ def test_every_format_reads_to_the_same_array_affine_and_zooms(files):
 
 def test_header_shape_without_decoding(files):
     for key in (".nii.gz", ".nrrd", ".mha", "dicom"):
-        assert medio.image_shape(files[key]) == SHAPE, key
+        assert imageio.read_header(files[key]) == SHAPE, key
 
 
 def test_affine_maps_indices_to_ras_world(files):
     # Voxel (1, 2, 3) in ITK's LPS world, flipped to RAS, equals affine @ (1, 2, 3, 1).
-    _, aff, _ = medio.load_medical_image(files[".nrrd"])
+    _, aff, _ = imageio.read_file(files[".nrrd"])
     lps = np.array(_itk(_volume()).TransformIndexToPhysicalPoint((1, 2, 3)))
     ras = lps * np.array([-1.0, -1.0, 1.0])
     np.testing.assert_allclose(aff @ np.array([1, 2, 3, 1.0]), [*ras, 1.0], atol=1e-6)
@@ -83,7 +83,7 @@ def test_affine_maps_indices_to_ras_world(files):
 
 def test_a_single_dcm_file_reads_its_whole_series(files):
     one = sorted(files["dicom"].glob("*.dcm"))[2]
-    arr, _, _ = medio.load_medical_image(one)
+    arr, _, _ = imageio.read_file(one)
     assert arr.shape == SHAPE
 
 
@@ -94,18 +94,18 @@ def _geometry(path: Path):
 
 @pytest.mark.parametrize("key", [".nii.gz", ".nrrd", ".mha", "dicom"])
 def test_labels_keep_the_input_geometry_in_the_input_format(files, key, tmp_path):
-    arr, aff, _ = medio.load_medical_image(files[key])
+    arr, aff, _ = imageio.read_file(files[key])
     labels = (arr > 0).astype(np.int64) + (arr > 500)
-    ending = medio.output_ending(files[key])
+    ending = imageio.output_ending(files[key])
     assert ending == (".nii.gz" if key == "dicom" else key)
-    out = medio.save_labels(labels, aff, tmp_path / f"case{ending}")
+    out = imageio.save_labels(labels, aff, tmp_path / f"case{ending}")
     size, origin, spacing, direction = _geometry(out)
     ref = sitk.ReadImage(str(files[key])) if key != "dicom" else _itk(_volume())
     assert size == ref.GetSize() == SHAPE
     np.testing.assert_allclose(origin, ref.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(spacing, ref.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(direction, ref.GetDirection(), atol=1e-5)
-    back, back_aff, _ = medio.load_medical_image(out)
+    back, back_aff, _ = imageio.read_file(out)
     np.testing.assert_array_equal(back, labels)
     assert back.dtype == np.uint8
     np.testing.assert_allclose(back_aff, aff, atol=1e-4)
@@ -117,11 +117,11 @@ def test_2d_metaimage_round_trip(tmp_path):
     img.SetOrigin((3.0, -4.0))
     src = tmp_path / "pic.mha"
     sitk.WriteImage(img, str(src))
-    arr, aff, zooms = medio.load_medical_image(src)
+    arr, aff, zooms = imageio.read_file(src)
     assert arr.shape == (4, 3) and zooms == (0.5, 0.7)
     np.testing.assert_array_equal(arr, np.arange(12).reshape(3, 4).T)
     np.testing.assert_allclose(aff[:3, 3], [-3.0, 4.0, 0.0])  # LPS -> RAS
-    out = medio.save_labels(arr % 3, aff, tmp_path / "lab.mha")
+    out = imageio.save_labels(arr % 3, aff, tmp_path / "lab.mha")
     size, origin, spacing, _ = _geometry(out)
     assert size == (4, 3)
     np.testing.assert_allclose(origin, (3.0, -4.0))
@@ -135,7 +135,7 @@ def test_group_cases_joins_nnunet_channel_files(tmp_path):
     series = tmp_path / "d"
     series.mkdir()
     (series / "x.dcm").write_bytes(b"")
-    cases = medio.group_cases([tmp_path])
+    cases = imageio.group_cases(imageio.expand_inputs([tmp_path]))
     assert list(cases) == ["a", "b", "c", "d"]
     assert [p.name for p in cases["a"]] == ["a_0000.nii.gz", "a_0001.nii.gz"]
     assert cases["d"] == [series]
@@ -153,28 +153,28 @@ def test_group_cases_refuses_ambiguous_channels(tmp_path, names, words):
     for name in names:
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(DataError, match=words):
-        medio.group_cases([tmp_path / n for n in names])
+        imageio.group_cases([tmp_path / n for n in names])
 
 
-def test_load_case_channels_stacks_and_checks_the_grid(files, tmp_path):
-    arr, aff, _ = medio.load_case_channels([files[".nrrd"], files[".mha"]])
-    assert arr.shape == (*SHAPE, 2)
+def test_channel_files_stack_and_are_checked_for_one_grid(files, tmp_path):
+    dec = imageio.decode([files[".nrrd"], files[".mha"]])
+    assert dec.array.shape == (2, *(SHAPE[a] for a in dec.order))
     other = tmp_path / "shifted.nrrd"
     img = _itk(_volume())
     img.SetOrigin((0.0, 0.0, 0.0))
     sitk.WriteImage(img, str(other))
     with pytest.raises(DataError, match="co-registered"):
-        medio.load_case_channels([files[".nrrd"], other])
+        imageio.decode([files[".nrrd"], other])
 
 
 def test_bad_files_are_one_line_errors(files, tmp_path):
     broken = tmp_path / "broken.nrrd"
     broken.write_bytes(files[".nrrd"].read_bytes()[:200])
     with pytest.raises(DataError, match="unreadable or truncated") as exc:
-        medio.load_medical_image(broken)
+        imageio.read_file(broken)
     assert "\n" not in str(exc.value)
-    with pytest.raises(DataError, match="unsupported medical image format"):
-        medio.load_medical_image(tmp_path / "x.txt")
+    with pytest.raises(DataError, match="unsupported input type"):
+        imageio.read_file(tmp_path / "x.txt")
     two = tmp_path / "two"
     img = _itk(_volume())
     write_dicom_series(img, two, "1.2.3.4")
@@ -182,9 +182,11 @@ def test_bad_files_are_one_line_errors(files, tmp_path):
         f.rename(two / f"s1_{f.name}")
     write_dicom_series(img, two, "1.2.3.5")
     with pytest.raises(DataError, match="2 DICOM series"):
-        medio.load_medical_image(two)
+        imageio.read_file(two)
     with pytest.raises(DataError, match="cannot write a label map"):
-        medio.save_labels(np.zeros((2, 2, 2), np.uint8), None, tmp_path / "x.png")
+        imageio.save_labels(np.zeros((2, 2, 2), np.uint8), None, tmp_path / "x.txt")
+    with pytest.raises(DataError, match="2-D"):
+        imageio.save_labels(np.zeros((2, 2, 2), np.uint8), None, tmp_path / "x.png")
 
 
 @pytest.mark.parametrize("ending", [".nrrd", ".mha"])
