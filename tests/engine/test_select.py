@@ -113,10 +113,10 @@ def test_select_from_yaml_and_the_paper_protocol(tmp_path):
     # SelfReg's recipe sweeps its late epochs on validation and keeps the best of them;
     # under --paper-protocol it tests the last epoch as the other sources do
     assert resolve_config("synapse", None, {"recipe": "selfreg"}).select == "best"
-    assert resolve_config("synapse", None, {"recipe": "selfreg", "select": "final"})[
-        "select"] == "final"
-    assert resolve_config("synapse", None, {"recipe": "selfreg", "paper_protocol": True})[
-        "select"] == "final"
+    assert resolve_config("synapse", None, {"recipe": "selfreg", "select": "final"}
+                          ).select == "final"
+    assert resolve_config("synapse", None, {"recipe": "selfreg", "paper_protocol": True}
+                          ).select == "final"
 
 
 def test_cli_select_flag_and_bad_yaml(tmp_path, capsys):

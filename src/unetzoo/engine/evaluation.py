@@ -319,11 +319,15 @@ def run_test(
 
 
 def _checked_device(backend: str, device: str | torch.device | None, precision: str):
-    """Bad backend or precision names are one line before any work; returns the device."""
+    """Bad backend, device or precision names, and absent GPUs, are one line before any
+    work; returns the device."""
+    from unetzoo.engine.distributed import check_device, resolve_device
+
     check_backend(backend)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_precision(precision, device)
-    return device
+    if not isinstance(device, torch.device):
+        device = check_device(device)
+    check_precision(precision, resolve_device(device))
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def scored_checkpoint(ckpt: dict[str, Any], ckpt_path: Path | None,
