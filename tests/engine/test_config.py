@@ -324,11 +324,11 @@ def test_every_field_is_one_flag_and_one_yaml_key(tmp_path):
 
 def test_adding_a_field_adds_its_flag_check_and_default():
     from unetzoo.cli.train import flag_values
-    from unetzoo.engine.config import TrainConfig, _opt, config_fields
+    from unetzoo.engine.config import TrainConfig, config_fields, option
 
     @dataclasses.dataclass(frozen=True)
     class Wider(TrainConfig):
-        warmup_steps: int = _opt(5, "linear warm-up", lo=0)
+        warmup_steps: int = option(5, "linear warm-up", lo=0)
 
     assert config_fields(Wider)[-1].flag == "--warmup-steps"
     args = _train_parser(Wider).parse_args(["--warmup-steps", "7", "--no-test"])

@@ -68,10 +68,10 @@ def test_max_iterations_is_an_exact_budget(tiny_cfg):
 def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
     full = train(tiny_cfg(output=str(tmp_path / "full"), max_epochs=3, eval_interval=2))
     part_cfg = tiny_cfg(output=str(tmp_path / "part"), max_epochs=3, eval_interval=2)
-    train(dict(part_cfg), stop_after_epochs=1)
+    train(part_cfg.to_dict(), stop_after_epochs=1)
     latest = tmp_path / "part" / "checkpoints" / "latest.pt"
     assert load_checkpoint(latest)["epoch"] == 1
-    resumed = train(dict(part_cfg), resume=latest)
+    resumed = train(part_cfg.to_dict(), resume=latest)
     assert resumed["iterations"] == full["iterations"]
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
     b = load_checkpoint(latest)

@@ -71,7 +71,10 @@ class Option:
     open_hi: bool = False
 
 
-def _opt(default: Any = None, help: str | None = None, **kw: Any) -> Any:
+def option(default: Any = None, help: str | None = None, **kw: Any) -> Any:
+    """A :class:`TrainConfig` field described by an :class:`Option` (``kw``: its other
+    attributes). The field has no dataclass default: a resolved configuration names
+    every value; ``default`` is where :func:`resolve_config` starts."""
     return dataclasses.field(metadata={"option": Option(default, help, **kw)})
 
 
@@ -244,93 +247,93 @@ class TrainConfig:
     ``dataclasses.replace``; the option mappings are read-only views; ``to_dict()`` gives
     the plain dict. Each field is one YAML key and one ``unetzoo train`` flag."""
 
-    recipe: str | None = _opt(
+    recipe: str | None = option(
         None, "training recipe: transunet, swin_unet, selfreg, resunet (the published "
         "scripts') or a dataset's (synapse, acdc, drive, phantom, default); default: the "
         "dataset's", metavar="NAME")
-    paper_protocol: bool = _opt(
+    paper_protocol: bool = option(
         False, "as the published tables: train on all training cases, select no "
         "checkpoint, test the last epoch with the transunet metric protocol")
-    model: str | None = _opt(
+    model: str | None = option(
         None, "registered model name (`unetzoo list-models`); default: the recipe's")
-    model_options: Mapping[str, Any] = _opt(
+    model_options: Mapping[str, Any] = option(
         {}, "architecture option (repeatable), e.g. base_channels=16",
         flag="--model-option", metavar="KEY=VALUE")
-    dataset: str | None = _opt(
+    dataset: str | None = option(
         None, "dataset name (default: nnunet when --data-root holds a dataset.json, else "
         "the embedded phantom)")
-    data_root: str | None = _opt(None, "dataset folder")
-    dataset_options: Mapping[str, Any] = _opt(
+    data_root: str | None = option(None, "dataset folder")
+    dataset_options: Mapping[str, Any] = option(
         {}, "dataset reader option (repeatable), e.g. n_train=4 for the phantom",
         flag="--dataset-option", metavar="KEY=VALUE")
-    max_cases: int | None = _opt(None, "use only the first N training cases", lo=1)
-    max_epochs: int = _opt(None, "training epochs (default: the recipe's)", lo=1)
-    max_iterations: int | None = _opt(
+    max_cases: int | None = option(None, "use only the first N training cases", lo=1)
+    max_epochs: int = option(None, "training epochs (default: the recipe's)", lo=1)
+    max_iterations: int | None = option(
         None, "an exact iteration budget: the epochs follow from it and the last one "
         "stops part-way (a planned run's --iterations sets it)", lo=1, metavar="N")
-    batch_size: int = _opt(None, "slices per step (default: the recipe's)", lo=1)
-    base_lr: float = _opt(
+    batch_size: int = option(None, "slices per step (default: the recipe's)", lo=1)
+    base_lr: float = option(
         None, "initial learning rate (poly decay per iteration)", lo=0, open_lo=True)
-    img_size: int = _opt(None, "training and inference slice size in pixels", lo=8)
-    eval_interval: int = _opt(None, "validate every N epochs (and after the last)", lo=1)
-    eval_from_epoch: int | None = _opt(
+    img_size: int = option(None, "training and inference slice size in pixels", lo=8)
+    eval_interval: int = option(None, "validate every N epochs (and after the last)", lo=1)
+    eval_from_epoch: int | None = option(
         None, "validate from epoch E on (SelfReg's checkpoint sweep: 82, every 2)",
         lo=1, metavar="E")
-    seed: int = _opt(1234, "random seed of the split, the loader and the weights",
+    seed: int = option(1234, "random seed of the split, the loader and the weights",
                      lo=0, hi=2**32 - 1)  # numpy's seed range; others end in a traceback
-    num_workers: int = _opt(0, "DataLoader worker processes", lo=0)
-    output: str | None = _opt(
+    num_workers: int = option(0, "DataLoader worker processes", lo=0)
+    output: str | None = option(
         None, "run folder (default runs/<model>-<dataset>); a non-empty folder is refused "
         "unless --resume or --overwrite", short="-o")
-    loss: str | None = _opt(None, "ce_dice, bce_dice, ce or dice")
-    loss_weights: list[float] | Mapping[str, float] | None = _opt(
+    loss: str | None = option(None, "ce_dice, bce_dice, ce or dice")
+    loss_weights: list[float] | Mapping[str, float] | None = option(
         None, "weights of the loss terms")
-    optimizer: OptimizerName = _opt(None, "the optimizer (default: the recipe's)")
-    momentum: float = _opt(0.9, "SGD momentum", lo=0, hi=1, open_hi=True)
-    weight_decay: float = _opt(None, "weight decay (default: the recipe's)", lo=0)
-    lr_schedule: LrSchedule = _opt("poly", "poly (per iteration, default) or constant")
-    poly_power: float = _opt(0.9, "exponent of the poly schedule", lo=0)
-    lr_batch_rule: LrBatchRule | None = _opt(
+    optimizer: OptimizerName = option(None, "the optimizer (default: the recipe's)")
+    momentum: float = option(0.9, "SGD momentum", lo=0, hi=1, open_hi=True)
+    weight_decay: float = option(None, "weight decay (default: the recipe's)", lo=0)
+    lr_schedule: LrSchedule = option("poly", "poly (per iteration, default) or constant")
+    poly_power: float = option(0.9, "exponent of the poly schedule", lo=0)
+    lr_batch_rule: LrBatchRule | None = option(
         None, "scale --base-lr by batch/24 when the batch is a multiple of 6 other than 24 "
         "(Swin-Unet, SelfReg scripts; their recipes set it)")
-    amp: bool = _opt(False, "mixed precision (CUDA only)")
-    precision: Precision = _opt(
+    amp: bool = option(False, "mixed precision (CUDA only)")
+    precision: Precision = option(
         "fp32", "fp32 (default) or bf16 autocast, on CPUs with AMX or AVX512-BF16 and on "
         "bf16 GPUs only (refused elsewhere); the test after training runs in fp32")
-    channels_last: bool = _opt(True, "keep the channels_last memory format (CUDA only)")
-    deep_supervision: bool = _opt(
+    channels_last: bool = option(True, "keep the channels_last memory format (CUDA only)")
+    deep_supervision: bool = option(
         False, "train every decoder head (UNet++, UNet3+; see --deep-supervision-loss)")
-    deep_supervision_weights: list[float] | None = _opt(
+    deep_supervision_weights: list[float] | None = option(
         None, "weights of the heads (default: equal, final head included)")
-    deep_supervision_loss: DeepSupervisionLoss = _opt(
+    deep_supervision_loss: DeepSupervisionLoss = option(
         "auto", "combine the heads: auto (default: the model's source; sum for UNet++/UNet "
         "3+, mutation for EMCAD), sum, weighted (mean) or mutation (EMCAD: every subset)")
-    distill_ifd: float = _opt(0.0, "weight of internal feature distillation", lo=0,
+    distill_ifd: float = option(0.0, "weight of internal feature distillation", lo=0,
                               metavar="L")
-    distill_scr: float = _opt(0.0, "weight of semantic consistency", lo=0, metavar="L")
-    augment: str | None = _opt(
+    distill_scr: float = option(0.0, "weight of semantic consistency", lo=0, metavar="L")
+    augment: str | None = option(
         None, "augmentation recipe (default: the dataset's; 'none' resizes only)",
         metavar="RECIPE")
-    augment_options: Mapping[str, Any] = _opt(
+    augment_options: Mapping[str, Any] = option(
         {}, "augmentation option (repeatable), e.g. p_rot_flip=0.0",
         flag="--augment-option", metavar="KEY=VALUE")
-    val_fraction: float = _opt(
+    val_fraction: float = option(
         0.1, "share of training cases held out (default 0.1)", lo=0, hi=1, open_hi=True)
-    val_cases: int | None = _opt(None, "evaluate at most N validation cases per epoch", lo=1)
-    fold: int | None = _opt(
+    val_cases: int | None = option(None, "evaluate at most N validation cases per epoch", lo=1)
+    fold: int | None = option(
         None, "train fold K (0-4) of nnU-Net's 5-fold cross-validation: a seeded split of "
         "the training cases, stored once in the user cache and copied to the run folder; "
         "the fold's validation cases are its validation set (default run folder "
         ".../fold_K)", lo=0, hi=N_FOLDS - 1, metavar="K")
-    test: bool = _opt(True, "skip the test run after training")
-    select: Selection = _opt(
+    test: bool = option(True, "skip the test run after training")
+    select: Selection = option(
         "final", "checkpoint the test after training scores: final (default: the last "
         "epoch, checkpoints/final.pt, as nnU-Net) or best (the best validation epoch, "
         "best.pt)")
-    test_max_cases: int | None = _opt(None, "test on at most N cases", lo=1)
-    protocol: Protocol = _opt("strict", "empty-mask metric protocol")
-    progress: bool = _opt(True, "no progress bars")
-    device: str | None = _opt(None, "cpu or cuda (default: cuda when available)")
+    test_max_cases: int | None = option(None, "test on at most N cases", lo=1)
+    protocol: Protocol = option("strict", "empty-mask metric protocol")
+    progress: bool = option(True, "no progress bars")
+    device: str | None = option(None, "cpu or cuda (default: cuda when available)")
 
     def __post_init__(self) -> None:
         # Read-only views over private copies: `cfg.model_options["x"] = 1` fails too.

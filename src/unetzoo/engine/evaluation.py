@@ -324,10 +324,12 @@ def _checked_device(backend: str, device: str | torch.device | None, precision: 
     from unetzoo.engine.distributed import check_device, resolve_device
 
     check_backend(backend)
-    if not isinstance(device, torch.device):
+    if not isinstance(device, torch.device):  # a name: checked, and present here
         device = check_device(device)
-    check_precision(precision, resolve_device(device))
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+        resolve_device(device)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_precision(precision, device)
+    return device
 
 
 def scored_checkpoint(ckpt: dict[str, Any], ckpt_path: Path | None,
