@@ -184,10 +184,10 @@ def ab_runs(
                     "device": device, **(extra_flags or {}),
                 }
                 cfg = resolve_config(ds.recipe, None, flags)
-                done = Path(cfg["output"]) / "report" / "summary.json"
+                done = Path(cfg.output) / "report" / "summary.json"
                 t0 = time.perf_counter()
                 if resume and done.is_file():
-                    summary = _finished_run(Path(cfg["output"]))
+                    summary = _finished_run(Path(cfg.output))
                     t0 -= summary["train_seconds"]
                 else:
                     summary = train(cfg, dataset=ds)
@@ -199,7 +199,7 @@ def ab_runs(
                     "val_dice": _as_float(summary.get("best_metric")),
                     "test_dice": _test_dice(test),
                     "test_hd95": _as_float(test.get("mean_hd95") if isinstance(test, dict) else None),
-                    "final_loss": _last_loss(Path(cfg["output"])),
+                    "final_loss": _last_loss(Path(cfg.output)),
                 })
                 print(f"  {name} seed {seed} distill={distill}: {runs[-1]}", flush=True)
                 if on_run is not None:

@@ -60,9 +60,9 @@ def test_tiny_ladder_interrupted_and_resumed(tiny_phantom, tmp_path):
     interrupt = {"resunet_v1_0"}
 
     def spy(cfg, dataset=None, resume=None, stop_after_epochs=None, overwrite=False):
-        calls.append((cfg["model"], resume is not None))
-        if cfg["model"] in interrupt:  # simulate a run killed after its first epoch
-            interrupt.discard(cfg["model"])
+        calls.append((cfg.model, resume is not None))
+        if cfg.model in interrupt:  # simulate a run killed after its first epoch
+            interrupt.discard(cfg.model)
             stop_after_epochs = 1
         return real_train(cfg, dataset=dataset, resume=resume, stop_after_epochs=stop_after_epochs,
                           overwrite=overwrite)

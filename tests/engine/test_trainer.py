@@ -42,12 +42,12 @@ def test_train_writes_run_folder_and_poly_lr(tiny_cfg):
     # lr logged after an epoch = the lr of that epoch's last step (poly, per iteration).
     its = summary["iterations"] // 2
     for epoch, row in enumerate(rows, 1):
-        expected = poly_lr(cfg["base_lr"], epoch * its - 1, 2 * its, 0.9)
+        expected = poly_lr(cfg.base_lr, epoch * its - 1, 2 * its, 0.9)
         assert float(row["lr"]) == pytest.approx(expected, rel=1e-5)
     ck = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert ck["epoch"] == 2 and ck["iteration"] == summary["iterations"]
     assert ck["class_names"][0] == "background" and ck["img_size"] == 32
-    assert ck["preprocessing"]["kind"] == "ct" and ck["config"]["seed"] == cfg["seed"]
+    assert ck["preprocessing"]["kind"] == "ct" and ck["config"]["seed"] == cfg.seed
     # the training cases' median spacing (the phantom's 5 x 2.5 x 2.5 mm) is in the spec
     assert ck["spacing"] == [5.0, 2.5, 2.5]
 
@@ -56,7 +56,7 @@ def test_max_iterations_is_an_exact_budget(tiny_cfg):
     per_epoch = train(tiny_cfg(max_epochs=1))["iterations"]
     budget = per_epoch + 1  # one step into a second epoch
     summary = train(tiny_cfg(max_epochs=99, max_iterations=budget, eval_interval=99,
-                             output=tiny_cfg()["output"] + "-budget"))
+                             output=tiny_cfg().output + "-budget"))
     assert summary["iterations"] == budget and summary["epochs"] == 2
     rows = _rows(Path(summary["run_dir"]))
     assert [int(r["iteration"]) for r in rows] == [per_epoch, budget]
@@ -68,10 +68,10 @@ def test_max_iterations_is_an_exact_budget(tiny_cfg):
 def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
     full = train(tiny_cfg(output=str(tmp_path / "full"), max_epochs=3, eval_interval=2))
     part_cfg = tiny_cfg(output=str(tmp_path / "part"), max_epochs=3, eval_interval=2)
-    train(dict(part_cfg), stop_after_epochs=1)
+    train(part_cfg.to_dict(), stop_after_epochs=1)
     latest = tmp_path / "part" / "checkpoints" / "latest.pt"
     assert load_checkpoint(latest)["epoch"] == 1
-    resumed = train(dict(part_cfg), resume=latest)
+    resumed = train(part_cfg.to_dict(), resume=latest)
     assert resumed["iterations"] == full["iterations"]
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
     b = load_checkpoint(latest)
@@ -107,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg):
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 4") as info:
         train(cfg, hooks=TrainHooks(build_loss=poisoned))
     assert "latest.pt" in str(info.value) and "\n" not in str(info.value)
-    ck = load_checkpoint(Path(cfg["output"]) / "checkpoints" / "latest.pt")
+    ck = load_checkpoint(Path(cfg.output) / "checkpoints" / "latest.pt")
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["state_dict"].values()
                                     if v.is_floating_point())
 
@@ -131,7 +131,7 @@ def test_deep_supervision_auto_sums_unetpp_heads_and_the_test_loads_them(tiny_cf
     # The final test rebuilds the model without deep supervision from that checkpoint.
     cfg = tiny_cfg(model="unetpp", model_options={"base_channels": 4}, deep_supervision=True,
                    max_epochs=1, test=True)
-    assert cfg["deep_supervision_loss"] == "auto"
+    assert cfg.deep_supervision_loss == "auto"
     summary = train(cfg)
     row = _rows(Path(summary["run_dir"]))[0]
     heads = [float(row[f"loss_head{i}"]) for i in range(4)]

@@ -89,3 +89,13 @@ def test_he_init_gives_the_head_a_usable_logit_scale(name):
 def test_bad_init_is_one_line(name):
     with pytest.raises(ModelError, match="init must be one of"):
         create_model(name, 1, 2, base_channels=8, init="xavier")
+
+
+@pytest.mark.parametrize("name", ["unet", "unetpp", "unet3p", "resnet34_unet"])
+def test_pytorchs_default_init_has_one_name_across_the_zoo(name):
+    opts = {"encoder_weights": None} if name == "resnet34_unet" else {"base_channels": 8}
+    if name == "unet3p":
+        opts["cat_channels"] = 8
+    assert create_model(name, 1, 2, init="pytorch", **opts).unetzoo_options["init"] == "pytorch"
+    with pytest.raises(ModelError, match="init"):
+        create_model(name, 1, 2, init="default", **opts)

@@ -228,7 +228,7 @@ def test_unet3p_official_kaiming_init():
     conv = model.decoder[0].fuse[0]
     fan_in = conv.weight[0].numel()
     assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
-    plain = create_model("unet3p", 1, 2, base_channels=8, cat_channels=8, init="default")
+    plain = create_model("unet3p", 1, 2, base_channels=8, cat_channels=8, init="pytorch")
     bns = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all((m.weight == 1).all() for m in bns)
 

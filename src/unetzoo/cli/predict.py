@@ -72,63 +72,21 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetzoo.data.imageio import voxel_limit
-    from unetzoo.errors import ConfigError
-
-    limit = getattr(args, "max_voxels", None)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--max-voxels must be >= 1, got {limit}")
-    with voxel_limit(limit):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from unetzoo.engine.backends import check_backend, check_precision
+    from unetzoo.engine.predict import STORED, predict_files
     from unetzoo.engine.selection import run_checkpoint
     from unetzoo.errors import ConfigError
 
-    check_backend(args.backend)
     if args.onnx and args.backend == "torch":
         raise ConfigError("--backend torch needs --checkpoint; --onnx runs ONNX Runtime")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_pixels is not None and args.max_pixels < 1:
-        raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
-    from unetzoo.engine.distributed import resolve_device
-
-    device = resolve_device(args.device)  # unknown names, absent GPUs: one line, before any work
-    check_precision(args.precision, device)
-    if args.onnx and args.precision != "fp32":
-        raise ConfigError("--precision bf16 needs --checkpoint; --onnx runs in the file's precision")
-    if args.max_pixels is not None and args.onnx:
-        raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
-    from unetzoo.engine.postprocess import load_plan
-    from unetzoo.engine.predict import load_predictor
-    from unetzoo.engine.predict_cases import check_cases, claim_targets
-
-    cases = check_cases(args.inputs, args.max_pixels)  # every header, before any model is loaded
-    # A user's file under a target's name: refused before the model is loaded.
-    claim_targets(cases, args.output, overwrite=args.overwrite, output_format=args.output_format,
-                  save_probabilities=args.save_probabilities, overlays=args.overlays)
-    # One loader for both: same pre/post-processing, logits from PyTorch or ONNX Runtime.
-    predictor = load_predictor(
-        [args.onnx] if args.onnx else [run_checkpoint(c) for c in args.checkpoint],
-        kind="onnx" if args.onnx else "checkpoint",
-        device=args.device, backend="torch" if args.onnx else args.backend,
-        batch_size=args.batch_size, tta=args.tta, verbose=True, precision=args.precision,
-    )
-    plan = None
-    if args.postprocessing:
-        plan = load_plan(args.postprocessing)
-    elif not args.no_postprocessing:
-        plan = predictor.stored_postprocessing()
-    if plan is not None:
-        print(f"post-processing: {len(plan['steps'])} keep-largest-component step(s) "
-              f"({args.postprocessing or 'stored with the checkpoint'})", flush=True)
-    predictor.predict_files(
-        args.inputs, args.output, postprocessing=plan, overlays=args.overlays,
-        save_probabilities=args.save_probabilities, max_pixels=args.max_pixels,
-        overwrite=args.overwrite, strict_inputs=args.strict_inputs,
+    plan = (args.postprocessing if args.postprocessing
+            else None if args.no_postprocessing else STORED)
+    predict_files(
+        args.inputs, args.onnx or [run_checkpoint(c) for c in args.checkpoint], args.output,
+        tta=args.tta, device=args.device, batch_size=args.batch_size, overlays=args.overlays,
+        max_pixels=args.max_pixels, backend=args.backend, postprocessing=plan,
+        save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+        kind="onnx" if args.onnx else "checkpoint", precision=args.precision,
+        strict_inputs=args.strict_inputs, max_voxels=args.max_voxels,
         output_format=args.output_format,
     )
     return 0

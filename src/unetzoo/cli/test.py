@@ -60,15 +60,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetzoo.engine.backends import check_backend, check_precision
-    from unetzoo.engine.distributed import check_device, resolve_device
     from unetzoo.engine.evaluation import run_test
     from unetzoo.errors import ConfigError
 
-    check_backend(args.backend)
-    resolve_device(args.device)  # unknown names and absent GPUs: one line, before any work
-    args.device = check_device(args.device)
-    check_precision(args.precision, resolve_device(args.device))
     if args.max_cases is not None and args.max_cases < 1:
         raise ConfigError(f"--max-cases must be >= 1, got {args.max_cases}")
     if args.batch_size < 1:

@@ -40,14 +40,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from unetzoo.errors import CheckpointError, ConfigError, ModelError
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+Backend = Literal["auto", "torch", "onnxruntime"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 #: ``fp32`` is the default and exact path; ``bf16`` (autocast) changes labels and is
 #: only run when asked for, on hardware with native bf16 matmuls.
 PRECISIONS = ("fp32", "bf16")
@@ -64,11 +65,15 @@ PROBE_TOLERANCE = 1e-3
 CACHE_RECORD = ".unetzoo-onnx-cache.json"
 
 
-def check_backend(name: object) -> str:
-    """``name`` if it is one of :data:`BACKENDS`, else a one-line :class:`ConfigError`."""
+def check_backend(name: object) -> Backend:
+    """``name`` if it is one of :data:`BACKENDS`, else a one-line :class:`ConfigError`.
+
+    Called once, where a name comes in (:func:`unetzoo.engine.predict.load_predictor`,
+    :func:`~unetzoo.engine.predict.predict_files`, :func:`unetzoo.engine.evaluation.run_test`);
+    :func:`make_backend` takes the checked :data:`Backend`."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    return str(name)
+    return name  # type: ignore[return-value]
 
 
 def onnxruntime_available() -> bool:
@@ -504,7 +509,7 @@ class AutoBackend(nn.Module):
 
 def make_backend(
     model: nn.Module,
-    backend: str = "auto",
+    backend: Backend = "auto",
     *,
     checkpoint: str | Path | None = None,
     ckpt: dict[str, Any] | None = None,
@@ -520,7 +525,8 @@ def make_backend(
 
     Args:
         model: an eval-mode segmentation model; never modified.
-        backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see the module docstring).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see the module docstring),
+            checked where the name came in (:func:`check_backend`).
         checkpoint: the checkpoint file the model came from (the ONNX cache lives beside
             it); None exports to a temporary file.
         ckpt: the loaded checkpoint dict (its metadata goes into the ONNX file).
@@ -539,7 +545,6 @@ def make_backend(
             with ``onnxruntime``, ``onnxruntime`` off the CPU or not installed.
         ModelError: ``onnxruntime`` for a model that cannot be exported to ONNX.
     """
-    backend = check_backend(backend)
     dev = torch.device(device) if device is not None else _device_of(model)
     if img_size is None and ckpt is not None:
         img_size = int(ckpt["img_size"])
@@ -567,6 +572,8 @@ def make_backend(
 
     if backend == "onnxruntime":
         return ort(check=True)
+    if backend != "auto":  # a name that skipped check_backend
+        check_backend(backend)
     candidates: dict[str, Callable[[], nn.Module]] = {
         "torch channels_last": lambda: ChannelsLastModel(model)
     }

@@ -1,7 +1,13 @@
-"""Training configuration: defaults, per-dataset recipes, YAML files and flags.
+"""Training configuration: one typed table of options, per-dataset recipes, YAML files, flags.
 
-Precedence, lowest first: :data:`BASE_DEFAULTS`, the recipe (:data:`RECIPES`: the one
-named by ``--recipe`` / ``recipe:``, else the dataset's ``SegDataset.recipe``), a YAML file
+:class:`TrainConfig` is the single source: each field's type (``Literal`` for a choice),
+and its :class:`Option` metadata (the default before the recipe, help, flag, range) give
+the defaults (:func:`defaults`), the validation (:func:`check_value`), the YAML keys (the
+field names, ``-`` or ``_``) and the ``unetzoo train`` flags (:func:`config_fields`, read
+by :mod:`unetzoo.cli.train`). Adding a field adds its key, its check and its flag.
+
+Precedence, lowest first: the defaults, the recipe (:data:`RECIPES`: the one named by
+``--recipe`` / ``recipe:``, else the dataset's ``SegDataset.recipe``), a YAML file
 (``--config``), then flags given on the command line. ``--paper-protocol`` then fixes the
 evaluation protocol of the published tables (:func:`apply_paper_protocol`).
 
@@ -14,68 +20,63 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from unetzoo.data.folds import N_FOLDS
 from unetzoo.errors import ConfigError
 
-#: Every configuration key with its default. ``None`` means "let the recipe decide".
-BASE_DEFAULTS: dict[str, Any] = {
-    "recipe": None,  # None -> the dataset's recipe (SegDataset.recipe)
-    "paper_protocol": False,  # train on all cases, no checkpoint selection, test the last epoch
-    "model": None,  # None -> the recipe's model
-    "model_options": {},
-    "dataset": None,  # None -> the embedded phantom
-    "data_root": None,
-    "dataset_options": {},  # reader options, e.g. phantom {n_train: 3, shape: [8, 32, 32]}
-    "max_cases": None,  # cap on training cases (quick runs)
-    "max_epochs": None,
-    # An exact iteration budget (a planned run's --iterations): the epochs follow from it
-    # and the last one stops part-way; None -> max_epochs full passes.
-    "max_iterations": None,
-    "batch_size": None,
-    "base_lr": None,
-    "img_size": None,
-    "eval_interval": None,
-    "eval_from_epoch": None,  # first epoch (1-based) that validates; None -> from the start
-    "seed": 1234,
-    "num_workers": 0,
-    "output": None,
-    "loss": None,
-    "loss_weights": None,
-    "optimizer": None,
-    "momentum": 0.9,
-    "weight_decay": None,
-    "lr_schedule": "poly",  # "poly" (per iteration) or "constant"
-    "poly_power": 0.9,
-    "lr_batch_rule": None,  # "batch24": base_lr * batch / 24 (Swin-Unet, SelfReg scripts)
-    "amp": False,
-    "precision": "fp32",  # or "bf16": autocast where the device has native bf16
-    "channels_last": True,  # applied on CUDA only
-    "deep_supervision": False,
-    "deep_supervision_weights": None,  # None -> equal weights, final head included
-    # "auto": the model's source (sum: UNet++, UNet 3+; mutation: EMCAD; else weighted)
-    "deep_supervision_loss": "auto",
-    "distill_ifd": 0.0,
-    "distill_scr": 0.0,
-    "augment": None,  # augmentation recipe (None -> the dataset's; "none" = resize only)
-    "augment_options": {},  # passed to the recipe, e.g. {p_rot_flip: 0.0}
-    "val_fraction": 0.1,  # share of training cases held out for model selection
-    "val_cases": None,  # cap on validation cases evaluated per epoch
-    "fold": None,  # fold K of the stored 5-fold split (data/folds.py) instead of val_fraction
-    "test": True,  # run `unetzoo test` on the selected checkpoint after training
-    "select": "final",  # the checkpoint that test scores: "final" (last epoch) or "best" (val)
-    "test_max_cases": None,
-    "protocol": "strict",
-    "progress": True,
-    "device": None,  # None -> CUDA when available, else CPU
-}
+OptimizerName = Literal["sgd", "adam", "adamw"]
+LrSchedule = Literal["poly", "constant"]  # "poly": per iteration
+Protocol = Literal["strict", "transunet"]  # the empty-mask metric protocol
+# "auto": the model's source (sum: UNet++, UNet 3+; mutation: EMCAD; else weighted), then
+# unetzoo.losses.DEEP_SUPERVISION_LOSSES
+DeepSupervisionLoss = Literal["auto", "sum", "weighted", "mutation"]
+LrBatchRule = Literal["batch24"]  # base_lr * batch / 24 (Swin-Unet, SelfReg scripts)
+Selection = Literal["final", "best"]  # the checkpoint a run scores (engine/selection.py)
+Precision = Literal["fp32", "bf16"]
+
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one :class:`TrainConfig` field is set, beside its type.
+
+    Attributes:
+        default: the value before the recipe; ``None`` on a field the recipe fills means
+            "the recipe decides".
+        help: the flag's help text.
+        flag: the flag (default ``--field-name``; ``--no-field-name`` for a bool that
+            defaults to true); ``short`` an extra spelling (``-o``).
+        lo, hi: the range of a number; ``open_lo`` / ``open_hi`` exclude the bound.
+    """
+
+    default: Any = None
+    help: str | None = None
+    flag: str | None = None
+    short: str | None = None
+    metavar: str | None = None
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+
+
+def option(default: Any = None, help: str | None = None, **kw: Any) -> Any:
+    """A :class:`TrainConfig` field described by an :class:`Option` (``kw``: its other
+    attributes). The field has no dataclass default: a resolved configuration names
+    every value; ``default`` is where :func:`resolve_config` starts."""
+    return dataclasses.field(metadata={"option": Option(default, help, **kw)})
+
 
 #: The training settings of the published code, named for their source. Each one is what
 #: that repository's own Synapse training script does (checked line by line; docs/unets.md
@@ -232,15 +233,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("poly", "constant")
-PROTOCOLS = ("strict", "transunet")
-# "auto" + unetzoo.losses.DEEP_SUPERVISION_LOSSES
-DEEP_SUPERVISION_LOSSES = ("auto", "sum", "weighted", "mutation")
-LR_BATCH_RULES = ("batch24",)
-SELECTIONS = ("final", "best")  # the checkpoint a run scores (engine/selection.py)
-
-
 @dataclass(frozen=True)
 class DistillConfig:
     """SelfReg's feature distillation weights (``--distill``): IFD and SCR terms."""
@@ -250,64 +242,101 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(Mapping):
-    """A resolved, validated training configuration (one field per :data:`BASE_DEFAULTS`
-    key; see there for what each means). Frozen: derive a changed copy with
-    ``dataclasses.replace``. The option mappings are read-only views.
+class TrainConfig:
+    """A resolved, validated training configuration. Frozen: derive a changed copy with
+    ``dataclasses.replace``; the option mappings are read-only views; ``to_dict()`` gives
+    the plain dict. Each field is one YAML key and one ``unetzoo train`` flag."""
 
-    It is also a read-only :class:`~collections.abc.Mapping` of its keys (``cfg["key"]``,
-    ``cfg.get("key")``, ``dict(cfg)``), so code that only reads the configuration
-    dictionary keeps working; there is no item assignment.
-    """
-
-    recipe: str | None
-    paper_protocol: bool
-    model: str | None
-    model_options: Mapping[str, Any]
-    dataset: str | None
-    data_root: str | None
-    dataset_options: Mapping[str, Any]
-    max_cases: int | None
-    max_epochs: int
-    max_iterations: int | None
-    batch_size: int
-    base_lr: float
-    img_size: int
-    eval_interval: int
-    eval_from_epoch: int | None
-    seed: int
-    num_workers: int
-    output: str | None
-    loss: str | None
-    loss_weights: list[float] | Mapping[str, float] | None
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    lr_schedule: str
-    poly_power: float
-    lr_batch_rule: str | None
-    amp: bool
-    precision: str
-    channels_last: bool
-    deep_supervision: bool
-    deep_supervision_weights: list[float] | None
-    deep_supervision_loss: str
-    distill_ifd: float
-    distill_scr: float
-    augment: str | None
-    augment_options: Mapping[str, Any]
-    val_fraction: float
-    val_cases: int | None
-    fold: int | None
-    test: bool
-    select: str
-    test_max_cases: int | None
-    protocol: str
-    progress: bool
-    device: str | None
+    recipe: str | None = option(
+        None, "training recipe: transunet, swin_unet, selfreg, resunet (the published "
+        "scripts') or a dataset's (synapse, acdc, drive, phantom, default); default: the "
+        "dataset's", metavar="NAME")
+    paper_protocol: bool = option(
+        False, "as the published tables: train on all training cases, select no "
+        "checkpoint, test the last epoch with the transunet metric protocol")
+    model: str | None = option(
+        None, "registered model name (`unetzoo list-models`); default: the recipe's")
+    model_options: Mapping[str, Any] = option(
+        {}, "architecture option (repeatable), e.g. base_channels=16",
+        flag="--model-option", metavar="KEY=VALUE")
+    dataset: str | None = option(
+        None, "dataset name (default: nnunet when --data-root holds a dataset.json, else "
+        "the embedded phantom)")
+    data_root: str | None = option(None, "dataset folder")
+    dataset_options: Mapping[str, Any] = option(
+        {}, "dataset reader option (repeatable), e.g. n_train=4 for the phantom",
+        flag="--dataset-option", metavar="KEY=VALUE")
+    max_cases: int | None = option(None, "use only the first N training cases", lo=1)
+    max_epochs: int = option(None, "training epochs (default: the recipe's)", lo=1)
+    max_iterations: int | None = option(
+        None, "an exact iteration budget: the epochs follow from it and the last one "
+        "stops part-way (a planned run's --iterations sets it)", lo=1, metavar="N")
+    batch_size: int = option(None, "slices per step (default: the recipe's)", lo=1)
+    base_lr: float = option(
+        None, "initial learning rate (poly decay per iteration)", lo=0, open_lo=True)
+    img_size: int = option(None, "training and inference slice size in pixels", lo=8)
+    eval_interval: int = option(None, "validate every N epochs (and after the last)", lo=1)
+    eval_from_epoch: int | None = option(
+        None, "validate from epoch E on (SelfReg's checkpoint sweep: 82, every 2)",
+        lo=1, metavar="E")
+    seed: int = option(1234, "random seed of the split, the loader and the weights",
+                     lo=0, hi=2**32 - 1)  # numpy's seed range; others end in a traceback
+    num_workers: int = option(0, "DataLoader worker processes", lo=0)
+    output: str | None = option(
+        None, "run folder (default runs/<model>-<dataset>); a non-empty folder is refused "
+        "unless --resume or --overwrite", short="-o")
+    loss: str | None = option(None, "ce_dice, bce_dice, ce or dice")
+    loss_weights: list[float] | Mapping[str, float] | None = option(
+        None, "weights of the loss terms")
+    optimizer: OptimizerName = option(None, "the optimizer (default: the recipe's)")
+    momentum: float = option(0.9, "SGD momentum", lo=0, hi=1, open_hi=True)
+    weight_decay: float = option(None, "weight decay (default: the recipe's)", lo=0)
+    lr_schedule: LrSchedule = option("poly", "poly (per iteration, default) or constant")
+    poly_power: float = option(0.9, "exponent of the poly schedule", lo=0)
+    lr_batch_rule: LrBatchRule | None = option(
+        None, "scale --base-lr by batch/24 when the batch is a multiple of 6 other than 24 "
+        "(Swin-Unet, SelfReg scripts; their recipes set it)")
+    amp: bool = option(False, "mixed precision (CUDA only)")
+    precision: Precision = option(
+        "fp32", "fp32 (default) or bf16 autocast, on CPUs with AMX or AVX512-BF16 and on "
+        "bf16 GPUs only (refused elsewhere); the test after training runs in fp32")
+    channels_last: bool = option(True, "keep the channels_last memory format (CUDA only)")
+    deep_supervision: bool = option(
+        False, "train every decoder head (UNet++, UNet3+; see --deep-supervision-loss)")
+    deep_supervision_weights: list[float] | None = option(
+        None, "weights of the heads (default: equal, final head included)")
+    deep_supervision_loss: DeepSupervisionLoss = option(
+        "auto", "combine the heads: auto (default: the model's source; sum for UNet++/UNet "
+        "3+, mutation for EMCAD), sum, weighted (mean) or mutation (EMCAD: every subset)")
+    distill_ifd: float = option(0.0, "weight of internal feature distillation", lo=0,
+                              metavar="L")
+    distill_scr: float = option(0.0, "weight of semantic consistency", lo=0, metavar="L")
+    augment: str | None = option(
+        None, "augmentation recipe (default: the dataset's; 'none' resizes only)",
+        metavar="RECIPE")
+    augment_options: Mapping[str, Any] = option(
+        {}, "augmentation option (repeatable), e.g. p_rot_flip=0.0",
+        flag="--augment-option", metavar="KEY=VALUE")
+    val_fraction: float = option(
+        0.1, "share of training cases held out (default 0.1)", lo=0, hi=1, open_hi=True)
+    val_cases: int | None = option(None, "evaluate at most N validation cases per epoch", lo=1)
+    fold: int | None = option(
+        None, "train fold K (0-4) of nnU-Net's 5-fold cross-validation: a seeded split of "
+        "the training cases, stored once in the user cache and copied to the run folder; "
+        "the fold's validation cases are its validation set (default run folder "
+        ".../fold_K)", lo=0, hi=N_FOLDS - 1, metavar="K")
+    test: bool = option(True, "skip the test run after training")
+    select: Selection = option(
+        "final", "checkpoint the test after training scores: final (default: the last "
+        "epoch, checkpoints/final.pt, as nnU-Net) or best (the best validation epoch, "
+        "best.pt)")
+    test_max_cases: int | None = option(None, "test on at most N cases", lo=1)
+    protocol: Protocol = option("strict", "empty-mask metric protocol")
+    progress: bool = option(True, "no progress bars")
+    device: str | None = option(None, "cpu or cuda (default: cuda when available)")
 
     def __post_init__(self) -> None:
-        # Read-only views over private copies: `cfg["model_options"]["x"] = 1` fails too.
+        # Read-only views over private copies: `cfg.model_options["x"] = 1` fails too.
         for key in MAPPING_KEYS:
             object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key) or {})))
         if isinstance(self.loss_weights, Mapping):
@@ -315,16 +344,13 @@ class TrainConfig(Mapping):
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Validate a configuration mapping (missing keys take :data:`BASE_DEFAULTS`).
+        """Validate a configuration mapping (missing keys take :func:`defaults`).
 
         Raises:
             ConfigError: an unknown key or a bad value, in one line.
         """
-        unknown = sorted(set(values) - set(BASE_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}; valid "
-                              f"keys: {', '.join(sorted(BASE_DEFAULTS))}")
-        cfg = {**copy.deepcopy(BASE_DEFAULTS), **_plain(dict(values))}
+        _check_known(values, "unknown configuration key(s)")
+        cfg = {**defaults(), **_plain(dict(values))}
         validate_config(cfg)
         return cls(**cfg)
 
@@ -340,16 +366,75 @@ class TrainConfig(Mapping):
             return DistillConfig(self.distill_ifd, self.distill_scr)
         return None
 
-    def __getitem__(self, key: str) -> Any:
-        if key not in BASE_DEFAULTS:
-            raise KeyError(key)
-        return getattr(self, key)
 
-    def __iter__(self) -> Iterator[str]:
-        return (f.name for f in dataclasses.fields(self))
+@dataclass(frozen=True)
+class ConfigField:
+    """One :class:`TrainConfig` field as the rest of the code reads it.
 
-    def __len__(self) -> int:
-        return len(dataclasses.fields(self))
+    ``kind`` is ``bool``, ``int``, ``float``, ``str``, ``choice`` (a ``Literal``: the
+    values in ``choices``), ``mapping`` or ``weights`` (a list of numbers).
+    """
+
+    name: str
+    kind: str
+    optional: bool
+    choices: tuple[str, ...]
+    option: Option
+
+    @property
+    def label(self) -> str:
+        """The name in messages: ``img-size``."""
+        return self.name.replace("_", "-")
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--img-size``, ``--no-test``, ``--model-option``."""
+        if self.option.flag:
+            return self.option.flag
+        invert = self.kind == "bool" and self.option.default is True
+        return f"--{'no-' if invert else ''}{self.label}"
+
+
+def _kind(hint: Any) -> tuple[str, bool, tuple[str, ...]]:
+    """``(kind, None allowed, choices)`` of a field's type."""
+    union = get_origin(hint) in (Union, types.UnionType)
+    members = [a for a in get_args(hint) if a is not type(None)] if union else [hint]
+    optional = union and len(members) < len(get_args(hint))
+    base = members[0]  # list[float] | Mapping[str, float]: a list on the command line
+    if get_origin(base) is Literal:
+        return "choice", optional, tuple(get_args(base))
+    if get_origin(base) is list:
+        return "weights", optional, ()
+    if get_origin(base) is Mapping:
+        return "mapping", optional, ()
+    if base in (bool, int, float, str):
+        return base.__name__, optional, ()
+    raise TypeError(f"TrainConfig field of unsupported type {hint!r}")
+
+
+@functools.cache
+def config_fields(cls: type = TrainConfig) -> tuple[ConfigField, ...]:
+    """Every field of ``cls`` (:class:`TrainConfig` or a subclass) with its kind and option."""
+    hints = get_type_hints(cls)
+    return tuple(ConfigField(f.name, *_kind(hints[f.name]), f.metadata["option"])
+                 for f in dataclasses.fields(cls))
+
+
+#: The configuration keys (the field names), in order.
+KEYS: tuple[str, ...] = tuple(f.name for f in config_fields())
+MAPPING_KEYS = tuple(f.name for f in config_fields() if f.kind == "mapping")
+_FIELDS = {f.name: f for f in config_fields()}
+
+
+def defaults() -> dict[str, Any]:
+    """Every key with its default before the recipe (a fresh copy; None: the recipe's)."""
+    return {f.name: copy.deepcopy(f.option.default) for f in config_fields()}
+
+
+def _check_known(values: Mapping[str, Any], what: str, extra: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(values) - set(KEYS) - set(extra))
+    if unknown:
+        raise ConfigError(f"{what} {', '.join(unknown)}; valid keys: {', '.join(sorted(KEYS))}")
 
 
 #: Values (with repeats: an alias counts each time it is used) a YAML text may expand
@@ -409,12 +494,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         _check_mappings(out)
     except ConfigError as exc:
         raise ConfigError(f"config file {p}: {exc}") from None
-    unknown = sorted(set(out) - set(BASE_DEFAULTS) - {"resume", "config", "distill"})
-    if unknown:
-        raise ConfigError(
-            f"config file {p} has unknown key(s) {', '.join(unknown)}; "
-            f"valid keys: {', '.join(sorted(BASE_DEFAULTS))}"
-        )
+    _check_known(out, f"config file {p} has unknown key(s)", ("resume", "config", "distill"))
     distill = out.pop("distill", None)
     if distill is not None:  # `distill: 0.015` sets both SelfReg weights, like the flag
         lam = 0.015 if distill is True else distill
@@ -438,11 +518,11 @@ def resolve_config(
         flag_values: values given explicitly on the command line (``None`` = not given).
 
     Returns:
-        A frozen :class:`TrainConfig` with every key of :data:`BASE_DEFAULTS` filled in.
+        A frozen :class:`TrainConfig` with every key filled in.
     """
     for source in (file_values or {}, flag_values or {}):
         _check_mappings(source)
-    cfg = copy.deepcopy(BASE_DEFAULTS)
+    cfg = defaults()
     recipe = pick_recipe(recipe, file_values, flag_values)
     rec = RECIPES.get(recipe or "default", RECIPES["default"])
     cfg.update(copy.deepcopy(rec))
@@ -451,9 +531,9 @@ def resolve_config(
         if source.get("loss") is not None and source.get("loss_weights") is None:
             cfg["loss_weights"] = None  # another loss: its own default weights
         for key, value in source.items():
-            if value is None or key not in BASE_DEFAULTS:
+            if value is None or key not in KEYS:
                 continue
-            if key in ("model_options", "dataset_options", "augment_options"):
+            if key in MAPPING_KEYS:
                 merged = dict(cfg.get(key) or {})
                 merged.update(value or {})
                 value = merged
@@ -565,139 +645,128 @@ def require_pretrained_encoder(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, model_options=options)
 
 
-MAPPING_KEYS = ("model_options", "dataset_options", "augment_options")
-BOOL_KEYS = ("amp", "channels_last", "deep_supervision", "test", "progress")
-STR_KEYS = ("model", "dataset", "data_root", "output", "loss", "augment")
-OPTIONAL_INT_KEYS = ("max_cases", "val_cases", "test_max_cases", "eval_from_epoch")
-
-
-def _check_mappings(values: dict[str, Any]) -> None:
+def _check_mappings(values: Mapping[str, Any]) -> None:
     # Checked before merging: `model_options: 5` in a YAML file used to reach dict.update.
     for key in MAPPING_KEYS:
-        if values.get(key) is not None and not isinstance(values[key], Mapping):
-            raise ConfigError(
-                f"{key} must be a mapping of option: value (e.g. {{base_channels: 16}}), "
-                f"got {values[key]!r}"
-            )
+        if values.get(key) is not None:
+            check_value(key, values[key])
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
-def _weights(cfg: dict[str, Any], key: str) -> None:
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float (YAML 1.1 reads ``1e-3`` as text), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        out = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _in_range(value: float, opt: Option) -> bool:
+    lo_ok = opt.lo is None or (value > opt.lo if opt.open_lo else value >= opt.lo)
+    hi_ok = opt.hi is None or (value < opt.hi if opt.open_hi else value <= opt.hi)
+    return lo_ok and hi_ok
+
+
+def _range_text(opt: Option, whole: bool) -> str:
+    lo, hi = (f"{v:.0f}" if float(v).is_integer() else f"{v:g}" for v in (opt.lo, opt.hi or 0))
+    if opt.hi is None:
+        return f"{'>' if opt.open_lo else '>='} {lo}"
+    if whole:
+        return f"in {lo}..{hi}"
+    return f"in {'(' if opt.open_lo else '['}{lo}, {hi}{')' if opt.open_hi else ']'}"
+
+
+def _weights(f: ConfigField, value: Any) -> Any:
     """A list of numbers >= 0, not all 0 (``loss_weights`` may also map term -> weight,
     as ``build_loss`` takes); ``"abc"`` used to reach the loss as a traceback."""
-    value = cfg[key]
-    if value is None:
-        return
-    mapping = key == "loss_weights" and isinstance(value, dict)
+    mapping = f.name == "loss_weights" and isinstance(value, Mapping)
     items = list(value.values()) if mapping else value
     ok = isinstance(items, (list, tuple)) and len(items) > 0 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
         for v in items
     ) and sum(items) > 0
     if not ok:
-        what = "a list (or term: weight mapping)" if key == "loss_weights" else "a list"
-        raise ConfigError(
-            f"{key.replace('_', '-')} must be {what} of numbers >= 0, not all 0; got {value!r}"
-        )
-    cfg[key] = {str(k): float(v) for k, v in value.items()} if mapping else [float(v) for v in items]
+        what = "a list (or term: weight mapping)" if f.name == "loss_weights" else "a list"
+        raise ConfigError(f"{f.label} must be {what} of numbers >= 0, not all 0; got {value!r}")
+    return {str(k): float(v) for k, v in value.items()} if mapping else [float(v) for v in items]
 
 
-def _positive(cfg: dict[str, Any], key: str, kind: type = int) -> None:
-    value = cfg[key]
-    try:
-        ok = kind(value) == value and value > 0 if kind is int else float(value) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or isinstance(value, bool):
-        raise ConfigError(f"{key.replace('_', '-')} must be a positive {kind.__name__}, got {value!r}")
-    cfg[key] = kind(value)
+def check_value(key: str, value: Any) -> Any:
+    """One field's value, checked against its type and range and normalised (ints from
+    whole floats, choices lower-cased, mappings as dicts).
+
+    Raises:
+        ConfigError: one line naming the key; for a choice, the choices.
+    """
+    f = _FIELDS[key]
+    if value is None and (f.optional or f.kind == "mapping"):
+        return {} if f.kind == "mapping" else None
+    if f.kind == "choice":
+        if isinstance(value, str) and value.lower() in f.choices:
+            return value.lower()
+        unset = " or leave it unset" if f.optional else ""
+        raise ConfigError(f"unknown {f.label} {value!r}; choose one of "
+                          f"{', '.join(f.choices)}{unset}")
+    if f.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{f.label} must be true or false, got {value!r}")
+        return value
+    if f.kind in ("int", "float"):
+        whole = f.kind == "int"
+        number = _whole(value) if whole else _number(value)
+        if number is None or not _in_range(number, f.option):
+            what = "a whole number" if whole else "a number"
+            raise ConfigError(f"{f.label} must be {what} {_range_text(f.option, whole)}, "
+                              f"got {value!r}")
+        return number
+    if f.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{f.label} must be a string, got {value!r}")
+        return value
+    if f.kind == "mapping":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping of option: value (e.g. "
+                              f"{{base_channels: 16}}), got {value!r}")
+        return dict(value)
+    return _weights(f, value)
 
 
-def _choice(value: Any, key: str, choices: tuple[str, ...], tail: str = "") -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {key.replace('_', '-')} {value!r}; choose one of "
-                          f"{', '.join(choices)}{tail}")
-
-
-def _check_fold(cfg: dict[str, Any]) -> None:
-    """``fold``: one of the cross-validation folds, never with ``--paper-protocol``."""
-    if cfg.get("fold") is None:
-        return
-    from unetzoo.data.folds import N_FOLDS
-
-    if not (_is_int(cfg["fold"]) and 0 <= cfg["fold"] < N_FOLDS):
-        raise ConfigError(
-            f"fold must be a whole number in 0..{N_FOLDS - 1} ({N_FOLDS}-fold "
-            f"cross-validation), got {cfg['fold']!r}"
-        )
-    if cfg.get("paper_protocol"):
-        raise ConfigError("--fold holds out validation cases; --paper-protocol trains on "
-                          "all of them: drop one of the two")
+def check_values(values: Mapping[str, Any]) -> None:
+    """The given (not None) values of a partial configuration, e.g. the flags, checked
+    before any work; unknown keys are refused."""
+    _check_known(values, "unknown configuration key(s)")
+    for key, value in values.items():
+        if value is not None:
+            check_value(key, value)
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
-    """Check types and ranges in place; one clear line for the first bad value."""
-    for key in ("max_epochs", "batch_size", "img_size", "eval_interval"):
-        _positive(cfg, key, int)
-    if cfg.get("max_iterations") is not None:
-        _positive(cfg, "max_iterations", int)
-    _positive(cfg, "base_lr", float)
-    if cfg["img_size"] < 8:
-        raise ConfigError(f"img-size must be at least 8 pixels, got {cfg['img_size']}")
-    if not _is_int(cfg["num_workers"]) or cfg["num_workers"] < 0:
-        raise ConfigError(f"num-workers must be a whole number >= 0, got {cfg['num_workers']!r}")
-    opt = str(cfg["optimizer"]).lower()
-    if opt not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {cfg['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
-    cfg["optimizer"] = opt
-    for key, choices in (("lr_schedule", LR_SCHEDULES),
-                         ("deep_supervision_loss", DEEP_SUPERVISION_LOSSES),
-                         ("precision", ("fp32", "bf16")), ("select", SELECTIONS),
-                         ("protocol", PROTOCOLS)):
-        _choice(cfg.get(key), key, choices)
-    if cfg.get("lr_batch_rule") is not None:
-        _choice(cfg["lr_batch_rule"], "lr_batch_rule", LR_BATCH_RULES, " or leave it unset")
+    """Check and normalise every value in place (field by field, then the combinations);
+    one clear line for the first bad value."""
+    for key in KEYS:
+        cfg[key] = check_value(key, cfg[key])
     if cfg["precision"] == "bf16" and cfg["amp"]:
         raise ConfigError("--amp (fp16) and --precision bf16 exclude each other; pick one")
-    for key, lo, hi in (("val_fraction", 0.0, 1.0), ("poly_power", 0.0, math.inf)):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value < hi:
-            raise ConfigError(f"{key.replace('_', '-')} must be a number in [{lo:g}, {hi:g}), got {value!r}")
-    for key in ("distill_ifd", "distill_scr", "weight_decay", "momentum"):
-        try:
-            value = float(cfg[key] or 0.0)
-        except (TypeError, ValueError):
-            value = -1.0
-        if value < 0 or not math.isfinite(value):
-            raise ConfigError(f"{key.replace('_', '-')} must be a number >= 0, got {cfg[key]!r}")
-        if key == "momentum" and value >= 1:  # SGD diverges at momentum >= 1
-            raise ConfigError(f"momentum must be a number in [0, 1), got {cfg[key]!r}")
-        cfg[key] = value
-    _check_mappings(cfg)
-    for key in MAPPING_KEYS:
-        cfg[key] = dict(cfg[key] or {})
-    for key in BOOL_KEYS:
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key.replace('_', '-')} must be true or false, got {cfg[key]!r}")
-    for key in STR_KEYS:
-        if cfg[key] is not None and not isinstance(cfg[key], str):
-            raise ConfigError(f"{key.replace('_', '-')} must be a string, got {cfg[key]!r}")
-    for key in OPTIONAL_INT_KEYS:
-        if cfg[key] is not None and not (_is_int(cfg[key]) and cfg[key] >= 1):
-            raise ConfigError(f"{key.replace('_', '-')} must be a whole number >= 1, got {cfg[key]!r}")
-    if not _is_int(cfg["seed"]) or not 0 <= cfg["seed"] < 2**32:
-        # numpy seeds its generators with 0 .. 2**32 - 1; others end in a traceback.
-        raise ConfigError(f"seed must be a whole number in 0..{2**32 - 1}, got {cfg['seed']!r}")
     reserved = sorted({"in_channels", "num_classes"} & set(cfg["model_options"]))
     if reserved:
         raise ConfigError(f"model option {reserved[0]} comes from the dataset (its channels "
                           "and classes); drop that --model-option")
-    _check_fold(cfg)
-    for key in ("loss_weights", "deep_supervision_weights"):
-        _weights(cfg, key)
+    if cfg["fold"] is not None and cfg["paper_protocol"]:
+        raise ConfigError("--fold holds out validation cases; --paper-protocol trains on "
+                          "all of them: drop one of the two")
     from unetzoo.engine.distributed import check_device
 
     cfg["device"] = check_device(cfg["device"])
@@ -722,13 +791,13 @@ def check_resume_options(saved: dict[str, Any], current: dict[str, Any], where: 
         )
 
 
-def effective_base_lr(cfg: TrainConfig | Mapping[str, Any]) -> float:
+def effective_base_lr(cfg: TrainConfig) -> float:
     """``base_lr`` after the recipe's batch rule: ``"batch24"`` (Swin-Unet ``train.py`` at
     1c8b3e8, SelfReg ``train_unetKD.py``: ``if batch_size != 24 and batch_size % 6 == 0:
     base_lr *= batch_size / 24``); unchanged without a rule. Applied when the optimizer
     is built, so the stored ``base_lr`` stays the value asked for."""
-    lr, batch = float(cfg["base_lr"]), int(cfg["batch_size"])
-    if cfg.get("lr_batch_rule") == "batch24" and batch != 24 and batch % 6 == 0:
+    lr, batch = float(cfg.base_lr), int(cfg.batch_size)
+    if cfg.lr_batch_rule == "batch24" and batch != 24 and batch % 6 == 0:
         return lr * batch / 24
     return lr
 

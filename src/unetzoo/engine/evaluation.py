@@ -319,8 +319,14 @@ def run_test(
 
 
 def _checked_device(backend: str, device: str | torch.device | None, precision: str):
-    """Bad backend or precision names are one line before any work; returns the device."""
+    """Bad backend, device or precision names, and absent GPUs, are one line before any
+    work; returns the device."""
+    from unetzoo.engine.distributed import check_device, resolve_device
+
     check_backend(backend)
+    if not isinstance(device, torch.device):  # a name: checked, and present here
+        device = check_device(device)
+        resolve_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_precision(precision, device)
     return device

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetzoo.data.imageio import DEFAULT_MAX_PIXELS
 from unetzoo.engine.predict_cases import predict_array, predict_cases
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError
@@ -152,6 +151,15 @@ def load_predictor(
         CheckpointError: a missing, damaged or foreign file; members that disagree.
         ConfigError: an unknown backend or device.
     """
+    names, kind = _check_request(paths, kind, backend, precision)
+    return _open(names, kind, device, backend, batch_size, tta, verbose, providers, precision)
+
+
+def _check_request(paths: str | Path | Sequence[str | Path], kind: str | None, backend: Any,
+                   precision: str, max_pixels: int | None = None) -> tuple[list[str], str]:
+    """The files and their kind, after every check that needs no file: the backend name
+    (once per call: :func:`~unetzoo.engine.backends.check_backend`) and what an ONNX
+    model cannot do."""
     from unetzoo.engine.backends import check_backend
 
     check_backend(backend)
@@ -164,6 +172,14 @@ def load_predictor(
                               "model runs in its own precision")
         if len(names) != 1:
             raise ConfigError("an ONNX model is one file; ensembles take checkpoints")
+        if max_pixels is not None:
+            raise ConfigError("--max-pixels applies to --checkpoint; --onnx keeps the default")
+    return names, kind
+
+
+def _open(names: list[str], kind: str, device: Any, backend: Any, batch_size: int, tta: bool,
+          verbose: bool, providers: list[str] | None, precision: str) -> Predictor:
+    if kind == "onnx":
         return _load_onnx(names[0], batch_size, tta, providers)
     return _load_checkpoints(names, device, backend, batch_size, tta, verbose, precision)
 
@@ -215,34 +231,74 @@ def predict_files(
     batch_size: int = 16,
     overlays: int = 3,
     verbose: bool = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     backend: str = "torch",
     postprocessing: dict[str, Any] | str | Path | None = STORED,
     save_probabilities: bool = False,
     overwrite: bool = False,
+    *,
+    kind: str | None = None,
+    precision: str = "fp32",
+    strict_inputs: bool = False,
+    max_voxels: int | None = None,
+    output_format: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Segment files and folders with a checkpoint (or several, or an ``.onnx``) exactly
-    as ``unetzoo predict`` does; one record per case (see
+    """Segment files and folders with a checkpoint (or several, or an ``.onnx``): what
+    ``unetzoo predict`` runs; one record per case (see
     :func:`~unetzoo.engine.predict_cases.predict_cases`).
 
     Label maps keep the input's geometry: NIfTI in -> ``CASE.nii.gz`` with the same shape,
     voxel order and affine (NRRD, MetaImage likewise in their own format); PNG/JPG/BMP in
     -> ``CASE_seg.png``; TIF in -> ``CASE_seg.tif``. ``postprocessing`` defaults to the
-    plan stored with the checkpoint, as the CLI. Every input, and every target in
-    ``out_dir`` (a file there that unetzoo did not write is refused unless ``overwrite``),
-    is checked before the model is loaded.
+    plan stored with the checkpoint (:data:`STORED`; None: none; or a plan or plan file).
+    Every option, every input (``max_pixels`` per 2-D image, default
+    :data:`~unetzoo.data.imageio.DEFAULT_MAX_PIXELS`; ``max_voxels`` per file, read from
+    its header) and every target in ``out_dir`` (a file there that unetzoo did not write
+    is refused unless ``overwrite``) is checked before the model is loaded. ``kind`` is
+    ``"onnx"`` or ``"checkpoint"`` (default by the file name, as :func:`load_predictor`).
+    ``output_format`` ``"dicom-seg"`` writes a DICOM SEG for DICOM input.
     """
-    from unetzoo.engine.backends import check_backend
+    from unetzoo.data.imageio import voxel_limit
+
+    if max_voxels is not None and max_voxels < 1:
+        raise ConfigError(f"--max-voxels must be >= 1, got {max_voxels}")
+    with voxel_limit(max_voxels):
+        return _predict_files(inputs, checkpoint, out_dir, dict(
+            tta=tta, device=device, batch_size=batch_size, overlays=overlays, verbose=verbose,
+            max_pixels=max_pixels, backend=backend, postprocessing=postprocessing,
+            save_probabilities=save_probabilities, overwrite=overwrite, kind=kind,
+            precision=precision, strict_inputs=strict_inputs, output_format=output_format))
+
+
+def _predict_files(inputs: list[str | Path], checkpoint: Any, out_dir: str | Path,
+                   o: dict[str, Any]) -> list[dict[str, Any]]:
+    from unetzoo.engine.backends import check_precision
     from unetzoo.engine.distributed import resolve_device
     from unetzoo.engine.predict_cases import check_cases, claim_targets
 
-    check_backend(backend)
-    resolve_device(device)  # unknown names and absent GPUs: one line, before any work
-    cases = check_cases(inputs, max_pixels)  # a bad file among many: before any model is loaded
-    claim_targets(cases, out_dir, overwrite=overwrite, save_probabilities=save_probabilities,
-                  overlays=overlays)
-    predictor = load_predictor(checkpoint, device=device, backend=backend, verbose=verbose,
-                               batch_size=batch_size, tta=tta)
-    return predictor.predict_files(inputs, out_dir, postprocessing=postprocessing,
-                                   overlays=overlays, verbose=verbose, max_pixels=max_pixels,
-                                   save_probabilities=save_probabilities, overwrite=overwrite)
+    names, kind = _check_request(checkpoint, o["kind"], o["backend"], o["precision"],
+                                 o["max_pixels"])
+    if o["batch_size"] < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {o['batch_size']}")
+    if o["max_pixels"] is not None and o["max_pixels"] < 1:
+        raise ConfigError(f"--max-pixels must be >= 1, got {o['max_pixels']}")
+    # unknown names, absent GPUs, bf16 without hardware: one line, before any work
+    check_precision(o["precision"], resolve_device(o["device"]))
+    cases = check_cases(inputs, o["max_pixels"])  # every header, before any model is loaded
+    # A user's file under a target's name: refused before the model is loaded.
+    claim_targets(cases, out_dir, overwrite=o["overwrite"], output_format=o["output_format"],
+                  save_probabilities=o["save_probabilities"], overlays=o["overlays"])
+    predictor = _open(names, kind, o["device"], o["backend"], o["batch_size"], o["tta"],
+                      o["verbose"], None, o["precision"])
+    plan = predictor._plan(o["postprocessing"])
+    if plan is not None and o["verbose"]:
+        given = o["postprocessing"]
+        source = ("stored with the checkpoint" if isinstance(given, str) and given == STORED
+                  else given if isinstance(given, (str, Path)) else "given")
+        print(f"post-processing: {len(plan['steps'])} keep-largest-component step(s) "
+              f"({source})", flush=True)
+    return predictor.predict_files(
+        inputs, out_dir, postprocessing=plan, overlays=o["overlays"], verbose=o["verbose"],
+        max_pixels=o["max_pixels"], save_probabilities=o["save_probabilities"],
+        overwrite=o["overwrite"], strict_inputs=o["strict_inputs"],
+        output_format=o["output_format"])

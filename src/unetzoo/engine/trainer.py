@@ -130,13 +130,13 @@ def check_img_size(model: nn.Module, img_size: int, in_channels: int, name: str,
         )
 
 
-def build_optimizer(cfg: TrainConfig | Mapping[str, Any], params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay), Adam or AdamW at ``base_lr`` (after the recipe's
     batch rule, :func:`~unetzoo.engine.config.effective_base_lr`)."""
-    name = cfg["optimizer"]
-    lr, wd = effective_base_lr(cfg), float(cfg["weight_decay"] or 0.0)
+    name = cfg.optimizer
+    lr, wd = effective_base_lr(cfg), float(cfg.weight_decay or 0.0)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":

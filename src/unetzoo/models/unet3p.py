@@ -42,7 +42,7 @@ absent, 1 present; no gradient), applied as ``cgm_mode`` says:
 ``init="kaiming"`` (default, the official ``init_weights(..., "kaiming")``): every
 convolution weight ``kaiming_normal_(a=0, mode="fan_in")``, every BatchNorm weight
 ``N(1, 0.02)`` and bias 0; convolution biases keep PyTorch's default, as there. A ResNet
-encoder keeps its own (torchvision or pretrained) weights. ``init="default"``: PyTorch's
+encoder keeps its own (torchvision or pretrained) weights. ``init="pytorch"``: PyTorch's
 default initialisation everywhere.
 
 ``encoder="resnet34"`` (any ResNet) replaces the plain encoder; ``cat_channels`` then
@@ -65,7 +65,7 @@ from unetzoo.models.registry import PublishedParams, Taps, register_model
 from unetzoo.models.unetpp import drop_unused_heads
 
 CGM_MODES = ("multiply", "background")
-INITS = ("kaiming", "default")
+INITS = ("kaiming", "pytorch")
 
 
 def binary_presence_loss(
@@ -139,7 +139,7 @@ class UNet3Plus(SegmentationModel):
         cgm_mode: ``"multiply"`` (official) or ``"background"`` (see above).
         cgm_loss_weight: weight of the branch's BCE in :meth:`auxiliary_loss` (> 0).
         cgm_train_gate: apply the ``"multiply"`` gate in training too (see above).
-        init: ``"kaiming"`` (official) or ``"default"`` (PyTorch's).
+        init: ``"kaiming"`` (official) or ``"pytorch"`` (PyTorch's default, as the other models name it).
     """
 
     fixed_input_size: int | None = None  # any size; padded to size_multiple
