@@ -66,8 +66,8 @@ NONZERO_CROP_SHARE = 0.75
 #: Share of training cases held out for validation by the default configuration, when
 #: there are at least VALIDATION_MIN_CASES of them. The final checkpoint is scored by
 #: default, so validation is only a curve; on fewer cases one held-out case cost more
-#: than the curve is worth (mni_dk, 9 cases, 200 iterations: 0.186 with 1 case held
-#: out, 0.262 with none; benchmarks/README.md).
+#: than the curve is worth (mni_dk, 9 cases, ~200 iterations, seed 0: 0.184 with 1 case
+#: held out, 0.244 with none; benchmarks/README.md).
 VAL_FRACTION = 0.1
 VALIDATION_MIN_CASES = 20
 PLAN_VERSION = 1
