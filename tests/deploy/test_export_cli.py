@@ -61,7 +61,7 @@ def test_static_export_and_printed_summary(tiny_checkpoint, tmp_path, capsys):
     shape = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 1, 64, 64]
     # A fixed-batch file still predicts a batch of 3 slices (split into runs of 1).
-    from unetzoo.deploy.onnx_runtime import OnnxModule
+    from unetzoo.engine.onnx import OnnxModule
     from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     ref_model = model_from_checkpoint(load_checkpoint(tiny_checkpoint))

@@ -160,13 +160,13 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 def _plan(args, ds, name, root, ds_opts, file_values, flags, resumed):
     """A dataset without a source recipe gets a plan (:mod:`unetzoo.data.plan`); a
     resumed planned run keeps its checkpoint's."""
-    from unetzoo.data.plan import SlicePlan, plan_training, wants_plan
+    from unetzoo.data.plan import plan_training, wants_plan
 
     budget = {"iterations": getattr(args, "iterations", None),
               "time_budget": getattr(args, "time_budget", None)}
     if resumed is not None:
-        if resumed.get("plan") is not None:
-            ds.plan = SlicePlan.from_dict(resumed["plan"], "the resumed checkpoint")
+        if resumed.spec.plan is not None:
+            ds.plan = resumed.spec.plan
         return ds, file_values
     if wants_plan(ds, file_values, flags):
         from unetzoo.engine.distributed import resolve_device
@@ -183,7 +183,7 @@ def _plan(args, ds, name, root, ds_opts, file_values, flags, resumed):
 
 def run(args: argparse.Namespace) -> int:
     from unetzoo.data import get_dataset
-    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.config import load_yaml, require_pretrained_encoder, resolve_config
     from unetzoo.engine.trainer import train
     from unetzoo.models import get_entry
@@ -204,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
             resume = RunLayout(out).latest
         else:
             resume = Path(args.resume)
-        ck = load_checkpoint(resume)
-        file_values = {**ck.get("config", {}), **file_values}
+        ck = read_checkpoint(resume)
+        file_values = {**ck.config, **file_values}
     if "model" in flags or "model" in file_values:
         get_entry(flags.get("model") or file_values["model"])  # unknown model: fail fast
     name = flags.get("dataset", file_values.get("dataset"))
