@@ -79,7 +79,7 @@ def test_predict_reproduces_the_training_preprocessing(planned, tmp_path):
     from unetzoo.data import get_dataset
     from unetzoo.data.geometry import array_to_file
     from unetzoo.data.plan import Plan
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.inference import predict_volume
 
     run, root = planned["run"], planned["root"]
@@ -94,7 +94,7 @@ def test_predict_reproduces_the_training_preprocessing(planned, tmp_path):
     plan = Plan.load(run / "plans.json")
     ds = get_dataset("nnunet", root, preprocessing=plan.normalisation)
     case = ds.load_case("case_004", "test")
-    model = model_from_checkpoint(load_checkpoint(ckpt), device="cpu").eval()
+    model = read_checkpoint(ckpt).build_model("cpu")
     labels = predict_volume(model, case.image, plan.patch_size, plan=plan.slice_plan,
                             spacing=case.spacing)
     want = array_to_file(labels, None, case.axes)[0]

@@ -41,11 +41,11 @@ def calibrated_model(tiny_checkpoint, phantom_norm, tmp_path_factory) -> tuple[P
     differ between classes by ~1e-6, and its float32 softmax ties on a quarter of the
     pixels (argmax then picks the lower class by rounding luck); with measured statistics
     its logits differ by units, as a trained model's do."""
+    import dataclasses
+
     import torch
 
     from unetzoo.deploy.export import export_checkpoint
-    import dataclasses
-
     from unetzoo.engine.checkpoint import read_checkpoint, write_checkpoint
     from unetzoo.engine.inference import resize_cubic
 

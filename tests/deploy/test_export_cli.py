@@ -60,8 +60,8 @@ def test_static_export_and_printed_summary(tiny_checkpoint, tmp_path, capsys):
     shape = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 1, 64, 64]
     # A fixed-batch file still predicts a batch of 3 slices (split into runs of 1).
-    from unetzoo.engine.onnx import OnnxModule
     from unetzoo.engine.checkpoint import read_checkpoint
+    from unetzoo.engine.onnx import OnnxModule
 
     ref_model = read_checkpoint(tiny_checkpoint).build_model()
     x = torch.rand(3, 1, 64, 64)

@@ -34,10 +34,10 @@ def _affine() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo import create_model
     from unetzoo.data.io import save_nifti
     from unetzoo.data.preprocessing import mri_spec
-    from ckpt_helpers import save_model_checkpoint
 
     base = tmp_path_factory.mktemp("geometry")
     root = base / "Dataset900_Geometry"

@@ -116,7 +116,6 @@ def test_plan_round_trips_through_json_and_the_checkpoint(tmp_path):
         pp.apply_postprocessing(preds[1], loaded), pp.apply_postprocessing(preds[1], plan)
     )
     from ckpt_helpers import save_model_checkpoint
-
     from unetzoo import create_model
     from unetzoo.engine.checkpoint import read_checkpoint
 
@@ -170,11 +169,10 @@ def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
     every training case once, written beside each checkpoint."""
     import torch
 
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo import create_model
     from unetzoo.data import get_dataset
     from unetzoo.data.folds import make_splits, save_splits
-    from ckpt_helpers import save_model_checkpoint
-
     from unetzoo.engine.checkpoint import read_checkpoint, write_checkpoint
     from unetzoo.engine.inference import predict_volume
 

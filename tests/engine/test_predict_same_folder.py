@@ -77,8 +77,8 @@ def test_a_folder_of_only_our_files_is_one_line(folder: Path, tmp_path: Path, ti
 
 def test_cli_predict_into_the_input_folder_twice(folder: Path, tmp_path: Path, capsys,
                                                  tiny_unet, tiny_meta) -> None:
-    from unetzoo.cli.main import main
     from ckpt_helpers import save_model_checkpoint
+    from unetzoo.cli.main import main
 
     ckpt = save_model_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", tiny_unet,
                                  **tiny_meta)

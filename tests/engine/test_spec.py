@@ -162,7 +162,6 @@ def test_predict_warns_once_when_the_input_spacing_is_far_from_training(tmp_path
     import nibabel as nib
 
     from ckpt_helpers import save_model_checkpoint
-
     from unetzoo.engine.predict import predict_files
 
     model = create_model("unet", in_channels=1, num_classes=3, base_channels=4).eval()
