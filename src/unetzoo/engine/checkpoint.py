@@ -58,7 +58,7 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _LOW_SPACE = 64 << 20  # below this, a failed torch.save write is taken as a full disk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: identity, not element-wise, equality
 class TrainState:
     """What ``--resume`` needs besides the weights (and what run bookkeeping reads).
 
@@ -110,7 +110,7 @@ class TrainState:
         return cls(**values)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Checkpoint:
     """A unetzoo checkpoint as :func:`read_checkpoint` returns it.
 
