@@ -173,6 +173,7 @@ class InferenceSpec:
 
     @property
     def num_classes(self) -> int:
+        """Classes including background, ``len(class_names)`` (not the model's outputs)."""
         return len(self.class_names)
 
     # ------------------------------------------------------------------ builders
