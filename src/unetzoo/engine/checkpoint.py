@@ -512,8 +512,10 @@ def copy_checkpoint(src: str | Path, dst: str | Path, *,
     return _write(data, Path(dst), on_written)
 
 
-def repair_best(ckpt_dir: str | Path) -> str | None:
+def repair_best(ckpt_dir: str | Path, latest: str | Path | None = None) -> str | None:
     """Make ``best.pt`` agree with ``latest.pt`` after a crash; returns what was done.
+
+    ``latest`` is the checkpoint being resumed (default ``ckpt_dir/latest.pt``).
 
     Writes go ``latest.pt`` then ``best.pt``, so the one disagreement a crash can leave
     is a ``latest.pt`` that records itself as the best epoch (``best_epoch == epoch``)
@@ -524,18 +526,19 @@ def repair_best(ckpt_dir: str | Path) -> str | None:
         None when nothing needed doing, else a one-line note for the log.
     """
     d = Path(ckpt_dir)
-    latest = read_train_state(d / "latest.pt")
-    if latest is None:
+    source = Path(latest) if latest is not None else d / "latest.pt"
+    state = read_train_state(source)
+    if state is None:
         return None
     best_path = d / "best.pt"
     best = read_train_state(best_path)
     best_at = None if best is None else best.epoch
-    if latest.best_epoch < 1 or best_at == latest.best_epoch:
+    if state.best_epoch < 1 or best_at == state.best_epoch:
         return None
-    if latest.best_epoch == latest.epoch:
-        copy_checkpoint(d / "latest.pt", best_path)
+    if state.best_epoch == state.epoch:
+        copy_checkpoint(source, best_path)
         was = f"epoch {best_at}" if best_at is not None else "missing"
         return (f"repaired {best_path}: it was {was}, the run's best is epoch "
-                f"{latest.best_epoch} (an interrupted write); copied from latest.pt")
+                f"{state.best_epoch} (an interrupted write); copied from {source.name}")
     return (f"warning: {best_path} holds epoch {best_at}, but the run records epoch "
-            f"{latest.best_epoch} as its best; --select best scores {best_path} as it is")
+            f"{state.best_epoch} as its best; --select best scores {best_path} as it is")

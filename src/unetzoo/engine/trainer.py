@@ -609,7 +609,7 @@ def resume_state(
         obj.scaler.load_state_dict(st.scaler)
     if info.is_main:
         # A kill between the latest.pt and best.pt writes: make best.pt agree.
-        note = repair_best(layout.checkpoints)
+        note = repair_best(layout.checkpoints, path)
         if note:
             print(note, flush=True)
     rng = st.rng
