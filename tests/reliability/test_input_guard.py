@@ -156,8 +156,10 @@ def levels(shape=(16, 16, 6)):
 
 
 def run(ds, s, tmp_path, net=None, **kw):
-    ckpt = {**s.to_dict(), "config": {}}
-    return evaluation.run_test(ckpt, dataset=ds, out_dir=tmp_path / "report", overlays=0,
+    from unetzoo.engine.checkpoint import Checkpoint
+
+    return evaluation.run_test(Checkpoint(spec=s, weights={}), dataset=ds,
+                               out_dir=tmp_path / "report", overlays=0,
                                verbose=False, backend="torch", device="cpu",
                                postprocessing=None, model=(net or LevelNet()).eval(), **kw)
 

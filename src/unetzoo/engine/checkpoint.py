@@ -487,6 +487,12 @@ def _peek(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """True when ``path`` is a readable file of this checkpoint format (not checked
+    further; memory-mapped: the weights are not read)."""
+    return Path(path).is_file() and _peek(Path(path)) is not None
+
+
 def read_train_state(path: str | Path) -> TrainState | None:
     """The bookkeeping of a checkpoint of ours (run folders, crash repair, the final copy):
     its :class:`TrainState`, or None when the file is missing, unreadable, not ours,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from unetzoo.data.folds import SPLITS_FILE
-from unetzoo.engine.checkpoint import read_train_state
+from unetzoo.engine.checkpoint import is_checkpoint, read_train_state
 from unetzoo.errors import CheckpointError, ConfigError
 from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder, prune_empty, walk_files
 
@@ -183,7 +183,7 @@ def is_run_folder(path: str | Path) -> bool:
     lay = RunLayout(path)
     if lay.marker.is_file():
         return True
-    return any(read_train_state(p) is not None for p in (lay.latest, lay.best, lay.final))
+    return any(is_checkpoint(p) for p in (lay.latest, lay.best, lay.final))
 
 
 # Everything a training run writes into its folder; nothing else is ever deleted.
