@@ -75,7 +75,7 @@ def _spec(text: str) -> tuple[str, dict[str, Any]]:
 def train_model(spec: str, ds, iterations: int, size: int, batch: int, out: Path,
                 precision: str = "fp32", device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Train ``spec`` through the pipeline; the trained model, its checkpoint and s/iter."""
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.config import resolve_config
     from unetzoo.engine.trainer import train
 
@@ -92,9 +92,9 @@ def train_model(spec: str, ds, iterations: int, size: int, batch: int, out: Path
     summary = train(cfg, dataset=ds)
     seconds = time.perf_counter() - t0
     path = out / "checkpoints" / "latest.pt"
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)
     its = int(summary["iterations"])
-    return model_from_checkpoint(ckpt, device=device), {
+    return ckpt.build_model(device), {
         "checkpoint": str(path), "iterations": its, "s_per_iter": seconds / max(its, 1)}
 
 
@@ -231,11 +231,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmp)
         ds = open_dataset(args.data_root, work, args.max_slices)
         if args.checkpoint:
-            from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+            from unetzoo.engine.checkpoint import read_checkpoint
 
-            ckpt = load_checkpoint(args.checkpoint)
-            model, source = model_from_checkpoint(ckpt, device=device), args.checkpoint
-            size = int(ckpt["img_size"])
+            ckpt = read_checkpoint(args.checkpoint)
+            model, source = ckpt.build_model(device), args.checkpoint
+            size = ckpt.spec.img_size
         else:
             model, info = train_model(args.model, ds, args.iterations, args.size, args.batch,
                                       work / "run", device=device.type)

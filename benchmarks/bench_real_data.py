@@ -263,7 +263,7 @@ def pipeline_run(name: str, options: dict[str, Any], ds, epochs: int, img_size: 
     """Train through ``unetzoo.engine.trainer.train``; the trained model, iterations, loss."""
     import csv
 
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.config import resolve_config
     from unetzoo.engine.trainer import train
 
@@ -277,11 +277,11 @@ def pipeline_run(name: str, options: dict[str, Any], ds, epochs: int, img_size: 
         flags["augment"] = augment
     cfg = resolve_config(ds.recipe, None, flags)
     summary = train(cfg, dataset=ds)
-    ckpt = load_checkpoint(out_dir / "checkpoints" / "latest.pt")
+    ckpt = read_checkpoint(out_dir / "checkpoints" / "latest.pt")
     with (out_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     loss = float(rows[-1]["loss"]) if rows and rows[-1].get("loss") else float("nan")
-    return model_from_checkpoint(ckpt, device="cpu"), int(summary["iterations"]), loss
+    return ckpt.build_model("cpu"), int(summary["iterations"]), loss
 
 
 def run_one(spec: str, ds, slices, budget: int, img_size: int, batch: int, seed: int,

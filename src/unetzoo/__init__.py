@@ -5,7 +5,7 @@ Public entry points::
     import unetzoo
     unetzoo.list_models("resnet*")
     model = unetzoo.create_model("unet", in_channels=1, num_classes=9)
-    unetzoo.model_info("unet")
+    unetzoo.get_entry("unet")  # description, source, default options
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from unetzoo.errors import (
     ModelError,
     UnetzooError,
 )
-from unetzoo.models.registry import create_model, list_models, model_info
+from unetzoo.models.registry import create_model, get_entry, list_models
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,6 @@ __all__ = [
     "UnetzooError",
     "__version__",
     "create_model",
+    "get_entry",
     "list_models",
-    "model_info",
 ]

@@ -20,10 +20,10 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     """A tiny phantom and an untrained narrow U-Net checkpoint for it."""
     import torch
 
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo import create_model
     from unetzoo.data import get_dataset
     from unetzoo.data.phantom import generate_phantom
-    from unetzoo.engine.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("noover")
     root = generate_phantom(base / "ct", n_train=1, n_test=1, shape=TINY["shape"], seed=0)
@@ -31,13 +31,10 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     m = create_model("unet", in_channels=ds.in_channels, num_classes=ds.num_classes,
                      base_channels=4)
-    ckpt = save_checkpoint(
-        {"model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
-         "state_dict": m.state_dict(), "class_names": list(ds.class_names),
-         "in_channels": ds.in_channels, "img_size": 16, "preprocessing": {"kind": "none"},
-         "dataset": "phantom",
-         "config": {"dataset": "phantom", "data_root": str(root), "dataset_options": TINY}},
-        base / "model" / "checkpoints" / "best.pt")
+    ckpt = save_model_checkpoint(
+        base / "model" / "checkpoints" / "best.pt", m, class_names=ds.class_names,
+        in_channels=ds.in_channels, img_size=16, dataset="phantom",
+        config={"dataset": "phantom", "data_root": str(root), "dataset_options": TINY})
     image = sorted((root / "imagesTs").glob("*_0000.nii.gz"))[0]
     return {"ckpt": Path(ckpt), "image": image, "case": image.name[: -len("_0000.nii.gz")]}
 

@@ -116,12 +116,14 @@ def test_postprocess_then_predict_a_folder_with_an_ensemble(folds, tmp_path):
 
 
 def test_mismatched_ensemble_is_one_line(folds, tmp_path, capsys):
-    import torch
+    import dataclasses
 
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint, write_checkpoint
 
-    ck = torch.load(folds["runs"][0] / "checkpoints" / "best.pt", weights_only=True)
-    other = save_checkpoint({**ck, "img_size": 64}, tmp_path / "other.pt")
+    ck = read_checkpoint(folds["runs"][0] / "checkpoints" / "best.pt")
+    other = write_checkpoint(dataclasses.replace(
+        ck, spec=dataclasses.replace(ck.spec, img_size=64), config={**ck.config, "img_size": 64}),
+        tmp_path / "other.pt")
     code = main(["predict", str(folds["root"] / "imagesTs"), "--output", str(tmp_path / "o"),
                  "--device", "cpu", "--checkpoint", str(folds["runs"][0] / "checkpoints" /
                                                          "best.pt"), "--checkpoint", str(other)])

@@ -53,20 +53,22 @@ def test_plan_command_writes_plans_json(planned, capsys):
 
 
 def test_train_records_the_plan_in_the_run_folder_and_checkpoint(planned):
-    import torch
     import yaml
+
+    from unetzoo.engine.checkpoint import read_checkpoint
 
     run = planned["run"]
     plans = json.loads((run / "plans.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    ck = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    ck = read_checkpoint(run / "checkpoints" / "latest.pt").spec
     # --img-size was given: it wins over the planned 64 and the record says so
     assert plans["patch_size"] == cfg["img_size"] == 32
-    assert ck["plan"] == {"target_spacing": plans["target_spacing"], "patch_size": [32, 32]}
-    assert ck["resize"] == "resample-to-plan"
+    assert ck.plan.to_dict() == {"target_spacing": plans["target_spacing"],
+                                 "patch_size": [32, 32]}
+    assert ck.resize == "resample-to-plan"
     # the rest is the plan's: batch, augmentation, normalisation
     assert cfg["batch_size"] == plans["batch_size"] and cfg["augment"] == plans["augment"]
-    assert ck["preprocessing"] == plans["normalisation"]
+    assert ck.preprocessing == plans["normalisation"]
     assert cfg["dataset_options"]["preprocessing"] == plans["normalisation"]
 
 
@@ -79,7 +81,7 @@ def test_predict_reproduces_the_training_preprocessing(planned, tmp_path):
     from unetzoo.data import get_dataset
     from unetzoo.data.geometry import array_to_file
     from unetzoo.data.plan import Plan
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.inference import predict_volume
 
     run, root = planned["run"], planned["root"]
@@ -94,7 +96,7 @@ def test_predict_reproduces_the_training_preprocessing(planned, tmp_path):
     plan = Plan.load(run / "plans.json")
     ds = get_dataset("nnunet", root, preprocessing=plan.normalisation)
     case = ds.load_case("case_004", "test")
-    model = model_from_checkpoint(load_checkpoint(ckpt), device="cpu").eval()
+    model = read_checkpoint(ckpt).build_model("cpu")
     labels = predict_volume(model, case.image, plan.patch_size, plan=plan.slice_plan,
                             spacing=case.spacing)
     want = array_to_file(labels, None, case.axes)[0]
@@ -119,9 +121,8 @@ def test_budget_flags_need_a_planned_run(planned, capsys):
 
 def test_a_planned_run_resumes_with_its_plan(planned):
     """`--resume` keeps the checkpoint's plan (resampled slices, planned normalisation)."""
-    import torch
-
     from unetzoo.data.plan import plan_training
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.config import resolve_config
     from unetzoo.engine.trainer import train
 
@@ -131,13 +132,14 @@ def test_a_planned_run_resumes_with_its_plan(planned):
              "device": "cpu", "progress": False, "test": False}
     ds, values = plan_training(None, planned["root"], {}, {}, flags)
     train(resolve_config(ds.recipe, values, flags), dataset=ds, stop_after_epochs=1)
-    first = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    first = read_checkpoint(run / "checkpoints" / "latest.pt").spec
     assert main(["train", "--resume", "--output", str(run), "--no-progress"]) == 0
-    ck = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
-    assert ck["epoch"] == 2 and ck["plan"] == first["plan"] == {
-        "target_spacing": pytest.approx([0.9, 0.8]), "patch_size": [32, 32]}
-    assert ck["preprocessing"] == first["preprocessing"]
-    assert ck["preprocessing"]["kind"] == "ct_zscore"
+    ck = read_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ck.epoch == 2 and ck.spec.plan == first.plan
+    assert ck.spec.plan.to_dict() == {"target_spacing": pytest.approx([0.9, 0.8]),
+                                      "patch_size": [32, 32]}
+    assert ck.spec.preprocessing == first.preprocessing
+    assert ck.spec.preprocessing["kind"] == "ct_zscore"
 
 
 def test_an_exported_planned_model_predicts_the_same_labels(planned, tmp_path):

@@ -177,15 +177,15 @@ def test_test_and_predict_bad_input(trained, roots, tmp_path, capsys):
 def test_resume_from_the_command_line(trained, roots, tmp_path, capsys):
     import shutil
 
-    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
     run = tmp_path / "again"
     shutil.copytree(trained / "checkpoints", run / "checkpoints")
     code = main(["train", "--resume", "--output", str(run), "--max-epochs", "2", "--no-test",
                  "--no-progress"])
     assert code == 0
-    ck = load_checkpoint(run / "checkpoints" / "latest.pt")
-    first = load_checkpoint(trained / "checkpoints" / "latest.pt")
-    assert ck["epoch"] == 2 and ck["iteration"] == 2 * first["iteration"]
-    assert ck["config"]["model_options"] == {"base_channels": 4}  # from the checkpoint
+    ck = read_checkpoint(run / "checkpoints" / "latest.pt")
+    first = read_checkpoint(trained / "checkpoints" / "latest.pt")
+    assert ck.epoch == 2 and ck.train_state.iteration == 2 * first.train_state.iteration
+    assert ck.config["model_options"] == {"base_channels": 4}  # from the checkpoint
     assert "epoch 2/2" in capsys.readouterr().out

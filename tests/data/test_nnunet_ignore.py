@@ -99,9 +99,11 @@ def test_ignore_dataset_trains_through_the_cli_and_reports_real_classes(tmp_path
     report = (out / "report" / "summary.md").read_text()
     assert "ignore" not in report
     assert report.startswith("# Test of unet on Tiny masked set (test)")
-    ck = torch.load(out / "checkpoints" / "best.pt", weights_only=True, map_location="cpu")
-    assert ck["class_names"] == ["background", "organ"]
-    head = [v for k, v in ck["state_dict"].items() if v.ndim == 4][-1]
+    from unetzoo.engine.checkpoint import read_checkpoint
+
+    ck = read_checkpoint(out / "checkpoints" / "best.pt")
+    assert list(ck.spec.class_names) == ["background", "organ"]
+    head = [v for k, v in ck.weights.items() if v.ndim == 4][-1]
     assert head.shape[0] == 2  # real-class outputs only
 
 

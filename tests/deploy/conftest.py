@@ -34,27 +34,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from unetzoo import create_model
     from unetzoo.data.listed import SYNAPSE_CLASSES
     from unetzoo.data.preprocessing import ct_spec
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import Checkpoint, TrainState, write_checkpoint
+    from unetzoo.engine.spec import InferenceSpec
 
     torch.manual_seed(0)
     model = create_model("unet", in_channels=1, num_classes=len(SYNAPSE_CLASSES), base_channels=4)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(
-        {
-            "model": {"name": model.unetzoo_name, "options": dict(model.unetzoo_options)},
-            "state_dict": model.state_dict(),
-            "class_names": list(SYNAPSE_CLASSES),
-            "in_channels": 1,
-            "img_size": IMG_SIZE,
-            "preprocessing": ct_spec(),
-            "dataset": "phantom",
-            "config": {},
-            "epoch": 0,
-            "iteration": 0,
-            "best_metric": -1.0,
-        },
-        path,
-    )
+    spec = InferenceSpec.for_model(model, class_names=SYNAPSE_CLASSES, in_channels=1,
+                                   img_size=IMG_SIZE, preprocessing=ct_spec(), dataset="phantom")
+    state = TrainState(optimizer={}, epoch=0, iteration=0)
+    write_checkpoint(Checkpoint(spec=spec, weights=model.state_dict(), train_state=state), path)
     return path
 
 

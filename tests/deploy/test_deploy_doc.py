@@ -41,24 +41,25 @@ def calibrated_model(tiny_checkpoint, phantom_norm, tmp_path_factory) -> tuple[P
     differ between classes by ~1e-6, and its float32 softmax ties on a quarter of the
     pixels (argmax then picks the lower class by rounding luck); with measured statistics
     its logits differ by units, as a trained model's do."""
+    import dataclasses
+
     import torch
 
     from unetzoo.deploy.export import export_checkpoint
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint, write_checkpoint
     from unetzoo.engine.inference import resize_cubic
 
-    ck = load_checkpoint(tiny_checkpoint)
-    model = model_from_checkpoint(ck).train()
+    ck = read_checkpoint(tiny_checkpoint)
+    model = ck.build_model().train()
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None  # a plain average over the calibration batch
     with torch.no_grad():
         model(resize_cubic(torch.from_numpy(phantom_norm)[:, None], (64, 64)))
-    ck["state_dict"] = model.eval().state_dict()
     folder = tmp_path_factory.mktemp("calibrated")
-    pt = save_checkpoint({k: v for k, v in ck.items() if k not in ("format", "version")},
-                         folder / "calibrated.pt")
+    pt = write_checkpoint(dataclasses.replace(ck, weights=model.eval().state_dict()),
+                          folder / "calibrated.pt")
     return pt, export_checkpoint(pt, folder / "calibrated.onnx", verify=False).path
 
 

@@ -17,28 +17,27 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def test_export_dynamic_metadata_and_axes(dynamic_onnx, tiny_checkpoint):
-    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
-    ckpt = load_checkpoint(tiny_checkpoint)
+    spec = read_checkpoint(tiny_checkpoint).spec
     model = onnx.load(str(dynamic_onnx))
     onnx.checker.check_model(model, full_check=True)
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 1, "height", "width"]
     meta = read_metadata(dynamic_onnx)
-    assert meta["class_names"] == ckpt["class_names"]
-    assert meta["img_size"] == ckpt["img_size"]
-    assert meta["preprocessing"] == ckpt["preprocessing"]
-    assert meta["model"] == {"name": ckpt["model"]["name"],
-                             "options": dict(ckpt["model"]["options"])}
+    assert meta["class_names"] == list(spec.class_names)
+    assert meta["img_size"] == spec.img_size
+    assert meta["preprocessing"] == spec.preprocessing
+    assert meta["model"] == {"name": spec.model, "options": dict(spec.options)}
     props = {p.key: p.value for p in model.metadata_props}
     assert props["model_name"] == "unet"
 
 
 def test_dynamic_unet_parity(dynamic_onnx, tiny_checkpoint, phantom_norm):
     """The registry's `unet` (the zoo parity test leaves it to this file)."""
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
-    model = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    model = read_checkpoint(tiny_checkpoint).build_model()
     sess = ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
     # Random inputs, and phantom slices cropped to sizes that are not multiples of 16.
@@ -61,10 +60,10 @@ def test_static_export_and_printed_summary(tiny_checkpoint, tmp_path, capsys):
     shape = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 1, 64, 64]
     # A fixed-batch file still predicts a batch of 3 slices (split into runs of 1).
-    from unetzoo.deploy.onnx_runtime import OnnxModule
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
+    from unetzoo.engine.onnx import OnnxModule
 
-    ref_model = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    ref_model = read_checkpoint(tiny_checkpoint).build_model()
     x = torch.rand(3, 1, 64, 64)
     with torch.no_grad():
         np.testing.assert_allclose(OnnxModule(out)(x).numpy(), ref_model(x).numpy(), atol=1e-4)
@@ -137,7 +136,7 @@ def test_model_onnx_cannot_express(tmp_path):
 
 def test_bad_checkpoints_one_line(tmp_path, capsys):
     from unetzoo import create_model
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import FORMAT, VERSION
 
     bare = tmp_path / "bare.pt"
     torch.save(create_model("unet", base_channels=2).state_dict(), bare)
@@ -146,10 +145,11 @@ def test_bad_checkpoints_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "not a unetzoo checkpoint" in err
 
     no_meta = tmp_path / "no_meta.pt"
-    save_checkpoint({"state_dict": {}, "in_channels": 1, "img_size": 64}, no_meta)
+    torch.save({"format": FORMAT, "version": VERSION, "config": {}, "weights": {},
+                "train_state": None}, no_meta)
     assert main(["export", "--checkpoint", str(no_meta)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "model" in err and "class_names" in err
+    assert err.count("\n") == 0 and "lacks key(s) spec" in err
 
     assert main(["export", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

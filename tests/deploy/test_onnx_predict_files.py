@@ -1,4 +1,5 @@
-"""deploy.onnx_runtime.predict_files is the one prediction path: it refuses a user's file."""
+"""engine.predict.predict_files with an .onnx file is the one prediction path: it refuses a
+user's file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ USER_BYTES = b"the user's own segmentation"
 
 def test_onnx_predict_files_keeps_a_user_file_unless_overwrite(dynamic_onnx, phantom_files,
                                                                tmp_path):
-    from unetzoo.deploy.onnx_runtime import predict_files
+    from unetzoo.engine.predict import predict_files
 
     out = tmp_path / "out"
     out.mkdir()

@@ -12,7 +12,7 @@ from torch import nn
 from unetzoo.cli.main import main as cli_main
 from unetzoo.data import get_dataset
 from unetzoo.engine import ablation, trainer
-from unetzoo.engine.checkpoint import load_checkpoint
+from unetzoo.engine.checkpoint import read_checkpoint
 from unetzoo.errors import ConfigError, UnetzooError
 
 TINY = {
@@ -76,7 +76,7 @@ def test_tiny_ladder_interrupted_and_resumed(tiny_phantom, tmp_path):
     first = (out / "resunet_v0_1" / "result.json").read_text()
     assert not (out / "resunet_v1_0" / "result.json").exists()
     latest = out / "resunet_v1_0" / "checkpoints" / "latest.pt"
-    first_segment = load_checkpoint(latest)["history"][-1]["time_s"]
+    first_segment = read_checkpoint(latest).train_state.history[-1]["time_s"]
 
     calls.clear()
     rows = ablation.run_ladder("resunet", tiny_phantom, rungs=["v0_1", "v1_0"], **kw)
@@ -86,7 +86,7 @@ def test_tiny_ladder_interrupted_and_resumed(tiny_phantom, tmp_path):
     assert [r["rung"] for r in rows] == ["resunet_v0_1", "resunet_v1_0"]
     v10 = rows[1]
     assert v10["epochs"] == 2
-    hist = load_checkpoint(out / "resunet_v1_0" / "checkpoints" / "latest.pt")["history"]
+    hist = read_checkpoint(out / "resunet_v1_0" / "checkpoints" / "latest.pt").train_state.history
     assert [h["epoch"] for h in hist] == [1, 2]
     # Training time = the interrupted segment (epoch 1) + the resumed one (epoch 2).
     assert v10["train_seconds"] == pytest.approx(first_segment + hist[-1]["time_s"], abs=0.06)

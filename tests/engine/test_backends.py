@@ -158,16 +158,10 @@ def test_backend_names_and_devices_are_checked():
 
 # ---------------------------------------------------------------- CLI
 def _saved_checkpoint(path):
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from ckpt_helpers import save_model_checkpoint
 
-    model = _model()
-    save_checkpoint({
-        "model": {"name": "unet", "options": dict(model.unetzoo_options)},
-        "state_dict": model.state_dict(), "class_names": ["background", "a", "b"],
-        "in_channels": 1, "img_size": SIZE, "preprocessing": {"kind": "none"},
-        "dataset": "phantom", "config": {},
-    }, path)
-    return path
+    return save_model_checkpoint(path, _model(), class_names=["background", "a", "b"],
+                                 img_size=SIZE, dataset="phantom")
 
 
 @pytest.mark.parametrize("command", ["test", "predict"])

@@ -198,10 +198,9 @@ def test_paper_protocol_run_selects_nothing_and_tests_the_last_epoch(
     seen = {}
 
     def fake_test(checkpoint, **kwargs):
-        import torch
+        from unetzoo.engine.checkpoint import read_checkpoint
 
-        ck = torch.load(checkpoint, weights_only=True)
-        seen.update(epoch=ck["epoch"], protocol=kwargs["protocol"], file=Path(checkpoint).name,
+        seen.update(epoch=read_checkpoint(checkpoint).epoch, protocol=kwargs["protocol"], file=Path(checkpoint).name,
                     select=kwargs["selection"].select)
         return {"mean_dice": 0.0, "mean_hd95": 0.0, "hd95_unit": "mm", "cases": 1}
 

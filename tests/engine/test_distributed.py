@@ -39,11 +39,11 @@ def test_torchrun_two_cpu_processes(tiny_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stdout
     assert proc.stdout.count("epoch 2/2:") == 1  # rank 0 logs alone
-    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
-    ck = load_checkpoint(out / "checkpoints" / "latest.pt")
+    ck = read_checkpoint(out / "checkpoints" / "latest.pt").train_state
     # 8 training slices, batch 4, 2 ranks: the sampler gives each rank 4 slices, so one
     # iteration per epoch (a single process takes two).
-    assert ck["epoch"] == 2 and ck["iteration"] == 2
+    assert ck.epoch == 2 and ck.iteration == 2
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and Path(out / "config.yaml").is_file()

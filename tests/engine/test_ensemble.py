@@ -22,24 +22,10 @@ def _model(seed: int, num_classes: int = 3, **opts):
 
 
 def _save(tmp_path, name: str, seed: int, **over):
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from ckpt_helpers import save_model_checkpoint
 
-    m = _model(seed)
-    payload = {
-        "model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
-        "state_dict": m.state_dict(),
-        "class_names": list(CLASSES),
-        "in_channels": 1,
-        "img_size": IMG,
-        "preprocessing": {"kind": "none"},
-        "dataset": "phantom",
-        "config": {},
-        "epoch": 0,
-        "iteration": 0,
-        "best_metric": -1.0,
-    }
-    payload.update(over)
-    return save_checkpoint(payload, tmp_path / name)
+    fields = {"class_names": CLASSES, "img_size": IMG, "dataset": "phantom", **over}
+    return save_model_checkpoint(tmp_path / name, _model(seed), **fields)
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_members():
@@ -76,11 +62,11 @@ def test_volume_probabilities_match_the_labels():
 
 def test_load_ensemble_from_checkpoints(tmp_path):
     a, b = _save(tmp_path, "f0.pt", 0), _save(tmp_path, "f1.pt", 1)
-    single, meta = ens.load_ensemble([a])
-    assert not isinstance(single, ens.EnsembleModel) and meta["members"] == [str(a)]
-    model, meta = ens.load_ensemble([a, b])
+    single, first = ens.load_ensemble([a])
+    assert not isinstance(single, ens.EnsembleModel) and first.spec.img_size == IMG
+    model, first = ens.load_ensemble([a, b])
     assert isinstance(model, ens.EnsembleModel) and len(model.members) == 2
-    assert meta["img_size"] == IMG and meta["class_names"] == CLASSES
+    assert first.spec.img_size == IMG and list(first.spec.class_names) == CLASSES
     x = torch.randn(1, 1, IMG, IMG)
     ref = (predict_probs(single, x) + predict_probs(ens.load_ensemble([b])[0], x)) / 2
     torch.testing.assert_close(predict_probs(model, x), ref, atol=1e-6, rtol=1e-5)

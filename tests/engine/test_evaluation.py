@@ -70,19 +70,16 @@ class NeverPredicts2Or3(torch.nn.Module):
         return 10.0 * torch.nn.functional.one_hot(keep, len(NAMES)).permute(0, 3, 1, 2).float()
 
 
-def _checkpoint() -> dict:
+def _checkpoint(**spec):
+    from unetzoo.engine.checkpoint import Checkpoint
+    from unetzoo.engine.spec import InferenceSpec
     from unetzoo.models import create_model
 
     model = create_model("unet", in_channels=1, num_classes=len(NAMES), base_channels=4)
-    return {
+    return Checkpoint(spec=InferenceSpec.from_dict({
         "model": {"name": "unet", "options": {"base_channels": 4}},
-        "state_dict": model.state_dict(),
-        "class_names": list(NAMES),
-        "in_channels": 1,
-        "img_size": 16,
-        "dataset": "mem",
-        "config": {},
-    }
+        "class_names": list(NAMES), "in_channels": 1, "img_size": 16, "dataset": "mem", **spec,
+    }), weights=model.state_dict())
 
 
 @pytest.fixture()
@@ -179,7 +176,9 @@ def test_unscored_validation_never_wins_but_best_pt_exists(tiny_cfg):
     summary = trainer.train(tiny_cfg(max_epochs=3), hooks=hooks)
     assert summary["best_epoch"] == 2 and summary["best_metric"] == 0.4
     run = Path(summary["run_dir"])
-    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 2
+    from unetzoo.engine.checkpoint import read_checkpoint
+
+    assert read_checkpoint(run / "checkpoints" / "best.pt").epoch == 2
 
     scores = iter([math.nan, math.nan])
     summary = trainer.train(tiny_cfg(max_epochs=2, output=str(run.parent / "nan-run")),
@@ -249,21 +248,25 @@ def test_validate_reads_a_config_object_as_a_dict(fake_predictor):
 ])
 def test_run_test_reads_the_checkpoint_through_the_spec(tmp_path, over, needle):
     """A damaged checkpoint is one line from InferenceSpec, before any case is read."""
+    from unetzoo.engine.checkpoint import write_checkpoint
     from unetzoo.errors import CheckpointError
 
+    path = write_checkpoint(_checkpoint(), tmp_path / "c.pt")
+    data = torch.load(path, weights_only=True)
+    torch.save({**data, "spec": {**data["spec"], **over}}, path)
     with pytest.raises(CheckpointError, match=needle) as exc:
-        run_test({**_checkpoint(), **over}, dataset=_MemDataset(affine=True),
+        run_test(path, dataset=_MemDataset(affine=True),
                  out_dir=tmp_path / "r", overlays=0, device="cpu", verbose=False)
     assert "\n" not in str(exc.value) and not (tmp_path / "r").exists()
 
 
 def test_ensemble_members_must_share_the_spec(tmp_path):
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import write_checkpoint
     from unetzoo.errors import CheckpointError
 
     a, b = tmp_path / "f0.pt", tmp_path / "f1.pt"
-    save_checkpoint(_checkpoint(), a)
-    save_checkpoint({**_checkpoint(), "preprocessing": {"kind": "zscore"}}, b)
+    write_checkpoint(_checkpoint(), a)
+    write_checkpoint(_checkpoint(preprocessing={"kind": "zscore"}), b)
     with pytest.raises(CheckpointError, match="preprocessing differs"):
         run_test([a, b], dataset=_MemDataset(affine=True), out_dir=tmp_path / "r",
                  overlays=0, device="cpu", verbose=False)

@@ -34,10 +34,10 @@ def _affine() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo import create_model
     from unetzoo.data.imageio import save_image
     from unetzoo.data.preprocessing import mri_spec
-    from unetzoo.engine.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("geometry")
     root = base / "Dataset900_Geometry"
@@ -58,12 +58,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("unet", in_channels=1, num_classes=2, base_channels=4)
     ckpt = base / "best.pt"
-    save_checkpoint({
-        "model": {"name": model.unetzoo_name, "options": dict(model.unetzoo_options)},
-        "state_dict": model.state_dict(), "class_names": ["background", "blob"],
-        "in_channels": 1, "img_size": 16, "preprocessing": mri_spec(), "dataset": "nnunet",
-        "config": {}, "epoch": 0, "iteration": 0, "best_metric": -1.0,
-    }, ckpt)
+    save_model_checkpoint(ckpt, model, class_names=["background", "blob"], img_size=16,
+                          preprocessing=mri_spec(), dataset="nnunet")
     return {"base": base, "root": root, "ckpt": ckpt, "affine": aff,
             "image": root / "imagesTs" / "g_002_0000.nii.gz",
             "label": root / "labelsTs" / "g_002.nii.gz"}

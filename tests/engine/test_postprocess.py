@@ -115,15 +115,22 @@ def test_plan_round_trips_through_json_and_the_checkpoint(tmp_path):
     np.testing.assert_array_equal(
         pp.apply_postprocessing(preds[1], loaded), pp.apply_postprocessing(preds[1], plan)
     )
-    assert pp.plan_for_checkpoint({"postprocessing": loaded}, None) == loaded
+    from ckpt_helpers import save_model_checkpoint
+    from unetzoo import create_model
+    from unetzoo.engine.checkpoint import read_checkpoint
+
+    stored = save_model_checkpoint(tmp_path / "stored" / "best.pt",
+                                   create_model("unet", 1, 3, base_channels=4),
+                                   class_names=["background", "a", "b"], postprocessing=loaded)
+    assert pp.plan_for_checkpoint(read_checkpoint(stored), None) == loaded
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"a checkpoint")
-    assert pp.plan_for_checkpoint({}, ckpt) is None  # beside it, but names no checkpoint
+    assert pp.plan_for_checkpoint(None, ckpt) is None  # beside it, but names no checkpoint
     from unetzoo.engine.backends import file_sha256
 
     named = pp.save_plan(path, {**plan, "checkpoint_sha256": [file_sha256(ckpt)]})
-    assert pp.plan_for_checkpoint({}, ckpt) == pp.load_plan(named)  # the file beside it
-    assert pp.plan_for_checkpoint({}, tmp_path / "sub" / "best.pt") is None
+    assert pp.plan_for_checkpoint(None, ckpt) == pp.load_plan(named)  # the file beside it
+    assert pp.plan_for_checkpoint(None, tmp_path / "sub" / "best.pt") is None
     np.testing.assert_array_equal(pp.apply_postprocessing(preds[1], None), preds[1])
 
 
@@ -162,10 +169,11 @@ def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
     every training case once, written beside each checkpoint."""
     import torch
 
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo import create_model
     from unetzoo.data import get_dataset
     from unetzoo.data.folds import make_splits, save_splits
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint, write_checkpoint
     from unetzoo.engine.inference import predict_volume
 
     tiny = {"n_train": 3, "n_test": 1, "shape": [4, 32, 32], "seed": 0}  # conftest's phantom
@@ -180,22 +188,17 @@ def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
         save_splits(run / "splits_final.json", splits)
         cfg = {"dataset": "phantom", "data_root": str(tiny_root),
                "dataset_options": dict(tiny), "fold": fold}
-        ckpts.append(save_checkpoint(
-            {"model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
-             "state_dict": m.state_dict(), "class_names": list(ds.class_names),
-             "in_channels": ds.in_channels, "img_size": 32,
-             "preprocessing": {"kind": "none"}, "config": cfg},
-            run / "checkpoints" / "best.pt"))
+        ckpts.append(save_model_checkpoint(
+            run / "checkpoints" / "best.pt", m, class_names=ds.class_names,
+            in_channels=ds.in_channels, img_size=32, config=cfg))
     plan = pp.crossval_postprocessing(ckpts, verbose=False)
     assert plan["folds"] == [0, 1] and plan["cases"] == len(ds.cases("train"))
     for c in ckpts:
-        assert pp.plan_for_checkpoint({}, c) == pp.load_plan(c.parent / pp.PLAN_FILE)
+        assert pp.plan_for_checkpoint(None, c) == pp.load_plan(c.parent / pp.PLAN_FILE)
     # The same decision from the predictions made by hand.
     preds, refs = [], []
     for fold, c in enumerate(ckpts):
-        from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-        model = model_from_checkpoint(load_checkpoint(c))
+        model = read_checkpoint(c).build_model()
         for cid in splits[fold]["val"]:
             case = ds.load_case(cid, "train")
             preds.append(predict_volume(model, case.image, 32))
@@ -204,7 +207,9 @@ def test_crossval_plan_from_fold_runs(tmp_path, tiny_root):
     assert plan["steps"] == ref["steps"]
     # A run trained without --fold cannot take part.
     cfg_less = tmp_path / "plain" / "checkpoints" / "best.pt"
-    save_checkpoint({**torch.load(ckpts[0], weights_only=True), "config": {}}, cfg_less)
+    import dataclasses
+
+    write_checkpoint(dataclasses.replace(read_checkpoint(ckpts[0]), config={}), cfg_less)
     from unetzoo.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="without --fold"):

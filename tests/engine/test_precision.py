@@ -84,16 +84,10 @@ def test_fp32_stays_the_default(bf16_cpu):
 
 
 def _checkpoint(path):
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from ckpt_helpers import save_model_checkpoint
 
-    model = _model()
-    save_checkpoint({
-        "model": {"name": "unet", "options": dict(model.unetzoo_options)},
-        "state_dict": model.state_dict(), "class_names": ["background", "a", "b"],
-        "in_channels": 1, "img_size": 32, "preprocessing": {"kind": "none"},
-        "dataset": "phantom", "config": {},
-    }, path)
-    return path
+    return save_model_checkpoint(path, _model(), class_names=["background", "a", "b"],
+                                 dataset="phantom")
 
 
 @pytest.mark.parametrize("command", ["test", "predict"])
@@ -162,10 +156,10 @@ class _OneCase:
 
 
 def test_run_test_records_the_precision(bf16_cpu, tmp_path):
-    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.evaluation import run_test
 
-    ckpt = load_checkpoint(_checkpoint(tmp_path / "best.pt"))
+    ckpt = read_checkpoint(_checkpoint(tmp_path / "best.pt"))
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
         run_test(ckpt, dataset=_OneCase(), out_dir=out, overlays=0, device="cpu",

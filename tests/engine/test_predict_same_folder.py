@@ -77,14 +77,11 @@ def test_a_folder_of_only_our_files_is_one_line(folder: Path, tmp_path: Path, ti
 
 def test_cli_predict_into_the_input_folder_twice(folder: Path, tmp_path: Path, capsys,
                                                  tiny_unet, tiny_meta) -> None:
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo.cli.main import main
-    from unetzoo.engine.checkpoint import save_checkpoint
 
-    m = tiny_unet
-    ckpt = save_checkpoint(
-        {"model": {"name": m.unetzoo_name, "options": dict(m.unetzoo_options)},
-         "state_dict": m.state_dict(), **tiny_meta},
-        tmp_path / "run" / "checkpoints" / "best.pt")
+    ckpt = save_model_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", tiny_unet,
+                                 **tiny_meta)
     argv = ["predict", str(folder), "--checkpoint", str(ckpt), "--output", str(folder),
             "--device", "cpu", "--backend", "torch", "--overlays", "1"]
     assert main(argv) == 0

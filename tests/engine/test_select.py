@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unetzoo.engine import trainer
-from unetzoo.engine.checkpoint import load_checkpoint
+from unetzoo.engine.checkpoint import read_checkpoint
 from unetzoo.engine.config import load_yaml, resolve_config
 from unetzoo.engine.run_folder import RunLayout
 from unetzoo.errors import ConfigError
@@ -39,11 +39,11 @@ def test_final_checkpoint_is_scored_by_default(tiny_cfg, early_peak, tmp_path):
     summary = trainer.train(tiny_cfg(max_epochs=3, test=True), hooks=early_peak)
     run = RunLayout(summary["run_dir"])
     assert summary["best_epoch"] == 1  # validation picked the first epoch ...
-    assert load_checkpoint(run.best)["epoch"] == 1
-    final = load_checkpoint(run.final)  # ... the final checkpoint is the last epoch
-    latest = load_checkpoint(run.latest)
-    assert final["epoch"] == latest["epoch"] == 3
-    assert all(torch.equal(v, latest["state_dict"][k]) for k, v in final["state_dict"].items())
+    assert read_checkpoint(run.best).epoch == 1
+    final = read_checkpoint(run.final)  # ... the final checkpoint is the last epoch
+    latest = read_checkpoint(run.latest)
+    assert final.epoch == latest.epoch == 3
+    assert all(torch.equal(v, latest.weights[k]) for k, v in final.weights.items())
 
     scored = summary["test"]["scored"]
     assert scored["file"] == "final.pt" and scored["epoch"] == 3 and scored["max_epochs"] == 3
@@ -67,7 +67,7 @@ def test_select_best_scores_best_pt_and_says_so(tiny_cfg, early_peak):
     on_disk, md = _report(Path(summary["run_dir"]))
     assert on_disk["scored"] == scored
     assert "Scored checkpoint: best.pt, epoch 1 of 3: best validation epoch" in md
-    assert load_checkpoint(RunLayout(summary["run_dir"]).final)["epoch"] == 3  # still written
+    assert read_checkpoint(RunLayout(summary["run_dir"]).final).epoch == 3  # still written
 
 
 def test_select_best_without_validation_scores_final(tiny_cfg):
@@ -83,7 +83,7 @@ def test_resume_writes_final_after_an_interruption_and_after_finishing(tiny_cfg)
     run = RunLayout(cfg.output)
     assert not run.final.exists()  # an unfinished run has no final checkpoint
     trainer.train(cfg, resume=run.latest)
-    assert load_checkpoint(run.final)["epoch"] == 2
+    assert read_checkpoint(run.final).epoch == 2
     stamp = run.final.stat().st_mtime_ns
     trainer.train(cfg, resume=run.latest)  # resumed after it finished: nothing to redo
     assert run.final.stat().st_mtime_ns == stamp
@@ -91,7 +91,7 @@ def test_resume_writes_final_after_an_interruption_and_after_finishing(tiny_cfg)
     # resuming the finished run writes it
     run.final.unlink()
     summary = trainer.train(cfg, resume=run.latest)
-    assert summary["epochs"] == 2 and load_checkpoint(run.final)["epoch"] == 2
+    assert summary["epochs"] == 2 and read_checkpoint(run.final).epoch == 2
 
 
 @pytest.mark.parametrize("value", ["worst", "", 1, True, ["best"]])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetzoo.engine.checkpoint import load_checkpoint
+from unetzoo.engine.checkpoint import read_checkpoint
 from unetzoo.engine.config import poly_lr
 from unetzoo.engine.trainer import TrainingDiverged, split_train_val, train
 
@@ -44,12 +44,12 @@ def test_train_writes_run_folder_and_poly_lr(tiny_cfg):
     for epoch, row in enumerate(rows, 1):
         expected = poly_lr(cfg.base_lr, epoch * its - 1, 2 * its, 0.9)
         assert float(row["lr"]) == pytest.approx(expected, rel=1e-5)
-    ck = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert ck["epoch"] == 2 and ck["iteration"] == summary["iterations"]
-    assert ck["class_names"][0] == "background" and ck["img_size"] == 32
-    assert ck["preprocessing"]["kind"] == "ct" and ck["config"]["seed"] == cfg.seed
+    ck = read_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ck.epoch == 2 and ck.train_state.iteration == summary["iterations"]
+    assert ck.spec.class_names[0] == "background" and ck.spec.img_size == 32
+    assert ck.spec.preprocessing["kind"] == "ct" and ck.config["seed"] == cfg.seed
     # the training cases' median spacing (the phantom's 5 x 2.5 x 2.5 mm) is in the spec
-    assert ck["spacing"] == [5.0, 2.5, 2.5]
+    assert ck.spec.spacing == (5.0, 2.5, 2.5)
 
 
 def test_max_iterations_is_an_exact_budget(tiny_cfg):
@@ -62,7 +62,7 @@ def test_max_iterations_is_an_exact_budget(tiny_cfg):
     assert [int(r["iteration"]) for r in rows] == [per_epoch, budget]
     # poly decays over the budget, not over 99 epochs: the last step's lr
     assert float(rows[-1]["lr"]) == pytest.approx(poly_lr(0.01, budget - 1, budget, 0.9))
-    assert load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "final.pt")["epoch"] == 2
+    assert read_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "final.pt").epoch == 2
 
 
 def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
@@ -70,19 +70,19 @@ def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
     part_cfg = tiny_cfg(output=str(tmp_path / "part"), max_epochs=3, eval_interval=2)
     train(part_cfg.to_dict(), stop_after_epochs=1)
     latest = tmp_path / "part" / "checkpoints" / "latest.pt"
-    assert load_checkpoint(latest)["epoch"] == 1
+    assert read_checkpoint(latest).epoch == 1
     resumed = train(part_cfg.to_dict(), resume=latest)
     assert resumed["iterations"] == full["iterations"]
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
-    b = load_checkpoint(latest)
-    assert a["epoch"] == b["epoch"] == 3
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
-    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    a = read_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = read_checkpoint(latest)
+    assert a.epoch == b.epoch == 3
+    for k, v in a.weights.items():
+        assert torch.equal(v, b.weights[k]), k
+    opt_a, opt_b = a.train_state.optimizer["state"], b.train_state.optimizer["state"]
     for k in opt_a:
         for name, t in opt_a[k].items():
             assert torch.equal(torch.as_tensor(t), torch.as_tensor(opt_b[k][name]))
-    assert a["best_metric"] == b["best_metric"]
+    assert a.train_state.best_metric == b.train_state.best_metric
     assert [r["loss"] for r in _rows(tmp_path / "full")] == [r["loss"] for r in _rows(tmp_path / "part")]
 
 
@@ -107,9 +107,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cfg):
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 4") as info:
         train(cfg, hooks=TrainHooks(build_loss=poisoned))
     assert "latest.pt" in str(info.value) and "\n" not in str(info.value)
-    ck = load_checkpoint(Path(cfg.output) / "checkpoints" / "latest.pt")
-    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["state_dict"].values()
-                                    if v.is_floating_point())
+    ck = read_checkpoint(Path(cfg.output) / "checkpoints" / "latest.pt")
+    assert ck.epoch == 1 and all(torch.isfinite(v).all() for v in ck.weights.values()
+                                 if v.is_floating_point())
 
 
 def test_deep_supervision_weighted_heads(tiny_cfg):
@@ -122,8 +122,8 @@ def test_deep_supervision_weighted_heads(tiny_cfg):
     assert heads == ["loss_head0", "loss_head1", "loss_head2", "loss_head3"]
     expected = sum(w * float(rows[0][h]) for w, h in zip([0.2, 0.2, 0.2, 0.4], heads))
     assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-4)
-    ck = load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "final.pt")
-    assert ck["model"]["options"]["deep_supervision"] is False  # inference builds one head
+    ck = read_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "final.pt")
+    assert ck.spec.options["deep_supervision"] is False  # inference builds one head
 
 
 def test_deep_supervision_auto_sums_unetpp_heads_and_the_test_loads_them(tiny_cfg, tiny_root):

@@ -12,7 +12,6 @@ from unetzoo.models import (
     create_model,
     get_entry,
     list_models,
-    model_info,
     parameter_count,
 )
 
@@ -53,8 +52,11 @@ def test_create_model_stamps_name_and_full_options():
     assert opts["num_classes"] == 4 and opts["base_channels"] == 4 and opts["cgm"] is False
 
 
-def test_model_info_has_source_and_defaults():
-    info = model_info("unet_selfreg")
+def test_entry_has_source_and_defaults():
+    import unetzoo
+
+    assert not hasattr(unetzoo, "model_info")  # one name for a model's description
+    info = unetzoo.get_entry("unet_selfreg")
     assert "SelfReg" in info.source
     assert info.default_options()["bilinear"] is True
 

@@ -15,10 +15,11 @@ CLASSES = ["background", "a", "b"]
 def save_tiny_checkpoint(path: Path, *, img_size: Any = IMG_SIZE, options: dict | None = None,
                          preprocessing: dict | None = None, state_fn=None,
                          model_options_stored: dict | None = None) -> Path:
-    """A random 4-wide U-Net saved through the checkpoint contract (CT window spec)."""
+    """A random 4-wide U-Net in the checkpoint file layout (CT window spec). Written as a
+    raw dict, not through ``write_checkpoint``: the values may be hostile on purpose."""
     from unetzoo import create_model
     from unetzoo.data.preprocessing import ct_spec
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import FORMAT, VERSION
 
     torch.manual_seed(0)
     model = create_model("unet", in_channels=1, num_classes=len(CLASSES),
@@ -28,22 +29,12 @@ def save_tiny_checkpoint(path: Path, *, img_size: Any = IMG_SIZE, options: dict 
         state_fn(state)
     stored = dict(model.unetzoo_options)
     stored.update(model_options_stored or {})
-    save_checkpoint(
-        {
-            "model": {"name": "unet", "options": stored},
-            "state_dict": state,
-            "class_names": list(CLASSES),
-            "in_channels": 1,
-            "img_size": img_size,
-            "preprocessing": preprocessing or ct_spec(),
-            "dataset": "phantom",
-            "config": {},
-            "epoch": 0,
-            "iteration": 0,
-            "best_metric": -1.0,
-        },
-        path,
-    )
+    spec = {"model": {"name": "unet", "options": stored}, "class_names": list(CLASSES),
+            "in_channels": 1, "img_size": img_size, "preprocessing": preprocessing or ct_spec(),
+            "dataset": "phantom"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "version": VERSION, "spec": spec, "config": {},
+                "weights": state, "train_state": None}, path)
     return path
 
 

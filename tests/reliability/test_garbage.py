@@ -137,10 +137,10 @@ def test_nonfinite_weights_are_refused(tmp_path, capsys, bad):
     line = cli_error(capsys, ["predict", str(img), "--checkpoint", str(p), "--output",
                                str(tmp_path / "o"), "--device", "cpu"])
     assert "NaN or Inf" in line and "nan.pt" in line
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
     with pytest.raises(CheckpointError):
-        model_from_checkpoint(load_checkpoint(p))
+        read_checkpoint(p).build_model()
 
 
 # ------------------------------------------------------------ zero-width intensity ranges

@@ -106,23 +106,24 @@ def test_ablate_refuses_planted_pickle(ct, planted, tmp_path, capsys):
 def trained(ct, tmp_path_factory) -> dict[str, Path]:
     """A trained v0.2 checkpoint as older runs stored it: ``encoder_weights`` left out of
     its options (the rung default, "imagenet", applies), and one saying "imagenet"."""
-    from unetzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+    import dataclasses
+
+    from unetzoo.engine.checkpoint import read_checkpoint, write_checkpoint
 
     out = tmp_path_factory.mktemp("trained")
     assert main(["train", "--dataset", "phantom", "--data-root", str(ct), *TINY_DATA,
                  "--model", "resunet_v0_2", *RUNG, "--encoder-weights", "none", *FAST,
                  "--output", str(out / "run")]) == 0
-    ck = load_checkpoint(out / "run" / "checkpoints" / "latest.pt")
-    assert ck["model"]["options"]["encoder_weights"] is None
+    ck = read_checkpoint(out / "run" / "checkpoints" / "latest.pt")
+    assert ck.spec.options["encoder_weights"] is None
     files = {}
     for name, value in (("missing", ...), ("imagenet", "imagenet")):
-        options = dict(ck["model"]["options"])
+        options = dict(ck.spec.options)
         options.pop("encoder_weights")
         if value is not ...:
             options["encoder_weights"] = value
-        payload = {k: v for k, v in ck.items() if k not in ("format", "version")}
-        payload["model"] = {"name": ck["model"]["name"], "options": options}
-        files[name] = save_checkpoint(payload, out / f"{name}.pt")
+        spec = dataclasses.replace(ck.spec, options=options)
+        files[name] = write_checkpoint(dataclasses.replace(ck, spec=spec), out / f"{name}.pt")
     return files
 
 
@@ -140,9 +141,9 @@ def no_hub(monkeypatch):
 
 @pytest.mark.parametrize("stored", ["missing", "imagenet"])
 def test_trained_checkpoint_rebuilds_offline(trained, stored, planted, no_hub):
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
-    model = model_from_checkpoint(load_checkpoint(trained[stored]))
+    model = read_checkpoint(trained[stored]).build_model()
     assert model.unetzoo_options["encoder_weights"] is None
 
 

@@ -156,8 +156,10 @@ def levels(shape=(16, 16, 6)):
 
 
 def run(ds, s, tmp_path, net=None, **kw):
-    ckpt = {**s.to_dict(), "config": {}}
-    return evaluation.run_test(ckpt, dataset=ds, out_dir=tmp_path / "report", overlays=0,
+    from unetzoo.engine.checkpoint import Checkpoint
+
+    return evaluation.run_test(Checkpoint(spec=s, weights={}), dataset=ds,
+                               out_dir=tmp_path / "report", overlays=0,
                                verbose=False, backend="torch", device="cpu",
                                postprocessing=None, model=(net or LevelNet()).eval(), **kw)
 
@@ -333,7 +335,7 @@ def test_trained_checkpoint_guards_predict_and_test(tmp_path, capsys):
     it (exit 2, one line) and writes nothing."""
     from unetzoo.cli.main import main
     from unetzoo.data.phantom import generate_phantom
-    from unetzoo.engine.checkpoint import load_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.config import resolve_config
     from unetzoo.engine.trainer import train
 
@@ -347,9 +349,9 @@ def test_trained_checkpoint_guards_predict_and_test(tmp_path, capsys):
         "progress": False, "test": False, "device": "cpu"})
     train(cfg)
     ckpt_path = tmp_path / "run" / "checkpoints" / "best.pt"
-    ckpt = load_checkpoint(ckpt_path)
-    assert ckpt["orientation"] and ckpt["intensity"]["modality"] == "CT"
-    assert ckpt["intensity"]["channels"][0]["p0_5"] < -500  # air in HU
+    spec = read_checkpoint(ckpt_path).spec
+    assert spec.orientation and spec.intensity["modality"] == "CT"
+    assert spec.intensity["channels"][0]["p0_5"] < -500  # air in HU
     vol = save(mri((32, 32, 8)), tmp_path / "mr.nii.gz", np.diag([2.5, 2.5, 5.0, 1.0]))
     capsys.readouterr()
     argv = ["predict", str(vol), "--checkpoint", str(ckpt_path), "--backend", "torch",

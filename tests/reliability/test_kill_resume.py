@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetzoo.engine.checkpoint import load_checkpoint
+from unetzoo.engine.checkpoint import read_checkpoint
 from unetzoo.engine.run_folder import RUN_MARKER
 from unetzoo.errors import CheckpointError
 
@@ -136,8 +136,20 @@ def _metrics(out: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(fh)]
 
 
+def _tiny(epoch: int, best_epoch: int, w: torch.Tensor | None = None):
+    """A small checkpoint at ``epoch`` whose run's best is ``best_epoch``."""
+    from unetzoo.engine.checkpoint import Checkpoint, TrainState
+    from unetzoo.engine.spec import InferenceSpec
+
+    spec = InferenceSpec.from_dict({"model": {"name": "unet", "options": {}},
+                                    "class_names": ["bg", "a"], "in_channels": 1, "img_size": 32})
+    return Checkpoint(spec=spec, weights={} if w is None else {"w": w},
+                      train_state=TrainState(optimizer={}, epoch=epoch, iteration=epoch,
+                                             best_epoch=best_epoch))
+
+
 def _same_weights(a: Path, b: Path) -> bool:
-    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    sa, sb = read_checkpoint(a).weights, read_checkpoint(b).weights
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -150,14 +162,14 @@ def reference(zygote, data_root, tmp_path_factory) -> dict:
     zygote.stdin.write(json.dumps(job) + "\n")
     zygote.stdin.flush()
     assert json.loads(zygote.stdout.readline())["rc"] == 0, (out.parent / "ref.log").read_text()
-    ck = load_checkpoint(out / "checkpoints" / "latest.pt")
+    ck = read_checkpoint(out / "checkpoints" / "latest.pt").train_state
     best_epochs = []
     best = -float("inf")
-    for row in ck["history"]:
+    for row in ck.history:
         if row["val_dice"] > best:
             best, best_epochs = row["val_dice"], [*best_epochs, int(row["epoch"])]
-    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == ck["best_epoch"]
-    return {"out": out, "improving": best_epochs, "best_epoch": ck["best_epoch"]}
+    assert read_checkpoint(out / "checkpoints" / "best.pt").epoch == ck.best_epoch
+    return {"out": out, "improving": best_epochs, "best_epoch": ck.best_epoch}
 
 
 def _kill_points(improving: list[int]) -> list[str]:
@@ -179,14 +191,14 @@ def test_kill_at_every_point_then_resume_matches_uninterrupted_run(run, tmp_path
             assert list((out / "checkpoints").glob(".*.tmp")), point
         assert run(out) == 0, point
         ck_dir = out / "checkpoints"
-        latest = load_checkpoint(ck_dir / "latest.pt")
-        best = load_checkpoint(ck_dir / "best.pt")
-        results.append((point, best["epoch"], latest["best_epoch"]))
-        assert latest["epoch"] == EPOCHS, point
-        assert best["epoch"] == latest["best_epoch"] == reference["best_epoch"], point
+        latest = read_checkpoint(ck_dir / "latest.pt").train_state
+        best = read_checkpoint(ck_dir / "best.pt").train_state
+        results.append((point, best.epoch, latest.best_epoch))
+        assert latest.epoch == EPOCHS, point
+        assert best.epoch == latest.best_epoch == reference["best_epoch"], point
         assert _same_weights(ck_dir / "best.pt", ref / "checkpoints" / "best.pt"), point
         assert _same_weights(ck_dir / "latest.pt", ref / "checkpoints" / "latest.pt"), point
-        assert load_checkpoint(ck_dir / "final.pt")["epoch"] == EPOCHS, point
+        assert read_checkpoint(ck_dir / "final.pt").epoch == EPOCHS, point
         assert _same_weights(ck_dir / "final.pt", ref / "checkpoints" / "final.pt"), point
         assert _metrics(out) == _metrics(ref), point
         assert not list(ck_dir.glob(".*.tmp")) and not (out / "metrics.csv.tmp").exists(), point
@@ -218,10 +230,10 @@ def test_disk_full_on_best_keeps_latest_and_resume_repairs(data_root, tmp_path, 
     assert "\n" not in str(info.value)
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
     ck_dir = out / "checkpoints"
-    assert load_checkpoint(ck_dir / "latest.pt")["epoch"] == 1  # the good write stayed
+    assert read_checkpoint(ck_dir / "latest.pt").epoch == 1  # the good write stayed
     assert not (ck_dir / "best.pt").exists() and not list(ck_dir.glob(".*.tmp"))
     assert run(out) == 0
-    assert load_checkpoint(ck_dir / "best.pt")["epoch"] == reference["best_epoch"]
+    assert read_checkpoint(ck_dir / "best.pt").epoch == reference["best_epoch"]
     assert _same_weights(ck_dir / "best.pt", reference["out"] / "checkpoints" / "best.pt")
 
 
@@ -236,7 +248,7 @@ def test_disk_full_writing_a_checkpoint_is_one_line(tmp_path, monkeypatch, exc):
     import unetzoo.engine.checkpoint as ckpt_mod
 
     path = tmp_path / "checkpoints" / "latest.pt"
-    ckpt_mod.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, path)
+    ckpt_mod.write_checkpoint(_tiny(1, 1, torch.ones(2)), path)
     before = path.read_bytes()
 
     def fail(*a, **k):
@@ -247,7 +259,7 @@ def test_disk_full_writing_a_checkpoint_is_one_line(tmp_path, monkeypatch, exc):
     monkeypatch.setattr(ckpt_mod.shutil, "disk_usage",
                         lambda p: real_usage(p)._replace(free=1024))
     with pytest.raises(CheckpointError) as info:
-        ckpt_mod.save_checkpoint({"epoch": 2}, path)
+        ckpt_mod.write_checkpoint(_tiny(2, 1), path)
     msg = str(info.value)
     assert msg.startswith(f"disk full at {path}") and "intact" in msg and "\n" not in msg
     assert path.read_bytes() == before
@@ -272,23 +284,21 @@ def test_disk_full_via_cli_is_one_line(data_root, tmp_path, monkeypatch, capsys)
 
 
 def test_repair_best_leaves_consistent_folders_alone(tmp_path):
-    from unetzoo.engine.checkpoint import repair_best, save_checkpoint
+    from unetzoo.engine.checkpoint import repair_best, write_checkpoint
 
     d = tmp_path / "checkpoints"
-    save_checkpoint({"epoch": 3, "best_epoch": 2, "state_dict": {}}, d / "latest.pt")
-    save_checkpoint({"epoch": 2, "best_epoch": 2, "state_dict": {}}, d / "best.pt")
+    write_checkpoint(_tiny(3, 2), d / "latest.pt")
+    write_checkpoint(_tiny(2, 2), d / "best.pt")
     assert repair_best(d) is None
     # A mismatch that no interruption can produce is reported, never papered over.
-    save_checkpoint({"epoch": 1, "best_epoch": 1, "state_dict": {}}, d / "best.pt")
+    write_checkpoint(_tiny(1, 1), d / "best.pt")
     note = repair_best(d)
-    best = torch.load(d / "best.pt", weights_only=True)
-    assert note and note.startswith("warning") and best["epoch"] == 1
+    assert note and note.startswith("warning") and read_checkpoint(d / "best.pt").epoch == 1
     # The gap a kill between the two writes leaves: latest.pt is the best, best.pt older.
-    save_checkpoint({"epoch": 4, "best_epoch": 4, "state_dict": {"w": torch.ones(1)}},
-                    d / "latest.pt")
+    write_checkpoint(_tiny(4, 4, torch.ones(1)), d / "latest.pt")
     assert "repaired" in repair_best(d)
-    best = torch.load(d / "best.pt", weights_only=True)
-    assert best["epoch"] == 4 and torch.equal(best["state_dict"]["w"], torch.ones(1))
+    best = read_checkpoint(d / "best.pt")
+    assert best.epoch == 4 and torch.equal(best.weights["w"], torch.ones(1))
 
 
 def test_disk_full_writing_the_metrics_log_is_one_line(data_root, tmp_path, monkeypatch, capsys):

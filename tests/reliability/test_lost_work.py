@@ -181,13 +181,15 @@ def test_lock_is_released_on_exit_and_on_error(tmp_path):
 
 def test_legacy_run_folder_is_recognised(tmp_path):
     """A run folder from before markers existed counts as a run (its checkpoint loads)."""
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from unetzoo.engine.checkpoint import Checkpoint, TrainState, write_checkpoint
+    from unetzoo.engine.spec import InferenceSpec
 
     out = tmp_path / "legacy"
-    save_checkpoint({"model": {"name": "unet", "options": {}}, "state_dict": {},
-                     "class_names": ["bg", "a"], "in_channels": 1, "img_size": 32,
-                     "epoch": 2, "iteration": 8, "max_iterations": 8},
-                    out / "checkpoints" / "latest.pt")
+    spec = InferenceSpec.from_dict({"model": {"name": "unet", "options": {}},
+                                    "class_names": ["bg", "a"], "in_channels": 1, "img_size": 32})
+    state = TrainState(optimizer={}, epoch=2, iteration=8, max_iterations=8)
+    write_checkpoint(Checkpoint(spec=spec, weights={}, train_state=state),
+                     out / "checkpoints" / "latest.pt")
     (out / "config.yaml").write_text("seed: 1\n")
     with pytest.raises(UnetzooError, match="finished run"):
         RunFolder(out).__enter__()

@@ -181,14 +181,14 @@ def test_plan_beside_a_checkpoint_applies_only_to_the_file_it_names(run_ckpt, ca
 
     plan = _plan()
     save_plan(run_ckpt.parent / PLAN_FILE, plan)  # planted or stale: names no checkpoint
-    assert plan_for_checkpoint({}, run_ckpt) is None
+    assert plan_for_checkpoint(None, run_ckpt) is None
     assert "not applied" in capsys.readouterr().err
     plan["checkpoint_sha256"] = ["0" * 64]  # another model's
     save_plan(run_ckpt.parent / PLAN_FILE, plan)
-    assert plan_for_checkpoint({}, run_ckpt) is None
+    assert plan_for_checkpoint(None, run_ckpt) is None
     plan["checkpoint_sha256"] = [file_sha256(run_ckpt)]
     save_plan(run_ckpt.parent / PLAN_FILE, plan)
-    assert plan_for_checkpoint({}, run_ckpt)["steps"] == plan["steps"]
+    assert plan_for_checkpoint(None, run_ckpt)["steps"] == plan["steps"]
 
 
 def test_postprocess_refuses_a_user_plan_file(run_ckpt):

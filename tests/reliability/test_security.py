@@ -44,7 +44,7 @@ class _Double(torch.nn.Module):
 
 def _metadata() -> dict:
     return {
-        "format": "unetzoo-export", "version": 1,
+        "format": "unetzoo-export", "version": 2,
         "model": {"name": "unet", "options": {"base_channels": 4}},
         "class_names": ["background", "a"], "num_classes": 2, "in_channels": 1,
         "img_size": 32, "preprocessing": {"kind": "none"}, "dataset": "phantom",
@@ -180,10 +180,10 @@ def test_read_metadata_refuses_pickle(payloads, marker):
 
 @pytest.mark.parametrize("kind", ["onnx", "pt2", "pt"])
 def test_onnx_predictor_refuses_payload(payloads, marker, kind):
-    from unetzoo.deploy.onnx_runtime import OnnxPredictor
+    from unetzoo.engine.predict import load_predictor
 
     with pytest.raises(UnetzooError):
-        OnnxPredictor(payloads[kind])
+        load_predictor(payloads[kind], kind="onnx")
 
 
 def _tiny_onnx(path: Path) -> Path:
@@ -227,7 +227,7 @@ def test_demo_picker_takes_labels_not_paths(payloads, marker, tmp_path):
 
 def test_clean_onnx_still_serves(tmp_path):
     """The content check accepts a genuine ONNX file (Identity: logits == input)."""
-    from unetzoo.deploy.onnx_runtime import OnnxModule
+    from unetzoo.engine.onnx import OnnxModule
 
     module = OnnxModule(_tiny_onnx(tmp_path / "ok.onnx"))
     x = torch.randn(1, 2, 5, 7)

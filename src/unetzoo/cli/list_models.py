@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from unetzoo.errors import ModelError
-from unetzoo.models import create_model, get_entry, list_models, model_info, parameter_count
+from unetzoo.models import create_model, get_entry, list_models, parameter_count
 from unetzoo.models.registry import ModelEntry, PublishedParams
 
 
@@ -111,7 +111,7 @@ def format_info(entry: ModelEntry) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print the table (or one model's info); 0 on success, errors raise ModelError."""
     if args.info:
-        print(format_info(model_info(args.info)))
+        print(format_info(get_entry(args.info)))
         return 0
     pattern = args.pattern
     if pattern and not any(ch in pattern for ch in "*?["):

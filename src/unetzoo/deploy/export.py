@@ -283,14 +283,13 @@ def export_checkpoint(
 
     The example capture size is the checkpoint's ``img_size``. See :func:`export_model`.
     """
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
 
     check_opset(opset)  # before the checkpoint loads
-    ckpt = load_checkpoint(checkpoint)  # checks the spec: it has a model name
-    spec = InferenceSpec.from_checkpoint(ckpt, str(checkpoint))
-    model = model_from_checkpoint(ckpt)
+    ckpt = read_checkpoint(checkpoint)
+    model = ckpt.build_model()
     out = Path(out) if out else default_output_path(checkpoint, fmt)
-    return export_model(model, out, fmt=fmt, dynamic=dynamic, opset=opset, spec=spec,
+    return export_model(model, out, fmt=fmt, dynamic=dynamic, opset=opset, spec=ckpt.spec,
                         verify=verify, overwrite=overwrite, inputs=(Path(checkpoint),))
 
 

@@ -310,9 +310,9 @@ def check_model_file(path: Path) -> None:
 
         load_onnx(path)
     else:
-        from unetzoo.engine.checkpoint import load_checkpoint
+        from unetzoo.engine.checkpoint import read_checkpoint
 
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def _slice_update(seg: Segmentation | None):

@@ -206,6 +206,14 @@ def _kept_earlier(name: str, out: Path, recipe: dict[str, Any], verbose: bool) -
     return True
 
 
+def _history(path: Path) -> list[dict[str, Any]]:
+    """The metrics rows a run's checkpoint records ([] for an inference-only file)."""
+    from unetzoo.engine.checkpoint import read_checkpoint
+
+    state = read_checkpoint(path).train_state
+    return [] if state is None else list(state.history)
+
+
 def train_rung(
     cfg: TrainConfig, ds, *, retrain: bool, verbose: bool,
     train: Callable[..., dict[str, Any]] | None = None,
@@ -213,7 +221,6 @@ def train_rung(
     """Train (or resume from ``latest.pt``) and test one rung with ``train`` (default the
     trainer's); returns its summary and the training seconds of earlier, interrupted
     segments."""
-    from unetzoo.engine.checkpoint import load_checkpoint
     from unetzoo.engine.run_folder import RunLayout
     from unetzoo.engine.trainer import train as trainer_train
 
@@ -228,7 +235,7 @@ def train_rung(
     earlier = 0.0
     if resume is not None:
         earlier = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
-        earlier += _last_time(load_checkpoint(resume).get("history", []))
+        earlier += _last_time(_history(resume))
     layout.root.mkdir(parents=True, exist_ok=True)
     clock.write_text(json.dumps({"seconds": earlier}))
     if verbose:
@@ -249,13 +256,12 @@ def rung_result(
     cfg: TrainConfig, ds, summary: dict[str, Any], earlier: float, recipe: dict[str, Any]
 ) -> dict[str, Any]:
     """One row of the table (``result.json``): size, MACs, time, test metrics, recipe."""
-    from unetzoo.engine.checkpoint import load_checkpoint
     from unetzoo.engine.run_folder import RunLayout
     from unetzoo.models import create_model, get_entry
 
     name, options = str(cfg.model), dict(cfg.model_options)
     entry = get_entry(name)
-    history = load_checkpoint(RunLayout(cfg.output).latest).get("history", [])
+    history = _history(RunLayout(cfg.output).latest)
     with torch.device("meta"):
         n_params = sum(
             p.numel()

@@ -45,6 +45,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ConfigError, ModelError
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -286,7 +287,7 @@ def onnx_backend(
     model: nn.Module,
     *,
     checkpoint: str | Path | None = None,
-    ckpt: dict[str, Any] | None = None,
+    spec: InferenceSpec | None = None,
     img_size: int | None = None,
     opset: int | None = None,
     threads: int | None = None,
@@ -313,13 +314,11 @@ def onnx_backend(
             "(pip install onnxruntime onnx) or pass --backend torch"
         )
     from unetzoo.engine.onnx import DEFAULT_OPSET, build_metadata, spec_for_model
-    from unetzoo.engine.spec import InferenceSpec
 
     opset = int(opset or DEFAULT_OPSET)
     model = model.eval()
-    if ckpt is not None:
-        img_size = img_size or int(ckpt["img_size"])
-        spec = InferenceSpec.from_checkpoint(ckpt, str(checkpoint or "checkpoint"))
+    if spec is not None:
+        img_size = img_size or spec.img_size
     else:
         spec = spec_for_model(model, img_size)
     meta = build_metadata(spec, model)
@@ -512,7 +511,7 @@ def make_backend(
     backend: Backend = "auto",
     *,
     checkpoint: str | Path | None = None,
-    ckpt: dict[str, Any] | None = None,
+    spec: InferenceSpec | None = None,
     img_size: int | None = None,
     device: str | torch.device | None = None,
     probe_slices: int = 1,
@@ -529,8 +528,8 @@ def make_backend(
             checked where the name came in (:func:`check_backend`).
         checkpoint: the checkpoint file the model came from (the ONNX cache lives beside
             it); None exports to a temporary file.
-        ckpt: the loaded checkpoint dict (its metadata goes into the ONNX file).
-        img_size: the inference size (default ``ckpt["img_size"]``).
+        spec: the checkpoint's inference spec (it goes into the ONNX file).
+        img_size: the inference size (default ``spec.img_size``).
         probe_slices: slices of the first batch that ``auto`` times each candidate on.
         defer_after_s: forward seconds after which ``auto`` exports an ONNX file that
             is not cached yet (0: at once).
@@ -546,8 +545,8 @@ def make_backend(
         ModelError: ``onnxruntime`` for a model that cannot be exported to ONNX.
     """
     dev = torch.device(device) if device is not None else _device_of(model)
-    if img_size is None and ckpt is not None:
-        img_size = int(ckpt["img_size"])
+    if img_size is None and spec is not None:
+        img_size = spec.img_size
     if check_precision(precision, dev) == "bf16":
         if backend == "onnxruntime":
             raise ConfigError("--precision bf16 runs PyTorch autocast; use --backend auto or "
@@ -567,7 +566,7 @@ def make_backend(
         return model  # auto off the CPU: PyTorch on its device
 
     def ort(check: bool = False) -> nn.Module:
-        return onnx_backend(model, checkpoint=checkpoint, ckpt=ckpt, img_size=img_size,
+        return onnx_backend(model, checkpoint=checkpoint, spec=spec, img_size=img_size,
                             check=check, batch_size=batch_size)
 
     if backend == "onnxruntime":

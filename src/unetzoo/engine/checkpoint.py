@@ -1,9 +1,21 @@
-"""Checkpoints: atomic writes, safe reads, crash repair (run folders: engine/run_folder.py).
+"""Checkpoints: one typed :class:`Checkpoint`, one reader, atomic writes, crash repair
+(run folders: engine/run_folder.py).
 
-A checkpoint is a ``torch.save``d dict of tensors, numbers, strings, lists and dicts,
-so ``torch.load(weights_only=True)`` reads it without running pickled code. The keys are
-documented in ``docs/internals.md``; :func:`load_checkpoint` and
-:func:`model_from_checkpoint` are the only readers.
+A checkpoint file is a ``torch.save``d dict of tensors, numbers, strings, lists and
+dicts, so ``torch.load(weights_only=True)`` reads it without running pickled code. Its
+layout (format version :data:`VERSION`) is the :class:`Checkpoint` fields::
+
+    {"format": "unetzoo-checkpoint", "version": 2,
+     "spec": InferenceSpec.to_dict(),    # model name + options, classes, img_size, ...
+     "config": TrainConfig.to_dict(),    # {} for a checkpoint not written by training
+     "weights": model.state_dict(),
+     "train_state": {...} | None,        # what --resume needs (:class:`TrainState`)
+     "postprocessing": plan | None}      # an unetzoo.engine.postprocess plan
+
+:func:`read_checkpoint` is the only reader and :func:`write_checkpoint` the only writer;
+nothing outside this module looks inside the dict. The model is rebuilt from the spec
+alone (:meth:`Checkpoint.build_model`). Files of an older format are refused in one line
+(retrain, or use the unetzoo that wrote them): there is no conversion.
 
 Crash consistency: each epoch writes ``latest.pt`` first, then (when the epoch improved)
 ``best.pt``, each atomically. A kill between the two leaves a ``latest.pt`` whose
@@ -14,6 +26,7 @@ write order allows. :class:`unetzoo.engine.run_folder.RunFolder` guards the run 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pickle
@@ -21,7 +34,8 @@ import random
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +43,164 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import CheckpointError, ModelError
 
 FORMAT = "unetzoo-checkpoint"
-VERSION = 1
-REQUIRED_KEYS = ("model", "state_dict", "class_names", "in_channels", "img_size")
+#: Format version: 2 groups the file into spec / config / weights / train_state; files of
+#: version 1 (a flat dict) are refused.
+VERSION = 2
+REQUIRED_KEYS = ("spec", "config", "weights", "train_state")
+_TRAIN_KEYS = ("optimizer", "epoch", "iteration")
 
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _LOW_SPACE = 64 << 20  # below this, a failed torch.save write is taken as a full disk
+
+
+@dataclass(frozen=True, eq=False)  # tensors inside: identity, not element-wise, equality
+class TrainState:
+    """What ``--resume`` needs besides the weights (and what run bookkeeping reads).
+
+    Attributes:
+        optimizer: the optimizer's ``state_dict``.
+        scaler: the AMP grad scaler's ``state_dict`` (``{}`` without AMP).
+        epoch: epochs completed.
+        iteration: optimizer steps taken.
+        max_iterations: the run's step budget (0: unknown).
+        best_metric: best mean validation Dice so far (-1.0: none yet).
+        best_epoch: the epoch that reached it (-1: none).
+        history: one metrics row per epoch (``metrics.csv``'s rows).
+        rng: the generator states of :func:`capture_rng_state` (plus the run's own).
+    """
+
+    optimizer: dict[str, Any]
+    epoch: int
+    iteration: int
+    scaler: dict[str, Any] = field(default_factory=dict)
+    max_iterations: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TrainState:
+        """Read and check ``data`` (one-line CheckpointError when damaged)."""
+        if not isinstance(data, Mapping) or any(k not in data for k in _TRAIN_KEYS):
+            raise CheckpointError(f"{where}: train_state is damaged (it needs "
+                                  f"{', '.join(_TRAIN_KEYS)}); use another checkpoint")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{where}: train_state holds unknown key(s) "
+                                  f"{', '.join(map(str, unknown))}; the file is damaged")
+        values = dict(data)
+        for key in ("epoch", "iteration", "max_iterations", "best_epoch"):
+            if key in values and not _is_int(values[key]):
+                raise CheckpointError(f"{where}: train_state {key} is {values[key]!r}, not a "
+                                      "whole number; the file is damaged")
+        metric = values.get("best_metric", -1.0)
+        if not isinstance(metric, (int, float)) or isinstance(metric, bool):
+            raise CheckpointError(f"{where}: train_state best_metric is {metric!r}, not a "
+                                  "number; the file is damaged")
+        values["best_metric"] = float(metric)
+        return cls(**values)
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A unetzoo checkpoint as :func:`read_checkpoint` returns it.
+
+    Attributes:
+        spec: the inference spec (model name and options, class names, ``img_size`` -
+            stored here only; the config's copy is checked against it - preprocessing, ...).
+        weights: the model's ``state_dict`` (checked finite).
+        config: the training configuration's values (:meth:`TrainConfig.to_dict`);
+            ``{}`` when the file was not written by ``unetzoo train``.
+        train_state: what ``--resume`` needs; None for an inference-only file.
+        postprocessing: a post-processing plan stored with the model, or None.
+
+    Class counts: :attr:`num_classes` is the number of classes *including background*
+    (``len(spec.class_names)``), everywhere in this module; the model's output channels
+    are the constructor's ``num_classes`` and must equal it.
+    """
+
+    spec: InferenceSpec
+    weights: Mapping[str, torch.Tensor]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    train_state: TrainState | None = None
+    postprocessing: Mapping[str, Any] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background."""
+        return self.spec.num_classes
+
+    @property
+    def epoch(self) -> int | None:
+        """Epochs completed (None for an inference-only file)."""
+        return None if self.train_state is None else self.train_state.epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's content (without ``format`` / ``version``)."""
+        return {
+            "spec": self.spec.to_dict(),
+            "config": dict(self.config),
+            "weights": dict(self.weights),
+            "train_state": None if self.train_state is None else self.train_state.to_dict(),
+            "postprocessing": None if self.postprocessing is None else dict(self.postprocessing),
+        }
+
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The model the spec describes with these weights, in eval mode.
+
+        Deep supervision is off (eval forward returns the final logits anyway); a
+        pretrained encoder is never read (:func:`offline_options`).
+
+        Raises:
+            CheckpointError: the spec's model cannot be built, its size or its fixed input
+                size disagree with the weights or ``img_size``, or the weights do not fit.
+        """
+        from unetzoo.models import create_model
+
+        name = self.spec.model
+        options = dict(self.spec.options)
+        # Not int(): create_model type-checks them and a damaged value is then one line.
+        in_channels = options.pop("in_channels", self.spec.in_channels)
+        outputs = options.pop("num_classes", self.num_classes)
+        options = offline_options(name, options)
+        if outputs != self.num_classes:
+            raise CheckpointError(
+                f"checkpoint is inconsistent: the model has {outputs} outputs but "
+                f"{self.num_classes} class names"
+            )
+        try:
+            # On the meta device first: absurd stored widths must not allocate anything.
+            check_rebuild_size(name, in_channels, outputs, options, self.weights)
+            model = create_model(name, in_channels=in_channels, num_classes=outputs, **options)
+        except ModelError as exc:
+            raise CheckpointError(f"checkpoint model cannot be rebuilt: {exc}") from exc
+        fixed = getattr(model, "fixed_input_size", None)
+        if fixed is not None and int(fixed) != self.spec.img_size:
+            raise CheckpointError(
+                f"checkpoint is inconsistent: model {name!r} takes {fixed} x {fixed} inputs "
+                f"but img_size is {self.spec.img_size}; the file is damaged"
+            )
+        try:
+            model.load_state_dict(self.weights)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"checkpoint weights do not fit model {name!r}: {first[:160]}"
+            ) from exc
+        return model.to(device).eval()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:
@@ -63,12 +226,15 @@ def disk_full_error(exc: OSError, run_dir: str | Path | None) -> CheckpointError
     return CheckpointError(f"disk full at {where}{kept}; free space and continue with --resume")
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path, *,
-                    on_written: Callable[[Path], None] | None = None) -> Path:
-    """Write ``payload`` atomically: a temporary file in the same folder, then rename.
+OnWritten = Callable[[Path], None]
+
+
+def write_checkpoint(ckpt: Checkpoint, path: str | Path, *,
+                     on_written: OnWritten | None = None) -> Path:
+    """Write ``ckpt`` atomically: a temporary file in the same folder, then rename.
 
     A crash mid-write leaves the previous file intact (and a ``.NAME.*.tmp`` file that
-    :class:`~unetzoo.engine.run_folder.RunFolder` removes on the next run). ``format`` and ``version`` are added.
+    :class:`~unetzoo.engine.run_folder.RunFolder` removes on the next run).
     ``on_written(tmp)`` is called once the temporary file is complete and synced, before
     the rename (the kill tests stop the process there). Returns the final path.
 
@@ -76,8 +242,11 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, *,
         CheckpointError: ``"disk full at PATH"`` when the disk is full, one line for any
             other write failure; the previous file at ``path`` is untouched either way.
     """
-    path = Path(path)
-    data = {"format": FORMAT, "version": VERSION, **payload}
+    return _write({"format": FORMAT, "version": VERSION, **ckpt.to_dict()}, Path(path),
+                  on_written)
+
+
+def _write(data: dict[str, Any], path: Path, on_written: OnWritten | None) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,14 +276,66 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, *,
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a unetzoo checkpoint with ``weights_only=True``.
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """The one reader: a unetzoo checkpoint file, read with ``weights_only=True``, checked.
 
     Raises:
         CheckpointError: one line when the file is missing, unreadable, corrupt, holds
-            pickled objects, or is not a unetzoo checkpoint (e.g. a bare state dict).
+            pickled objects, is not a unetzoo checkpoint (e.g. a bare state dict), was
+            written by another format version, lacks a field, or holds values that
+            cannot be right (a damaged spec, NaN weights, a config ``img_size`` that is
+            not the spec's).
     """
     p = Path(path)
+    data = _load_file(p, map_location)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p} is not a unetzoo checkpoint (no 'format: {FORMAT}' key); "
+            "use a checkpoint written by `unetzoo train`"
+        )
+    _check_version(data.get("version", 0), p)
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {p} lacks key(s) {', '.join(missing)}; it is incomplete")
+    spec = InferenceSpec.from_dict(data["spec"], str(p))
+    config = data["config"]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {p}: config is {type(config).__name__}, not a mapping; "
+                              "the file is damaged")
+    if "img_size" in config and config["img_size"] != spec.img_size:
+        raise CheckpointError(f"checkpoint {p} is inconsistent: its config says img_size "
+                              f"{config['img_size']!r}, its spec {spec.img_size}; the file is damaged")
+    weights = data["weights"]
+    if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
+        raise CheckpointError(f"checkpoint {p}: weights are not a mapping of names to tensors; "
+                              "the file is damaged")
+    check_finite_weights(weights, p)
+    state = data["train_state"]
+    plan = data.get("postprocessing")
+    if plan is not None and not isinstance(plan, dict):
+        raise CheckpointError(f"checkpoint {p}: postprocessing is not a plan; the file is damaged")
+    return Checkpoint(
+        spec=spec, weights=weights, config=config, postprocessing=plan,
+        train_state=None if state is None else TrainState.from_dict(state, f"checkpoint {p}"),
+    )
+
+
+def _check_version(version: Any, p: Path) -> None:
+    if not _is_int(version) or version < 0:
+        raise CheckpointError(f"{p} has checkpoint version {version!r}, not a whole number; "
+                              "use a checkpoint written by `unetzoo train`")
+    if version > VERSION:
+        raise CheckpointError(f"{p} has checkpoint version {version}, newer than this unetzoo "
+                              f"reads ({VERSION}); upgrade unetzoo")
+    if version < VERSION:
+        raise CheckpointError(
+            f"{p} was written by an older unetzoo (format {version}; this one reads format "
+            f"{VERSION}); retrain the model, or use the unetzoo version that wrote it"
+        )
+
+
+def _load_file(p: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(p, weights_only=True)`` with every failure as one CheckpointError."""
     from unetzoo.data.io import special_file
 
     if special_file(p):
@@ -123,7 +344,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; pass the path of a .pt file")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        return torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
         text = str(exc).strip()
         if text.startswith("Weights only load failed"):
@@ -143,29 +364,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{p} is not a unetzoo checkpoint (no 'format: {FORMAT}' key); "
-            "use a checkpoint written by `unetzoo train`"
-        )
-    version = ckpt.get("version", 0)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise CheckpointError(f"{p} has checkpoint version {version!r}, not a whole number; "
-                              "use a checkpoint written by `unetzoo train`")
-    if version > VERSION:
-        raise CheckpointError(
-            f"{p} has checkpoint version {ckpt.get('version')}, newer than this unetzoo "
-            f"reads ({VERSION}); upgrade unetzoo"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"checkpoint {p} lacks key(s) {', '.join(missing)}; it is incomplete")
-    from unetzoo.engine.spec import InferenceSpec
-
-    InferenceSpec.from_checkpoint(ckpt, str(p))  # model, img_size, classes, preprocessing
-    if isinstance(ckpt["state_dict"], dict):
-        check_finite_weights(ckpt["state_dict"], p)
-    return ckpt
 
 
 def _is_torch_export_archive(p: Path) -> bool:
@@ -174,24 +372,6 @@ def _is_torch_export_archive(p: Path) -> bool:
             return any(n.endswith("/archive_format") or "/extra/" in n for n in zf.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
-
-
-# Options whose default changed to the official behaviour after checkpoints were written
-# without them. Stored options are the merged ones, so a missing key marks such a
-# checkpoint: it is rebuilt as it was trained, never silently as a different function.
-LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
-    "unet_selfreg": {"align_corners": False, "skip_first": False},
-    "unet3p": {"cgm_mode": "background"},
-    "emcad": {"gate_activation": None},
-    **{f"resnet{d}_unet": {"head_relu": True} for d in (18, 34, 50, 101, 152)},
-}
-
-
-def legacy_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` completed with the pre-change values of options they lack."""
-    for key, value in LEGACY_OPTIONS.get(name, {}).items():
-        options.setdefault(key, value)
-    return options
 
 
 def offline_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -210,43 +390,6 @@ def offline_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     if "encoder_weights" in (options if accepted is None else accepted):
         options["encoder_weights"] = None
     return options
-
-
-def model_from_checkpoint(
-    ckpt: dict[str, Any], device: str | torch.device = "cpu"
-) -> nn.Module:
-    """Rebuild the model recorded in ``ckpt`` and load its weights; eval mode.
-
-    Deep supervision is switched off (eval forward returns the final logits anyway).
-    """
-    from unetzoo.models import create_model
-
-    spec = ckpt["model"]
-    options = legacy_options(spec["name"], dict(spec.get("options") or {}))
-    # Not int(): create_model type-checks them and a damaged value is then one line.
-    in_channels = options.pop("in_channels", ckpt["in_channels"])
-    num_classes = options.pop("num_classes", len(ckpt["class_names"]))
-    options = offline_options(spec["name"], options)
-    if num_classes != len(ckpt["class_names"]):
-        raise CheckpointError(
-            f"checkpoint is inconsistent: the model has {num_classes} outputs but "
-            f"{len(ckpt['class_names'])} class names"
-        )
-    state = ckpt["state_dict"]
-    try:
-        # On the meta device first: absurd stored widths must not allocate anything.
-        check_rebuild_size(spec["name"], in_channels, num_classes, options, state)
-        model = create_model(spec["name"], in_channels=in_channels, num_classes=num_classes, **options)
-    except ModelError as exc:
-        raise CheckpointError(f"checkpoint model cannot be rebuilt: {exc}") from exc
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint weights do not fit model {spec['name']!r}: {first[:160]}"
-        ) from exc
-    return model.to(device).eval()
 
 
 def check_finite_weights(weights: torch.nn.Module | dict[str, Any], where: str | Path) -> None:
@@ -272,8 +415,8 @@ def check_rebuild_size(
     ``base_channels=10**6`` is refused without allocating its weights."""
     from unetzoo.models import create_model
 
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError("checkpoint state_dict is not a mapping of names to tensors")
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("checkpoint weights are not a mapping of names to tensors")
     with torch.device("meta"):
         shell = create_model(name, in_channels=in_channels, num_classes=num_classes, **options)
     shell_state = shell.state_dict()
@@ -334,44 +477,74 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
 
 # ------------------------------------------------------------------ crash repair
 def _peek(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's bookkeeping keys (memory-mapped, weights-only), or None if unreadable."""
+    """A file of this format (memory-mapped, weights-only, unchecked), or None."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - an unreadable file is "no usable checkpoint"
         return None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
         return None
-    return ck
+    return data
 
 
-def repair_best(ckpt_dir: str | Path, latest: dict[str, Any] | None = None) -> str | None:
+def is_checkpoint(path: str | Path) -> bool:
+    """True when ``path`` is a readable file of this checkpoint format (not checked
+    further; memory-mapped: the weights are not read)."""
+    return Path(path).is_file() and _peek(Path(path)) is not None
+
+
+def read_train_state(path: str | Path) -> TrainState | None:
+    """The bookkeeping of a checkpoint of ours (run folders, crash repair, the final copy):
+    its :class:`TrainState`, or None when the file is missing, unreadable, not ours,
+    damaged or inference-only. Memory-mapped: the weights are not read."""
+    data = _peek(Path(path)) if Path(path).is_file() else None
+    try:
+        return TrainState.from_dict(data["train_state"], str(path)) if data else None
+    except (CheckpointError, KeyError, TypeError):
+        return None
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path, *,
+                    on_written: OnWritten | None = None) -> Path:
+    """Copy the checkpoint ``src`` to ``dst`` atomically (as :func:`write_checkpoint`).
+
+    Raises:
+        CheckpointError: ``src`` is not a readable checkpoint of ours; a failed write.
+    """
+    data = _peek(Path(src))
+    if data is None:
+        raise CheckpointError(f"cannot copy checkpoint {src}: it is not a readable unetzoo "
+                              f"checkpoint of format {VERSION}")
+    return _write(data, Path(dst), on_written)
+
+
+def repair_best(ckpt_dir: str | Path, latest: str | Path | None = None) -> str | None:
     """Make ``best.pt`` agree with ``latest.pt`` after a crash; returns what was done.
 
-    ``latest`` is the loaded ``latest.pt`` (read from ``ckpt_dir`` when None). Writes go
-    ``latest.pt`` then ``best.pt``, so the one disagreement a crash can leave is a
-    ``latest.pt`` that records itself as the best epoch (``best_epoch == epoch``) beside
-    an older or missing ``best.pt``: then ``latest.pt`` *is* the best model and is copied.
-    Any other mismatch cannot come from an interruption and is reported, not hidden.
+    ``latest`` is the checkpoint being resumed (default ``ckpt_dir/latest.pt``).
+
+    Writes go ``latest.pt`` then ``best.pt``, so the one disagreement a crash can leave
+    is a ``latest.pt`` that records itself as the best epoch (``best_epoch == epoch``)
+    beside an older or missing ``best.pt``: then ``latest.pt`` *is* the best model and is
+    copied. Any other mismatch cannot come from an interruption and is reported, not hidden.
 
     Returns:
         None when nothing needed doing, else a one-line note for the log.
     """
     d = Path(ckpt_dir)
-    if latest is None:
-        latest = _peek(d / "latest.pt")
-        if latest is None:
-            return None
-    epoch, best_epoch = int(latest.get("epoch", 0)), int(latest.get("best_epoch", -1))
-    best_path = d / "best.pt"
-    best = _peek(best_path) if best_path.is_file() else None
-    best_at = int(best["epoch"]) if best is not None and "epoch" in best else None
-    if best_epoch < 1 or best_at == best_epoch:
+    source = Path(latest) if latest is not None else d / "latest.pt"
+    state = read_train_state(source)
+    if state is None:
         return None
-    if best_epoch == epoch:
-        save_checkpoint({k: v for k, v in latest.items() if k not in ("format", "version")},
-                        best_path)
+    best_path = d / "best.pt"
+    best = read_train_state(best_path)
+    best_at = None if best is None else best.epoch
+    if state.best_epoch < 1 or best_at == state.best_epoch:
+        return None
+    if state.best_epoch == state.epoch:
+        copy_checkpoint(source, best_path)
         was = f"epoch {best_at}" if best_at is not None else "missing"
-        return (f"repaired {best_path}: it was {was}, the run's best is epoch {best_epoch} "
-                "(an interrupted write); copied from latest.pt")
+        return (f"repaired {best_path}: it was {was}, the run's best is epoch "
+                f"{state.best_epoch} (an interrupted write); copied from {source.name}")
     return (f"warning: {best_path} holds epoch {best_at}, but the run records epoch "
-            f"{best_epoch} as its best; --select best scores {best_path} as it is")
+            f"{state.best_epoch} as its best; --select best scores {best_path} as it is")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetzoo.engine.checkpoint import Checkpoint, read_checkpoint
 from unetzoo.errors import CheckpointError, DataError
 
 #: What ensemble members must share: the inference spec without the architecture.
@@ -74,12 +75,10 @@ class EnsembleModel(nn.Module):
         return torch.log(self.mean_probs(x).clamp_min(_TINY))
 
 
-def check_compatible(ckpts: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+def check_compatible(ckpts: Sequence[Checkpoint], names: Sequence[str]) -> None:
     """One-line CheckpointError when the checkpoints' inference specs disagree on
-    :data:`MUST_MATCH` (older checkpoints read with the spec's defaults)."""
-    from unetzoo.engine.spec import InferenceSpec
-
-    specs = [InferenceSpec.from_checkpoint(ck, name) for ck, name in zip(ckpts, names)]
+    :data:`MUST_MATCH`."""
+    specs = [ck.spec for ck in ckpts]
     ref, ref_name = specs[0], names[0]
     for spec, name in zip(specs[1:], names[1:]):
         for key in MUST_MATCH:
@@ -94,34 +93,30 @@ def check_compatible(ckpts: Sequence[dict[str, Any]], names: Sequence[str]) -> N
 def load_ensemble(
     paths: Sequence[str | Path],
     device: str | torch.device = "cpu",
-    wrap: Callable[[nn.Module, str, dict[str, Any]], nn.Module] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model, meta)`` for one checkpoint (the model itself) or several (an
-    :class:`EnsembleModel`); ``meta`` is the first checkpoint's dict with ``"members"``
-    (the paths) added, the keys prediction reads being equal across members.
+    wrap: Callable[[nn.Module, str, Checkpoint], nn.Module] | None = None,
+) -> tuple[nn.Module, Checkpoint]:
+    """``(model, first)`` for one checkpoint (the model itself) or several (an
+    :class:`EnsembleModel`); ``first`` is the first member's :class:`Checkpoint`, whose
+    spec the others share (:func:`check_compatible`).
 
     ``wrap(model, path, ckpt)`` replaces each member before the ensemble is formed, e.g.
     with its CPU backend (:func:`unetzoo.engine.backends.make_backend`).
     """
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
     names = [str(p) for p in paths]
     if not names:
         raise CheckpointError("no checkpoint given")
     if len(set(names)) != len(names):
         raise CheckpointError("the same checkpoint is given twice; give each fold once")
-    ckpts = [load_checkpoint(p) for p in names]
+    ckpts = [read_checkpoint(p) for p in names]
     check_compatible(ckpts, names)
-    models = [model_from_checkpoint(ck, device=device) for ck in ckpts]
+    models = [ck.build_model(device) for ck in ckpts]
     if wrap is not None:
         models = [wrap(m, name, ck) for m, name, ck in zip(models, names, ckpts)]
-    meta = dict(ckpts[0])
-    meta["members"] = names
     if len(models) == 1:
-        return models[0], meta
+        return models[0], ckpts[0]
     ens = EnsembleModel(models).to(device)
     ens.eval()
-    return ens, meta
+    return ens, ckpts[0]
 
 
 def average_probabilities(probs: Sequence[np.ndarray]) -> np.ndarray:

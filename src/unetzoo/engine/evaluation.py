@@ -47,7 +47,7 @@ import torch
 from unetzoo.data.imageio import save_case_labels
 from unetzoo.data.plan import view_spacing
 from unetzoo.engine.backends import check_backend, check_precision
-from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from unetzoo.engine.checkpoint import Checkpoint, read_checkpoint
 from unetzoo.engine.inference import predict_volume
 from unetzoo.engine.logging.display import display_window
 from unetzoo.engine.logging.plots import overlay_png, pick_slices
@@ -263,7 +263,7 @@ def run_test(
     """Evaluate a checkpoint on a test split and write the report folder.
 
     Args:
-        checkpoint: a path (or a loaded checkpoint dict), or a list of paths: an
+        checkpoint: a path (or a :class:`Checkpoint`), or a list of paths: an
             ensemble averaging the members' softmax (:mod:`unetzoo.engine.ensemble`).
         dataset: a ``SegDataset``, a dataset name, or None (the checkpoint's dataset).
         data_root: root folder when ``dataset`` is a name. max_cases: the first N cases only.
@@ -332,7 +332,7 @@ def _checked_device(backend: str, device: str | torch.device | None, precision: 
     return device
 
 
-def scored_checkpoint(ckpt: dict[str, Any], ckpt_path: Path | None,
+def scored_checkpoint(ckpt: Checkpoint, ckpt_path: Path | None,
                       members: list[str] | None,
                       selection: Selection | None = None) -> dict[str, Any]:
     """Which checkpoint a report scores and why: ``{"file", "epoch", "max_epochs",
@@ -340,8 +340,8 @@ def scored_checkpoint(ckpt: dict[str, Any], ckpt_path: Path | None,
     if members is not None and len(members) > 1:
         return {"file": [Path(m).name for m in members], "epoch": None, "max_epochs": None,
                 "select": None, "reason": f"ensemble of {len(members)} checkpoints"}
-    epoch = ckpt.get("epoch")
-    max_epochs = (ckpt.get("config") or {}).get("max_epochs")
+    epoch = ckpt.epoch
+    max_epochs = ckpt.config.get("max_epochs")
     chosen = selection.to_dict() if selection is not None else {
         "select": None, "reason": "the checkpoint given to the test (--checkpoint)"}
     return {"file": ckpt_path.name if ckpt_path is not None else None,
@@ -361,20 +361,20 @@ def _scored_line(scored: dict[str, Any]) -> str:
 
 def _read_checkpoints(
     checkpoint,
-) -> tuple[list[str] | None, Path | None, dict[str, Any], InferenceSpec]:
-    """``(ensemble members or None, path of the first checkpoint or None, its dict, its
-    inference spec)``. The spec is how a checkpoint is read (one place, with its checks);
-    ensemble members must share it, which :func:`unetzoo.engine.ensemble.load_ensemble`
-    checks when it loads them (:func:`~unetzoo.engine.ensemble.check_compatible`)."""
+) -> tuple[list[str] | None, Path | None, Checkpoint, InferenceSpec]:
+    """``(ensemble members or None, path of the first checkpoint or None, the checkpoint,
+    its inference spec)``. Ensemble members must share the spec, which
+    :func:`unetzoo.engine.ensemble.load_ensemble` checks when it loads them
+    (:func:`~unetzoo.engine.ensemble.check_compatible`)."""
     members = [str(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else None
     first = members[0] if members else checkpoint
-    if isinstance(first, dict):
-        return members, None, first, InferenceSpec.from_checkpoint(first)
-    ckpt = load_checkpoint(first)
-    return members, Path(first), ckpt, InferenceSpec.from_checkpoint(ckpt, str(first))
+    if isinstance(first, Checkpoint):
+        return members, None, first, first.spec
+    ckpt = read_checkpoint(first)
+    return members, Path(first), ckpt, ckpt.spec
 
 
-def _test_dataset(ckpt: dict[str, Any], spec: InferenceSpec, dataset,
+def _test_dataset(ckpt: Checkpoint, spec: InferenceSpec, dataset,
                   data_root: str | Path | None):
     """The dataset to test on (a ``SegDataset``, a name, or None: the checkpoint's),
     checked against the spec's classes and input channels."""
@@ -383,7 +383,7 @@ def _test_dataset(ckpt: dict[str, Any], spec: InferenceSpec, dataset,
     if dataset is None or isinstance(dataset, str):
         name = dataset or spec.dataset
         options: dict[str, Any] = {}
-        train_cfg = ckpt.get("config") or {}
+        train_cfg = ckpt.config
         if name == spec.dataset:
             # The data it was trained on: same reader options (and root unless given).
             options = dict(train_cfg.get("dataset_options") or {})
@@ -478,7 +478,7 @@ def _test_cases(ds, split: str, max_cases: int | None) -> list[str]:
     return cases[: int(max_cases)] if max_cases else cases
 
 
-def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str] | None,
+def _test_model(ckpt: Checkpoint, ckpt_path: Path | None, members: list[str] | None,
                 backend: str, device, verbose: bool, precision: str = "fp32",
                 given: torch.nn.Module | None = None) -> torch.nn.Module:
     """The checkpoint's model (or the ensemble of ``members``) behind ``backend``; a model
@@ -491,18 +491,18 @@ def _test_model(ckpt: dict[str, Any], ckpt_path: Path | None, members: list[str]
         from unetzoo.engine.ensemble import load_ensemble
 
         model, _ = load_ensemble(members, device, wrap=lambda m, path, ck: make_backend(
-            m, backend, checkpoint=path, ckpt=ck, device=device, verbose=verbose,
+            m, backend, checkpoint=path, spec=ck.spec, device=device, verbose=verbose,
             precision=precision))
         return model
-    model = model_from_checkpoint(ckpt, device=device)
+    model = ckpt.build_model(device)
     from unetzoo.engine.inference import check_memory
 
-    check_memory(model, int(ckpt["img_size"]), int(ckpt["in_channels"]), str(ckpt_path))
-    return make_backend(model, backend, checkpoint=ckpt_path, ckpt=ckpt, device=device,
+    check_memory(model, ckpt.spec.img_size, ckpt.spec.in_channels, str(ckpt_path))
+    return make_backend(model, backend, checkpoint=ckpt_path, spec=ckpt.spec, device=device,
                         verbose=verbose, precision=precision)
 
 
-def _postprocessing_plan(ckpt: dict[str, Any], ckpt_path: Path | None,
+def _postprocessing_plan(ckpt: Checkpoint, ckpt_path: Path | None,
                          postprocessing: dict[str, Any] | str | None) -> dict[str, Any] | None:
     from unetzoo.engine.postprocess import check_plan, plan_for_checkpoint
 

@@ -48,11 +48,11 @@ def _resume_path(resume: str | Path | None, output: str | None) -> Path | None:
 def _plan(ds, name, root, ds_opts, file_values, flags, resumed, budget):
     """A dataset without a source recipe gets a plan (:mod:`unetzoo.data.plan`); a
     resumed planned run keeps its checkpoint's."""
-    from unetzoo.data.plan import SlicePlan, plan_training, wants_plan
+    from unetzoo.data.plan import plan_training, wants_plan
 
     if resumed is not None:
-        if resumed.get("plan") is not None:
-            ds.plan = SlicePlan.from_dict(resumed["plan"], "the resumed checkpoint")
+        if resumed.spec.plan is not None:
+            ds.plan = resumed.spec.plan
         return ds, file_values
     if wants_plan(ds, file_values, flags):
         from unetzoo.engine.distributed import resolve_device
@@ -95,10 +95,10 @@ def resolve_run(
     path = _resume_path(resume, flags.get("output") or file_values.get("output"))
     ck = None
     if path is not None:
-        from unetzoo.engine.checkpoint import load_checkpoint
+        from unetzoo.engine.checkpoint import read_checkpoint
 
-        ck = load_checkpoint(path)
-        file_values = {**ck.get("config", {}), **file_values}
+        ck = read_checkpoint(path)
+        file_values = {**ck.config, **file_values}
     if "model" in flags or "model" in file_values:
         get_entry(flags.get("model") or file_values["model"])  # unknown model: fail fast
     name = flags.get("dataset", file_values.get("dataset"))

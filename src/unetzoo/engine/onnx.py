@@ -12,8 +12,9 @@ What a file holds (``metadata_props``):
   ``class_names``, ``in_channels``, ``img_size``, ``preprocessing``, ``slicing``,
   ``resize``, ...), ``protocol`` (the contract in words:
   :data:`unetzoo.engine.spec.PROTOCOL_TEXT`), ``num_classes``, ``size_multiple``,
-  ``fixed_input_size``, ``dynamic_axes``, ``torch_version``. Files of version 1 (before
-  the spec) hold the same top-level keys without ``slicing`` / ``resize`` and read the same.
+  ``fixed_input_size``, ``dynamic_axes``, ``torch_version``. ``num_classes`` here is the
+  model's output channels (1 for a sigmoid head), not the class count. Files of another
+  version are refused in one line (export them again from their checkpoint).
 - plain keys for viewers such as Netron: ``model_name``, ``class_names``, ``img_size``.
 
 Input ``image`` ``(batch, C, height, width)`` float32 -> output ``logits``
@@ -142,21 +143,6 @@ def build_metadata(spec: InferenceSpec, model: nn.Module | None = None) -> dict[
         "fixed_input_size": getattr(model, "fixed_input_size", None),
         "torch_version": torch.__version__,
     }
-
-
-def spec_from_metadata(meta: dict[str, Any], where: str | Path,
-                       input_shape: list[int | None] | None = None) -> InferenceSpec:
-    """The spec of a file's metadata. A version-1 file exported from a bare model may
-    lack ``img_size``: its fixed input height stands in, else the file is refused."""
-    if not meta.get("img_size"):
-        fixed = (input_shape or [None] * 4)[2]
-        if not fixed:
-            raise CheckpointError(
-                f"{where}: the file records no img_size and its input size is dynamic; "
-                "export it again from its checkpoint (`unetzoo export --checkpoint CKPT`)"
-            )
-        meta = {**meta, "img_size": int(fixed)}
-    return InferenceSpec.from_dict(meta, str(where))
 
 
 # ------------------------------------------------------------------ capture
@@ -353,6 +339,15 @@ def decode_metadata(p: Path, raw: str | None) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
         fmt = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{p} has metadata of an unknown format {fmt!r}")
+    version = meta.get("version")
+    if version != METADATA_VERSION:
+        older = isinstance(version, int) and not isinstance(version, bool) and version < METADATA_VERSION
+        raise CheckpointError(
+            f"{p} was written by an older unetzoo (metadata version {version}); export it "
+            "again from its checkpoint (`unetzoo export --checkpoint CKPT`)" if older else
+            f"{p} has unetzoo metadata version {version!r}, not {METADATA_VERSION}; use the "
+            "unetzoo that exported it, or export it again from its checkpoint"
+        )
     return meta
 
 
@@ -408,7 +403,7 @@ class OnnxModule(nn.Module):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name if inp.name else INPUT_NAME
         self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
-        self.spec = spec_from_metadata(self.metadata, self.path, self.input_shape)
+        self.spec = InferenceSpec.from_dict(self.metadata, str(self.path))
         self.in_channels = self.spec.in_channels
         self.num_classes = int(self.metadata.get("num_classes") or self.spec.num_classes)
         self.unetzoo_name = self.spec.model

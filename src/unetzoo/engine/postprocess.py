@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from unetzoo.engine.checkpoint import Checkpoint
 from unetzoo.errors import DataError
 from unetzoo.metrics import Reference, ScoringRules, score_case, summarize
 from unetzoo.metrics.per_case import write_json
@@ -231,14 +232,14 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     return check_plan(read_json(p), str(p))
 
 
-def plan_for_checkpoint(ckpt: dict[str, Any], checkpoint_path: str | Path | None) -> dict | None:
-    """The plan stored with a model: the checkpoint's ``"postprocessing"`` entry, else a
+def plan_for_checkpoint(ckpt: Checkpoint | None, checkpoint_path: str | Path | None) -> dict | None:
+    """The plan stored with a model: the checkpoint's ``postprocessing`` field, else a
     ``postprocessing.json`` in the checkpoint's folder that names this checkpoint file by
     its SHA-256 (``"checkpoint_sha256"``, written by :func:`crossval_postprocessing`),
     else None. A plan beside it that names other files (a retrained model, a copied or
     planted plan) is not applied; one stderr line says so."""
-    if isinstance(ckpt, dict) and ckpt.get("postprocessing") is not None:
-        return check_plan(ckpt["postprocessing"], f"{checkpoint_path}: 'postprocessing'")
+    if ckpt is not None and ckpt.postprocessing is not None:
+        return check_plan(dict(ckpt.postprocessing), f"{checkpoint_path}: 'postprocessing'")
     if checkpoint_path is not None:
         beside = Path(checkpoint_path).parent / PLAN_FILE
         if beside.is_file():
@@ -274,9 +275,8 @@ def crossval_predictions(
     """
     from unetzoo.data import get_dataset
     from unetzoo.data.folds import run_fold_cases
-    from unetzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetzoo.engine.checkpoint import read_checkpoint
     from unetzoo.engine.inference import predict_volume
-    from unetzoo.engine.spec import InferenceSpec
     from unetzoo.errors import CheckpointError
 
     preds: list[np.ndarray] = []
@@ -285,8 +285,8 @@ def crossval_predictions(
     cases: list[str] = []
     names: list[str] | None = None
     for path in checkpoints:
-        ck = load_checkpoint(path)
-        cfg = ck.get("config") or {}
+        ck = read_checkpoint(path)
+        cfg = ck.config
         fold = cfg.get("fold")
         if fold is None:
             raise CheckpointError(
@@ -295,21 +295,20 @@ def crossval_predictions(
             )
         if int(fold) in folds:
             raise CheckpointError(f"{path}: fold {fold} is given twice; give each fold once")
-        if names is not None and list(ck["class_names"]) != names:
+        if names is not None and list(ck.spec.class_names) != names:
             raise CheckpointError(f"{path}: class names differ from the other folds'")
-        names = list(ck["class_names"])
+        names = list(ck.spec.class_names)
         run_dir = Path(path).resolve().parent.parent
         _, val = run_fold_cases(run_dir, int(fold))
         ds = get_dataset(cfg.get("dataset"), cfg.get("data_root"),
                          **(cfg.get("dataset_options") or {}))
-        model = model_from_checkpoint(ck, device=device)
+        model = ck.build_model(device)
         for cid in val:
             case = ds.load_case(cid, "train")
             if case.label is None:
                 raise DataError(f"validation case {cid} of fold {fold} has no label")
-            preds.append(predict_volume(model, case.image, int(ck["img_size"]),
-                                        batch_size=batch_size, device=device,
-                                        plan=InferenceSpec.from_checkpoint(ck, str(path)).plan,
+            preds.append(predict_volume(model, case.image, ck.spec.img_size,
+                                        batch_size=batch_size, device=device, plan=ck.spec.plan,
                                         spacing=case.spacing))
             refs.append(Reference.of_case(case))
             cases.append(cid)

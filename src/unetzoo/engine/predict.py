@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetzoo.engine.checkpoint import Checkpoint
 from unetzoo.engine.predict_cases import predict_array, predict_cases
 from unetzoo.engine.spec import InferenceSpec
 from unetzoo.errors import ConfigError
@@ -43,7 +44,7 @@ class Predictor:
         spec: the inference spec (same for every ensemble member).
         source: the file it came from (the first member's).
         device: where the forward runs.
-        checkpoint: the first checkpoint's dict (None for ONNX): the stored plan lives there.
+        checkpoint: the first :class:`Checkpoint` (None for ONNX): the stored plan lives there.
         members: every file loaded.
         batch_size, tta: defaults for :meth:`predict_files` / :meth:`predict_volume`.
     """
@@ -52,7 +53,7 @@ class Predictor:
     spec: InferenceSpec
     source: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
     members: list[str] = field(default_factory=list)
     batch_size: int = 16
     tta: bool = False
@@ -197,8 +198,8 @@ def checked(wrap: Callable[..., nn.Module] | None) -> Callable[..., nn.Module]:
     (before any backend runs it)."""
     from unetzoo.engine.inference import check_memory
 
-    def run(m: nn.Module, path: str, ck: dict[str, Any]) -> nn.Module:
-        check_memory(m, int(ck["img_size"]), int(ck["in_channels"]), path)
+    def run(m: nn.Module, path: str, ck: Checkpoint) -> nn.Module:
+        check_memory(m, ck.spec.img_size, ck.spec.in_channels, path)
         return m if wrap is None else wrap(m, path, ck)
 
     return run
@@ -214,12 +215,12 @@ def _load_checkpoints(names: list[str], device: Any, backend: str, batch_size: i
     check_precision(precision, dev)  # one line before any checkpoint is read
     wrap = None
     if backend != "torch" or precision != "fp32":
-        def wrap(m: nn.Module, path: str, ck: dict[str, Any]) -> nn.Module:
-            return make_backend(m, backend, checkpoint=path, ckpt=ck, device=dev, verbose=verbose,
+        def wrap(m: nn.Module, path: str, ck: Checkpoint) -> nn.Module:
+            return make_backend(m, backend, checkpoint=path, spec=ck.spec, device=dev, verbose=verbose,
                                 precision=precision, batch_size=batch_size)
-    model, meta = load_ensemble(names, dev, wrap=checked(wrap))
-    spec = InferenceSpec.from_checkpoint(meta, names[0])
-    return Predictor(model, spec, Path(names[0]), torch.device(dev), meta, names, batch_size, tta)
+    model, first = load_ensemble(names, dev, wrap=checked(wrap))
+    return Predictor(model, first.spec, Path(names[0]), torch.device(dev), first, names,
+                     batch_size, tta)
 
 
 def predict_files(

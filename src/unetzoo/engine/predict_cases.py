@@ -274,7 +274,8 @@ def claim_targets(
 
 def as_spec(meta: InferenceSpec | Mapping[str, Any], source: str | Path,
             model: Any = None) -> InferenceSpec:
-    """``meta`` as a spec: a spec as is, a checkpoint dict (or its keys) read and checked;
+    """``meta`` as a spec: a spec as is, a spec's keys (:meth:`InferenceSpec.to_dict`) read
+    and checked;
     a dict without ``model`` names the model in hand (its ``unetzoo_name``)."""
     if isinstance(meta, InferenceSpec):
         return meta
@@ -307,8 +308,8 @@ def predict_cases(
     ``case``, ``inputs``, ``input`` (the first file), ``output``, ``probabilities``,
     ``overlays``, ``voxels`` (per foreground class).
 
-    ``meta`` is the model's :class:`~unetzoo.engine.spec.InferenceSpec` (or a checkpoint
-    dict holding its keys; ``source`` names it in errors). A target that exists and that
+    ``meta`` is the model's :class:`~unetzoo.engine.spec.InferenceSpec` (or a dict of its
+    keys; ``source`` names it in errors). A target that exists and that
     unetzoo did not write is refused before any work unless ``overwrite``
     (:func:`claim_targets`). Volumes are predicted in the orientation the model was
     trained in (:func:`training_orientation`) and the labels mapped back to the input's

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from unetzoo.data.folds import SPLITS_FILE
-from unetzoo.engine.checkpoint import _peek
+from unetzoo.engine.checkpoint import is_checkpoint, read_train_state
 from unetzoo.errors import CheckpointError, ConfigError
 from unetzoo.runs.outputs import OUTPUTS_MANIFEST, OutputFolder, prune_empty, walk_files
 
@@ -183,7 +183,7 @@ def is_run_folder(path: str | Path) -> bool:
     lay = RunLayout(path)
     if lay.marker.is_file():
         return True
-    return any(_peek(p) is not None for p in (lay.latest, lay.best, lay.final) if p.is_file())
+    return any(is_checkpoint(p) for p in (lay.latest, lay.best, lay.final))
 
 
 # Everything a training run writes into its folder; nothing else is ever deleted.
@@ -361,8 +361,8 @@ class RunFolder:
             elif ours:
                 done = status == "finished"
                 if status is None and has_ckpt:  # legacy folder: judge by the checkpoint
-                    latest = _peek(self.layout.latest) or {}
-                    done = int(latest.get("iteration", 0)) >= int(latest.get("max_iterations", 1))
+                    latest = read_train_state(self.layout.latest)
+                    done = latest is not None and latest.iteration >= max(latest.max_iterations, 1)
                 what = "a finished run" if done or not has_ckpt else "an unfinished run"
                 hint = ("continue it with --resume, or start over with --overwrite"
                         if what == "an unfinished run" else

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unetzoo.engine.checkpoint import _peek, save_checkpoint
+from unetzoo.engine.checkpoint import copy_checkpoint, read_train_state
 from unetzoo.engine.config import SELECTIONS
 from unetzoo.engine.run_folder import RunLayout
 from unetzoo.errors import ConfigError
@@ -43,18 +43,15 @@ def write_final(layout: RunLayout, *,
     Called on every finished run, so a run resumed after it finished (or after a kill
     between the last ``latest.pt`` and ``final.pt``) gets its ``final.pt``; a ``final.pt``
     that already holds the same epoch and iteration is left as it is. ``on_written``: as
-    for :func:`~unetzoo.engine.checkpoint.save_checkpoint`.
+    for :func:`~unetzoo.engine.checkpoint.write_checkpoint`.
     """
-    latest = _peek(layout.latest) if layout.latest.is_file() else None
+    latest = read_train_state(layout.latest)
     if latest is None:
         return None
-    final = _peek(layout.final) if layout.final.is_file() else None
-    key = ("epoch", "iteration")
-    if final is not None and all(final.get(k) == latest.get(k) for k in key):
+    final = read_train_state(layout.final)
+    if final is not None and (final.epoch, final.iteration) == (latest.epoch, latest.iteration):
         return layout.final
-    save_checkpoint({k: v for k, v in latest.items() if k not in ("format", "version")},
-                    layout.final, on_written=on_written)
-    return layout.final
+    return copy_checkpoint(layout.latest, layout.final, on_written=on_written)
 
 
 def choose_checkpoint(

@@ -1,12 +1,10 @@
 """The inference spec: everything besides the weights that prediction needs, in one form.
 
-Training builds it (:meth:`InferenceSpec.for_model`), the checkpoint stores it (its keys
-are the checkpoint's top-level ``model``, ``class_names``, ``in_channels``, ``img_size``,
-``preprocessing``, ... as :meth:`InferenceSpec.to_dict` writes them), ``unetzoo export``
-embeds it in the ONNX file's metadata, and the one loader
+Training builds it (:meth:`InferenceSpec.for_model`), the checkpoint stores it (its
+``spec`` field, :class:`unetzoo.engine.checkpoint.Checkpoint`, as :meth:`to_dict` writes
+it), ``unetzoo export`` embeds it in the ONNX file's metadata, and the one loader
 (:func:`unetzoo.engine.predict.load_predictor`) reads it back from a ``.pt`` or an
-``.onnx``. Checkpoints and ONNX files written before the spec existed hold the same keys
-without ``slicing`` / ``resize``; they read as today's protocol, the only one there was.
+``.onnx``.
 
 The spec is plain data (strings, numbers, lists, dicts), so a checkpoint is read with
 ``torch.load(weights_only=True)`` and an ONNX file's metadata with ``json.loads``.
@@ -110,7 +108,7 @@ def _plain(value: Any) -> Any:
 
 
 def _input_fields(data: Mapping[str, Any], where: str) -> tuple[str | None, dict | None]:
-    """``orientation`` and ``intensity`` of a spec, checked (both None in older files)."""
+    """``orientation`` and ``intensity`` of a spec, checked (either may be None)."""
     from unetzoo.data.geometry import check_orientation_codes
     from unetzoo.data.preprocessing import check_fingerprint
 
@@ -149,11 +147,11 @@ class InferenceSpec:
         orientation: axcodes of the training ``(D, H, W)`` arrays (``"SAR"``: axial
             slices, rows toward A, columns toward R), from the training cases' affines;
             volumes are reoriented to it before slicing and the labels mapped back
-            (:func:`unetzoo.data.geometry.reorientation`). None (older checkpoints, data
+            (:func:`unetzoo.data.geometry.reorientation`). None (data
             without affines): the file's own slicing rule.
         intensity: the training data's raw intensity fingerprint (modality, per-channel
             percentiles, mean, sd: :func:`unetzoo.data.preprocessing.intensity_fingerprint`)
-            that inputs are checked against; None (older checkpoints): no check.
+            that inputs are checked against; None: no check.
         plan: a planned model's :class:`~unetzoo.data.plan.SlicePlan` (target spacing,
             patch size; ``resize`` is then :data:`RESIZE_PLANNED`); None: the TransUNet
             resize to ``img_size``.
@@ -175,6 +173,7 @@ class InferenceSpec:
 
     @property
     def num_classes(self) -> int:
+        """Classes including background, ``len(class_names)`` (not the model's outputs)."""
         return len(self.class_names)
 
     # ------------------------------------------------------------------ builders
@@ -211,8 +210,8 @@ class InferenceSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "model metadata") -> InferenceSpec:
-        """Read and check a spec (a checkpoint dict, :meth:`to_dict` output, or the flat
-        metadata of an ONNX file from before the spec); ``where`` names the source in errors.
+        """Read and check a spec (:meth:`to_dict` output, or an ONNX file's metadata, which
+        holds the same keys); ``where`` names the source in errors.
 
         Raises:
             CheckpointError: one line when a value cannot be right (``img_size`` outside
@@ -236,7 +235,7 @@ class InferenceSpec:
         if (not isinstance(names, (list, tuple)) or not names
                 or not all(isinstance(n, str) for n in names)):
             raise _fail(where, f"class_names must be a non-empty list of names, got {names!r}")
-        # A missing key is an old flat metadata (already normalised inputs); a stored null
+        # A missing key is a hand-built spec (already normalised inputs); a stored null
         # is a damaged or hand-edited file: "no normalisation" would feed raw HU to a
         # CT-window model without a word.
         prep = data.get("preprocessing", {"kind": "none"})
@@ -281,11 +280,6 @@ class InferenceSpec:
             spacing=spacing, slicing=slicing, resize=resize,
             orientation=orientation, intensity=intensity, plan=plan,
         )
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Mapping[str, Any], where: str = "checkpoint") -> InferenceSpec:
-        """The spec of a loaded checkpoint dict (today's keys and the older ones)."""
-        return cls.from_dict(ckpt, where)
 
     # ------------------------------------------------------------------ writers
     def to_dict(self) -> dict[str, Any]:

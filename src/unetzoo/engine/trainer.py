@@ -31,12 +31,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from unetzoo.data.transforms import build_train_transform, seed_worker
 from unetzoo.engine import distributed as dist_utils
 from unetzoo.engine.checkpoint import (
+    Checkpoint,
+    TrainState,
     capture_rng_state,
     disk_full_error,
-    load_checkpoint,
+    read_checkpoint,
     repair_best,
     restore_rng_state,
-    save_checkpoint,
+    write_checkpoint,
 )
 from unetzoo.engine.config import (
     TrainConfig,
@@ -234,7 +236,7 @@ class Run:
     train_model: nn.Module  # ``model``, or its DistributedDataParallel wrapper
     obj: Objective
     progress: Progress
-    base: dict[str, Any]  # the checkpoint keys every epoch shares (inference spec, config)
+    base: Checkpoint  # what every epoch's checkpoint shares (inference spec, config)
     log: MetricsLog
     writer: Any  # a TensorBoard SummaryWriter on the main rank, else None
     max_it: int
@@ -378,7 +380,7 @@ def start_run(
     )
     run = Run(
         cfg=cfg, info=info, layout=layout, data=data, model=model, train_model=train_model,
-        obj=obj, progress=progress, base={**spec.to_dict(), "config": cfg.to_dict()},
+        obj=obj, progress=progress, base=Checkpoint(spec=spec, weights={}, config=cfg.to_dict()),
         log=MetricsLog(layout.metrics_csv, progress.history),
         writer=_tensorboard(layout.tensorboard) if info.is_main else None,
         max_it=cfg.max_iterations or cfg.max_epochs * len(data.loader), hooks=hooks,
@@ -587,30 +589,30 @@ def resume_state(
         ConfigError: another model, class count or model options than this run's, or a
             weights-only checkpoint (nothing to continue).
     """
-    ck = load_checkpoint(path, map_location=info.device)
-    if ck["model"]["name"] != model.unetzoo_name:
+    ck = read_checkpoint(path, map_location=info.device)
+    if ck.spec.model != model.unetzoo_name:
         raise ConfigError(
-            f"--resume checkpoint holds model {ck['model']['name']!r}, not "
-            f"{model.unetzoo_name!r}"
+            f"--resume checkpoint holds model {ck.spec.model!r}, not {model.unetzoo_name!r}"
         )
-    if len(ck["class_names"]) != data.ds.num_classes:
+    if ck.num_classes != data.ds.num_classes:
         raise ConfigError(
-            f"--resume checkpoint has {len(ck['class_names'])} classes but dataset "
+            f"--resume checkpoint has {ck.num_classes} classes but dataset "
             f"{data.ds.name!r} has {data.ds.num_classes}"
         )
-    check_resume_options(ck["model"].get("options") or {}, model.unetzoo_options, path)
-    model.load_state_dict(ck["state_dict"])
-    if "optimizer" not in ck:
+    check_resume_options(dict(ck.spec.options), model.unetzoo_options, path)
+    model.load_state_dict(ck.weights)
+    st = ck.train_state
+    if st is None:
         raise ConfigError(f"{path} holds weights only (no optimizer state); it cannot be resumed")
-    obj.optimizer.load_state_dict(ck["optimizer"])
-    if ck.get("scaler"):
-        obj.scaler.load_state_dict(ck["scaler"])
+    obj.optimizer.load_state_dict(st.optimizer)
+    if st.scaler:
+        obj.scaler.load_state_dict(st.scaler)
     if info.is_main:
         # A kill between the latest.pt and best.pt writes: make best.pt agree.
-        note = repair_best(layout.checkpoints, ck)
+        note = repair_best(layout.checkpoints, path)
         if note:
             print(note, flush=True)
-    rng = ck.get("rng")
+    rng = st.rng
     if rng:
         restore_rng_state(rng, data.generator)
         if "dataset" in rng and hasattr(data.train_set, "rng"):
@@ -619,11 +621,8 @@ def resume_state(
             data.train_set.rng.bit_generator.state = json.loads(rng["dataset"])
         if "distill" in rng:
             obj.distill_gen.set_state(rng["distill"].cpu())
-    return Progress(
-        start_epoch=int(ck["epoch"]), iteration=int(ck["iteration"]),
-        best_metric=float(ck.get("best_metric", -math.inf)),
-        best_epoch=int(ck.get("best_epoch", -1)), history=list(ck.get("history", [])),
-    )
+    return Progress(start_epoch=st.epoch, iteration=st.iteration, best_metric=st.best_metric,
+                    best_epoch=st.best_epoch, history=list(st.history))
 
 
 # ------------------------------------------------------------------------------ epochs
@@ -796,25 +795,25 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     rng["distill"] = obj.distill_gen.get_state()
     if hasattr(d.train_set, "rng"):
         rng["dataset"] = json.dumps(d.train_set.rng.bit_generator.state)
-    payload = {
-        **run.base,
-        "state_dict": _unwrap(run.model).state_dict(),
-        "optimizer": obj.optimizer.state_dict(),
-        "scaler": obj.scaler.state_dict() if obj.use_amp else {},
-        "epoch": epoch + 1,
-        "iteration": p.iteration,
-        "max_iterations": run.max_it,
-        "best_metric": float(p.best_metric) if math.isfinite(p.best_metric) else -1.0,
-        "best_epoch": p.best_epoch,
-        "history": run.log.rows,
-        "rng": rng,
-    }
+    state = TrainState(
+        optimizer=obj.optimizer.state_dict(),
+        scaler=obj.scaler.state_dict() if obj.use_amp else {},
+        epoch=epoch + 1,
+        iteration=p.iteration,
+        max_iterations=run.max_it,
+        best_metric=float(p.best_metric) if math.isfinite(p.best_metric) else -1.0,
+        best_epoch=p.best_epoch,
+        history=run.log.rows,
+        rng=rng,
+    )
+    ckpt = dataclasses.replace(run.base, weights=_unwrap(run.model).state_dict(),
+                               train_state=state)
     step = _checkpoint_steps(run, epoch + 1)
     step("before-latest")
-    save_checkpoint(payload, run.layout.latest, on_written=lambda _: step("tmp-latest"))
+    write_checkpoint(ckpt, run.layout.latest, on_written=lambda _: step("tmp-latest"))
     step("between-writes")
     if improved:
-        save_checkpoint(payload, run.layout.best, on_written=lambda _: step("tmp-best"))
+        write_checkpoint(ckpt, run.layout.best, on_written=lambda _: step("tmp-best"))
     step("after-best")
 
 

@@ -27,7 +27,6 @@ from unetzoo.models.registry import (
     create_model,
     get_entry,
     list_models,
-    model_info,
     parameter_count,
     register_model,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "create_model",
     "get_entry",
     "list_models",
-    "model_info",
     "parameter_count",
     "register_model",
 ]

@@ -206,11 +206,6 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names
 
 
-def model_info(name: str) -> ModelEntry:
-    """Description, source, family, default options, taps and published counts."""
-    return get_entry(name)
-
-
 # ------------------------------------------------------------------ option types
 # Builders annotate their options (``int``, ``bool | None``, ``tuple[int, ...]``); the
 # annotation is the contract. Without a check ``base_channels=2.5`` silently built 2 and
@@ -365,7 +360,7 @@ def create_model(
         name: a name from :func:`list_models` (or an alias), case-insensitive.
         in_channels: input channels ``C`` of ``(N, C, H, W)``.
         num_classes: output channels of the logits ``(N, num_classes, H, W)``.
-        **options: architecture options of that model (see ``model_info(name)``).
+        **options: architecture options of that model (see ``get_entry(name)``).
     """
     for value in (in_channels, num_classes):
         try:
