@@ -21,18 +21,14 @@ PHANTOM = ["--dataset-option", "n_train=3", "--dataset-option", "n_test=1",
 def checkpoint_and_volume(tmp_path):
     import nibabel as nib
 
-    from unetzoo.engine.checkpoint import save_checkpoint
+    from ckpt_helpers import save_model_checkpoint
     from unetzoo.models import create_model
 
     torch.manual_seed(0)
     model = create_model("unet", in_channels=1, num_classes=3, base_channels=4).eval()
-    ckpt = tmp_path / "c.pt"
-    save_checkpoint({
-        "model": {"name": "unet", "options": dict(model.unetzoo_options)},
-        "state_dict": model.state_dict(), "class_names": ["background", "a", "b"],
-        "in_channels": 1, "img_size": SIZE, "preprocessing": {"kind": "none"},
-        "dataset": "phantom", "config": {},
-    }, ckpt)
+    ckpt = save_model_checkpoint(tmp_path / "c.pt", model, class_names=["background", "a", "b"],
+                                 img_size=SIZE, preprocessing={"kind": "none"},
+                                 dataset="phantom")
     vol = np.random.default_rng(0).random((24, 20, 3), dtype=np.float32)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "case.nii.gz")
     return ckpt, tmp_path / "case.nii.gz"

@@ -185,11 +185,11 @@ class _MemDataset:
                     class_names=CLASSES)
 
 
-def _checkpoint() -> dict:
+def _checkpoint():
+    from ckpt_helpers import model_checkpoint
+
     model = create_model("unet", in_channels=1, num_classes=3, base_channels=4)
-    return {"model": {"name": "unet", "options": {"base_channels": 4}},
-            "state_dict": model.state_dict(), "class_names": CLASSES, "in_channels": 1,
-            "img_size": 16, "dataset": "mem", "config": {}}
+    return model_checkpoint(model, class_names=CLASSES, img_size=16, dataset="mem")
 
 
 class _CopiesTheLabel(torch.nn.Module):

@@ -191,6 +191,7 @@ def test_test_scores_the_same_anatomy_the_same_in_any_voxel_order(tmp_path, t1, 
 
     from unetzoo.data.nnunet import NnUNetDataset
     from unetzoo.engine import evaluation
+    from unetzoo.engine.checkpoint import Checkpoint
 
     monkeypatch.setenv("UNETZOO_CACHE", str(tmp_path / "cache"))
     arr, aff = t1
@@ -208,7 +209,7 @@ def test_test_scores_the_same_anatomy_the_same_in_any_voxel_order(tmp_path, t1, 
         (root / "dataset.json").write_text(json.dumps({
             "channel_names": {"0": "T1"}, "labels": {"background": 0, "edge": 1},
             "numTraining": 1, "file_ending": ".nii.gz"}))
-        ckpt = {**spec(orientation).to_dict(), "config": {}}
+        ckpt = Checkpoint(spec=spec(orientation), weights={})  # the model is given
         out = evaluation.run_test(ckpt, dataset=NnUNetDataset(root), out_dir=root / "r",
                                   overlays=0, verbose=False, backend="torch", device="cpu",
                                   postprocessing=None, model=EdgeNet().eval())
