@@ -148,7 +148,9 @@ def run_unetzoo(root: Path, iterations: int, seed: int, out: Path,
     args = ["train", "--data-root", str(root), "--seed", str(seed), "--device", "cpu",
             "--output", str(run_dir), *extra]
     row: dict[str, Any] = {"train_flags": " ".join(extra)} if extra else {}
-    if _train_has("--iterations"):
+    if "--max-iterations" in extra:  # a diagnostic row with its own (unplanned) budget
+        row["budget_flag"] = "--max-iterations (in the flags)"
+    elif _train_has("--iterations"):
         args += ["--iterations", str(iterations)]
         row["budget_flag"] = f"--iterations {iterations}"
     else:
