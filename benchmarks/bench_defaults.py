@@ -153,6 +153,7 @@ def run_unetzoo(root: Path, iterations: int, seed: int, out: Path,
     elif _train_has("--iterations"):
         args += ["--iterations", str(iterations)]
         row["budget_flag"] = f"--iterations {iterations}"
+        row["iterations"] = iterations  # exact since max_iterations
     else:
         epochs, per_epoch = _epochs_for(root, iterations)
         args += ["--max-epochs", str(epochs)]
@@ -163,14 +164,12 @@ def run_unetzoo(root: Path, iterations: int, seed: int, out: Path,
         args += ["--model", "unet", "--model-option", "base_channels=4", "--img-size", "32",
                  "--batch-size", "2"]
     _cli(*args)
-    # train's own test report (report/summary.json) names its checkpoint where it can.
-    summaries = [run_dir / "summary.json", run_dir / "report" / "summary.json"]
-    summary = next((json.loads(p.read_text()) for p in summaries if p.exists()), {})
-    ckpt = _scored_checkpoint(run_dir, summary)
+    from unetzoo.engine.selection import run_checkpoint
+
+    ckpt = run_checkpoint(run_dir)  # the checkpoint train's own test scored
     _cli("predict", "--checkpoint", str(ckpt), "--device", "cpu", "--overlays", "0",
          "-o", str(out), str(root / "imagesTs"))
     row["checkpoint"] = ckpt.name
-    row.setdefault("iterations", summary.get("iterations"))
     return row
 
 
@@ -186,17 +185,6 @@ def _epochs_for(root: Path, iterations: int) -> tuple[int, int]:
     n_train = n - round(n * float(getattr(cfg, "val_fraction", 0.0)))
     per_epoch = iterations_per_epoch(n_train, int(cfg.batch_size))
     return max(1, round(iterations / per_epoch)), per_epoch
-
-
-def _scored_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
-    """The checkpoint ``train``'s own test scored (its summary names it when it can)."""
-    name = (summary.get("scored") or {}).get("file")
-    if isinstance(name, str) and (run_dir / "checkpoints" / Path(name).name).exists():
-        return run_dir / "checkpoints" / Path(name).name
-    for name in ("final.pt", "latest.pt"):  # the default: the final epoch
-        if (run_dir / "checkpoints" / name).exists():
-            return run_dir / "checkpoints" / name
-    raise FileNotFoundError(f"{run_dir}: no checkpoint")
 
 
 def run_nnunet(root: Path, iterations: int, batch: int, seed: int, out: Path,

@@ -442,7 +442,8 @@ def plan_dataset(
 
 def with_overrides(plan: Plan, values: dict[str, Any]) -> Plan:
     """``plan`` with the keys the user set explicitly (model, img_size, batch_size,
-    augment, max_epochs, val_fraction; ``select: best`` brings validation back) recorded as used, so ``plans.json`` in the run folder says what ran."""
+    augment, max_epochs, val_fraction; ``select: best`` brings validation back) recorded
+    as used, so ``plans.json`` in the run folder says what ran."""
     changes: dict[str, Any] = {}
     for key, field in (("model", "model"), ("img_size", "patch_size"),
                        ("batch_size", "batch_size"), ("augment", "augment"),

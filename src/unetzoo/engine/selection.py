@@ -11,6 +11,7 @@ written every time validation improves, and ``select = "best"`` scores it instea
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,16 +88,13 @@ def choose_checkpoint(
                      "final epoch (default; --select best picks the best validation epoch)")
 
 
-
 def find_run_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of a run folder that its own test scored (``report/summary.json``
     names it), else ``final.pt``, else ``latest.pt`` (an unfinished run); None when the
     folder has none of them. Never ``best.pt`` unless the run's report scored it."""
-    import json
-
     layout = RunLayout(run_dir)
     try:
-        summary = json.loads((layout.root / "report" / "summary.json").read_text())
+        summary = json.loads(layout.report.summary_json.read_text())
         named = layout.checkpoints / Path(str(summary["scored"]["file"])).name
     except (OSError, ValueError, KeyError, TypeError):
         named = None
